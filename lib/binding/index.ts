@@ -1,0 +1,280 @@
+// The low-level binding: typed classes over the native addon. Every native error surfaces as a
+// BatchwiseError with a stable code. The engine is the only intended caller inside batchwise.
+import { existsSync } from "node:fs";
+import { isAbsolute, join } from "node:path";
+import { BatchwiseError, ErrorCode, native, nativeAsync } from "./errors.js";
+import {
+    loadNative,
+    packageRoot,
+    type ChatMessage,
+    type ContextInfo,
+    type DeviceInfo,
+    type ModelMetadata,
+    type NativeContext,
+    type NativeDecodeBatch,
+    type NativeDecodeResult,
+    type NativeModel,
+    type SamplerParams,
+    type SystemInfo,
+} from "./native.js";
+
+export { BatchwiseError, ErrorCode } from "./errors.js";
+export type {
+    ChatMessage, ContextInfo, DeviceInfo, ModelMetadata, SamplerParams, SystemInfo,
+    NativeDecodeBatch as DecodeBatch, NativeDecodeResult as DecodeResult,
+} from "./native.js";
+
+export type SplitMode = "none" | "layer" | "row" | "tensor";
+export type KvCacheType = "f32" | "f16" | "bf16" | "q8_0" | "q4_0" | "q4_1" | "q5_0" | "q5_1" | "iq4_nl";
+
+export interface ModelLoadOptions {
+    /** Layers to offload to the GPU; -1 (default) offloads all. Ignored on a CPU build. */
+    gpuLayers?: number;
+    /** How to spread the model over several GPUs. Default "layer". */
+    splitMode?: SplitMode;
+    /** Share of the model for each GPU, e.g. [3, 1]. */
+    tensorSplit?: number[];
+    /** GPU for the whole model with splitMode "none", and for intermediate results otherwise. */
+    mainGpu?: number;
+    /** Memory-map the file (default true). */
+    useMmap?: boolean;
+    /** Load only the vocabulary (tokenize, detokenize, chat template): no weights, no contexts. */
+    vocabOnly?: boolean;
+    /** Validate tensor data while loading (slower). */
+    checkTensors?: boolean;
+    /** Called with the load progress in [0, 1]. */
+    onProgress?: (progress: number) => void;
+}
+
+export interface ContextOptions {
+    /** Total KV cells over all sequences; 0 (default) uses the model's trained context. */
+    contextSize?: number;
+    /** Sequences that can be decoded at once (sequence ids 0..maxSequences-1). Default 1. */
+    maxSequences?: number;
+    /** Most tokens one decode() call may carry. Default 2048. */
+    batchSize?: number;
+    /** Tokens computed per graph run. Default min(512, batchSize). */
+    ubatchSize?: number;
+    flashAttention?: boolean | "auto" | "on" | "off";
+    kvCacheTypeK?: KvCacheType;
+    kvCacheTypeV?: KvCacheType;
+    /** One KV pool shared by all sequences, so cells can be shared (seqCopy). Default true. */
+    kvUnified?: boolean;
+    /** Keep the KV cache and attention on the GPU. Default true. */
+    offloadKqv?: boolean;
+    /** CPU threads for single-token and for batch decoding. Default: all cores. */
+    threads?: number;
+    threadsBatch?: number;
+}
+
+function checkOptions(o: unknown, what: string): asserts o is object | undefined {
+    if (o !== undefined && (o === null || typeof o !== "object")) {
+        throw new BatchwiseError(ErrorCode.InvalidArgument, `${what} must be an object`);
+    }
+}
+
+/** A loaded GGUF model. Load with `LlamaModel.load()`, free with `dispose()`. */
+export class LlamaModel {
+    /** The model's metadata: shape, special tokens, chat template, GGUF keys. */
+    readonly metadata: ModelMetadata;
+
+    private constructor(readonly native: NativeModel) {
+        this.metadata = native.metadata();
+    }
+
+    static async load(path: string, options: ModelLoadOptions = {}): Promise<LlamaModel> {
+        checkOptions(options, "load options");
+        const { onProgress, ...rest } = options;
+        if (onProgress !== undefined && typeof onProgress !== "function") {
+            throw new BatchwiseError(ErrorCode.InvalidArgument, "onProgress must be a function");
+        }
+        const m = await nativeAsync(() => loadNative().Model.load(path, rest, onProgress));
+        return new LlamaModel(m);
+    }
+
+    get disposed(): boolean {
+        return this.native.disposed;
+    }
+
+    tokenize(text: string, options?: { addSpecial?: boolean; parseSpecial?: boolean }): Promise<Int32Array> {
+        return nativeAsync(() => this.native.tokenize(text, options));
+    }
+
+    detokenize(tokens: Int32Array | readonly number[], options?: { special?: boolean }): Promise<string> {
+        return nativeAsync(() => this.native.detokenize(tokens, options));
+    }
+
+    /** The bytes of one token. A piece can hold part of a multi-byte UTF-8 character: decode with a streaming TextDecoder. */
+    tokenToPiece(token: number, options?: { special?: boolean }): Uint8Array {
+        return native(() => this.native.tokenToPiece(token, options));
+    }
+
+    /** Whether the token ends generation (EOS, EOT, ...). */
+    isEog(token: number): boolean {
+        return native(() => this.native.isEog(token));
+    }
+
+    /** Formats a chat with the model's template (or `options.template`), using llama.cpp's built-in templates. */
+    applyChatTemplate(messages: readonly ChatMessage[], options?: { addAssistant?: boolean; template?: string }): string {
+        return native(() => this.native.applyChatTemplate(messages, options));
+    }
+
+    createContext(options: ContextOptions = {}): Promise<LlamaContext> {
+        checkOptions(options, "context options");
+        return LlamaContext.create(this, options);
+    }
+
+    /** Frees the weights (host and GPU memory). Throws ERR_MODEL_IN_USE while contexts are alive. Idempotent. */
+    dispose(): void {
+        native(() => this.native.dispose());
+    }
+}
+
+/**
+ * KV memory and decoding over a model. Decode and the state calls are async and run off the JS
+ * thread, one at a time; the KV memory calls are synchronous and throw ERR_CONTEXT_BUSY while an
+ * async call is in flight.
+ */
+export class LlamaContext {
+    readonly info: ContextInfo;
+
+    private constructor(readonly model: LlamaModel, readonly native: NativeContext) {
+        this.info = native.info();
+    }
+
+    static async create(model: LlamaModel, options: ContextOptions = {}): Promise<LlamaContext> {
+        const c = await nativeAsync(() => loadNative().Context.create(model.native, options));
+        return new LlamaContext(model, c);
+    }
+
+    get disposed(): boolean {
+        return this.native.disposed;
+    }
+
+    /**
+     * Decodes a batch: one entry per token (token id, position, sequence id, whether it wants an output).
+     * Resolves with one sampled token per output row, in batch order, and logprobs for the
+     * sequences whose sampler asks for them.
+     */
+    decode(batch: NativeDecodeBatch): Promise<NativeDecodeResult> {
+        return nativeAsync(() => this.native.decode(batch));
+    }
+
+    /** Sets the sampler chain of a sequence; null returns it to greedy. Reports whether sampling runs in the graph. */
+    setSampler(seqId: number, params: SamplerParams | null): { backend: boolean } {
+        return native(() => this.native.setSampler(seqId, params));
+    }
+
+    /** Removes positions [p0, p1) of a sequence (-1 = open-ended; seqId -1 = every sequence). */
+    seqRemove(seqId: number, p0 = -1, p1 = -1): boolean {
+        return native(() => this.native.seqRemove(seqId, p0, p1));
+    }
+
+    /** Makes dst share src's cells for [p0, p1) (with kvUnified, no data is copied). */
+    seqCopy(src: number, dst: number, p0 = -1, p1 = -1): void {
+        native(() => this.native.seqCopy(src, dst, p0, p1));
+    }
+
+    /** Removes every sequence but this one. */
+    seqKeep(seqId: number): void {
+        native(() => this.native.seqKeep(seqId));
+    }
+
+    /** Smallest position held for the sequence, -1 if it is empty. */
+    seqPosMin(seqId: number): number {
+        return native(() => this.native.seqPosMin(seqId));
+    }
+
+    /** Largest position held for the sequence, -1 if it is empty. */
+    seqPosMax(seqId: number): number {
+        return native(() => this.native.seqPosMax(seqId));
+    }
+
+    /** Empties the KV memory of every sequence. */
+    clear(): void {
+        native(() => this.native.clear());
+    }
+
+    /** Copies a sequence's KV state to host memory. */
+    saveSequence(seqId: number): Promise<Buffer> {
+        return nativeAsync(() => this.native.saveSequence(seqId));
+    }
+
+    /** Restores a saved state into any sequence id (its previous cells are dropped). Resolves with bytes read. */
+    restoreSequence(seqId: number, state: Uint8Array): Promise<number> {
+        return nativeAsync(() => this.native.restoreSequence(seqId, state));
+    }
+
+    /** Frees the KV memory (after any in-flight call finishes). Idempotent. */
+    dispose(): void {
+        this.native.dispose();
+    }
+}
+
+/** GPUs (and the CPU) that llama.cpp sees, with free and total memory read now. */
+export function getDevices(): DeviceInfo[] {
+    return native(() => loadNative().getDevices());
+}
+
+export function systemInfo(): SystemInfo {
+    return native(() => loadNative().systemInfo());
+}
+
+export const LogLevel = { Debug: 1, Info: 2, Warn: 3, Error: 4 } as const;
+export type LogLevel = (typeof LogLevel)[keyof typeof LogLevel];
+
+/**
+ * Routes llama.cpp's and ggml's logs to `fn` (level and text; a line may arrive in pieces) for
+ * messages at `minLevel` and above. null silences them again (the default: errors still reach the
+ * JS errors they cause).
+ */
+export function setLogger(fn: ((level: LogLevel, text: string) => void) | null, minLevel: LogLevel = LogLevel.Warn): void {
+    native(() => loadNative().setLogger(fn as ((level: number, text: string) => void) | null, minLevel));
+}
+
+export interface RandomModelOptions {
+    /** A vocab-only GGUF path, or a name from llama.cpp's models/ folder: "qwen2", "llama-spm", "deepseek-coder", ... */
+    vocabFrom: string;
+    /** Where to write the GGUF. */
+    out: string;
+    architecture?: "qwen2" | "llama";
+    embeddingSize?: number;
+    layers?: number;
+    heads?: number;
+    kvHeads?: number;
+    feedForwardSize?: number;
+    contextLength?: number;
+    /** Weight type of the matrices (norms stay f32). Default "f16". */
+    type?: "f32" | "f16" | "bf16" | "q8_0" | "q4_0";
+    /** Same seed and shape, same file. Default 42. */
+    seed?: number;
+    threads?: number;
+}
+
+/** Folder of the vocab-only GGUFs that ship with the llama.cpp source batchwise builds from. */
+export function vocabDir(): string {
+    return join(process.env.LLAMA_CPP_DIR ?? join(packageRoot, "deps", "llama.cpp"), "models");
+}
+
+/** Resolves a vocab name ("qwen2") or path to a file path. */
+export function resolveVocab(vocab: string): string {
+    if (isAbsolute(vocab) || vocab.endsWith(".gguf")) return vocab;
+    const p = join(vocabDir(), `ggml-vocab-${vocab}.gguf`);
+    if (!existsSync(p)) {
+        throw new BatchwiseError(ErrorCode.ModelNotFound, `no vocabulary named '${vocab}' (looked for ${p})`);
+    }
+    return p;
+}
+
+/**
+ * Writes a GGUF with random weights of a real architecture and the real tokenizer and chat template
+ * of a vocab-only GGUF: a model for tests and benchmarks that needs no download. Deterministic.
+ */
+export function createRandomModel(options: RandomModelOptions): Promise<{ path: string; sizeBytes: number; vocabSize: number }> {
+    checkOptions(options, "createRandomModel options");
+    if (!options || typeof options.vocabFrom !== "string") {
+        throw new BatchwiseError(ErrorCode.InvalidArgument, "option 'vocabFrom' (a vocab-only GGUF or its name) is required");
+    }
+    const vocabFrom = resolveVocab(options.vocabFrom);
+    return nativeAsync(() => loadNative().createRandomModel({ ...options, vocabFrom }));
+}

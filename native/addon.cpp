@@ -1,0 +1,23 @@
+// batchwise native addon: module entry. Exports the Model and Context classes and the free functions.
+#include "common.h"
+#include "context.h"
+#include "devices.h"
+#include "log.h"
+#include "model.h"
+#include "random_model.h"
+
+#include "llama.h"
+
+static Napi::Object init(Napi::Env env, Napi::Object exports) {
+    llama_backend_init();
+    bw::log_init(env);
+    exports.Set("Model", bw::model_wrap::define(env));
+    exports.Set("Context", bw::context_wrap::define(env));
+    exports.Set("getDevices", Napi::Function::New(env, bw::get_devices, "getDevices"));
+    exports.Set("systemInfo", Napi::Function::New(env, bw::system_info, "systemInfo"));
+    exports.Set("setLogger", Napi::Function::New(env, bw::set_logger, "setLogger"));
+    exports.Set("createRandomModel", Napi::Function::New(env, bw::create_random_model, "createRandomModel"));
+    return exports;
+}
+
+NODE_API_MODULE(batchwise, init)

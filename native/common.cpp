@@ -1,0 +1,175 @@
+#include "common.h"
+
+#include <cmath>
+
+namespace bw {
+
+Napi::Error make_error(Napi::Env env, const std::string & code, const std::string & msg) {
+    Napi::Error err = Napi::Error::New(env, msg);
+    err.Set("code", Napi::String::New(env, code));
+    return err;
+}
+
+Napi::Promise promise_worker::run(Napi::Env env, const char * name, exec_fn execute, resolve_fn resolve,
+                                  done_fn done, Napi::Object keep_alive) {
+    auto * w = new promise_worker(env, name, std::move(execute), std::move(resolve), std::move(done));
+    if (!keep_alive.IsEmpty()) {
+        w->keep = Napi::Persistent(keep_alive);
+    }
+    Napi::Promise p = w->deferred.Promise();
+    w->Queue();
+    return p;
+}
+
+promise_worker::promise_worker(Napi::Env env, const char * name, exec_fn execute, resolve_fn resolve, done_fn done)
+    : Napi::AsyncWorker(env, name),
+      deferred(Napi::Promise::Deferred::New(env)),
+      execute(std::move(execute)),
+      resolve(std::move(resolve)),
+      done(std::move(done)) {}
+
+void promise_worker::Execute() {
+    try {
+        execute();
+    } catch (const bw_error & e) {
+        err_code = e.code;
+        err_msg  = e.what();
+        SetError(err_msg);
+    } catch (const std::exception & e) {
+        err_code = "ERR_INTERNAL";
+        err_msg  = e.what();
+        SetError(err_msg);
+    } catch (...) {
+        err_code = "ERR_INTERNAL";
+        err_msg  = "unknown native error";
+        SetError(err_msg);
+    }
+}
+
+void promise_worker::OnOK() {
+    Napi::Env env = Env();
+    Napi::HandleScope scope(env);
+    try {
+        deferred.Resolve(resolve ? resolve(env) : env.Undefined());
+    } catch (const bw_error & e) {
+        deferred.Reject(make_error(env, e.code, e.what()).Value());
+    } catch (const Napi::Error & e) {
+        deferred.Reject(e.Value());
+    } catch (const std::exception & e) {
+        deferred.Reject(make_error(env, "ERR_INTERNAL", e.what()).Value());
+    }
+    if (done) {
+        done(); // after resolve: it may release what resolve handed over
+    }
+}
+
+void promise_worker::OnError(const Napi::Error &) {
+    Napi::Env env = Env();
+    Napi::HandleScope scope(env);
+    if (done) {
+        done();
+    }
+    deferred.Reject(make_error(env, err_code.empty() ? "ERR_INTERNAL" : err_code, err_msg).Value());
+}
+
+static Napi::Value field(const Napi::Object & o, const char * key) {
+    if (o.IsEmpty() || !o.Has(key)) {
+        return Napi::Value();
+    }
+    Napi::Value v = o.Get(key);
+    if (v.IsUndefined() || v.IsNull()) {
+        return Napi::Value();
+    }
+    return v;
+}
+
+bool has(const Napi::Object & o, const char * key) {
+    return !field(o, key).IsEmpty();
+}
+
+double get_num(const Napi::Object & o, const char * key, double def) {
+    Napi::Value v = field(o, key);
+    if (v.IsEmpty()) {
+        return def;
+    }
+    if (!v.IsNumber()) {
+        throw bw_error(code::invalid_argument, std::string("option '") + key + "' must be a number");
+    }
+    double d = v.As<Napi::Number>().DoubleValue();
+    if (!std::isfinite(d)) {
+        throw bw_error(code::invalid_argument, std::string("option '") + key + "' must be a finite number");
+    }
+    return d;
+}
+
+int64_t get_int64(const Napi::Object & o, const char * key, int64_t def) {
+    Napi::Value v = field(o, key);
+    if (v.IsEmpty()) {
+        return def;
+    }
+    double d = get_num(o, key, 0);
+    if (std::floor(d) != d) {
+        throw bw_error(code::invalid_argument, std::string("option '") + key + "' must be an integer");
+    }
+    return (int64_t) d;
+}
+
+int32_t get_int(const Napi::Object & o, const char * key, int32_t def) {
+    int64_t v = get_int64(o, key, def);
+    if (v < INT32_MIN || v > INT32_MAX) {
+        throw bw_error(code::invalid_argument, std::string("option '") + key + "' is out of range");
+    }
+    return (int32_t) v;
+}
+
+bool get_bool(const Napi::Object & o, const char * key, bool def) {
+    Napi::Value v = field(o, key);
+    if (v.IsEmpty()) {
+        return def;
+    }
+    if (!v.IsBoolean()) {
+        throw bw_error(code::invalid_argument, std::string("option '") + key + "' must be a boolean");
+    }
+    return v.As<Napi::Boolean>().Value();
+}
+
+std::string get_str(const Napi::Object & o, const char * key, const std::string & def) {
+    Napi::Value v = field(o, key);
+    if (v.IsEmpty()) {
+        return def;
+    }
+    if (!v.IsString()) {
+        throw bw_error(code::invalid_argument, std::string("option '") + key + "' must be a string");
+    }
+    return v.As<Napi::String>().Utf8Value();
+}
+
+Napi::Object opt_object(const Napi::CallbackInfo & info, size_t i, const char * what) {
+    if (info.Length() <= i || info[i].IsUndefined() || info[i].IsNull()) {
+        return Napi::Object::New(info.Env());
+    }
+    if (!info[i].IsObject()) {
+        throw bw_error(code::invalid_argument, std::string(what) + " must be an object");
+    }
+    return info[i].As<Napi::Object>();
+}
+
+std::string arg_string(const Napi::CallbackInfo & info, size_t i, const char * what) {
+    if (info.Length() <= i || !info[i].IsString()) {
+        throw bw_error(code::invalid_argument, std::string(what) + " must be a string");
+    }
+    return info[i].As<Napi::String>().Utf8Value();
+}
+
+int32_t arg_int(const Napi::CallbackInfo & info, size_t i, const char * what) {
+    if (info.Length() <= i || !info[i].IsNumber()) {
+        throw bw_error(code::invalid_argument, std::string(what) + " must be an integer");
+    }
+    double d = info[i].As<Napi::Number>().DoubleValue();
+    if (!std::isfinite(d) || std::floor(d) != d || d < INT32_MIN || d > INT32_MAX) {
+        throw bw_error(code::invalid_argument, std::string(what) + " must be an integer");
+    }
+    return (int32_t) d;
+}
+
+} // namespace bw

@@ -1,0 +1,108 @@
+// Shared helpers for the batchwise addon: typed errors, promise workers, argument parsing.
+//
+// Errors: every failure that reaches JS is a JS Error with a stable `code` property (ERR_...).
+// C++ code below the N-API boundary throws bw_error; the workers and the method wrappers turn it
+// into a rejected promise or a thrown JS error. No exception crosses into N-API uncaught.
+#pragma once
+
+#include <napi.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+namespace bw {
+
+// Stable error codes (mirrored in lib/binding/errors.ts).
+namespace code {
+constexpr const char * invalid_argument   = "ERR_INVALID_ARGUMENT";
+constexpr const char * model_not_found    = "ERR_MODEL_NOT_FOUND";
+constexpr const char * model_not_gguf     = "ERR_MODEL_NOT_GGUF";
+constexpr const char * model_truncated    = "ERR_MODEL_TRUNCATED";
+constexpr const char * model_unsupported  = "ERR_MODEL_UNSUPPORTED";
+constexpr const char * model_load_failed  = "ERR_MODEL_LOAD_FAILED";
+constexpr const char * model_in_use       = "ERR_MODEL_IN_USE";
+constexpr const char * context_failed     = "ERR_CONTEXT_CREATE_FAILED";
+constexpr const char * context_busy       = "ERR_CONTEXT_BUSY";
+constexpr const char * disposed           = "ERR_DISPOSED";
+constexpr const char * seq_id_range       = "ERR_SEQ_ID_RANGE";
+constexpr const char * token_range        = "ERR_TOKEN_RANGE";
+constexpr const char * batch_too_large    = "ERR_BATCH_TOO_LARGE";
+constexpr const char * batch_invalid      = "ERR_BATCH_INVALID";
+constexpr const char * kv_full            = "ERR_KV_FULL";
+constexpr const char * decode_failed      = "ERR_DECODE_FAILED";
+constexpr const char * state_failed       = "ERR_STATE_FAILED";
+constexpr const char * sampler_invalid    = "ERR_SAMPLER_INVALID";
+constexpr const char * template_failed    = "ERR_CHAT_TEMPLATE";
+constexpr const char * io_failed          = "ERR_IO";
+} // namespace code
+
+struct bw_error : std::runtime_error {
+    std::string code;
+    bw_error(const char * code, const std::string & msg) : std::runtime_error(msg), code(code) {}
+};
+
+Napi::Error make_error(Napi::Env env, const std::string & code, const std::string & msg);
+
+// Runs `fn` and converts bw_error / std::exception into a thrown JS error (for synchronous methods).
+template <typename F>
+auto guard(Napi::Env env, F && fn) -> decltype(fn()) {
+    try {
+        return fn();
+    } catch (const bw_error & e) {
+        throw make_error(env, e.code, e.what());
+    } catch (const Napi::Error &) {
+        throw;
+    } catch (const std::exception & e) {
+        throw make_error(env, "ERR_INTERNAL", e.what());
+    }
+}
+
+// A worker that runs `execute` on the libuv thread pool and settles a promise.
+// `execute` may throw bw_error; `resolve` builds the JS value on the main thread.
+// `done` (optional) runs on the main thread after either outcome, after `resolve` (release what is left).
+class promise_worker : public Napi::AsyncWorker {
+public:
+    using exec_fn    = std::function<void()>;
+    using resolve_fn = std::function<Napi::Value(Napi::Env)>;
+    using done_fn    = std::function<void()>;
+
+    static Napi::Promise run(Napi::Env env, const char * name, exec_fn execute, resolve_fn resolve,
+                             done_fn done = nullptr, Napi::Object keep_alive = Napi::Object());
+
+    void Execute() override;
+    void OnOK() override;
+    void OnError(const Napi::Error & e) override;
+
+private:
+    promise_worker(Napi::Env env, const char * name, exec_fn execute, resolve_fn resolve, done_fn done);
+
+    Napi::Promise::Deferred deferred;
+    exec_fn    execute;
+    resolve_fn resolve;
+    done_fn    done;
+    std::string err_code;
+    std::string err_msg;
+    Napi::ObjectReference keep;
+};
+
+// Argument helpers: they throw ERR_INVALID_ARGUMENT naming the field.
+int32_t     get_int  (const Napi::Object & o, const char * key, int32_t def);
+int64_t     get_int64(const Napi::Object & o, const char * key, int64_t def);
+double      get_num  (const Napi::Object & o, const char * key, double def);
+bool        get_bool (const Napi::Object & o, const char * key, bool def);
+std::string get_str  (const Napi::Object & o, const char * key, const std::string & def);
+bool        has      (const Napi::Object & o, const char * key);
+Napi::Object opt_object(const Napi::CallbackInfo & info, size_t i, const char * what);
+std::string  arg_string(const Napi::CallbackInfo & info, size_t i, const char * what);
+int32_t      arg_int(const Napi::CallbackInfo & info, size_t i, const char * what);
+
+// Last error-level messages logged by llama.cpp on the current thread (see log.cpp): used to
+// explain a failed load or decode in the JS error.
+void        log_capture_begin();
+std::string log_capture_end();
+
+} // namespace bw

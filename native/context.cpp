@@ -1,0 +1,756 @@
+#include "context.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <numeric>
+#include <thread>
+
+namespace bw {
+
+static Napi::FunctionReference g_context_ctor;
+
+Napi::Function context_wrap::define(Napi::Env env) {
+    Napi::Function fn = DefineClass(env, "Context", {
+        StaticMethod<&context_wrap::create>("create"),
+        InstanceMethod<&context_wrap::info>("info"),
+        InstanceMethod<&context_wrap::decode>("decode"),
+        InstanceMethod<&context_wrap::set_sampler>("setSampler"),
+        InstanceMethod<&context_wrap::seq_remove>("seqRemove"),
+        InstanceMethod<&context_wrap::seq_copy>("seqCopy"),
+        InstanceMethod<&context_wrap::seq_keep>("seqKeep"),
+        InstanceMethod<&context_wrap::seq_pos_min>("seqPosMin"),
+        InstanceMethod<&context_wrap::seq_pos_max>("seqPosMax"),
+        InstanceMethod<&context_wrap::clear>("clear"),
+        InstanceMethod<&context_wrap::save_sequence>("saveSequence"),
+        InstanceMethod<&context_wrap::restore_sequence>("restoreSequence"),
+        InstanceMethod<&context_wrap::dispose>("dispose"),
+        InstanceAccessor<&context_wrap::get_disposed>("disposed"),
+    });
+    g_context_ctor = Napi::Persistent(fn);
+    g_context_ctor.SuppressDestruct();
+    return fn;
+}
+
+// ---- create ----------------------------------------------------------------------------------
+
+static ggml_type parse_cache_type(const std::string & s, const char * what) {
+    static const std::pair<const char *, ggml_type> types[] = {
+        { "f32", GGML_TYPE_F32 }, { "f16", GGML_TYPE_F16 }, { "bf16", GGML_TYPE_BF16 },
+        { "q8_0", GGML_TYPE_Q8_0 }, { "q4_0", GGML_TYPE_Q4_0 }, { "q4_1", GGML_TYPE_Q4_1 },
+        { "q5_0", GGML_TYPE_Q5_0 }, { "q5_1", GGML_TYPE_Q5_1 }, { "iq4_nl", GGML_TYPE_IQ4_NL },
+    };
+    for (const auto & t : types) {
+        if (s == t.first) {
+            return t.second;
+        }
+    }
+    throw bw_error(code::invalid_argument, std::string("option '") + what + "' must be one of f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl (got '" + s + "')");
+}
+
+static llama_flash_attn_type parse_flash_attn(const Napi::Object & o) {
+    if (!has(o, "flashAttention")) {
+        return LLAMA_FLASH_ATTN_TYPE_AUTO;
+    }
+    Napi::Value v = o.Get("flashAttention");
+    if (v.IsBoolean()) {
+        return v.As<Napi::Boolean>().Value() ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
+    }
+    std::string s = get_str(o, "flashAttention", "auto");
+    if (s == "auto") return LLAMA_FLASH_ATTN_TYPE_AUTO;
+    if (s == "on")   return LLAMA_FLASH_ATTN_TYPE_ENABLED;
+    if (s == "off")  return LLAMA_FLASH_ATTN_TYPE_DISABLED;
+    throw bw_error(code::invalid_argument, "option 'flashAttention' must be true, false, 'auto', 'on' or 'off'");
+}
+
+struct create_state {
+    llama_model * model = nullptr;
+    llama_context_params params;
+    llama_context * ctx = nullptr;
+    bool taken = false;
+};
+
+// Context.create(model, options) -> Promise<Context>
+Napi::Value context_wrap::create(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    return guard(env, [&]() -> Napi::Value {
+        if (info.Length() < 1) {
+            throw bw_error(code::invalid_argument, "expected a Model");
+        }
+        model_wrap * m = model_wrap::unwrap(info[0]);
+        Napi::Object o = opt_object(info, 1, "context options");
+        auto st = std::make_shared<create_state>();
+        auto weights = m->handle();
+        st->model = weights->model;
+        auto & p = st->params;
+        p = llama_context_default_params();
+        const int32_t n_ctx_train = llama_model_n_ctx_train(st->model);
+        int64_t n_ctx = get_int64(o, "contextSize", 0);
+        if (n_ctx < 0 || n_ctx > (int64_t) 16 * 1024 * 1024) {
+            throw bw_error(code::invalid_argument, "option 'contextSize' must be between 0 (the model's trained context) and 16M");
+        }
+        p.n_ctx = n_ctx == 0 ? (uint32_t) n_ctx_train : (uint32_t) n_ctx;
+        int32_t n_seq = get_int(o, "maxSequences", 1);
+        if (n_seq < 1 || (size_t) n_seq > llama_max_parallel_sequences()) {
+            throw bw_error(code::invalid_argument, "option 'maxSequences' must be between 1 and " +
+                           std::to_string(llama_max_parallel_sequences()));
+        }
+        p.n_seq_max = (uint32_t) n_seq;
+        int32_t n_batch = get_int(o, "batchSize", 2048);
+        int32_t n_ubatch = get_int(o, "ubatchSize", std::min(512, n_batch));
+        if (n_batch < 1 || n_ubatch < 1) {
+            throw bw_error(code::invalid_argument, "options 'batchSize' and 'ubatchSize' must be positive");
+        }
+        if (n_ubatch > n_batch) {
+            throw bw_error(code::invalid_argument, "option 'ubatchSize' (" + std::to_string(n_ubatch) +
+                           ") must not exceed 'batchSize' (" + std::to_string(n_batch) + ")");
+        }
+        p.n_batch  = (uint32_t) n_batch;
+        p.n_ubatch = (uint32_t) n_ubatch;
+        p.flash_attn_type = parse_flash_attn(o);
+        p.type_k = parse_cache_type(get_str(o, "kvCacheTypeK", "f16"), "kvCacheTypeK");
+        p.type_v = parse_cache_type(get_str(o, "kvCacheTypeV", "f16"), "kvCacheTypeV");
+        p.kv_unified = get_bool(o, "kvUnified", true);
+        p.offload_kqv = get_bool(o, "offloadKqv", true);
+        p.no_perf = true;
+        int32_t hw = (int32_t) std::max(1u, std::thread::hardware_concurrency());
+        p.n_threads = get_int(o, "threads", hw);
+        p.n_threads_batch = get_int(o, "threadsBatch", p.n_threads);
+        if (p.n_threads < 1 || p.n_threads_batch < 1) {
+            throw bw_error(code::invalid_argument, "options 'threads' and 'threadsBatch' must be positive");
+        }
+        weights->n_contexts++; // the model refuses dispose() from now on; undone if creation fails
+        auto model_keep = std::make_shared<Napi::ObjectReference>(Napi::Persistent(info[0].As<Napi::Object>()));
+        return promise_worker::run(env, "batchwise.Context.create",
+            [st]() {
+                log_capture_begin();
+                st->ctx = llama_init_from_model(st->model, st->params);
+                std::string why = log_capture_end();
+                if (!st->ctx) {
+                    throw bw_error(code::context_failed, "failed to create the context" + (why.empty() ? "" : ": " + why));
+                }
+            },
+            [st, model_keep](Napi::Env env) -> Napi::Value {
+                Napi::Value c = g_context_ctor.New({ model_keep->Value(), Napi::External<llama_context>::New(env, st->ctx),
+                                                     Napi::Number::New(env, st->params.kv_unified),
+                                                     Napi::Number::New(env, (int) st->params.flash_attn_type) });
+                st->ctx = nullptr; // owned by the Context now
+                st->taken = true;
+                return c;
+            },
+            [st, weights]() { // runs after resolve, or after a failure
+                if (st->ctx) {
+                    llama_free(st->ctx);
+                    st->ctx = nullptr;
+                }
+                if (!st->taken) {
+                    weights->n_contexts--;
+                }
+            },
+            Napi::Object());
+    });
+}
+
+context_wrap::context_wrap(const Napi::CallbackInfo & info) : Napi::ObjectWrap<context_wrap>(info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 2 || !info[1].IsExternal()) {
+        throw make_error(env, code::invalid_argument, "Context cannot be constructed directly: use Context.create()");
+    }
+    model_     = Napi::ObjectWrap<model_wrap>::Unwrap(info[0].As<Napi::Object>());
+    model_ref_ = Napi::Persistent(info[0].As<Napi::Object>());
+    weights_   = model_->handle();
+    ctx_       = info[1].As<Napi::External<llama_context>>().Data();
+    kv_unified_ = info[2].As<Napi::Number>().Int32Value() != 0;
+    flash_attn_ = info[3].As<Napi::Number>().Int32Value();
+    n_seq_max_ = (int32_t) llama_n_seq_max(ctx_);
+    n_batch_   = (int32_t) llama_n_batch(ctx_);
+    batch_     = llama_batch_init(n_batch_, 0, 1);
+    samplers_.resize(n_seq_max_);
+}
+
+context_wrap::~context_wrap() {
+    free_context();
+}
+
+void context_wrap::free_context() {
+    if (ctx_ == nullptr) {
+        return;
+    }
+    llama_free(ctx_);
+    ctx_ = nullptr;
+    for (auto & s : samplers_) {
+        if (s.chain) {
+            llama_sampler_free(s.chain);
+            s.chain = nullptr;
+        }
+    }
+    llama_batch_free(batch_);
+    batch_ = {};
+    weights_->n_contexts--;
+    weights_.reset();
+    if (!model_ref_.IsEmpty()) {
+        model_ref_.Reset();
+    }
+}
+
+void context_wrap::end_work() {
+    n_pending_--;
+    if (disposed_ && n_pending_ == 0) {
+        free_context();
+    }
+}
+
+llama_context * context_wrap::get() const {
+    if (disposed_ || ctx_ == nullptr) {
+        throw bw_error(code::disposed, "the context has been disposed");
+    }
+    return ctx_;
+}
+
+void context_wrap::check_idle() const {
+    if (n_pending_ > 0) {
+        throw bw_error(code::context_busy, "the context is busy with a decode or state operation: await it first");
+    }
+}
+
+void context_wrap::check_seq(int32_t seq, const char * what, bool allow_any) const {
+    if (allow_any && seq == -1) {
+        return;
+    }
+    if (seq < 0 || seq >= n_seq_max_) {
+        throw bw_error(code::seq_id_range, std::string(what) + " " + std::to_string(seq) +
+                       " is out of range [0, " + std::to_string(n_seq_max_) + ")");
+    }
+}
+
+Napi::Value context_wrap::info(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    return guard(env, [&]() -> Napi::Value {
+        llama_context * c = get();
+        Napi::Object o = Napi::Object::New(env);
+        o.Set("contextSize", llama_n_ctx(c));
+        o.Set("sequenceContextSize", llama_n_ctx_seq(c));
+        o.Set("maxSequences", llama_n_seq_max(c));
+        o.Set("batchSize", llama_n_batch(c));
+        o.Set("ubatchSize", llama_n_ubatch(c));
+        o.Set("kvUnified", kv_unified_);
+        o.Set("flashAttention", flash_attn_ == LLAMA_FLASH_ATTN_TYPE_AUTO ? "auto" :
+                                flash_attn_ == LLAMA_FLASH_ATTN_TYPE_ENABLED ? "on" : "off");
+        return o;
+    });
+}
+
+// ---- sampling --------------------------------------------------------------------------------
+
+void context_wrap::clear_sampler(int32_t seq) {
+    seq_sampler & s = samplers_[seq];
+    if (s.backend) {
+        llama_set_sampler(ctx_, seq, nullptr);
+    }
+    if (s.chain) {
+        llama_sampler_free(s.chain);
+    }
+    s = seq_sampler{};
+}
+
+static std::vector<llama_logit_bias> parse_logit_bias(const Napi::Value & v, const model_wrap & m) {
+    std::vector<llama_logit_bias> out;
+    auto add = [&](double tok, const Napi::Value & b) {
+        if (tok != (double) (int32_t) tok) {
+            throw bw_error(code::token_range, "logitBias token " + std::to_string(tok) + " is not a token id");
+        }
+        m.check_token((int32_t) tok, "logitBias token");
+        if (!b.IsNumber()) {
+            throw bw_error(code::invalid_argument, "logitBias values must be numbers");
+        }
+        double bias = b.As<Napi::Number>().DoubleValue();
+        if (std::isnan(bias)) {
+            throw bw_error(code::invalid_argument, "logitBias values must not be NaN");
+        }
+        out.push_back({ (llama_token) tok, (float) bias });
+    };
+    if (v.IsArray()) { // [[token, bias], ...]
+        Napi::Array a = v.As<Napi::Array>();
+        for (uint32_t i = 0; i < a.Length(); i++) {
+            Napi::Value e = a.Get(i);
+            if (!e.IsArray() || e.As<Napi::Array>().Length() != 2 || !e.As<Napi::Array>().Get(0u).IsNumber()) {
+                throw bw_error(code::invalid_argument, "logitBias must be [[token, bias], ...] or { token: bias }");
+            }
+            add(e.As<Napi::Array>().Get(0u).As<Napi::Number>().DoubleValue(), e.As<Napi::Array>().Get(1u));
+        }
+    } else if (v.IsObject()) { // { "123": -100 }
+        Napi::Object o = v.As<Napi::Object>();
+        Napi::Array keys = o.GetPropertyNames();
+        for (uint32_t i = 0; i < keys.Length(); i++) {
+            std::string k = keys.Get(i).ToString().Utf8Value();
+            char * end = nullptr;
+            double tok = std::strtod(k.c_str(), &end);
+            if (end == k.c_str() || *end != '\0') {
+                throw bw_error(code::token_range, "logitBias key '" + k + "' is not a token id");
+            }
+            add(tok, o.Get(k));
+        }
+    } else {
+        throw bw_error(code::invalid_argument, "logitBias must be [[token, bias], ...] or { token: bias }");
+    }
+    return out;
+}
+
+// setSampler(seqId, params | null): the sampler chain used for this sequence's outputs.
+// params: { temperature = 1, topK = 0, topP = 1, minP = 0, repeatPenalty = 1, presencePenalty = 0,
+//           frequencyPenalty = 0, penaltyLastN = 64, logitBias, seed, logprobs, backend = true }
+// temperature <= 0 is greedy. Returns { backend } : whether sampling runs inside the graph (GPU).
+Napi::Value context_wrap::set_sampler(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    return guard(env, [&]() -> Napi::Value {
+        llama_context * c = get();
+        check_idle();
+        int32_t seq = arg_int(info, 0, "seqId");
+        check_seq(seq, "seqId");
+        if (info.Length() < 2 || info[1].IsNull() || info[1].IsUndefined()) {
+            clear_sampler(seq);
+            Napi::Object r = Napi::Object::New(env);
+            r.Set("backend", false);
+            return r;
+        }
+        Napi::Object o = opt_object(info, 1, "sampler params");
+        const double temp   = get_num(o, "temperature", 1.0);
+        const int32_t top_k = get_int(o, "topK", 0);
+        const double top_p  = get_num(o, "topP", 1.0);
+        const double min_p  = get_num(o, "minP", 0.0);
+        const double rep    = get_num(o, "repeatPenalty", 1.0);
+        const double pres   = get_num(o, "presencePenalty", 0.0);
+        const double freq   = get_num(o, "frequencyPenalty", 0.0);
+        const int32_t last_n = get_int(o, "penaltyLastN", 64);
+        const int64_t seed  = get_int64(o, "seed", -1);
+        const int32_t logprobs = get_int(o, "logprobs", -1);
+        const bool want_backend = get_bool(o, "backend", true);
+        if (temp < 0)                   throw bw_error(code::sampler_invalid, "temperature must be >= 0");
+        if (top_k < 0)                  throw bw_error(code::sampler_invalid, "topK must be >= 0");
+        if (top_p <= 0 || top_p > 1)    throw bw_error(code::sampler_invalid, "topP must be in (0, 1]");
+        if (min_p < 0 || min_p > 1)     throw bw_error(code::sampler_invalid, "minP must be in [0, 1]");
+        if (rep <= 0)                   throw bw_error(code::sampler_invalid, "repeatPenalty must be > 0");
+        if (last_n < -1)                throw bw_error(code::sampler_invalid, "penaltyLastN must be >= -1");
+        if (logprobs < -1 || logprobs > 100) throw bw_error(code::sampler_invalid, "logprobs must be between 0 and 100");
+        if (seed < -1 || seed > (int64_t) UINT32_MAX) throw bw_error(code::sampler_invalid, "seed must be an unsigned 32-bit integer");
+        std::vector<llama_logit_bias> bias;
+        if (has(o, "logitBias")) {
+            bias = parse_logit_bias(o.Get("logitBias"), *model_);
+        }
+
+        llama_sampler * chain = llama_sampler_chain_init(llama_sampler_chain_default_params());
+        const int32_t n_vocab = model_->n_vocab();
+        if (!bias.empty()) {
+            llama_sampler_chain_add(chain, llama_sampler_init_logit_bias(n_vocab, (int32_t) bias.size(), bias.data()));
+        }
+        if (rep != 1.0 || pres != 0.0 || freq != 0.0) {
+            int32_t n = last_n == -1 ? (int32_t) llama_n_ctx(c) : last_n;
+            llama_sampler_chain_add(chain, llama_sampler_init_penalties(n_vocab, n, (float) rep, (float) freq, (float) pres));
+        }
+        if (temp <= 0) {
+            llama_sampler_chain_add(chain, llama_sampler_init_greedy());
+        } else {
+            if (top_k > 0)   llama_sampler_chain_add(chain, llama_sampler_init_top_k(top_k));
+            if (top_p < 1.0) llama_sampler_chain_add(chain, llama_sampler_init_top_p((float) top_p, 1));
+            if (min_p > 0.0) llama_sampler_chain_add(chain, llama_sampler_init_min_p((float) min_p, 1));
+            llama_sampler_chain_add(chain, llama_sampler_init_temp((float) temp));
+            llama_sampler_chain_add(chain, llama_sampler_init_dist(seed < 0 ? LLAMA_DEFAULT_SEED : (uint32_t) seed));
+        }
+
+        clear_sampler(seq);
+        seq_sampler & s = samplers_[seq];
+        s.chain = chain;
+        s.logprobs = logprobs;
+        // logprobs are computed from the raw logits, which a backend-sampled sequence does not produce
+        if (want_backend && logprobs < 0) {
+            s.backend = llama_set_sampler(c, seq, chain);
+        }
+        Napi::Object r = Napi::Object::New(env);
+        r.Set("backend", s.backend);
+        return r;
+    });
+}
+
+// ---- decode ----------------------------------------------------------------------------------
+
+template <typename T>
+static const T * typed_field(const Napi::Object & o, const char * key, napi_typedarray_type type, const char * type_name,
+                             size_t & len) {
+    if (!o.Has(key)) {
+        throw bw_error(code::invalid_argument, std::string("batch.") + key + " must be an " + type_name);
+    }
+    Napi::Value v = o.Get(key);
+    if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != type) {
+        throw bw_error(code::invalid_argument, std::string("batch.") + key + " must be an " + type_name);
+    }
+    Napi::TypedArrayOf<T> a = v.As<Napi::TypedArrayOf<T>>();
+    len = a.ElementLength();
+    return a.Data();
+}
+
+struct decode_job {
+    std::vector<llama_token>  tokens;
+    std::vector<llama_pos>    pos;
+    std::vector<llama_seq_id> seq;
+    std::vector<int8_t>       out;
+    // results, one entry per output row
+    std::vector<llama_token>  sampled;
+    std::vector<float>        logprob;
+    int32_t                   top_k = 0;
+    std::vector<llama_token>  top_ids;
+    std::vector<float>        top_logprobs;
+    double                    decode_ms = 0;
+    double                    sample_ms = 0;
+};
+
+static double now_ms() {
+    return (double) llama_time_us() / 1000.0;
+}
+
+// log-softmax of one row: the sampled token's logprob and the top k.
+static void row_logprobs(const float * logits, int32_t n_vocab, llama_token chosen, int32_t k,
+                         float & lp, llama_token * top_ids, float * top_lps, std::vector<int32_t> & scratch) {
+    float mx = -INFINITY;
+    for (int32_t i = 0; i < n_vocab; i++) {
+        mx = std::max(mx, logits[i]);
+    }
+    double sum = 0;
+    for (int32_t i = 0; i < n_vocab; i++) {
+        sum += std::exp((double) logits[i] - mx);
+    }
+    const double lse = mx + std::log(sum);
+    lp = (float) (logits[chosen] - lse);
+    if (k <= 0) {
+        return;
+    }
+    scratch.resize(n_vocab);
+    std::iota(scratch.begin(), scratch.end(), 0);
+    const int32_t kk = std::min(k, n_vocab);
+    std::partial_sort(scratch.begin(), scratch.begin() + kk, scratch.end(),
+                      [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); });
+    for (int32_t j = 0; j < kk; j++) {
+        top_ids[j] = scratch[j];
+        top_lps[j] = (float) (logits[scratch[j]] - lse);
+    }
+}
+
+// decode({ tokens: Int32Array, positions: Int32Array, seqIds: Int32Array, outputs: Uint8Array })
+//   -> Promise<{ tokens: Int32Array, logprobs: Float32Array | null, topK, topIds, topLogprobs, decodeMs, sampleMs }>
+// One result row per token with outputs[i] != 0, in batch order: the token sampled with that sequence's sampler.
+Napi::Value context_wrap::decode(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    return guard(env, [&]() -> Napi::Value {
+        get();
+        if (info.Length() < 1 || !info[0].IsObject()) {
+            throw bw_error(code::invalid_argument, "decode expects a batch { tokens, positions, seqIds, outputs }");
+        }
+        Napi::Object b = info[0].As<Napi::Object>();
+        size_t n_tok, n_pos, n_seq, n_out;
+        const int32_t * tok = typed_field<int32_t>(b, "tokens", napi_int32_array, "Int32Array", n_tok);
+        const int32_t * pos = typed_field<int32_t>(b, "positions", napi_int32_array, "Int32Array", n_pos);
+        const int32_t * sq  = typed_field<int32_t>(b, "seqIds", napi_int32_array, "Int32Array", n_seq);
+        const uint8_t * out = typed_field<uint8_t>(b, "outputs", napi_uint8_array, "Uint8Array", n_out);
+        if (n_pos != n_tok || n_seq != n_tok || n_out != n_tok) {
+            throw bw_error(code::invalid_argument, "batch arrays must have the same length (tokens " + std::to_string(n_tok) +
+                           ", positions " + std::to_string(n_pos) + ", seqIds " + std::to_string(n_seq) +
+                           ", outputs " + std::to_string(n_out) + ")");
+        }
+        if (n_tok == 0) {
+            throw bw_error(code::invalid_argument, "the batch is empty");
+        }
+        if (n_tok > (size_t) n_batch_) {
+            throw bw_error(code::batch_too_large, "the batch holds " + std::to_string(n_tok) +
+                           " tokens, more than the context's batchSize " + std::to_string(n_batch_));
+        }
+        auto job = std::make_shared<decode_job>();
+        job->tokens.assign(tok, tok + n_tok);
+        job->pos.assign(pos, pos + n_tok);
+        job->seq.assign(sq, sq + n_tok);
+        job->out.resize(n_tok);
+        size_t n_outputs = 0;
+        for (size_t i = 0; i < n_tok; i++) {
+            model_->check_token(tok[i], ("batch.tokens[" + std::to_string(i) + "]").c_str());
+            check_seq(sq[i], ("batch.seqIds[" + std::to_string(i) + "]").c_str());
+            if (pos[i] < 0) {
+                throw bw_error(code::invalid_argument, "batch.positions[" + std::to_string(i) + "] must be >= 0");
+            }
+            job->out[i] = out[i] ? 1 : 0;
+            n_outputs += job->out[i];
+        }
+        int32_t top_k = 0;
+        for (size_t i = 0; i < n_tok; i++) {
+            if (job->out[i]) {
+                top_k = std::max(top_k, samplers_[sq[i]].logprobs);
+            }
+        }
+        job->top_k = top_k;
+        begin_work();
+        return promise_worker::run(env, "batchwise.Context.decode",
+            [this, job, n_outputs]() {
+                std::lock_guard<std::mutex> lock(exec_mutex_);
+                const int32_t n = (int32_t) job->tokens.size();
+                batch_.n_tokens = n;
+                for (int32_t i = 0; i < n; i++) {
+                    batch_.token[i]     = job->tokens[i];
+                    batch_.pos[i]       = job->pos[i];
+                    batch_.n_seq_id[i]  = 1;
+                    batch_.seq_id[i][0] = job->seq[i];
+                    batch_.logits[i]    = job->out[i];
+                }
+                double t0 = now_ms();
+                log_capture_begin();
+                int32_t rc = llama_decode(ctx_, batch_);
+                std::string why = log_capture_end();
+                job->decode_ms = now_ms() - t0;
+                if (rc == 1) {
+                    throw bw_error(code::kv_full, "no KV cache space for the batch (" + std::to_string(n) +
+                                   " tokens): free sequences or use a smaller batch");
+                }
+                if (rc == -1) {
+                    throw bw_error(code::batch_invalid, "llama.cpp rejected the batch" + (why.empty() ? "" : ": " + why));
+                }
+                if (rc != 0) {
+                    throw bw_error(code::decode_failed, "decode failed with code " + std::to_string(rc) +
+                                   (why.empty() ? "" : ": " + why));
+                }
+                t0 = now_ms();
+                const int32_t n_vocab = model_->n_vocab();
+                job->sampled.resize(n_outputs);
+                if (job->top_k >= 0) {
+                    bool any = false;
+                    for (int32_t i = 0; i < n; i++) {
+                        any = any || (job->out[i] && samplers_[job->seq[i]].logprobs >= 0);
+                    }
+                    if (any) {
+                        job->logprob.assign(n_outputs, NAN);
+                        job->top_ids.assign(n_outputs * job->top_k, -1);
+                        job->top_logprobs.assign(n_outputs * job->top_k, NAN);
+                    }
+                }
+                std::vector<int32_t> scratch;
+                size_t row = 0;
+                for (int32_t i = 0; i < n; i++) {
+                    if (!job->out[i]) {
+                        continue;
+                    }
+                    seq_sampler & s = samplers_[job->seq[i]];
+                    llama_token t;
+                    if (s.chain) {
+                        t = llama_sampler_sample(s.chain, ctx_, i);
+                    } else {
+                        const float * logits = llama_get_logits_ith(ctx_, i);
+                        if (!logits) {
+                            throw bw_error(code::decode_failed, "no logits for batch row " + std::to_string(i));
+                        }
+                        t = (llama_token) (std::max_element(logits, logits + n_vocab) - logits);
+                    }
+                    job->sampled[row] = t;
+                    if (s.logprobs >= 0) {
+                        const float * logits = llama_get_logits_ith(ctx_, i);
+                        if (logits) {
+                            row_logprobs(logits, n_vocab, t, s.logprobs, job->logprob[row],
+                                         job->top_ids.data() + row * job->top_k,
+                                         job->top_logprobs.data() + row * job->top_k, scratch);
+                        }
+                    }
+                    row++;
+                }
+                job->sample_ms = now_ms() - t0;
+            },
+            [job](Napi::Env env) -> Napi::Value {
+                Napi::Object r = Napi::Object::New(env);
+                Napi::Int32Array toks = Napi::Int32Array::New(env, job->sampled.size());
+                std::copy(job->sampled.begin(), job->sampled.end(), toks.Data());
+                r.Set("tokens", toks);
+                if (!job->logprob.empty()) {
+                    Napi::Float32Array lp = Napi::Float32Array::New(env, job->logprob.size());
+                    std::copy(job->logprob.begin(), job->logprob.end(), lp.Data());
+                    r.Set("logprobs", lp);
+                    r.Set("topK", job->top_k);
+                    Napi::Int32Array ids = Napi::Int32Array::New(env, job->top_ids.size());
+                    std::copy(job->top_ids.begin(), job->top_ids.end(), ids.Data());
+                    Napi::Float32Array tl = Napi::Float32Array::New(env, job->top_logprobs.size());
+                    std::copy(job->top_logprobs.begin(), job->top_logprobs.end(), tl.Data());
+                    r.Set("topIds", ids);
+                    r.Set("topLogprobs", tl);
+                } else {
+                    r.Set("logprobs", env.Null());
+                    r.Set("topK", 0);
+                }
+                r.Set("decodeMs", job->decode_ms);
+                r.Set("sampleMs", job->sample_ms);
+                return r;
+            },
+            [this]() { end_work(); },
+            Value());
+    });
+}
+
+// ---- KV memory -------------------------------------------------------------------------------
+
+static llama_pos opt_pos(const Napi::CallbackInfo & info, size_t i, const char * what) {
+    if (info.Length() <= i || info[i].IsUndefined() || info[i].IsNull()) {
+        return -1;
+    }
+    int32_t p = arg_int(info, i, what);
+    if (p < -1) {
+        throw bw_error(code::invalid_argument, std::string(what) + " must be >= 0, or -1 for open-ended");
+    }
+    return p;
+}
+
+// seqRemove(seqId | -1, p0 = -1, p1 = -1) -> boolean: removes positions [p0, p1) (-1: open-ended)
+Napi::Value context_wrap::seq_remove(const Napi::CallbackInfo & info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+        llama_context * c = get();
+        check_idle();
+        int32_t seq = arg_int(info, 0, "seqId");
+        check_seq(seq, "seqId", true);
+        llama_pos p0 = opt_pos(info, 1, "p0"), p1 = opt_pos(info, 2, "p1");
+        return Napi::Boolean::New(info.Env(), llama_memory_seq_rm(llama_get_memory(c), seq, p0, p1));
+    });
+}
+
+// seqCopy(src, dst, p0 = -1, p1 = -1): dst shares src's cells for [p0, p1) (no copy of data in unified mode)
+Napi::Value context_wrap::seq_copy(const Napi::CallbackInfo & info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+        llama_context * c = get();
+        check_idle();
+        int32_t src = arg_int(info, 0, "srcSeqId");
+        int32_t dst = arg_int(info, 1, "dstSeqId");
+        check_seq(src, "srcSeqId");
+        check_seq(dst, "dstSeqId");
+        llama_pos p0 = opt_pos(info, 2, "p0"), p1 = opt_pos(info, 3, "p1");
+        if (src != dst) {
+            if (!kv_unified_ && (p0 > 0 || p1 >= 0)) {
+                throw bw_error(code::invalid_argument, "partial sequence copies need kvUnified: per-sequence streams copy whole sequences");
+            }
+            llama_memory_seq_cp(llama_get_memory(c), src, dst, p0, p1);
+        }
+        return info.Env().Undefined();
+    });
+}
+
+Napi::Value context_wrap::seq_keep(const Napi::CallbackInfo & info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+        llama_context * c = get();
+        check_idle();
+        int32_t seq = arg_int(info, 0, "seqId");
+        check_seq(seq, "seqId");
+        llama_memory_seq_keep(llama_get_memory(c), seq);
+        return info.Env().Undefined();
+    });
+}
+
+Napi::Value context_wrap::seq_pos_min(const Napi::CallbackInfo & info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+        llama_context * c = get();
+        check_idle();
+        int32_t seq = arg_int(info, 0, "seqId");
+        check_seq(seq, "seqId");
+        return Napi::Number::New(info.Env(), llama_memory_seq_pos_min(llama_get_memory(c), seq));
+    });
+}
+
+Napi::Value context_wrap::seq_pos_max(const Napi::CallbackInfo & info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+        llama_context * c = get();
+        check_idle();
+        int32_t seq = arg_int(info, 0, "seqId");
+        check_seq(seq, "seqId");
+        return Napi::Number::New(info.Env(), llama_memory_seq_pos_max(llama_get_memory(c), seq));
+    });
+}
+
+Napi::Value context_wrap::clear(const Napi::CallbackInfo & info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+        llama_context * c = get();
+        check_idle();
+        llama_memory_clear(llama_get_memory(c), true);
+        return info.Env().Undefined();
+    });
+}
+
+// ---- sequence state --------------------------------------------------------------------------
+
+// saveSequence(seqId) -> Promise<Buffer>: the sequence's KV state in host memory
+Napi::Value context_wrap::save_sequence(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    return guard(env, [&]() -> Napi::Value {
+        get();
+        int32_t seq = arg_int(info, 0, "seqId");
+        check_seq(seq, "seqId");
+        auto data = std::make_shared<std::vector<uint8_t>>();
+        begin_work();
+        return promise_worker::run(env, "batchwise.Context.saveSequence",
+            [this, seq, data]() {
+                std::lock_guard<std::mutex> lock(exec_mutex_);
+                size_t n = llama_state_seq_get_size(ctx_, seq);
+                data->resize(n);
+                size_t got = llama_state_seq_get_data(ctx_, data->data(), n, seq);
+                if (got == 0 && n != 0) {
+                    throw bw_error(code::state_failed, "failed to read the state of sequence " + std::to_string(seq));
+                }
+                data->resize(got);
+            },
+            [data](Napi::Env env) -> Napi::Value {
+                return Napi::Buffer<uint8_t>::Copy(env, data->data(), data->size());
+            },
+            [this]() { end_work(); },
+            Value());
+    });
+}
+
+// restoreSequence(seqId, state: Uint8Array) -> Promise<number>: bytes read; the sequence's old cells are replaced
+Napi::Value context_wrap::restore_sequence(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    return guard(env, [&]() -> Napi::Value {
+        get();
+        int32_t seq = arg_int(info, 0, "seqId");
+        check_seq(seq, "seqId");
+        if (info.Length() < 2 || !info[1].IsTypedArray() ||
+            info[1].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
+            throw bw_error(code::invalid_argument, "state must be a Buffer or Uint8Array from saveSequence()");
+        }
+        Napi::Uint8Array a = info[1].As<Napi::Uint8Array>();
+        if (a.ElementLength() == 0) {
+            throw bw_error(code::invalid_argument, "state is empty");
+        }
+        auto data = std::make_shared<std::vector<uint8_t>>(a.Data(), a.Data() + a.ElementLength());
+        auto read = std::make_shared<size_t>(0);
+        begin_work();
+        return promise_worker::run(env, "batchwise.Context.restoreSequence",
+            [this, seq, data, read]() {
+                std::lock_guard<std::mutex> lock(exec_mutex_);
+                llama_memory_seq_rm(llama_get_memory(ctx_), seq, -1, -1);
+                log_capture_begin();
+                *read = llama_state_seq_set_data(ctx_, data->data(), data->size(), seq);
+                std::string why = log_capture_end();
+                if (*read == 0) {
+                    throw bw_error(code::state_failed, "failed to restore sequence " + std::to_string(seq) +
+                                   " (state from another model or context shape, or no KV space)" +
+                                   (why.empty() ? "" : ": " + why));
+                }
+            },
+            [read](Napi::Env env) -> Napi::Value { return Napi::Number::New(env, (double) *read); },
+            [this]() { end_work(); },
+            Value());
+    });
+}
+
+Napi::Value context_wrap::dispose(const Napi::CallbackInfo & info) {
+    if (!disposed_) {
+        disposed_ = true;
+        if (n_pending_ == 0) {
+            free_context();
+        }
+    }
+    return info.Env().Undefined();
+}
+
+Napi::Value context_wrap::get_disposed(const Napi::CallbackInfo & info) {
+    return Napi::Boolean::New(info.Env(), disposed_);
+}
+
+} // namespace bw

@@ -1,0 +1,70 @@
+#pragma once
+
+#include "common.h"
+#include "model.h"
+
+#include "llama.h"
+
+#include <memory>
+#include <mutex>
+#include <vector>
+
+namespace bw {
+
+// Per-sequence sampling configuration. No chain means plain greedy (argmax over the logits).
+struct seq_sampler {
+    llama_sampler * chain   = nullptr;
+    bool            backend = false; // attached to the context with llama_set_sampler (sampled inside the graph)
+    int32_t         logprobs = -1;   // -1: none; 0: the sampled token's logprob; k > 0: also the top k
+};
+
+// An inference context over a model: KV memory for up to maxSequences sequences, decode with sampling.
+// JS: binding.Context, made by Context.create(model, options).
+class context_wrap : public Napi::ObjectWrap<context_wrap> {
+public:
+    static Napi::Function define(Napi::Env env);
+
+    explicit context_wrap(const Napi::CallbackInfo & info);
+    ~context_wrap() override;
+
+private:
+    static Napi::Value create(const Napi::CallbackInfo & info);
+
+    Napi::Value info(const Napi::CallbackInfo & info);
+    Napi::Value decode(const Napi::CallbackInfo & info);
+    Napi::Value set_sampler(const Napi::CallbackInfo & info);
+    Napi::Value seq_remove(const Napi::CallbackInfo & info);
+    Napi::Value seq_copy(const Napi::CallbackInfo & info);
+    Napi::Value seq_keep(const Napi::CallbackInfo & info);
+    Napi::Value seq_pos_min(const Napi::CallbackInfo & info);
+    Napi::Value seq_pos_max(const Napi::CallbackInfo & info);
+    Napi::Value clear(const Napi::CallbackInfo & info);
+    Napi::Value save_sequence(const Napi::CallbackInfo & info);
+    Napi::Value restore_sequence(const Napi::CallbackInfo & info);
+    Napi::Value dispose(const Napi::CallbackInfo & info);
+    Napi::Value get_disposed(const Napi::CallbackInfo & info);
+
+    llama_context * get() const;                // throws ERR_DISPOSED
+    void            check_idle() const;         // throws ERR_CONTEXT_BUSY while async work is in flight
+    void            check_seq(int32_t seq, const char * what, bool allow_any = false) const;
+    void            begin_work() { n_pending_++; }
+    void            end_work();
+    void            free_context();
+    void            clear_sampler(int32_t seq);
+
+    llama_context * ctx_    = nullptr;
+    model_wrap    * model_  = nullptr;      // valid while model_ref_ holds the JS object
+    Napi::ObjectReference model_ref_;
+    std::shared_ptr<model_handle> weights_; // keeps the llama_model alive as long as ctx_
+    int32_t         n_seq_max_ = 0;
+    int32_t         n_batch_   = 0;
+    bool            kv_unified_ = false;
+    int             flash_attn_ = -1;
+    bool            disposed_  = false;
+    int             n_pending_ = 0;
+    std::mutex      exec_mutex_;
+    llama_batch     batch_{};
+    std::vector<seq_sampler> samplers_;
+};
+
+} // namespace bw

@@ -1,0 +1,65 @@
+// Devices (GPUs and the CPU) with their memory, and llama.cpp's build/system information.
+#include "common.h"
+#include "devices.h"
+
+#include "ggml-backend.h"
+#include "llama.h"
+
+namespace bw {
+
+static const char * dev_type_name(enum ggml_backend_dev_type t) {
+    switch (t) {
+        case GGML_BACKEND_DEVICE_TYPE_CPU:   return "cpu";
+        case GGML_BACKEND_DEVICE_TYPE_GPU:   return "gpu";
+        case GGML_BACKEND_DEVICE_TYPE_IGPU:  return "igpu";
+        case GGML_BACKEND_DEVICE_TYPE_ACCEL: return "accel";
+        default:                             return "other";
+    }
+}
+
+// getDevices() -> [{ index, name, description, type, backend, freeBytes, totalBytes }]
+// Memory is read at call time, so it shows what a model or context took and what dispose() gave back.
+Napi::Value get_devices(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    return guard(env, [&]() -> Napi::Value {
+        Napi::Array out = Napi::Array::New(env);
+        const size_t n = ggml_backend_dev_count();
+        uint32_t k = 0;
+        for (size_t i = 0; i < n; i++) {
+            ggml_backend_dev_t dev = ggml_backend_dev_get(i);
+            size_t free_b = 0, total_b = 0;
+            ggml_backend_dev_memory(dev, &free_b, &total_b);
+            ggml_backend_reg_t reg = ggml_backend_dev_backend_reg(dev);
+            Napi::Object d = Napi::Object::New(env);
+            d.Set("index", (double) i);
+            d.Set("name", ggml_backend_dev_name(dev));
+            d.Set("description", ggml_backend_dev_description(dev));
+            d.Set("type", dev_type_name(ggml_backend_dev_type(dev)));
+            d.Set("backend", reg ? ggml_backend_reg_name(reg) : "");
+            d.Set("freeBytes", (double) free_b);
+            d.Set("totalBytes", (double) total_b);
+            out.Set(k++, d);
+        }
+        return out;
+    });
+}
+
+// systemInfo() -> { llamaTag, gpuOffload, maxDevices, maxSequences, mmap, info }
+Napi::Value system_info(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("llamaTag", BATCHWISE_LLAMA_TAG);
+#ifdef BATCHWISE_CUDA
+    o.Set("cuda", true);
+#else
+    o.Set("cuda", false);
+#endif
+    o.Set("gpuOffload", llama_supports_gpu_offload());
+    o.Set("maxDevices", (double) llama_max_devices());
+    o.Set("maxSequences", (double) llama_max_parallel_sequences());
+    o.Set("mmap", llama_supports_mmap());
+    o.Set("info", llama_print_system_info());
+    return o;
+}
+
+} // namespace bw
