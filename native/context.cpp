@@ -82,6 +82,9 @@ Napi::Value context_wrap::create(const Napi::CallbackInfo & info) {
         Napi::Object o = opt_object(info, 1, "context options");
         auto st = std::make_shared<create_state>();
         auto weights = m->handle();
+        if (weights->vocab_only) {
+            throw bw_error(code::invalid_argument, "the model was loaded with vocabOnly: it has no weights to run a context on");
+        }
         st->model = weights->model;
         auto & p = st->params;
         p = llama_context_default_params();

@@ -74,7 +74,8 @@ model_wrap::model_wrap(const Napi::CallbackInfo & info) : Napi::ObjectWrap<model
     if (info.Length() < 1 || !info[0].IsExternal()) {
         throw make_error(env, code::invalid_argument, "Model cannot be constructed directly: use Model.load()");
     }
-    handle_  = std::make_shared<model_handle>(info[0].As<Napi::External<llama_model>>().Data());
+    const bool vocab_only = info.Length() > 1 && info[1].ToBoolean().Value();
+    handle_  = std::make_shared<model_handle>(info[0].As<Napi::External<llama_model>>().Data(), vocab_only);
     llama_model * model_ = handle_->model;
     vocab_   = llama_model_get_vocab(model_);
     n_vocab_ = llama_vocab_n_tokens(vocab_);
@@ -88,9 +89,10 @@ model_wrap::model_wrap(const Napi::CallbackInfo & info) : Napi::ObjectWrap<model
     m.Set("description", desc);
     m.Set("trainedContext", llama_model_n_ctx_train(model_));
     m.Set("embeddingSize", llama_model_n_embd(model_));
-    m.Set("layers", llama_model_n_layer(model_));
-    m.Set("heads", llama_model_n_head(model_));
-    m.Set("kvHeads", llama_model_n_head_kv(model_));
+    m.Set("vocabOnly", vocab_only);
+    m.Set("layers", vocab_only ? 0 : llama_model_n_layer(model_));
+    m.Set("heads", vocab_only ? 0 : llama_model_n_head(model_)); // per-layer arrays are not loaded without weights
+    m.Set("kvHeads", vocab_only ? 0 : llama_model_n_head_kv(model_));
     m.Set("vocabSize", n_vocab_);
     m.Set("sizeBytes", (double) llama_model_size(model_));
     m.Set("parameters", (double) llama_model_n_params(model_));
@@ -269,7 +271,8 @@ Napi::Value model_wrap::load(const Napi::CallbackInfo & info) {
                 }
             },
             [st](Napi::Env env) -> Napi::Value {
-                Napi::Value m = g_model_ctor.New({ Napi::External<llama_model>::New(env, st->model) });
+                Napi::Value m = g_model_ctor.New({ Napi::External<llama_model>::New(env, st->model),
+                                                   Napi::Boolean::New(env, st->params.vocab_only) });
                 st->model = nullptr; // owned by the Model now
                 return m;
             },

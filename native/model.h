@@ -13,8 +13,9 @@ namespace bw {
 // freed only when the last of them lets go, whatever order the garbage collector finalizes them in.
 struct model_handle {
     llama_model * model = nullptr;
+    bool vocab_only = false;
     int n_contexts = 0; // touched on the JS thread only
-    explicit model_handle(llama_model * m) : model(m) {}
+    model_handle(llama_model * m, bool vocab_only) : model(m), vocab_only(vocab_only) {}
     ~model_handle() { llama_model_free(model); }
 };
 

@@ -73,6 +73,8 @@ export interface ModelMetadata {
     vocabSize: number;
     sizeBytes: number;
     parameters: number;
+    /** Loaded with vocabOnly: tokenizer and template only (layers, heads and kvHeads read 0). */
+    vocabOnly: boolean;
     chatTemplate: string | null;
     /** Special token ids; -1 where the model has none. */
     tokens: {

@@ -1,0 +1,191 @@
+// Decoding: determinism, batching equivalence, KV prefix sharing, sequence state, sampling.
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import { LlamaContext, LlamaModel } from "../lib/index.js";
+import { contextOptions, generate, generateBatched, loadModel, prefill, randomPrompt, tinyQwen } from "./helpers.js";
+
+describe("decode", () => {
+    let model: LlamaModel;
+
+    before(async () => {
+        model = await loadModel(tinyQwen);
+    });
+    after(() => model.dispose());
+
+    async function withContext<T>(o: Parameters<typeof contextOptions>[0], fn: (ctx: LlamaContext) => Promise<T>): Promise<T> {
+        const ctx = await model.createContext(contextOptions(o));
+        try {
+            return await fn(ctx);
+        } finally {
+            ctx.dispose();
+        }
+    }
+
+    it("greedy decoding is deterministic and not degenerate", async () => {
+        const prompt = await model.tokenize("def quicksort(items):");
+        const a = await withContext({}, (ctx) => generate(ctx, 0, prompt, 24));
+        const b = await withContext({}, (ctx) => generate(ctx, 0, prompt, 24));
+        assert.deepEqual(a, b);
+        assert.ok(new Set(a).size > 4, `random weights should still give varied tokens: ${a}`);
+        // another prompt leads elsewhere
+        const c = await withContext({}, async (ctx) => generate(ctx, 0, await model.tokenize("SELECT * FROM users"), 24));
+        assert.notDeepEqual(a, c);
+    });
+
+    it("N sequences decoded in one batch give exactly the tokens each gives alone", async () => {
+        const prompts = Array.from({ length: 8 }, (_, i) => randomPrompt(5 + i * 7, i + 1));
+        const alone: number[][] = [];
+        for (const p of prompts) {
+            alone.push(await withContext({}, (ctx) => generate(ctx, 0, p, 16)));
+        }
+        const batched = await withContext({ maxSequences: 8, contextSize: 2048 }, (ctx) => generateBatched(ctx, prompts, 16));
+        assert.deepEqual(batched, alone);
+        // and the sequence id used does not matter
+        const onSeven = await withContext({ maxSequences: 8 }, (ctx) => generate(ctx, 7, prompts[3], 16));
+        assert.deepEqual(onSeven, alone[3]);
+    });
+
+    it("a prompt decoded in chunks gives the tokens of one decode", async () => {
+        const prompt = randomPrompt(200, 9);
+        const whole = await withContext({}, (ctx) => generate(ctx, 0, prompt, 12));
+        const chunked = await withContext({}, async (ctx) => {
+            for (let i = 0; i < 150; i += 50) await prefill(ctx, 0, prompt.slice(i, i + 50), i);
+            return generate(ctx, 0, prompt.slice(150), 12, 150);
+        });
+        assert.deepEqual(chunked, whole);
+    });
+
+    it("copying a prefix to another sequence and continuing gives the tokens of recomputing it", async () => {
+        const prefix = randomPrompt(64, 3);
+        const suffixA = randomPrompt(9, 4), suffixB = randomPrompt(13, 5);
+        const recomputed = await withContext({}, async (ctx) => {
+            const a = await generate(ctx, 0, [...prefix, ...suffixA], 12);
+            const b = await generate(ctx, 1, [...prefix, ...suffixB], 12);
+            return [a, b];
+        });
+        const shared = await withContext({}, async (ctx) => {
+            await prefill(ctx, 0, prefix);
+            ctx.seqCopy(0, 1, 0, prefix.length);
+            assert.equal(ctx.seqPosMax(1), prefix.length - 1);
+            const a = await generate(ctx, 0, suffixA, 12, prefix.length);
+            const b = await generate(ctx, 1, suffixB, 12, prefix.length);
+            return [a, b];
+        });
+        assert.deepEqual(shared, recomputed);
+    });
+
+    it("removing the tail of a sequence and re-decoding it gives the same tokens", async () => {
+        const prompt = randomPrompt(40, 6);
+        await withContext({}, async (ctx) => {
+            const first = await generate(ctx, 0, prompt, 8);
+            assert.equal(ctx.seqRemove(0, 30, -1), true);
+            assert.equal(ctx.seqPosMax(0), 29);
+            const again = await generate(ctx, 0, prompt.slice(30), 8, 30);
+            assert.deepEqual(again, first);
+            ctx.seqRemove(0);
+            assert.equal(ctx.seqPosMax(0), -1);
+            assert.equal(ctx.seqPosMin(0), -1);
+        });
+    });
+
+    it("saved sequence state restored into another sequence id continues identically", async () => {
+        const prompt = randomPrompt(48, 7);
+        await withContext({}, async (ctx) => {
+            const next = await prefill(ctx, 0, prompt);
+            const state = await ctx.saveSequence(0);
+            assert.ok(state.length > 0);
+            const expected = await generate(ctx, 0, [next], 10, prompt.length);
+            ctx.clear();
+            assert.equal(ctx.seqPosMax(0), -1);
+            const read = await ctx.restoreSequence(2, state);
+            assert.equal(read, state.length);
+            assert.equal(ctx.seqPosMax(2), prompt.length - 1);
+            assert.deepEqual(await generate(ctx, 2, [next], 10, prompt.length), expected);
+        });
+        // and into a fresh context (swap out and back in)
+        const state = await withContext({}, async (ctx) => {
+            await prefill(ctx, 1, prompt);
+            return ctx.saveSequence(1);
+        });
+        const expected = await withContext({}, (ctx) => generate(ctx, 0, prompt, 10));
+        const restored = await withContext({}, async (ctx) => {
+            await ctx.restoreSequence(3, state);
+            return generate(ctx, 3, [expected[0]], 9, prompt.length);
+        });
+        assert.deepEqual([expected[0], ...restored], expected);
+    });
+
+    it("samples per sequence: greedy, seeded temperature sampling, logit bias", async () => {
+        const prompt = randomPrompt(16, 8);
+        await withContext({ maxSequences: 4 }, async (ctx) => {
+            const greedy = await generate(ctx, 0, prompt, 8);
+            ctx.seqRemove(0);
+            // an explicit greedy chain (in the graph where possible) matches the built-in argmax
+            ctx.setSampler(1, { temperature: 0 });
+            assert.deepEqual(await generate(ctx, 1, prompt, 8), greedy);
+            // seeded sampling repeats itself, and differs from greedy at high temperature
+            ctx.setSampler(2, { temperature: 1.5, seed: 1234 });
+            const s1 = await generate(ctx, 2, prompt, 8);
+            ctx.seqRemove(2);
+            ctx.setSampler(2, { temperature: 1.5, seed: 1234 });
+            const s2 = await generate(ctx, 2, prompt, 8);
+            assert.deepEqual(s1, s2);
+            assert.notDeepEqual(s1, greedy);
+            // a logit bias bans the greedy choice
+            ctx.setSampler(3, { temperature: 0, logitBias: [[greedy[0], -1000]] });
+            const biased = await prefill(ctx, 3, prompt);
+            assert.notEqual(biased, greedy[0]);
+            // CPU sampling gives the same greedy tokens as the graph
+            ctx.setSampler(1, { temperature: 0, backend: false });
+            ctx.seqRemove(1);
+            assert.deepEqual(await generate(ctx, 1, prompt, 8), greedy);
+            // null returns a sequence to plain greedy
+            ctx.setSampler(2, null);
+            ctx.seqRemove(2);
+            assert.deepEqual(await generate(ctx, 2, prompt, 8), greedy);
+        });
+    });
+
+    it("returns logprobs of the sampled token and the top k", async () => {
+        const prompt = randomPrompt(10, 10);
+        await withContext({ maxSequences: 2 }, async (ctx) => {
+            ctx.setSampler(0, { temperature: 0, logprobs: 5 });
+            const n = prompt.length;
+            const r = await ctx.decode({
+                tokens: Int32Array.from([...prompt, ...prompt]),
+                positions: Int32Array.from([...prompt.keys(), ...prompt.keys()]),
+                seqIds: Int32Array.from([...prompt.map(() => 0), ...prompt.map(() => 1)]),
+                outputs: Uint8Array.from([...prompt.map((_, i) => (i === n - 1 ? 1 : 0)), ...prompt.map((_, i) => (i === n - 1 ? 1 : 0))]),
+            });
+            assert.equal(r.topK, 5);
+            assert.ok(r.logprobs && r.topIds && r.topLogprobs);
+            // seq 0 asked for logprobs, seq 1 did not
+            assert.ok(Number.isNaN(r.logprobs[1]));
+            const lp = r.logprobs[0];
+            assert.ok(lp < 0 && lp > -20);
+            assert.equal(r.topIds[0], r.tokens[0], "greedy picks the top token");
+            assert.ok(Math.abs(r.topLogprobs[0] - lp) < 1e-5);
+            for (let i = 1; i < 5; i++) assert.ok(r.topLogprobs[i] <= r.topLogprobs[i - 1]);
+            const mass = [...r.topLogprobs.slice(0, 5)].reduce((s, x) => s + Math.exp(x), 0);
+            assert.ok(mass > 0 && mass <= 1 + 1e-5);
+            assert.equal(r.tokens[1], r.tokens[0], "same prompt, same greedy token");
+        });
+    });
+
+    it("returns one output row per requested output, in batch order", async () => {
+        const prompt = randomPrompt(6, 11);
+        await withContext({}, async (ctx) => {
+            const r = await ctx.decode({
+                tokens: Int32Array.from(prompt),
+                positions: Int32Array.from(prompt.keys()),
+                seqIds: new Int32Array(prompt.length),
+                outputs: Uint8Array.from([0, 1, 0, 1, 0, 1]),
+            });
+            assert.equal(r.tokens.length, 3);
+            assert.ok(r.decodeMs >= 0 && r.sampleMs >= 0);
+            // the last row is the next token after the whole prompt
+            ctx.clear();
+            assert.equal(await prefill(ctx, 0, prompt), r.tokens[2]);
+        });
+    });
+});

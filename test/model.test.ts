@@ -1,0 +1,127 @@
+// Model loading, metadata, tokenizer and chat template on generated random-weight models.
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import { getDevices, systemInfo, LlamaModel } from "../lib/index.js";
+import { gpu, loadModel, modelPath, tinyLlama, tinyQwen } from "./helpers.js";
+
+describe("model", () => {
+    let qwen: LlamaModel;
+    let llama: LlamaModel;
+
+    before(async () => {
+        qwen = await loadModel(tinyQwen);
+        llama = await loadModel(tinyLlama);
+    });
+    after(() => {
+        qwen.dispose();
+        llama.dispose();
+    });
+
+    it("reports the build and the devices", () => {
+        const info = systemInfo();
+        assert.equal(info.llamaTag, "v0.5.0");
+        assert.equal(info.cuda, gpu, "BATCHWISE_TEST_GPU=1 needs the CUDA build (and a CPU run the CPU build)");
+        const devices = getDevices();
+        assert.ok(devices.length >= 1);
+        for (const d of devices) {
+            assert.ok(d.totalBytes > 0 && d.freeBytes <= d.totalBytes, `${d.name} memory`);
+        }
+        if (gpu) assert.ok(devices.some((d) => d.type === "gpu"), "no GPU visible to llama.cpp");
+    });
+
+    it("exposes the metadata of the shape it was generated with", () => {
+        const m = qwen.metadata;
+        assert.equal(m.architecture, "qwen2");
+        assert.equal(m.embeddingSize, 64);
+        assert.equal(m.layers, 2);
+        assert.equal(m.heads, 4);
+        assert.equal(m.kvHeads, 2);
+        assert.equal(m.trainedContext, 4096);
+        assert.equal(m.vocabSize, 151936);
+        assert.equal(m.tokens.eos, 151643);
+        assert.equal(m.tokens.eot, 151645); // <|im_end|>
+        assert.ok(m.parameters > 151936 * 64, "parameters count the embeddings at least");
+        assert.match(m.chatTemplate ?? "", /im_start/);
+        assert.equal(m.gguf["general.architecture"], "qwen2");
+        assert.equal(llama.metadata.architecture, "llama");
+        assert.equal(llama.metadata.vocabSize, 32000);
+        assert.equal(llama.metadata.tokens.bos, 1);
+        assert.equal(llama.metadata.addBos, true);
+    });
+
+    it("round-trips text through the tokenizer", async () => {
+        const texts = [
+            "Hello, world!",
+            "def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n",
+            "Unicode: héllo wörld, 你好世界, emoji 🚀🔥, عربى",
+            "   leading and trailing spaces   ",
+            "",
+        ];
+        for (const model of [qwen, llama]) {
+            for (const text of texts) {
+                const toks = await model.tokenize(text, { addSpecial: false });
+                assert.ok(toks instanceof Int32Array);
+                assert.equal(await model.detokenize(toks), text, `${model.metadata.architecture}: ${JSON.stringify(text)}`);
+            }
+        }
+        // BOS is added for the SentencePiece llama vocabulary and not for Qwen2
+        const withBos = await llama.tokenize("hi");
+        assert.equal(withBos[0], 1);
+        assert.notEqual((await qwen.tokenize("hi"))[0], qwen.metadata.tokens.bos);
+    });
+
+    it("parses special tokens only when asked", async () => {
+        const text = "<|im_start|>user";
+        const parsed = await qwen.tokenize(text, { parseSpecial: true });
+        assert.equal(parsed[0], 151644);
+        const plain = await qwen.tokenize(text);
+        assert.ok(!plain.includes(151644));
+        assert.equal(await qwen.detokenize(parsed, { special: true }), text);
+        assert.equal(await qwen.detokenize(parsed, { special: false }), "user");
+    });
+
+    it("gives token pieces as bytes that concatenate to the text, even inside a UTF-8 character", async () => {
+        const text = "naïve 🚀 déjà vu 你好";
+        const toks = await qwen.tokenize(text);
+        const bytes = Buffer.concat([...toks].map((t) => Buffer.from(qwen.tokenToPiece(t))));
+        assert.equal(bytes.toString("utf8"), text);
+        // the rocket emoji is split over several byte-level tokens: some piece is not valid UTF-8 alone
+        assert.ok([...toks].some((t) => !Buffer.from(qwen.tokenToPiece(t)).toString("utf8").length ||
+            Buffer.from(qwen.tokenToPiece(t)).toString("utf8").includes("\uFFFD")));
+        assert.equal(qwen.isEog(qwen.metadata.tokens.eot), true);
+        assert.equal(qwen.isEog(toks[0]), false);
+    });
+
+    it("applies the model's chat template", () => {
+        const prompt = qwen.applyChatTemplate([
+            { role: "system", content: "You write code." },
+            { role: "user", content: "Sort a list." },
+        ]);
+        assert.equal(prompt, "<|im_start|>system\nYou write code.<|im_end|>\n<|im_start|>user\nSort a list.<|im_end|>\n<|im_start|>assistant\n");
+        const noGen = qwen.applyChatTemplate([{ role: "user", content: "x" }], { addAssistant: false });
+        assert.ok(!noGen.endsWith("assistant\n"));
+        // a model without a template needs one passed in
+        assert.throws(() => llama.applyChatTemplate([{ role: "user", content: "x" }]), { code: "ERR_CHAT_TEMPLATE" });
+        assert.match(llama.applyChatTemplate([{ role: "user", content: "x" }], { template: "chatml" }), /<\|im_start\|>user\nx<\|im_end\|>/);
+    });
+
+    it("reports load progress up to 1", async () => {
+        const seen: number[] = [];
+        const m = await LlamaModel.load(await modelPath(tinyLlama), { gpuLayers: gpu ? -1 : 0, onProgress: (p) => seen.push(p) });
+        // progress callbacks are delivered through the event loop: let them arrive
+        await new Promise((r) => setImmediate(r));
+        m.dispose();
+        assert.ok(seen.length > 0);
+        assert.equal(Math.max(...seen), 1);
+        assert.deepEqual(seen, [...seen].sort((a, b) => a - b));
+    });
+
+    it("loads a vocabulary-only model for tokenizing", async () => {
+        const m = await LlamaModel.load(await modelPath(tinyQwen), { vocabOnly: true });
+        assert.deepEqual([...(await m.tokenize("hello world"))], [...(await qwen.tokenize("hello world"))]);
+        assert.equal(m.metadata.vocabOnly, true);
+        assert.equal(m.metadata.vocabSize, 151936);
+        await assert.rejects(m.createContext(), { code: "ERR_INVALID_ARGUMENT", message: /vocabOnly/ });
+        m.dispose();
+    });
+});
