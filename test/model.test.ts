@@ -1,7 +1,7 @@
 // Model loading, metadata, tokenizer and chat template on generated random-weight models.
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { getDevices, systemInfo, LlamaModel } from "../lib/index.js";
+import { getDevices, LogLevel, setLogger, systemInfo, LlamaModel } from "../lib/index.js";
 import { gpu, loadModel, modelPath, tinyLlama, tinyQwen } from "./helpers.js";
 
 describe("model", () => {
@@ -114,6 +114,27 @@ describe("model", () => {
         assert.ok(seen.length > 0);
         assert.equal(Math.max(...seen), 1);
         assert.deepEqual(seen, [...seen].sort((a, b) => a - b));
+    });
+
+    it("routes llama.cpp logs to a callback by level, and stops when unset", async () => {
+        const lines: [number, string][] = [];
+        setLogger((level, text) => lines.push([level, text]), LogLevel.Info);
+        try {
+            const m = await LlamaModel.load(await modelPath(tinyLlama), { gpuLayers: gpu ? -1 : 0 });
+            m.dispose();
+            await new Promise((r) => setTimeout(r, 20)); // log lines arrive through the event loop
+            assert.ok(lines.length > 0, "loading logs at info level");
+            assert.ok(lines.every(([level]) => level >= LogLevel.Info && level <= LogLevel.Error));
+            assert.ok(lines.some(([, text]) => /llama_model_loader|print_info|load_tensors/.test(text)), "llama.cpp's loader speaks");
+        } finally {
+            setLogger(null);
+        }
+        const n = lines.length;
+        (await LlamaModel.load(await modelPath(tinyLlama), { gpuLayers: gpu ? -1 : 0 })).dispose();
+        await new Promise((r) => setTimeout(r, 20));
+        assert.equal(lines.length, n);
+        assert.throws(() => setLogger("console" as never), { code: "ERR_INVALID_ARGUMENT" });
+        assert.throws(() => setLogger(null, 9 as never), { code: "ERR_INVALID_ARGUMENT" });
     });
 
     it("loads a vocabulary-only model for tokenizing", async () => {
