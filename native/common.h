@@ -7,6 +7,7 @@
 
 #include <napi.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -88,6 +89,22 @@ private:
     std::string err_msg;
     Napi::ObjectReference keep;
 };
+
+// Calls fill(data, capacity) -> n, the llama.cpp convention where a negative n asks for a buffer of -n,
+// and leaves `buf` holding exactly the n items written.
+template <typename Buf, typename F>
+void fill_growing(Buf & buf, size_t first_guess, F && fill) {
+    buf.resize(first_guess);
+    int32_t n = fill(buf.data(), (int32_t) buf.size());
+    if (n < 0 && n != INT32_MIN) {
+        buf.resize((size_t) -n);
+        n = fill(buf.data(), (int32_t) buf.size());
+    }
+    if (n == INT32_MIN) {
+        throw bw_error(code::invalid_argument, "the result is too large");
+    }
+    buf.resize((size_t) std::max(n, 0));
+}
 
 // Argument helpers: they throw ERR_INVALID_ARGUMENT naming the field.
 int32_t     get_int  (const Napi::Object & o, const char * key, int32_t def);

@@ -400,6 +400,7 @@ struct decode_job {
     // results, one entry per output row
     std::vector<llama_token>  sampled;
     std::vector<float>        logprob;
+    bool                      want_logprobs = false;
     int32_t                   top_k = 0;
     std::vector<llama_token>  top_ids;
     std::vector<float>        top_logprobs;
@@ -472,22 +473,29 @@ Napi::Value context_wrap::decode(const Napi::CallbackInfo & info) {
         job->seq.assign(sq, sq + n_tok);
         job->out.resize(n_tok);
         size_t n_outputs = 0;
+        int32_t top_k = 0;
+        bool want_logprobs = false;
+        const int32_t n_vocab = model_->n_vocab();
         for (size_t i = 0; i < n_tok; i++) {
-            model_->check_token(tok[i], ("batch.tokens[" + std::to_string(i) + "]").c_str());
-            check_seq(sq[i], ("batch.seqIds[" + std::to_string(i) + "]").c_str());
+            // plain range checks on the hot path; the message is built only on failure
+            if (tok[i] < 0 || tok[i] >= n_vocab) {
+                model_->check_token(tok[i], ("batch.tokens[" + std::to_string(i) + "]").c_str());
+            }
+            if (sq[i] < 0 || sq[i] >= n_seq_max_) {
+                check_seq(sq[i], ("batch.seqIds[" + std::to_string(i) + "]").c_str());
+            }
             if (pos[i] < 0) {
                 throw bw_error(code::invalid_argument, "batch.positions[" + std::to_string(i) + "] must be >= 0");
             }
             job->out[i] = out[i] ? 1 : 0;
-            n_outputs += job->out[i];
-        }
-        int32_t top_k = 0;
-        for (size_t i = 0; i < n_tok; i++) {
             if (job->out[i]) {
+                n_outputs++;
                 top_k = std::max(top_k, samplers_[sq[i]].logprobs);
+                want_logprobs = want_logprobs || samplers_[sq[i]].logprobs >= 0;
             }
         }
         job->top_k = top_k;
+        job->want_logprobs = want_logprobs;
         begin_work();
         return promise_worker::run(env, "batchwise.Context.decode",
             [this, job, n_outputs]() {
@@ -520,16 +528,10 @@ Napi::Value context_wrap::decode(const Napi::CallbackInfo & info) {
                 t0 = now_ms();
                 const int32_t n_vocab = model_->n_vocab();
                 job->sampled.resize(n_outputs);
-                if (job->top_k >= 0) {
-                    bool any = false;
-                    for (int32_t i = 0; i < n; i++) {
-                        any = any || (job->out[i] && samplers_[job->seq[i]].logprobs >= 0);
-                    }
-                    if (any) {
-                        job->logprob.assign(n_outputs, NAN);
-                        job->top_ids.assign(n_outputs * job->top_k, -1);
-                        job->top_logprobs.assign(n_outputs * job->top_k, NAN);
-                    }
+                if (job->want_logprobs) {
+                    job->logprob.assign(n_outputs, NAN);
+                    job->top_ids.assign(n_outputs * job->top_k, -1);
+                    job->top_logprobs.assign(n_outputs * job->top_k, NAN);
                 }
                 std::vector<int32_t> scratch;
                 size_t row = 0;

@@ -343,18 +343,9 @@ Napi::Value model_wrap::tokenize(const Napi::CallbackInfo & info) {
                 if (text->size() > (size_t) INT32_MAX) {
                     throw bw_error(code::invalid_argument, "text is too long to tokenize");
                 }
-                out->resize(text->size() + 2);
-                int32_t n = llama_tokenize(vocab, text->data(), (int32_t) text->size(), out->data(), (int32_t) out->size(),
-                                           add_special, parse_special);
-                if (n < 0) {
-                    if (n == INT32_MIN) {
-                        throw bw_error(code::invalid_argument, "tokenization result is too large");
-                    }
-                    out->resize(-n);
-                    n = llama_tokenize(vocab, text->data(), (int32_t) text->size(), out->data(), (int32_t) out->size(),
-                                       add_special, parse_special);
-                }
-                out->resize(std::max(n, 0));
+                fill_growing(*out, text->size() + 2, [&](llama_token * data, int32_t cap) {
+                    return llama_tokenize(vocab, text->data(), (int32_t) text->size(), data, cap, add_special, parse_special);
+                });
             },
             [out](Napi::Env env) -> Napi::Value {
                 Napi::Int32Array a = Napi::Int32Array::New(env, out->size());
@@ -382,15 +373,9 @@ Napi::Value model_wrap::detokenize(const Napi::CallbackInfo & info) {
         auto pin = handle();
         return promise_worker::run(env, "batchwise.Model.detokenize",
             [=]() {
-                out->resize(tokens->size() * 8 + 16);
-                int32_t n = llama_detokenize(vocab, tokens->data(), (int32_t) tokens->size(), out->data(),
-                                             (int32_t) out->size(), false, special);
-                if (n < 0) {
-                    out->resize(-n);
-                    n = llama_detokenize(vocab, tokens->data(), (int32_t) tokens->size(), out->data(),
-                                         (int32_t) out->size(), false, special);
-                }
-                out->resize(std::max(n, 0));
+                fill_growing(*out, tokens->size() * 8 + 16, [&](char * data, int32_t cap) {
+                    return llama_detokenize(vocab, tokens->data(), (int32_t) tokens->size(), data, cap, false, special);
+                });
             },
             [out](Napi::Env env) -> Napi::Value { return Napi::String::New(env, *out); },
             [pin]() {},
@@ -407,18 +392,12 @@ Napi::Value model_wrap::token_to_piece(const Napi::CallbackInfo & info) {
         check_token(token, "token");
         Napi::Object o = opt_object(info, 1, "tokenToPiece options");
         bool special = get_bool(o, "special", false);
-        char buf[256];
-        int32_t n = llama_token_to_piece(vocab_, token, buf, sizeof(buf), 0, special);
-        std::string big;
-        const char * data = buf;
-        if (n < 0) {
-            big.resize(-n);
-            n = llama_token_to_piece(vocab_, token, big.data(), (int32_t) big.size(), 0, special);
-            data = big.data();
-        }
-        n = std::max(n, 0);
-        Napi::Uint8Array a = Napi::Uint8Array::New(env, n);
-        std::memcpy(a.Data(), data, n);
+        std::string piece;
+        fill_growing(piece, 64, [&](char * data, int32_t cap) {
+            return llama_token_to_piece(vocab_, token, data, cap, 0, special);
+        });
+        Napi::Uint8Array a = Napi::Uint8Array::New(env, piece.size());
+        std::memcpy(a.Data(), piece.data(), piece.size());
         return a;
     });
 }
