@@ -18,29 +18,19 @@ import { cpus } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { ensureLlamaSource } from "./fetch-llama.mjs";
+import { flag, setting } from "./settings.mjs";
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const pkg = JSON.parse(readFileSync(join(root, "package.json"), "utf8"));
-
-function setting(name) {
-    const env = process.env[`BATCHWISE_${name}`];
-    if (env !== undefined && env !== "") return env;
-    const npm = process.env[`npm_config_batchwise_${name.toLowerCase()}`];
-    return npm !== undefined && npm !== "" ? npm : undefined;
-}
-
-function truthy(v) {
-    return v !== undefined && !["0", "false", "off", "no", ""].includes(String(v).toLowerCase());
-}
 
 const args = process.argv.slice(2);
 const outIdx = args.indexOf("--out");
 const out = outIdx >= 0 ? resolve(args[outIdx + 1]) : join(root, "build", "Release", "batchwise.node");
 const debug = args.includes("--debug");
 
-const cuda = truthy(setting("CUDA"));
+const cuda = flag("CUDA");
 const cudaArchs = setting("CUDA_ARCHITECTURES") ?? "90a";
-const native = truthy(setting("NATIVE"));
+const native = flag("NATIVE");
 const jobs = Number(setting("JOBS") ?? cpus().length);
 
 const llamaDir = ensureLlamaSource();

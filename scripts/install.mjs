@@ -7,13 +7,11 @@ import { execFileSync } from "node:child_process";
 import { createRequire } from "node:module";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { flag } from "./settings.mjs";
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const require = createRequire(import.meta.url);
-const wantCuda = [process.env.BATCHWISE_CUDA, process.env.npm_config_batchwise_cuda]
-    .some((v) => v !== undefined && !["", "0", "false", "off", "no"].includes(v.toLowerCase()));
-
-if (!wantCuda) {
+if (!flag("CUDA")) {
     try {
         const addon = require("node-gyp-build")(root);
         process.stderr.write(`[batchwise] native addon ready (llama.cpp ${addon.systemInfo().llamaTag}, ${addon.systemInfo().cuda ? "CUDA" : "CPU"})\n`);

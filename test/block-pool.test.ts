@@ -31,6 +31,8 @@ describe("block pool", () => {
         pool.acquire(hit);
         assert.equal(pool.numFree, 2);
         pool.release(hit);
+        assert.deepEqual(pool.match(hashes, 1).map((b) => b.id), [seq[0].id], "limit caps the run");
+        assert.deepEqual([pool.stats().queries, pool.stats().hits], [3, 3], "only blocks within the limit are counted");
         // allocating every block evicts the cached contents
         const all = pool.allocate(4)!;
         assert.equal(pool.match(hashes).length, 0);
@@ -79,7 +81,7 @@ describe("block pool", () => {
                     const tokens = [...prefixes[o.prefix], ...o.extra, 99];
                     const hashes = blockHashes(tokens, blockSize, o.salt);
                     // at least the last token is computed, so a full hit stops one block short
-                    const hit = pool.match(hashes).slice(0, Math.floor((tokens.length - 1) / blockSize));
+                    const hit = pool.match(hashes, Math.floor((tokens.length - 1) / blockSize));
                     hit.forEach((b, i) => assert.equal(content.get(b.id), `${o.salt}|${tokens.slice(0, (i + 1) * blockSize)}`, "a prefix hit returned other content"));
                     pool.acquire(hit);
                     const fresh = pool.allocate(pool.blocksFor(tokens.length) - hit.length);

@@ -1,6 +1,7 @@
 // Shared test helpers: tiny random-weight models (generated once per machine, cached in the OS temp
 // folder), the CPU/GPU switch, and greedy decoding loops written against the binding.
-import { mkdirSync, existsSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { mkdirSync, existsSync, readFileSync, readdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createRandomModel, LlamaContext, LlamaModel, type ContextOptions, type RandomModelOptions } from "../lib/index.js";
@@ -9,7 +10,13 @@ import { createRandomModel, LlamaContext, LlamaModel, type ContextOptions, type 
 export const gpu = process.env.BATCHWISE_TEST_GPU === "1";
 export const gpuLayers = gpu ? -1 : 0;
 
-const cacheDir = join(tmpdir(), "batchwise-test-models");
+// The cache folder is named by the generator's source and our llama.cpp patches, so a change to either
+// makes fresh models instead of reusing ones an older build wrote on this machine.
+const root = join(import.meta.dirname ?? new URL(".", import.meta.url).pathname, "..", "..");
+const generator = createHash("sha256");
+generator.update(readFileSync(join(root, "native", "random_model.cpp")));
+for (const p of readdirSync(join(root, "native", "patches")).sort()) generator.update(readFileSync(join(root, "native", "patches", p)));
+const cacheDir = join(tmpdir(), `batchwise-test-models-${generator.digest("hex").slice(0, 12)}`);
 
 export type Shape = Omit<RandomModelOptions, "out">;
 

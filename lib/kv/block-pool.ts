@@ -76,17 +76,19 @@ export class BlockPool {
     }
 
     /**
-     * The longest run of cached blocks matching `hashes` from the start, without taking references.
-     * Counts toward the hit rate.
+     * The longest run of cached blocks matching `hashes` from the start, at most `limit` of them (a
+     * request must still compute its last token, so it cannot use a hit on its final block), without
+     * taking references. Counts the blocks looked up and the blocks returned toward the hit rate.
      */
-    match(hashes: readonly string[]): KvBlock[] {
+    match(hashes: readonly string[], limit = hashes.length): KvBlock[] {
+        const n = Math.min(limit, hashes.length);
         const out: KvBlock[] = [];
-        for (const h of hashes) {
-            const b = this.byHash.get(h);
+        for (let i = 0; i < n; i++) {
+            const b = this.byHash.get(hashes[i]);
             if (!b) break;
             out.push(b);
         }
-        this.queries += hashes.length;
+        this.queries += n;
         this.hits += out.length;
         return out;
     }
