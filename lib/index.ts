@@ -27,3 +27,9 @@ export type {
     SplitMode,
     SystemInfo,
 } from "./binding/index.js";
+export { Engine, Generation } from "./engine/engine.js";
+export type {
+    ChatRequest, Choice, EngineOptions, EngineStats, GenerateEvent, GenerateResult, Timings, TokenLogprob, Usage,
+} from "./engine/engine.js";
+export type { GenerateRequest, RequestOptions, SamplingOptions } from "./engine/request.js";
+export type { FinishReason, PreemptionMode } from "./scheduler/scheduler.js";

@@ -1,4 +1,4 @@
-/** Stable error codes of the native binding (native/common.h). */
+/** Stable error codes: the native binding's (native/common.h), then the engine's. */
 export const ErrorCode = {
     InvalidArgument: "ERR_INVALID_ARGUMENT",
     ModelNotFound: "ERR_MODEL_NOT_FOUND",
@@ -22,6 +22,12 @@ export const ErrorCode = {
     Io: "ERR_IO",
     NativeNotBuilt: "ERR_NATIVE_NOT_BUILT",
     Internal: "ERR_INTERNAL",
+    /** The prompt, or prompt + maxTokens, does not fit the context. */
+    ContextLength: "ERR_CONTEXT_LENGTH",
+    /** The engine's waiting queue is at maxQueued: retry later. */
+    QueueFull: "ERR_QUEUE_FULL",
+    /** The engine is closing or closed. */
+    EngineClosed: "ERR_ENGINE_CLOSED",
 } as const;
 
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];

@@ -39,11 +39,20 @@ export class BlockPool {
     private hits = 0;
     private evictions = 0;
 
-    constructor(readonly numBlocks: number, readonly blockSize: number) {
+    /**
+     * `onEvict` is called for each cached block that allocate() takes for new contents, after its hash
+     * is dropped and before allocate() returns: the KV mapping frees the block's old cells there.
+     */
+    constructor(readonly numBlocks: number, readonly blockSize: number, private readonly onEvict?: (block: KvBlock, hash: string) => void) {
         if (!Number.isInteger(numBlocks) || numBlocks < 1) throw new RangeError("numBlocks must be a positive integer");
         if (!Number.isInteger(blockSize) || blockSize < 1) throw new RangeError("blockSize must be a positive integer");
         this.blocks = Array.from({ length: numBlocks }, (_, id) => ({ id, refCount: 0, hash: null }));
         for (const b of this.blocks) this.free.set(b.id, b);
+    }
+
+    /** Every block, by id. */
+    get all(): readonly KvBlock[] {
+        return this.blocks;
     }
 
     get numFree(): number {
@@ -65,12 +74,14 @@ export class BlockPool {
         }
         for (const b of out) {
             this.free.delete(b.id);
+            b.refCount = 1;
             if (b.hash !== null) {
-                this.byHash.delete(b.hash);
+                const h = b.hash;
+                this.byHash.delete(h);
                 b.hash = null;
                 this.evictions++;
+                this.onEvict?.(b, h);
             }
-            b.refCount = 1;
         }
         return out;
     }
@@ -80,7 +91,7 @@ export class BlockPool {
      * request must still compute its last token, so it cannot use a hit on its final block), without
      * taking references. Counts the blocks looked up and the blocks returned toward the hit rate.
      */
-    match(hashes: readonly string[], limit = hashes.length): KvBlock[] {
+    match(hashes: readonly string[], limit = hashes.length, count = true): KvBlock[] {
         const n = Math.min(limit, hashes.length);
         const out: KvBlock[] = [];
         for (let i = 0; i < n; i++) {
@@ -88,9 +99,16 @@ export class BlockPool {
             if (!b) break;
             out.push(b);
         }
-        this.queries += n;
-        this.hits += out.length;
+        if (count) {
+            this.queries += n;
+            this.hits += out.length;
+        }
         return out;
+    }
+
+    /** Whether `block` is the indexed holder of its content (a committed, findable block). */
+    isIndexed(block: KvBlock): boolean {
+        return block.hash !== null && this.byHash.get(block.hash) === block;
     }
 
     /** Adds a reference to blocks found by match(): a free cached block leaves the free list. */
@@ -121,6 +139,15 @@ export class BlockPool {
         block.hash = hash;
         this.byHash.set(hash, block);
         return true;
+    }
+
+    /** Makes one free block unfindable (its contents are gone); it stays free. */
+    forget(block: KvBlock): void {
+        if (block.refCount !== 0) throw new Error(`KV block ${block.id} is held (refCount ${block.refCount}) and cannot be forgotten`);
+        if (block.hash !== null) {
+            this.byHash.delete(block.hash);
+            block.hash = null;
+        }
     }
 
     /** Forgets every cached block that no sequence holds (a reset of the prefix cache). */
@@ -158,10 +185,11 @@ export class BlockPool {
 /**
  * Content hashes of the full blocks of `tokens`: each covers its block's tokens, every token before it
  * (through the previous hash) and `salt`, so equal hashes mean equal prefixes of the same tenant.
+ * `from` holds hashes already computed for the same tokens; only the first `length` tokens count.
  */
-export function blockHashes(tokens: ArrayLike<number>, blockSize: number, salt = "", from: readonly string[] = []): string[] {
+export function blockHashes(tokens: ArrayLike<number>, blockSize: number, salt = "", from: readonly string[] = [], length = tokens.length): string[] {
     const out = from.slice();
-    const full = Math.floor(tokens.length / blockSize);
+    const full = Math.floor(Math.min(length, tokens.length) / blockSize);
     const buf = new Int32Array(blockSize);
     for (let i = out.length; i < full; i++) {
         for (let j = 0; j < blockSize; j++) buf[j] = tokens[i * blockSize + j];

@@ -1,0 +1,656 @@
+// The engine: one model, one context, one scheduling loop. Requests come in through generate(),
+// chat() and complete(); the loop plans a step, launches its decode, and while the GPU works it turns
+// the previous step's tokens into text and events. Data flows one way: request -> engine -> scheduler
+// -> binding, and tokens back out through the scheduler's events.
+import {
+    BatchwiseError, ErrorCode, LlamaContext, LlamaModel,
+    type ChatMessage, type ContextOptions, type KvCacheType, type ModelLoadOptions, type ModelMetadata, type SplitMode,
+} from "../binding/index.js";
+import { Scheduler, type FinishReason, type PreemptionMode, type SchedRequest, type SchedulerEvent, type Sequence } from "../scheduler/scheduler.js";
+import { validateRequest, type GenerateRequest, type RequestOptions, type ValidRequest } from "./request.js";
+import { TextStream } from "./text.js";
+
+export interface EngineOptions {
+    /** Path of a GGUF model. */
+    model: string;
+    gpuLayers?: number;
+    splitMode?: SplitMode;
+    tensorSplit?: number[];
+    mainGpu?: number;
+    useMmap?: boolean;
+    /** KV cache size in tokens, shared by all sequences. Default: the model's trained context. */
+    contextSize?: number;
+    /** Sequences decoded at once. Default 64. */
+    maxSequences?: number;
+    /** Tokens per step: every running decode, then prompt chunks. Default 2048. */
+    batchTokens?: number;
+    /** Tokens per graph run inside a step. Default 512. */
+    ubatchSize?: number;
+    /** Tokens per KV block (the unit of allocation and of prefix caching). Default 16. */
+    blockSize?: number;
+    /** Keep and reuse computed prompt prefixes. Default true. */
+    prefixCache?: boolean;
+    /** Sequence ids that keep ended requests' prefixes in KV. Default min(maxSequences, 256 - maxSequences). */
+    cacheSlots?: number;
+    /** What a preempted sequence does: recompute its KV later (default) or swap it to host memory. */
+    preemption?: PreemptionMode;
+    /** Host memory for swapped sequences. Default 4 GiB. */
+    swapSpaceBytes?: number;
+    /** Share of KV blocks kept free at admission, for running sequences to grow into. Default 0.01. */
+    watermark?: number;
+    /** Requests waiting at most; past it generate() rejects with ERR_QUEUE_FULL. Default 1024. */
+    maxQueued?: number;
+    flashAttention?: ContextOptions["flashAttention"];
+    kvCacheTypeK?: KvCacheType;
+    kvCacheTypeV?: KvCacheType;
+    threads?: number;
+    threadsBatch?: number;
+    onProgress?: (progress: number) => void;
+}
+
+export interface TokenLogprob {
+    token: number;
+    logprob: number;
+    /** The most likely tokens at this position, best first (when logprobs > 0). */
+    top?: { token: number; logprob: number }[];
+}
+
+export type GenerateEvent =
+    | { type: "delta"; index: number; text: string; tokens: number[]; logprobs?: TokenLogprob[] }
+    | { type: "finish"; index: number; finishReason: FinishReason; error?: unknown }
+    | ({ type: "done" } & GenerateResult);
+
+export interface Choice {
+    index: number;
+    text: string;
+    tokens: number[];
+    finishReason: FinishReason;
+    error?: unknown;
+    logprobs?: TokenLogprob[];
+}
+
+export interface Usage {
+    promptTokens: number;
+    /** Prompt tokens whose KV came from the prefix cache. */
+    cachedTokens: number;
+    completionTokens: number;
+    totalTokens: number;
+}
+
+export interface Timings {
+    /** From the call to the first step that computed the request. */
+    queueMs: number;
+    /** From the call to the first token out. */
+    ttftMs: number;
+    /** Time between successive tokens of each choice. */
+    interTokenMs: number[];
+    /** From the call to the end. */
+    e2eMs: number;
+}
+
+export interface GenerateResult {
+    id: number;
+    /** Choice 0's text, tokens and finish reason. */
+    text: string;
+    tokens: number[];
+    finishReason: FinishReason;
+    error?: unknown;
+    logprobs?: TokenLogprob[];
+    choices: Choice[];
+    usage: Usage;
+    timings: Timings;
+    preemptions: number;
+}
+
+export interface ChatRequest extends RequestOptions {
+    messages: readonly ChatMessage[];
+    /** A built-in template name ("chatml", "llama3", ...) instead of the model's own. */
+    template?: string;
+}
+
+export interface EngineStats {
+    running: number;
+    waiting: number;
+    swapped: number;
+    kv: { blocks: number; blockSize: number; used: number; free: number; cachedFree: number; usage: number; slots: number; parkedSlots: number };
+    prefixCache: { queries: number; hits: number; hitRate: number; evictions: number };
+    preemptions: number;
+    steps: number;
+    /** Generated and prompt tokens per second over the last 10 s. */
+    tokensPerSecond: number;
+    promptTokensPerSecond: number;
+    /** Since load: requests taken, how they ended, prompt tokens asked for, found in the cache and computed (recomputation included), tokens generated. */
+    totals: { requests: number; finished: Record<FinishReason, number>; promptTokens: number; cachedTokens: number; computedPromptTokens: number; generatedTokens: number };
+    /** False after an internal failure stopped the loop. */
+    healthy: boolean;
+    closing: boolean;
+}
+
+/** A running request: iterate it for events, or await result(). */
+export class Generation implements AsyncIterable<GenerateEvent> {
+    private readonly queue: GenerateEvent[] = [];
+    private waiter: (() => void) | null = null;
+    private ended = false;
+    private failure: unknown = null;
+    private iterating = false;
+    private buffering = true;
+    private readonly final: Promise<GenerateResult>;
+    private settle!: { resolve: (r: GenerateResult) => void; reject: (e: unknown) => void };
+    /** Set once the request is queued. */
+    id = -1;
+    /** @internal */ onAbort: (() => void) | null = null;
+
+    constructor() {
+        this.final = new Promise((resolve, reject) => (this.settle = { resolve, reject }));
+        this.final.catch(() => {});
+    }
+
+    /** The final result (all choices). Rejects only if the request was refused (validation, queue full, closed). */
+    result(): Promise<GenerateResult> {
+        if (!this.iterating) {
+            this.buffering = false;
+            this.queue.length = 0;
+        }
+        return this.final;
+    }
+
+    /** Ends the request now (finishReason "abort"). */
+    abort(): void {
+        this.onAbort?.();
+    }
+
+    /** @internal */ push(e: GenerateEvent): void {
+        if (e.type === "done") {
+            this.settle.resolve(e);
+            this.ended = true;
+        }
+        if (this.buffering) this.queue.push(e);
+        this.wake();
+    }
+
+    /** @internal */ fail(e: unknown): void {
+        this.failure = e;
+        this.ended = true;
+        this.settle.reject(e);
+        this.wake();
+    }
+
+    private wake(): void {
+        const w = this.waiter;
+        this.waiter = null;
+        w?.();
+    }
+
+    async *[Symbol.asyncIterator](): AsyncIterator<GenerateEvent> {
+        this.iterating = true;
+        let finished = false;
+        try {
+            for (;;) {
+                if (this.queue.length > 0) {
+                    const e = this.queue.shift()!;
+                    if (e.type === "done") finished = true;
+                    yield e;
+                    if (finished) return;
+                    continue;
+                }
+                if (this.failure !== null) throw this.failure;
+                if (this.ended) return;
+                await new Promise<void>((r) => (this.waiter = r));
+            }
+        } finally {
+            // a consumer that stops early (break, throw) no longer wants the rest
+            if (!finished && this.failure === null) this.abort();
+        }
+    }
+}
+
+interface ChoiceState {
+    text: string[];
+    tokens: number[];
+    logprobs: TokenLogprob[] | undefined;
+    stream: TextStream;
+    finishReason: FinishReason | null;
+    error?: unknown;
+    lastTokenAt: number;
+}
+
+interface RequestState {
+    gen: Generation;
+    sched: SchedRequest;
+    valid: ValidRequest;
+    startedAt: number;
+    firstTokenAt: number;
+    interTokenMs: number[];
+    choices: ChoiceState[];
+    open: number;
+    unlisten: () => void;
+}
+
+const now = () => performance.now();
+
+export class Engine {
+    private readonly scheduler: Scheduler;
+    private readonly requests = new Map<SchedRequest, RequestState>();
+    private readonly pieces = new Map<number, Uint8Array>();
+    private nextId = 1;
+    private wakeLoop: (() => void) | null = null;
+    private loopDone: Promise<void>;
+    private closing = false;
+    private closed = false;
+    private broken: unknown = null;
+    private pendingAdmissions = 0;
+    private readonly window: { t: number; gen: number; prompt: number }[] = [];
+    private readonly totals = {
+        requests: 0, finished: { stop: 0, length: 0, abort: 0, error: 0 } as Record<FinishReason, number>,
+        promptTokens: 0, cachedTokens: 0, computedPromptTokens: 0, generatedTokens: 0,
+    };
+    readonly maxContext: number;
+    readonly maxQueued: number;
+
+    private constructor(readonly model: LlamaModel, readonly context: LlamaContext, readonly options: Readonly<EngineOptions>, settings: {
+        blockSize: number; maxSequences: number; batchTokens: number; maxContext: number; numSlots: number;
+    }) {
+        const numBlocks = Math.floor(context.info.contextSize / settings.blockSize);
+        this.maxContext = settings.maxContext;
+        this.maxQueued = options.maxQueued ?? 1024;
+        this.scheduler = new Scheduler(context, {
+            numBlocks, blockSize: settings.blockSize, maxRunning: settings.maxSequences, numSlots: settings.numSlots,
+            batchTokens: settings.batchTokens, maxContext: settings.maxContext, prefixCache: options.prefixCache ?? true,
+            preemption: options.preemption ?? "recompute", swapSpaceBytes: options.swapSpaceBytes ?? 4 * 2 ** 30,
+            watermark: options.watermark ?? 0.01, isEog: (t) => model.isEog(t),
+        });
+        this.loopDone = this.loop();
+    }
+
+    /** Loads the model and creates the KV cache and the scheduling loop. */
+    static async load(options: EngineOptions): Promise<Engine> {
+        if (options === null || typeof options !== "object" || typeof options.model !== "string") {
+            throw new BatchwiseError(ErrorCode.InvalidArgument, "Engine.load needs { model: path to a GGUF file }");
+        }
+        const int = (k: keyof EngineOptions, def: number, min: number, max = Number.MAX_SAFE_INTEGER): number => {
+            const v = options[k] ?? def;
+            if (typeof v !== "number" || !Number.isInteger(v) || v < min || v > max) {
+                throw new BatchwiseError(ErrorCode.InvalidArgument, `option '${k}' must be an integer from ${min} to ${max} (got ${String(v)})`);
+            }
+            return v;
+        };
+        const maxSequences = int("maxSequences", 64, 1, 255);
+        const cacheSlots = options.prefixCache === false ? 0 : int("cacheSlots", Math.min(maxSequences, 256 - maxSequences), 0, 256 - maxSequences);
+        const batchTokens = int("batchTokens", 2048, maxSequences);
+        const blockSize = int("blockSize", 16, 1, 4096);
+        const ubatchSize = int("ubatchSize", Math.min(512, batchTokens), 1, batchTokens);
+        int("maxQueued", 1024, 0);
+        int("contextSize", 0, 0);
+        if (options.preemption !== undefined && options.preemption !== "recompute" && options.preemption !== "swap") {
+            throw new BatchwiseError(ErrorCode.InvalidArgument, "option 'preemption' must be 'recompute' or 'swap'");
+        }
+        const w = options.watermark ?? 0.01;
+        if (typeof w !== "number" || !(w >= 0 && w < 1)) throw new BatchwiseError(ErrorCode.InvalidArgument, "option 'watermark' must be in [0, 1)");
+        const loadOptions: ModelLoadOptions = {
+            gpuLayers: options.gpuLayers, splitMode: options.splitMode, tensorSplit: options.tensorSplit, mainGpu: options.mainGpu,
+            useMmap: options.useMmap, onProgress: options.onProgress,
+        };
+        for (const k of Object.keys(loadOptions) as (keyof ModelLoadOptions)[]) if (loadOptions[k] === undefined) delete loadOptions[k];
+        const model = await LlamaModel.load(options.model, loadOptions);
+        let context: LlamaContext | undefined;
+        try {
+            const trained = model.metadata.trainedContext;
+            const contextSize = options.contextSize || trained;
+            if (contextSize < blockSize) {
+                throw new BatchwiseError(ErrorCode.InvalidArgument, `option 'contextSize' (${contextSize}) must hold at least one block (${blockSize} tokens)`);
+            }
+            const ctxOptions: ContextOptions = {
+                contextSize, maxSequences: maxSequences + cacheSlots, batchSize: batchTokens, ubatchSize, kvUnified: true,
+                flashAttention: options.flashAttention, kvCacheTypeK: options.kvCacheTypeK, kvCacheTypeV: options.kvCacheTypeV,
+                threads: options.threads, threadsBatch: options.threadsBatch,
+            };
+            for (const k of Object.keys(ctxOptions) as (keyof ContextOptions)[]) if (ctxOptions[k] === undefined) delete ctxOptions[k];
+            context = await model.createContext(ctxOptions);
+            const pool = Math.floor(context.info.contextSize / blockSize) * blockSize;
+            const maxContext = Math.min(pool, trained > 0 ? trained : pool);
+            return new Engine(model, context, { ...options }, {
+                blockSize, maxSequences, batchTokens, maxContext, numSlots: maxSequences + cacheSlots,
+            });
+        } catch (e) {
+            context?.dispose();
+            model.dispose();
+            throw e;
+        }
+    }
+
+    get metadata(): ModelMetadata {
+        return this.model.metadata;
+    }
+
+    /** Starts a request; iterate the result for events or await its result(). */
+    generate(request: GenerateRequest): Generation {
+        const gen = new Generation();
+        const startedAt = now();
+        this.pendingAdmissions++;
+        this.enqueue(gen, request, startedAt).finally(() => this.pendingAdmissions--);
+        return gen;
+    }
+
+    /** Runs a request to its end. */
+    complete(request: GenerateRequest): Promise<GenerateResult> {
+        return this.generate(request).result();
+    }
+
+    /** Starts a chat request: the messages go through the model's chat template. */
+    chat(request: ChatRequest): Generation {
+        if (request === null || typeof request !== "object" || !Array.isArray(request.messages) || request.messages.length === 0) {
+            const gen = new Generation();
+            gen.fail(new BatchwiseError(ErrorCode.InvalidArgument, "'messages' must be a non-empty array of { role, content }"));
+            return gen;
+        }
+        const { messages, template, ...rest } = request;
+        let prompt: string;
+        try {
+            prompt = this.model.applyChatTemplate(messages, { addAssistant: true, template });
+        } catch (e) {
+            const gen = new Generation();
+            gen.fail(e);
+            return gen;
+        }
+        return this.generate({ ...rest, prompt, addSpecial: true, parseSpecial: true });
+    }
+
+    stats(): EngineStats {
+        const s = this.scheduler.stats();
+        const t = now();
+        while (this.window.length > 0 && this.window[0].t < t - 10_000) this.window.shift();
+        let gen = 0, prompt = 0;
+        for (const w of this.window) {
+            gen += w.gen;
+            prompt += w.prompt;
+        }
+        const span = this.window.length > 0 ? Math.max(1, Math.min(10_000, t - this.window[0].t)) / 1000 : 1;
+        return {
+            running: s.running, waiting: s.waiting + this.pendingAdmissions, swapped: s.swapped,
+            kv: {
+                blocks: s.kv.numBlocks, blockSize: s.kv.blockSize, used: s.kv.used, free: s.kv.free, cachedFree: s.kv.cachedFree,
+                usage: s.kv.used / s.kv.numBlocks, slots: s.kv.slots, parkedSlots: s.kv.parkedSlots,
+            },
+            prefixCache: { queries: s.kv.queries, hits: s.kv.hits, hitRate: s.kv.queries > 0 ? s.kv.hits / s.kv.queries : 0, evictions: s.kv.evictions },
+            preemptions: s.preemptions, steps: s.steps,
+            tokensPerSecond: gen / span, promptTokensPerSecond: prompt / span,
+            totals: { ...this.totals, finished: { ...this.totals.finished } },
+            healthy: this.broken === null, closing: this.closing,
+        };
+    }
+
+    /**
+     * Stops taking requests, lets running ones finish (with `drain`, up to `timeoutMs`) or aborts them,
+     * then frees the KV cache and the model. Idempotent.
+     */
+    async close(options: { drain?: boolean; timeoutMs?: number } = {}): Promise<void> {
+        if (!this.closing) {
+            this.closing = true;
+            if (options.drain) {
+                const deadline = now() + (options.timeoutMs ?? 30_000);
+                while ((this.requests.size > 0 || this.pendingAdmissions > 0) && now() < deadline) {
+                    await new Promise((r) => setTimeout(r, 10));
+                }
+            }
+            while (this.pendingAdmissions > 0) await new Promise((r) => setTimeout(r, 1));
+            this.scheduler.finishAll("abort");
+            this.closed = true;
+            this.wake();
+        }
+        await this.loopDone;
+        if (!this.context.disposed) {
+            this.context.dispose();
+            this.model.dispose();
+        }
+    }
+
+    // ---- intake ---------------------------------------------------------------------------------
+
+    private refuseIfClosed(): void {
+        if (this.closing) throw new BatchwiseError(ErrorCode.EngineClosed, "the engine is closing and takes no new requests");
+        if (this.broken !== null) throw new BatchwiseError(ErrorCode.Internal, `the engine stopped after an internal error: ${String(this.broken)}`, { cause: this.broken });
+    }
+
+    private checkQueue(): void {
+        if (this.scheduler.waitingRequests >= this.maxQueued) {
+            throw new BatchwiseError(ErrorCode.QueueFull, `the queue is full (${this.maxQueued} requests waiting); retry later`);
+        }
+    }
+
+    private async enqueue(gen: Generation, request: GenerateRequest, startedAt: number): Promise<void> {
+        try {
+            this.refuseIfClosed();
+            if (request === null || typeof request !== "object") throw new BatchwiseError(ErrorCode.InvalidArgument, "the request must be an object");
+            const meta = this.model.metadata;
+            const valid = validateRequest(request, meta.vocabSize);
+            this.checkQueue();
+            const prompt = await this.tokenize(request);
+            // a request that arrived before close() began is served (or aborted) like the others
+            if (this.closed) throw new BatchwiseError(ErrorCode.EngineClosed, "the engine closed while the request was being tokenized");
+            if (prompt.length >= this.maxContext) {
+                throw new BatchwiseError(ErrorCode.ContextLength,
+                    `the prompt has ${prompt.length} tokens; the context holds ${this.maxContext}, which leaves no room to generate`);
+            }
+            if (valid.maxTokens !== undefined && prompt.length + valid.maxTokens > this.maxContext) {
+                throw new BatchwiseError(ErrorCode.ContextLength,
+                    `the prompt (${prompt.length} tokens) plus maxTokens (${valid.maxTokens}) is ${prompt.length + valid.maxTokens} tokens, ` +
+                    `more than the context holds (${this.maxContext})`);
+            }
+            this.checkQueue();
+            const signal = request.signal;
+            const sched = this.scheduler.submit({
+                prompt, n: valid.n, maxTokens: valid.maxTokens ?? this.maxContext - prompt.length, priority: valid.priority,
+                ignoreEos: valid.ignoreEos, stopTokens: valid.stopTokens, samplers: valid.samplers, useCache: valid.useCache,
+                cacheSalt: valid.cacheSalt,
+            }, this.nextId++);
+            gen.id = sched.id;
+            const state: RequestState = {
+                gen, sched, valid, startedAt, firstTokenAt: -1, interTokenMs: [], open: valid.n, unlisten: () => {},
+                choices: sched.seqs.map(() => ({
+                    text: [], tokens: [], logprobs: valid.logprobs >= 0 ? [] : undefined, stream: new TextStream(valid.stopStrings),
+                    finishReason: null, lastTokenAt: -1,
+                })),
+            };
+            this.requests.set(sched, state);
+            this.totals.requests++;
+            this.totals.promptTokens += prompt.length;
+            const abort = () => {
+                for (const s of sched.seqs) this.scheduler.finish(s, "abort");
+                this.wake();
+            };
+            gen.onAbort = abort;
+            if (signal) {
+                signal.addEventListener("abort", abort, { once: true });
+                state.unlisten = () => signal.removeEventListener("abort", abort);
+                if (signal.aborted) abort();
+            }
+            this.wake();
+        } catch (e) {
+            gen.fail(e);
+        }
+    }
+
+    private async tokenize(request: GenerateRequest): Promise<number[]> {
+        const p = request.prompt;
+        const vocab = this.model.metadata.vocabSize;
+        if (typeof p === "string") {
+            if (p.length === 0) throw new BatchwiseError(ErrorCode.InvalidArgument, "'prompt' must not be empty");
+            const t = Array.from(await this.model.tokenize(p, { addSpecial: request.addSpecial ?? true, parseSpecial: request.parseSpecial ?? true }));
+            const bos = this.model.metadata.tokens.bos;
+            // a chat template that writes BOS itself, plus the tokenizer's BOS, would give two
+            if (t.length > 1 && bos >= 0 && t[0] === bos && t[1] === bos) t.shift();
+            if (t.length === 0) throw new BatchwiseError(ErrorCode.InvalidArgument, "'prompt' tokenizes to nothing");
+            return t;
+        }
+        if (p === null || typeof p !== "object" || typeof (p as ArrayLike<number>).length !== "number") {
+            throw new BatchwiseError(ErrorCode.InvalidArgument, "'prompt' must be a string or an array of token ids");
+        }
+        const t = Array.from(p as ArrayLike<number>);
+        if (t.length === 0) throw new BatchwiseError(ErrorCode.InvalidArgument, "'prompt' must not be empty");
+        for (let i = 0; i < t.length; i++) {
+            if (!Number.isInteger(t[i]) || t[i] < 0 || t[i] >= vocab) {
+                throw new BatchwiseError(ErrorCode.InvalidArgument, `'prompt[${i}]' (${t[i]}) is not a token id in [0, ${vocab})`);
+            }
+        }
+        return t;
+    }
+
+    // ---- the loop -------------------------------------------------------------------------------
+
+    private wake(): void {
+        const w = this.wakeLoop;
+        this.wakeLoop = null;
+        w?.();
+    }
+
+    private async loop(): Promise<void> {
+        await Promise.resolve();
+        for (;;) {
+            let step;
+            try {
+                step = await this.scheduler.plan();
+            } catch (e) {
+                this.fatal(e);
+                return;
+            }
+            const events = this.scheduler.takeEvents();
+            if (!step) {
+                this.dispatch(events);
+                if (!this.scheduler.busy) {
+                    if (this.closed) break;
+                    await new Promise<void>((r) => (this.wakeLoop = r));
+                } else {
+                    // work that cannot start yet (should not last): poll rather than spin
+                    await new Promise<void>((r) => setTimeout((this.wakeLoop = r), 2));
+                }
+                continue;
+            }
+            const decoding = this.context.decode(step.batch);
+            decoding.catch(() => {});
+            // the decode runs off the JS thread: hand out the last step's tokens meanwhile
+            this.dispatch(events);
+            try {
+                const result = await decoding;
+                this.scheduler.complete(step, result);
+            } catch (e) {
+                this.scheduler.fail(step, e);
+            }
+            this.totals.computedPromptTokens += step.promptTokens;
+            this.window.push({ t: now(), gen: step.decodeTokens, prompt: step.promptTokens });
+            if (this.window.length > 4096) this.window.splice(0, 2048);
+        }
+        this.dispatch(this.scheduler.takeEvents());
+    }
+
+    /** An internal failure: every request ends with the error, the engine takes no more. */
+    private fatal(e: unknown): void {
+        this.broken = e;
+        for (const st of this.requests.values()) {
+            for (const seq of st.sched.seqs) {
+                if (st.choices[seq.index].finishReason === null) this.finishChoice(st, seq.index, "error", e);
+            }
+        }
+    }
+
+    private piece(token: number): Uint8Array {
+        let p = this.pieces.get(token);
+        if (!p) {
+            p = this.model.tokenToPiece(token);
+            this.pieces.set(token, p);
+        }
+        return p;
+    }
+
+    private dispatch(events: SchedulerEvent[]): void {
+        for (const e of events) {
+            const st = this.requests.get(e.seq.request);
+            if (!st) continue;
+            const c = st.choices[e.seq.index];
+            if (c.finishReason !== null) continue;
+            if (e.kind === "token") this.onToken(st, e.seq, e);
+            else this.finishChoice(st, e.seq.index, e.reason, e.error);
+        }
+    }
+
+    private onToken(st: RequestState, seq: Sequence, e: Extract<SchedulerEvent, { kind: "token" }>): void {
+        const c = st.choices[seq.index];
+        const t = now();
+        if (st.firstTokenAt < 0) st.firstTokenAt = t;
+        if (c.lastTokenAt >= 0) st.interTokenMs.push(t - c.lastTokenAt);
+        c.lastTokenAt = t;
+        this.totals.generatedTokens++;
+        const { text, stopped } = c.stream.push(this.piece(e.token));
+        c.tokens.push(e.token);
+        let lp: TokenLogprob[] | undefined;
+        if (c.logprobs && e.logprob !== undefined) {
+            const entry: TokenLogprob = { token: e.token, logprob: e.logprob };
+            if (e.topIds && e.topLogprobs) {
+                entry.top = [];
+                for (let i = 0; i < e.topIds.length; i++) if (e.topIds[i] >= 0) entry.top.push({ token: e.topIds[i], logprob: e.topLogprobs[i] });
+            }
+            c.logprobs.push(entry);
+            lp = [entry];
+        }
+        if (text.length > 0) c.text.push(text);
+        const delta: GenerateEvent = { type: "delta", index: seq.index, text, tokens: [e.token] };
+        if (lp) delta.logprobs = lp;
+        st.gen.push(delta);
+        if (stopped) {
+            this.scheduler.finish(seq, "stop");
+            this.finishChoice(st, seq.index, "stop");
+        }
+    }
+
+    private finishChoice(st: RequestState, index: number, reason: FinishReason, error?: unknown): void {
+        const c = st.choices[index];
+        if (c.finishReason !== null) return;
+        const rest = c.stream.end(); // text held back for a stop string that never came
+        if (rest.length > 0) {
+            c.text.push(rest);
+            st.gen.push({ type: "delta", index, text: rest, tokens: [] });
+        }
+        c.finishReason = reason;
+        c.error = error;
+        this.totals.finished[reason]++;
+        const fin: GenerateEvent = { type: "finish", index, finishReason: reason };
+        if (error !== undefined) fin.error = error;
+        st.gen.push(fin);
+        if (--st.open === 0) this.finishRequest(st);
+    }
+
+    private finishRequest(st: RequestState): void {
+        this.requests.delete(st.sched);
+        st.unlisten();
+        const t = now();
+        const seqs = st.sched.seqs;
+        let firstScheduled = Infinity, completion = 0, preemptions = 0;
+        for (const s of seqs) {
+            if (s.firstScheduledAt >= 0) firstScheduled = Math.min(firstScheduled, s.firstScheduledAt);
+            completion += s.sampled;
+            preemptions += s.preemptions;
+        }
+        const promptTokens = seqs[0].promptLength;
+        const cachedTokens = seqs[0].cachedTokens;
+        this.totals.cachedTokens += cachedTokens;
+        const choices: Choice[] = st.choices.map((c, index) => {
+            const ch: Choice = { index, text: c.text.join(""), tokens: c.tokens, finishReason: c.finishReason! };
+            if (c.error !== undefined) ch.error = c.error;
+            if (c.logprobs) ch.logprobs = c.logprobs;
+            return ch;
+        });
+        const first = choices[0];
+        const result: GenerateResult = {
+            id: st.sched.id, text: first.text, tokens: first.tokens, finishReason: first.finishReason, choices,
+            usage: { promptTokens, cachedTokens, completionTokens: completion, totalTokens: promptTokens + completion },
+            timings: {
+                queueMs: Number.isFinite(firstScheduled) ? firstScheduled - st.startedAt : t - st.startedAt,
+                ttftMs: st.firstTokenAt >= 0 ? st.firstTokenAt - st.startedAt : -1,
+                interTokenMs: st.interTokenMs, e2eMs: t - st.startedAt,
+            },
+            preemptions,
+        };
+        if (first.error !== undefined) result.error = first.error;
+        if (first.logprobs) result.logprobs = first.logprobs;
+        st.gen.push({ type: "done", ...result });
+    }
+}

@@ -1,0 +1,160 @@
+// Request validation: every field checked before anything is queued, each error naming its field.
+import { BatchwiseError, ErrorCode, type SamplerParams } from "../binding/index.js";
+
+export interface SamplingOptions {
+    /** 0: greedy. Default 1. */
+    temperature?: number;
+    /** 0: off. */
+    topK?: number;
+    /** 1: off. */
+    topP?: number;
+    /** 0: off. */
+    minP?: number;
+    repeatPenalty?: number;
+    presencePenalty?: number;
+    frequencyPenalty?: number;
+    /** Generated tokens the penalties look back over; -1: all. Default 64. */
+    penaltyLastN?: number;
+    /** Added to the logits of these tokens: [[token, bias], ...] or { "token": bias }. -Infinity bans a token. */
+    logitBias?: ReadonlyArray<readonly [number, number]> | Record<string, number>;
+    /** Seed of the random sampler; choice i of n uses seed + i. Default: random. */
+    seed?: number;
+    /** Log-probability of each sampled token, and of the k most likely ones (0..20). Default: none. */
+    logprobs?: number;
+}
+
+export interface RequestOptions extends SamplingOptions {
+    /** Tokens to generate at most. Default: up to the context. */
+    maxTokens?: number;
+    /** Stop strings (not part of the output) and stop token ids. */
+    stop?: string | ReadonlyArray<string | number>;
+    /** Keep going past end-of-generation tokens. */
+    ignoreEos?: boolean;
+    /** Choices to generate for the prompt (they share its KV). Default 1. */
+    n?: number;
+    /** Lower runs first; default 0. Equal priorities run in arrival order. */
+    priority?: number;
+    /** Tenant key: prefix-cache entries are shared only between requests with the same salt. */
+    cacheSalt?: string;
+    /** Use and fill the prefix cache. Default true. */
+    cache?: boolean;
+    /** Aborts the request: it ends with finishReason "abort" and frees its KV within one step. */
+    signal?: AbortSignal;
+}
+
+export interface GenerateRequest extends RequestOptions {
+    /** Text (tokenized with the model's special tokens, e.g. BOS) or token ids. */
+    prompt: string | ArrayLike<number>;
+    /** For a text prompt: add BOS/EOS as the model asks. Default true. */
+    addSpecial?: boolean;
+    /** For a text prompt: read special-token text such as "<|im_start|>" as those tokens. Default true. */
+    parseSpecial?: boolean;
+}
+
+export interface ValidRequest {
+    n: number;
+    maxTokens: number | undefined;
+    stopStrings: string[];
+    stopTokens: Set<number>;
+    ignoreEos: boolean;
+    priority: number;
+    cacheSalt: string;
+    useCache: boolean;
+    samplers: SamplerParams[];
+    logprobs: number;
+}
+
+function bad(field: string, what: string): BatchwiseError {
+    return new BatchwiseError(ErrorCode.InvalidArgument, `'${field}' ${what}`);
+}
+
+function num(o: Record<string, unknown>, k: string, ok: (v: number) => boolean, what: string): number | undefined {
+    const v = o[k];
+    if (v === undefined || v === null) return undefined;
+    if (typeof v !== "number" || Number.isNaN(v) || !ok(v)) throw bad(k, `${what} (got ${JSON.stringify(v) ?? String(v)})`);
+    return v;
+}
+
+const isInt = (v: number) => Number.isInteger(v);
+
+export const MAX_CHOICES = 128;
+export const MAX_LOGPROBS = 20;
+export const MAX_STOPS = 16;
+
+/** Checks the options of a request; vocabSize bounds token ids in stop and logitBias. */
+export function validateRequest(req: RequestOptions, vocabSize: number): ValidRequest {
+    if (req === null || typeof req !== "object") throw new BatchwiseError(ErrorCode.InvalidArgument, "the request must be an object");
+    const o = req as unknown as Record<string, unknown>;
+    const n = num(o, "n", (v) => isInt(v) && v >= 1 && v <= MAX_CHOICES, `must be an integer from 1 to ${MAX_CHOICES}`) ?? 1;
+    const maxTokens = num(o, "maxTokens", (v) => isInt(v) && v >= 1, "must be a positive integer");
+    const temperature = num(o, "temperature", (v) => v >= 0 && Number.isFinite(v), "must be a number >= 0") ?? 1;
+    const topK = num(o, "topK", (v) => isInt(v) && v >= 0, "must be an integer >= 0");
+    const topP = num(o, "topP", (v) => v > 0 && v <= 1, "must be in (0, 1]");
+    const minP = num(o, "minP", (v) => v >= 0 && v <= 1, "must be in [0, 1]");
+    const repeatPenalty = num(o, "repeatPenalty", (v) => v > 0 && Number.isFinite(v), "must be a number > 0");
+    const presencePenalty = num(o, "presencePenalty", (v) => v >= -2 && v <= 2, "must be in [-2, 2]");
+    const frequencyPenalty = num(o, "frequencyPenalty", (v) => v >= -2 && v <= 2, "must be in [-2, 2]");
+    const penaltyLastN = num(o, "penaltyLastN", (v) => isInt(v) && v >= -1, "must be an integer >= -1");
+    const seed = num(o, "seed", (v) => isInt(v) && v >= 0 && v <= 0xffffffff, "must be an unsigned 32-bit integer");
+    const logprobs = num(o, "logprobs", (v) => isInt(v) && v >= 0 && v <= MAX_LOGPROBS, `must be an integer from 0 to ${MAX_LOGPROBS}`);
+    const priority = num(o, "priority", (v) => isInt(v) && Math.abs(v) <= 2 ** 31, "must be an integer") ?? 0;
+    if (o.ignoreEos !== undefined && typeof o.ignoreEos !== "boolean") throw bad("ignoreEos", "must be a boolean");
+    if (o.cache !== undefined && typeof o.cache !== "boolean") throw bad("cache", "must be a boolean");
+    if (o.cacheSalt !== undefined && typeof o.cacheSalt !== "string") throw bad("cacheSalt", "must be a string");
+    if (o.signal !== undefined && !(o.signal instanceof AbortSignal)) throw bad("signal", "must be an AbortSignal");
+
+    const stopStrings: string[] = [];
+    const stopTokens = new Set<number>();
+    if (o.stop !== undefined && o.stop !== null) {
+        const list = typeof o.stop === "string" ? [o.stop] : o.stop;
+        if (!Array.isArray(list)) throw bad("stop", "must be a string or an array of strings and token ids");
+        if (list.length > MAX_STOPS) throw bad("stop", `holds ${list.length} entries, at most ${MAX_STOPS} are allowed`);
+        list.forEach((s, i) => {
+            if (typeof s === "string") {
+                if (s.length === 0) throw bad(`stop[${i}]`, "must not be empty");
+                stopStrings.push(s);
+            } else if (typeof s === "number" && isInt(s) && s >= 0 && s < vocabSize) {
+                stopTokens.add(s);
+            } else {
+                throw bad(`stop[${i}]`, `must be a non-empty string or a token id in [0, ${vocabSize})`);
+            }
+        });
+    }
+    let logitBias: SamplerParams["logitBias"];
+    if (o.logitBias !== undefined && o.logitBias !== null) {
+        const entries: [unknown, unknown][] = Array.isArray(o.logitBias)
+            ? (o.logitBias as unknown[]).map((e, i) => {
+                  if (!Array.isArray(e) || e.length !== 2) throw bad(`logitBias[${i}]`, "must be a [token, bias] pair");
+                  return [e[0], e[1]];
+              })
+            : typeof o.logitBias === "object"
+              ? Object.entries(o.logitBias as object)
+              : (() => {
+                    throw bad("logitBias", "must be an object { token: bias } or an array of [token, bias] pairs");
+                })();
+        const pairs: [number, number][] = [];
+        for (const [k, v] of entries) {
+            const t = typeof k === "string" ? Number(k) : k;
+            if (typeof t !== "number" || !isInt(t) || t < 0 || t >= vocabSize) throw bad("logitBias", `has a token id ${String(k)} outside [0, ${vocabSize})`);
+            if (typeof v !== "number" || Number.isNaN(v)) throw bad("logitBias", `has a bias for token ${t} that is not a number`);
+            pairs.push([t, v]);
+        }
+        logitBias = pairs;
+    }
+    const base: SamplerParams = { temperature };
+    if (topK !== undefined) base.topK = topK;
+    if (topP !== undefined) base.topP = topP;
+    if (minP !== undefined) base.minP = minP;
+    if (repeatPenalty !== undefined) base.repeatPenalty = repeatPenalty;
+    if (presencePenalty !== undefined) base.presencePenalty = presencePenalty;
+    if (frequencyPenalty !== undefined) base.frequencyPenalty = frequencyPenalty;
+    if (penaltyLastN !== undefined) base.penaltyLastN = penaltyLastN;
+    if (logitBias !== undefined) base.logitBias = logitBias;
+    if (logprobs !== undefined) base.logprobs = logprobs;
+    const seed0 = seed ?? Math.floor(Math.random() * 0xffffffff);
+    const samplers = Array.from({ length: n }, (_, i) => (temperature > 0 ? { ...base, seed: (seed0 + i) >>> 0 } : { ...base }));
+    return {
+        n, maxTokens, stopStrings, stopTokens, ignoreEos: o.ignoreEos === true, priority,
+        cacheSalt: (o.cacheSalt as string | undefined) ?? "", useCache: o.cache !== false, samplers, logprobs: logprobs ?? -1,
+    };
+}

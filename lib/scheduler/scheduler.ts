@@ -1,0 +1,530 @@
+// The scheduler: one decode step at a time over many sequences (iteration-level batching).
+// plan() picks the step's tokens and makes room for them in the KV cache (admitting, preempting,
+// evicting), complete() takes the sampled tokens back. Both run while no decode is in flight, so the
+// KV memory calls they make are safe; the engine runs the decode in between and does everything else
+// (text, streaming, stop strings) while the next decode runs. See docs/scheduler.md for the policy.
+import type { DecodeBatch, DecodeResult, SamplerParams } from "../binding/index.js";
+import { blockHashes } from "../kv/block-pool.js";
+import { KvCache, type KvCacheStats, type KvOps } from "../kv/kv-cache.js";
+
+/** What the scheduler needs from a context (LlamaContext has it; tests use a fake). */
+export interface SchedulerBackend extends KvOps {
+    decode(batch: DecodeBatch): Promise<DecodeResult>;
+    setSampler(seq: number, params: SamplerParams | null): unknown;
+    saveSequence(seq: number): Promise<Uint8Array>;
+    restoreSequence(seq: number, state: Uint8Array): Promise<number>;
+}
+
+export type FinishReason = "stop" | "length" | "abort" | "error";
+export type PreemptionMode = "recompute" | "swap";
+
+export interface SchedulerOptions {
+    /** KV blocks in the pool and tokens per block. */
+    numBlocks: number;
+    blockSize: number;
+    /** Sequences decoded at once. */
+    maxRunning: number;
+    /** Sequence ids of the context: maxRunning plus ids that keep ended sequences' prefixes cached. */
+    numSlots: number;
+    /** Tokens per step (decodes first, then prompt chunks). */
+    batchTokens: number;
+    /** Most tokens (prompt + generated) one sequence may hold. */
+    maxContext: number;
+    prefixCache: boolean;
+    preemption: PreemptionMode;
+    /** Host memory for swapped-out sequences; past it, preemption recomputes. */
+    swapSpaceBytes: number;
+    /** Share of the blocks kept free when admitting while others run (room for their next tokens). */
+    watermark: number;
+    /** Whether a token ends generation (EOS, EOT, ...). */
+    isEog: (token: number) => boolean;
+    now?: () => number;
+}
+
+export interface RequestSpec {
+    prompt: ArrayLike<number>;
+    /** Choices; they share the prompt's KV. */
+    n: number;
+    /** Generated tokens at most (capped so prompt + generated <= maxContext). */
+    maxTokens: number;
+    /** Lower runs first. */
+    priority: number;
+    ignoreEos: boolean;
+    stopTokens: ReadonlySet<number>;
+    /** Sampler of each choice (length n); null: greedy. */
+    samplers: (SamplerParams | null)[];
+    /** Look up and keep this request's prefix in the cache. */
+    useCache: boolean;
+    cacheSalt: string;
+}
+
+export class SchedRequest {
+    readonly seqs: Sequence[];
+    constructor(readonly id: number, readonly arrival: number, readonly spec: RequestSpec, readonly arrivedAt: number) {
+        this.seqs = Array.from({ length: spec.n }, (_, i) => new Sequence(this, i));
+    }
+}
+
+export type SeqState = "waiting" | "running" | "swapped" | "finished";
+
+export class Sequence {
+    /** Prompt, then every generated token that is part of the output. */
+    readonly tokens: number[];
+    readonly promptLength: number;
+    /** Tokens whose KV is in the cache (the next input is tokens[numComputed]). */
+    numComputed = 0;
+    /** Content hashes of the full blocks of `tokens` computed so far. */
+    hashes: string[] = [];
+    slot = -1;
+    state: SeqState = "waiting";
+    /** Tokens sampled (output tokens, plus a final EOS or stop token). */
+    sampled = 0;
+    /** Prompt tokens found in the cache at first admission. */
+    cachedTokens = 0;
+    firstScheduledAt = -1;
+    preemptions = 0;
+    finishReason: FinishReason | null = null;
+    error: unknown = null;
+    /** Asked to end (abort, stop string): done at the next plan(). */
+    pendingFinish: FinishReason | null = null;
+    swapState: Uint8Array | null = null;
+    admitted = false;
+
+    constructor(readonly request: SchedRequest, readonly index: number) {
+        this.tokens = Array.from(request.spec.prompt);
+        this.promptLength = this.tokens.length;
+    }
+}
+
+export type SchedulerEvent =
+    | { kind: "token"; seq: Sequence; token: number; logprob?: number; topIds?: Int32Array; topLogprobs?: Float32Array }
+    | { kind: "finish"; seq: Sequence; reason: FinishReason; error?: unknown };
+
+interface StepEntry {
+    seq: Sequence;
+    /** Tokens of this sequence in the batch: tokens[start, start + n). */
+    start: number;
+    n: number;
+    output: boolean;
+}
+
+export interface Step {
+    readonly batch: DecodeBatch;
+    readonly entries: readonly StepEntry[];
+    readonly promptTokens: number;
+    readonly decodeTokens: number;
+}
+
+export interface SchedulerStats {
+    running: number;
+    waiting: number;
+    swapped: number;
+    preemptions: number;
+    swapBytes: number;
+    steps: number;
+    kv: KvCacheStats;
+}
+
+function better(a: Sequence, b: Sequence): number {
+    const ra = a.request, rb = b.request;
+    return ra.spec.priority - rb.spec.priority || ra.arrival - rb.arrival || a.index - b.index;
+}
+
+function samplerKey(p: SamplerParams | null): string | null {
+    // a chain whose result depends only on the logits can be kept between requests; one with a random
+    // generator or a token history must be set fresh for each sequence
+    if (p === null) return "host-greedy";
+    const greedy = (p.temperature ?? 1) <= 0;
+    const stateless = greedy && (p.repeatPenalty ?? 1) === 1 && !p.presencePenalty && !p.frequencyPenalty;
+    return stateless ? JSON.stringify(p) : null;
+}
+
+export class Scheduler {
+    readonly kv: KvCache;
+    private readonly waiting: Sequence[] = [];
+    private readonly running: Sequence[] = [];
+    private readonly pending = new Set<Sequence>();
+    private events: SchedulerEvent[] = [];
+    private readonly slotSampler: (string | null | undefined)[];
+    private readonly now: () => number;
+    private readonly watermarkBlocks: number;
+    private preemptions = 0;
+    private swapBytes = 0;
+    private steps = 0;
+    private nextArrival = 0;
+    private readonly tokens: Int32Array;
+    private readonly positions: Int32Array;
+    private readonly seqIds: Int32Array;
+    private readonly outputs: Uint8Array;
+
+    constructor(private readonly backend: SchedulerBackend, readonly options: SchedulerOptions) {
+        const o = options;
+        if (o.batchTokens < o.maxRunning) throw new RangeError(`batchTokens (${o.batchTokens}) must be at least maxRunning (${o.maxRunning})`);
+        if (o.numSlots < o.maxRunning) throw new RangeError(`numSlots (${o.numSlots}) must be at least maxRunning (${o.maxRunning})`);
+        if (o.maxContext > o.numBlocks * o.blockSize) throw new RangeError(`maxContext (${o.maxContext}) exceeds the KV pool (${o.numBlocks * o.blockSize} tokens)`);
+        this.kv = new KvCache(backend, o.numBlocks, o.blockSize, o.numSlots);
+        this.slotSampler = new Array(o.numSlots);
+        this.now = o.now ?? (() => performance.now());
+        this.watermarkBlocks = Math.floor(o.numBlocks * o.watermark);
+        this.tokens = new Int32Array(o.batchTokens);
+        this.positions = new Int32Array(o.batchTokens);
+        this.seqIds = new Int32Array(o.batchTokens);
+        this.outputs = new Uint8Array(o.batchTokens);
+    }
+
+    /** Queues a request (validated by the caller: prompt non-empty and prompt + maxTokens <= maxContext). */
+    submit(spec: RequestSpec, id: number): SchedRequest {
+        if (spec.prompt.length < 1 || spec.prompt.length >= this.options.maxContext + 1) throw new RangeError("prompt length out of range");
+        const r = new SchedRequest(id, this.nextArrival++, spec, this.now());
+        for (const s of r.seqs) this.enqueue(s);
+        return r;
+    }
+
+    /** Ends a sequence at the next plan() (abort, stop string). Its finish event comes then. */
+    finish(seq: Sequence, reason: FinishReason): void {
+        if (seq.state === "finished" || seq.pendingFinish) return;
+        seq.pendingFinish = reason;
+        this.pending.add(seq);
+    }
+
+    /** Whether there is anything to plan (work queued, running, or ends to carry out). */
+    get busy(): boolean {
+        return this.running.length > 0 || this.waiting.length > 0 || this.pending.size > 0;
+    }
+
+    /** Requests waiting for admission (not counting preempted sequences). */
+    get waitingRequests(): number {
+        let n = 0;
+        for (const s of this.waiting) if (!s.admitted && s.index === 0) n++;
+        return n;
+    }
+
+    /** Events since the last call, in order: tokens and finishes. */
+    takeEvents(): SchedulerEvent[] {
+        const e = this.events;
+        this.events = [];
+        return e;
+    }
+
+    stats(): SchedulerStats {
+        let swapped = 0;
+        for (const s of this.waiting) if (s.state === "swapped") swapped++;
+        return {
+            running: this.running.length, waiting: this.waiting.length - swapped, swapped, preemptions: this.preemptions,
+            swapBytes: this.swapBytes, steps: this.steps, kv: this.kv.stats(),
+        };
+    }
+
+    /**
+     * Picks the next step and reserves its KV blocks: every running decode, then prompt chunks of running
+     * sequences, then admissions from the queue, until the token budget is spent. Null when there is
+     * nothing to decode.
+     */
+    async plan(): Promise<Step | null> {
+        this.reap();
+        const o = this.options;
+        let budget = o.batchTokens;
+        const entries: StepEntry[] = [];
+        const scheduled = new Set<Sequence>();
+        for (const decoding of [true, false]) {
+            for (const seq of this.running.slice()) {
+                if (seq.state !== "running" || scheduled.has(seq)) continue;
+                const remaining = seq.tokens.length - seq.numComputed;
+                if ((remaining === 1) !== decoding) continue;
+                if (budget <= 0) break;
+                const n = Math.min(remaining, budget);
+                while (seq.state === "running" && !this.kv.reserve(seq.slot, seq.numComputed + n)) {
+                    await this.preempt(this.victim(scheduled));
+                }
+                if (seq.state !== "running") continue;
+                entries.push(this.entry(seq, n));
+                scheduled.add(seq);
+                budget -= n;
+            }
+        }
+        for (let i = 0; i < this.waiting.length && budget > 0 && this.running.length < o.maxRunning; ) {
+            const seq = this.waiting[i];
+            const r = await this.admit(seq, budget);
+            if (r === "blocked") break;
+            if (r === "skip") {
+                i++;
+                continue;
+            }
+            // admitted (or failed): it left the queue
+            if (r > 0) {
+                entries.push(this.entry(seq, r));
+                budget -= r;
+            }
+        }
+        if (entries.length === 0) return null;
+        let k = 0;
+        let promptTokens = 0;
+        for (const e of entries) {
+            const s = e.seq;
+            e.start = k;
+            for (let j = 0; j < e.n; j++, k++) {
+                this.tokens[k] = s.tokens[s.numComputed + j];
+                this.positions[k] = s.numComputed + j;
+                this.seqIds[k] = s.slot;
+                this.outputs[k] = 0;
+            }
+            if (e.output) this.outputs[k - 1] = 1;
+            if (s.numComputed < s.promptLength) promptTokens += Math.min(e.n, s.promptLength - s.numComputed);
+        }
+        this.steps++;
+        return {
+            batch: { tokens: this.tokens.subarray(0, k), positions: this.positions.subarray(0, k), seqIds: this.seqIds.subarray(0, k), outputs: this.outputs.subarray(0, k) },
+            entries, promptTokens, decodeTokens: k - promptTokens,
+        };
+    }
+
+    /** Takes a step's sampled tokens: advances each sequence, ends those that hit a stop token or a limit. */
+    complete(step: Step, result: DecodeResult): void {
+        const o = this.options;
+        let row = 0;
+        for (const e of step.entries) {
+            const seq = e.seq;
+            if (seq.state !== "running") throw new Error(`sequence of request ${seq.request.id} left the running set during its step`);
+            seq.numComputed += e.n;
+            if (this.caches(seq)) {
+                seq.hashes = blockHashes(seq.tokens, o.blockSize, seq.request.spec.cacheSalt, seq.hashes, seq.numComputed);
+                this.kv.commit(seq.slot, seq.hashes);
+            }
+            if (!e.output) continue;
+            const r = row++;
+            if (seq.pendingFinish) continue;
+            const token = result.tokens[r];
+            seq.sampled++;
+            const spec = seq.request.spec;
+            if ((!spec.ignoreEos && o.isEog(token)) || spec.stopTokens.has(token)) {
+                this.end(seq, "stop");
+                continue;
+            }
+            seq.tokens.push(token);
+            const ev: SchedulerEvent = { kind: "token", seq, token };
+            if (result.logprobs) {
+                ev.logprob = result.logprobs[r];
+                if (result.topK > 0 && result.topIds && result.topLogprobs) {
+                    ev.topIds = result.topIds.slice(r * result.topK, (r + 1) * result.topK);
+                    ev.topLogprobs = result.topLogprobs.slice(r * result.topK, (r + 1) * result.topK);
+                }
+            }
+            this.events.push(ev);
+            if (seq.sampled >= spec.maxTokens || seq.tokens.length >= o.maxContext) this.end(seq, "length");
+        }
+    }
+
+    /** A step's decode failed: its sequences end with the error (their KV is dropped, it may be partly written). */
+    fail(step: Step, error: unknown): void {
+        for (const e of step.entries) if (e.seq.state === "running") this.end(e.seq, "error", error);
+    }
+
+    /** Ends everything (engine close): queued and running sequences finish with `reason`. */
+    finishAll(reason: FinishReason): void {
+        for (const s of [...this.running, ...this.waiting]) this.finish(s, reason);
+    }
+
+    /** Checks the KV accounting against the sequences (tests). */
+    checkInvariants(): void {
+        this.kv.checkInvariants();
+        const slots = new Set<number>();
+        for (const s of this.running) {
+            if (s.state !== "running" || s.slot < 0) throw new Error(`running list holds a ${s.state} sequence`);
+            if (slots.has(s.slot)) throw new Error(`slot ${s.slot} used twice`);
+            slots.add(s.slot);
+            if (this.kv.blocksOf(s.slot).length * this.options.blockSize < s.numComputed) throw new Error(`sequence in slot ${s.slot} holds fewer blocks than tokens`);
+        }
+        for (const s of this.waiting) {
+            if (s.state !== "waiting" && s.state !== "swapped") throw new Error(`waiting list holds a ${s.state} sequence`);
+            if (s.slot !== -1) throw new Error("a waiting sequence holds a slot");
+        }
+        if (this.running.length > this.options.maxRunning) throw new Error("more sequences running than maxRunning");
+        const stats = this.kv.stats();
+        if (stats.activeSlots !== this.running.length) throw new Error(`${stats.activeSlots} active KV slots for ${this.running.length} running sequences`);
+    }
+
+    // ---- internals ------------------------------------------------------------------------------
+
+    private caches(seq: Sequence): boolean {
+        return this.options.prefixCache && seq.request.spec.useCache;
+    }
+
+    private entry(seq: Sequence, n: number): StepEntry {
+        return { seq, start: 0, n, output: seq.numComputed + n === seq.tokens.length };
+    }
+
+    private enqueue(seq: Sequence): void {
+        // binary search on (priority, arrival, index): a preempted sequence goes back ahead of later arrivals
+        let lo = 0, hi = this.waiting.length;
+        while (lo < hi) {
+            const mid = (lo + hi) >> 1;
+            if (better(this.waiting[mid], seq) <= 0) lo = mid + 1;
+            else hi = mid;
+        }
+        this.waiting.splice(lo, 0, seq);
+    }
+
+    private addRunning(seq: Sequence): void {
+        let lo = 0, hi = this.running.length;
+        while (lo < hi) {
+            const mid = (lo + hi) >> 1;
+            if (better(this.running[mid], seq) <= 0) lo = mid + 1;
+            else hi = mid;
+        }
+        this.running.splice(lo, 0, seq);
+    }
+
+    private remove(list: Sequence[], seq: Sequence): void {
+        const i = list.indexOf(seq);
+        if (i >= 0) list.splice(i, 1);
+    }
+
+    /** Carries out the ends asked for since the last step. */
+    private reap(): void {
+        for (const seq of this.pending) this.end(seq, seq.pendingFinish!);
+        this.pending.clear();
+    }
+
+    private end(seq: Sequence, reason: FinishReason, error?: unknown): void {
+        if (seq.state === "finished") return;
+        if (seq.state === "running") {
+            this.kv.release(seq.slot, reason !== "error" && this.caches(seq));
+            this.remove(this.running, seq);
+            seq.slot = -1;
+        } else {
+            this.remove(this.waiting, seq);
+            if (seq.swapState) {
+                this.swapBytes -= seq.swapState.byteLength;
+                seq.swapState = null;
+            }
+        }
+        this.pending.delete(seq);
+        seq.state = "finished";
+        seq.finishReason = reason;
+        seq.error = error ?? null;
+        this.events.push(error === undefined ? { kind: "finish", seq, reason } : { kind: "finish", seq, reason, error });
+    }
+
+    /** The running sequence to preempt: lowest priority, then latest arrival, among those not yet in this step. */
+    private victim(scheduled: Set<Sequence>): Sequence {
+        for (let i = this.running.length - 1; i >= 0; i--) {
+            if (!scheduled.has(this.running[i])) return this.running[i];
+        }
+        throw new Error("no sequence to preempt");
+    }
+
+    private async preempt(seq: Sequence): Promise<void> {
+        this.preemptions++;
+        seq.preemptions++;
+        const o = this.options;
+        let state: Uint8Array | null = null;
+        if (o.preemption === "swap" && seq.numComputed > 0) {
+            try {
+                state = await this.backend.saveSequence(seq.slot);
+                if (this.swapBytes + state.byteLength > o.swapSpaceBytes) state = null;
+            } catch {
+                state = null; // fall back to recompute
+            }
+        }
+        this.kv.release(seq.slot, this.caches(seq));
+        this.remove(this.running, seq);
+        seq.slot = -1;
+        if (state) {
+            seq.swapState = state;
+            seq.state = "swapped";
+            this.swapBytes += state.byteLength;
+        } else {
+            seq.numComputed = 0;
+            seq.state = "waiting";
+        }
+        this.enqueue(seq);
+    }
+
+    /**
+     * Tries to start a queued sequence with at most `budget` tokens this step. Returns the tokens scheduled,
+     * "skip" (not yet: it waits on its first choice's prompt, let others pass) or "blocked" (no room: stop
+     * admitting, so that later arrivals do not overtake it).
+     */
+    private async admit(seq: Sequence, budget: number): Promise<number | "skip" | "blocked"> {
+        const o = this.options, bs = o.blockSize;
+        const spec = seq.request.spec;
+        const wm = this.running.length > 0 ? this.watermarkBlocks : 0;
+        const parent = seq.request.seqs[0];
+        const shareBlocks = seq.index > 0 && !seq.admitted ? Math.floor((seq.promptLength - 1) / bs) : 0;
+        if (shareBlocks > 0 && (parent.state === "waiting" || parent.state === "swapped" || (parent.state === "running" && parent.numComputed < shareBlocks * bs))) {
+            return "skip"; // its prompt is being computed by the first choice: share it rather than compute it twice
+        }
+        const slot = this.kv.acquireSlot();
+        if (slot === null) return "blocked";
+        const give = (): "blocked" => {
+            this.kv.release(slot, false);
+            return "blocked";
+        };
+        if (seq.state === "swapped") {
+            const state = seq.swapState!;
+            const n = Math.min(seq.tokens.length - seq.numComputed, budget);
+            if (this.kv.pool.blocksFor(seq.numComputed + n) + wm > this.kv.freeBlocks) return give();
+            this.kv.reserve(slot, seq.numComputed + n);
+            try {
+                await this.backend.restoreSequence(slot, state);
+            } catch (e) {
+                this.kv.release(slot, false);
+                this.start(seq, -1);
+                this.end(seq, "error", e);
+                return 0;
+            }
+            this.swapBytes -= state.byteLength;
+            seq.swapState = null;
+            return this.start(seq, slot) ? n : 0;
+        }
+        let computed = 0;
+        let n: number;
+        if (shareBlocks > 0 && parent.state === "running") {
+            n = Math.min(seq.tokens.length - shareBlocks * bs, budget);
+            if (this.kv.pool.blocksFor(shareBlocks * bs + n) - shareBlocks + wm > this.kv.freeBlocks) return give();
+            this.kv.fork(parent.slot, slot, shareBlocks);
+            computed = shareBlocks * bs;
+        } else {
+            let hit = { blocks: 0, free: 0 };
+            const limit = Math.floor((seq.tokens.length - 1) / bs);
+            if (this.caches(seq)) {
+                seq.hashes = blockHashes(seq.tokens, bs, spec.cacheSalt, seq.hashes, limit * bs);
+                hit = this.kv.peek(seq.hashes, limit);
+            }
+            n = Math.min(seq.tokens.length - hit.blocks * bs, budget);
+            if (this.kv.pool.blocksFor(hit.blocks * bs + n) - hit.blocks + wm > this.kv.freeBlocks - hit.free) return give();
+            if (hit.blocks > 0) computed = this.kv.attachPrefix(slot, seq.hashes, limit) * bs;
+            else if (this.caches(seq)) this.kv.pool.match(seq.hashes, limit); // counts the miss
+        }
+        if (!this.kv.reserve(slot, computed + n)) throw new Error("KV reservation failed after the capacity check");
+        seq.numComputed = computed;
+        if (!seq.admitted) seq.cachedTokens = computed;
+        return this.start(seq, slot) ? n : 0;
+    }
+
+    /** Moves an admitted sequence to the running set with its sampler. False if the sampler was refused (the sequence ended). */
+    private start(seq: Sequence, slot: number): boolean {
+        this.remove(this.waiting, seq);
+        if (!seq.admitted) {
+            seq.admitted = true;
+            seq.firstScheduledAt = this.now();
+        }
+        if (slot < 0) return false;
+        seq.slot = slot;
+        seq.state = "running";
+        this.addRunning(seq);
+        const params = seq.request.spec.samplers[seq.index];
+        const key = samplerKey(params);
+        if (key === null || this.slotSampler[slot] !== key) {
+            try {
+                this.backend.setSampler(slot, params);
+                this.slotSampler[slot] = key;
+            } catch (e) {
+                this.slotSampler[slot] = undefined;
+                this.end(seq, "error", e);
+                return false;
+            }
+        }
+        return true;
+    }
+}

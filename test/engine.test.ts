@@ -1,0 +1,292 @@
+// The engine on a tiny random-weight model: greedy equivalence across every way of scheduling a
+// request, output handling (stop strings, UTF-8, limits), cancellation, refusals, priorities, n > 1.
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import { BatchwiseError, Engine, ErrorCode, type EngineOptions, type GenerateEvent, type GenerateRequest } from "../lib/index.js";
+import { gpu, gpuLayers, modelPath, randomPrompt, tinyQwen } from "./helpers.js";
+
+let path: string;
+
+async function engine(o: Partial<EngineOptions> = {}): Promise<Engine> {
+    return Engine.load({ model: path, gpuLayers, contextSize: 4096, maxSequences: 16, batchTokens: 512, flashAttention: gpu ? "on" : "auto", ...o });
+}
+
+async function withEngine<T>(o: Partial<EngineOptions>, fn: (e: Engine) => Promise<T>): Promise<T> {
+    const e = await engine(o);
+    try {
+        return await fn(e);
+    } finally {
+        await e.close();
+    }
+}
+
+/** 64 prompts: four families that share a 48-token prefix, and a quarter with nothing in common. */
+function workload(): number[][] {
+    const families = [0, 1, 2, 3].map((f) => randomPrompt(48, 500 + f));
+    return Array.from({ length: 64 }, (_, i) => {
+        const tail = randomPrompt(10 + ((i * 7) % 50), 1000 + i);
+        return i % 4 === 3 ? randomPrompt(40 + (i % 30), 2000 + i) : [...families[i % 3], ...tail];
+    });
+}
+
+const greedy = (prompt: number[]): GenerateRequest => ({ prompt, maxTokens: 12, temperature: 0, ignoreEos: true });
+
+async function runAll(e: Engine, prompts: number[][], concurrent: boolean): Promise<number[][]> {
+    if (concurrent) return (await Promise.all(prompts.map((p) => e.complete(greedy(p))))).map((r) => r.tokens);
+    const out: number[][] = [];
+    for (const p of prompts) out.push((await e.complete(greedy(p))).tokens);
+    return out;
+}
+
+describe("engine", () => {
+    before(async () => {
+        path = await modelPath(tinyQwen);
+    });
+
+    describe("greedy equivalence", () => {
+        const prompts = workload();
+        let alone: number[][];
+
+        before(async () => {
+            alone = await withEngine({ maxSequences: 1, prefixCache: false }, (e) => runAll(e, prompts, false));
+            assert.ok(alone.every((t) => t.length === 12));
+        });
+
+        const cases: [string, Partial<EngineOptions>, (e: Engine) => void][] = [
+            ["in a batch of 64 with the prefix cache", { maxSequences: 64, batchTokens: 2048 }, (e) => {
+                assert.ok(e.stats().prefixCache.hits > 0, "the shared prefixes were found in the cache");
+            }],
+            ["in a batch of 64 without the prefix cache", { maxSequences: 64, batchTokens: 2048, prefixCache: false }, (e) => {
+                assert.equal(e.stats().prefixCache.hits, 0);
+            }],
+            ["preempted by recompute (a pool of 40 blocks)", { maxSequences: 64, contextSize: 640, preemption: "recompute" }, (e) => {
+                assert.ok(e.stats().preemptions > 0, "the pool was too small: sequences were preempted");
+            }],
+            ["preempted by swap (a pool of 40 blocks)", { maxSequences: 64, contextSize: 640, preemption: "swap" }, (e) => {
+                assert.ok(e.stats().preemptions > 0, "the pool was too small: sequences were preempted");
+            }],
+            ["with prompts chunked 24 tokens a step", { maxSequences: 8, batchTokens: 24 }, (e) => {
+                assert.ok(e.stats().steps > 64, "prompts took several steps");
+            }],
+        ];
+        for (const [name, options, check] of cases) {
+            it(`gives each request the tokens it gets alone: ${name}`, async () => {
+                await withEngine(options, async (e) => {
+                    const got = await runAll(e, prompts, true);
+                    for (let i = 0; i < prompts.length; i++) assert.deepEqual(got[i], alone[i], `request ${i}`);
+                    check(e);
+                    assert.equal(e.stats().kv.used, 0, "every block is free afterwards");
+                });
+            });
+        }
+    });
+
+    it("streams deltas that add up to the result, with usage and timings", async () => {
+        await withEngine({}, async (e) => {
+            const gen = e.generate({ prompt: "def fibonacci(n):", maxTokens: 20, temperature: 0, ignoreEos: true });
+            const events: GenerateEvent[] = [];
+            for await (const ev of gen) events.push(ev);
+            const done = events.at(-1)!;
+            assert.equal(done.type, "done");
+            if (done.type !== "done") return;
+            const deltas = events.filter((x) => x.type === "delta");
+            assert.equal(deltas.map((d) => (d.type === "delta" ? d.text : "")).join(""), done.text);
+            assert.deepEqual(deltas.flatMap((d) => (d.type === "delta" ? d.tokens : [])), done.tokens);
+            assert.equal(done.tokens.length, 20);
+            assert.equal(done.finishReason, "length");
+            assert.equal(done.usage.completionTokens, 20);
+            assert.equal(done.usage.promptTokens, (await e.model.tokenize("def fibonacci(n):")).length);
+            assert.ok(done.timings.ttftMs >= done.timings.queueMs && done.timings.e2eMs >= done.timings.ttftMs);
+            assert.equal(done.timings.interTokenMs.length, 19);
+            assert.deepEqual(events.filter((x) => x.type === "finish").map((x) => x.type === "finish" && x.finishReason), ["length"]);
+        });
+    });
+
+    it("cuts the output at a stop string and never streams text past it", async () => {
+        await withEngine({}, async (e) => {
+            const base = await e.complete({ prompt: [1, 2, 3, 4, 5], maxTokens: 40, temperature: 0, ignoreEos: true });
+            // a stop string taken from the middle of the text (spanning tokens when it can)
+            const at = Math.floor(base.text.length / 2);
+            const stop = base.text.slice(at, at + 3);
+            const first = base.text.indexOf(stop);
+            const gen = e.generate({ prompt: [1, 2, 3, 4, 5], maxTokens: 40, temperature: 0, ignoreEos: true, stop: [stop] });
+            let streamed = "";
+            for await (const ev of gen) {
+                if (ev.type === "delta") {
+                    streamed += ev.text;
+                    assert.ok(base.text.slice(0, first).startsWith(streamed), "a delta never shows text after the stop string");
+                }
+            }
+            const r = await gen.result();
+            assert.equal(r.finishReason, "stop");
+            assert.equal(r.text, base.text.slice(0, first));
+            assert.equal(streamed, r.text);
+            // a stop token id ends it too, without the token
+            const stopToken = base.tokens[7];
+            const r2 = await e.complete({ prompt: [1, 2, 3, 4, 5], maxTokens: 40, temperature: 0, ignoreEos: true, stop: [stopToken] });
+            assert.equal(r2.finishReason, "stop");
+            assert.deepEqual(r2.tokens, base.tokens.slice(0, base.tokens.indexOf(stopToken)));
+        });
+    });
+
+    it("never splits a UTF-8 character across deltas", async () => {
+        await withEngine({}, async (e) => {
+            // byte-level tokens of a string of multi-byte characters, fed back as a prompt, make the
+            // random model emit byte tokens too; sample many tokens at a high temperature
+            const gen = e.generate({ prompt: "日本語のテキスト 😀 ünïcödé", maxTokens: 200, temperature: 1.5, seed: 7, ignoreEos: true });
+            const bytes: number[] = [];
+            let text = "";
+            for await (const ev of gen) {
+                if (ev.type !== "delta") continue;
+                for (const t of ev.tokens) bytes.push(...e.model.tokenToPiece(t));
+                text += ev.text;
+                // a lone high surrogate or U+FFFD at a delta's end would mean a split character
+                assert.ok(!/[\uD800-\uDBFF]$/.test(ev.text), "no split surrogate pair");
+            }
+            assert.equal(text, new TextDecoder().decode(Uint8Array.from(bytes)), "the deltas decode exactly as the whole output");
+        });
+    });
+
+    it("aborts through an AbortSignal and frees the request's KV", async () => {
+        await withEngine({}, async (e) => {
+            const ctl = new AbortController();
+            const gen = e.generate({ prompt: randomPrompt(100, 3), maxTokens: 1000, temperature: 0, ignoreEos: true, signal: ctl.signal });
+            let n = 0;
+            for await (const ev of gen) if (ev.type === "delta" && ++n === 3) ctl.abort();
+            const r = await gen.result();
+            assert.equal(r.finishReason, "abort");
+            assert.ok(r.tokens.length < 10, "it stopped within a step or two");
+            assert.equal(e.stats().kv.used, 0, "its blocks are free");
+            // leaving the loop early aborts too
+            const gen2 = e.generate({ prompt: randomPrompt(100, 4), maxTokens: 1000, temperature: 0, ignoreEos: true });
+            for await (const ev of gen2) if (ev.type === "delta") break;
+            assert.equal((await gen2.result()).finishReason, "abort");
+        });
+    });
+
+    it("refuses bad requests with a clear error, and requests that cannot fit the context", async () => {
+        await withEngine({ contextSize: 512 }, async (e) => {
+            const refused = async (req: GenerateRequest, code: string, pattern: RegExp) => {
+                await assert.rejects(e.complete(req), (err: BatchwiseError) => {
+                    assert.equal(err.code, code);
+                    assert.match(err.message, pattern);
+                    return true;
+                });
+            };
+            await refused({ prompt: randomPrompt(400, 1), maxTokens: 200 }, ErrorCode.ContextLength, /400 tokens.*200.*600.*512/);
+            await refused({ prompt: randomPrompt(600, 1) }, ErrorCode.ContextLength, /600 tokens.*512/);
+            await refused({ prompt: "" }, ErrorCode.InvalidArgument, /'prompt'/);
+            await refused({ prompt: [1, -4] }, ErrorCode.InvalidArgument, /'prompt\[1\]'/);
+            await refused({ prompt: "x", temperature: -1 }, ErrorCode.InvalidArgument, /'temperature'/);
+            await refused({ prompt: "x", maxTokens: 0 }, ErrorCode.InvalidArgument, /'maxTokens'/);
+            await refused({ prompt: "x", n: 0 }, ErrorCode.InvalidArgument, /'n'/);
+            await refused({ prompt: "x", stop: [""] }, ErrorCode.InvalidArgument, /'stop\[0\]'/);
+            await refused({ prompt: "x", logprobs: 50 }, ErrorCode.InvalidArgument, /'logprobs'/);
+            await refused({ prompt: "x", logitBias: { "99999999": 1 } }, ErrorCode.InvalidArgument, /'logitBias'/);
+            await refused({ prompt: "x", topP: 0 }, ErrorCode.InvalidArgument, /'topP'/);
+            // still serving
+            assert.equal((await e.complete({ prompt: "x", maxTokens: 2, temperature: 0, ignoreEos: true })).tokens.length, 2);
+            // without maxTokens a request runs to the context limit
+            const r = await e.complete({ prompt: randomPrompt(500, 2), temperature: 0, ignoreEos: true });
+            assert.equal(r.finishReason, "length");
+            assert.equal(r.usage.promptTokens + r.tokens.length, 512);
+        });
+    });
+
+    it("bounds the queue: past maxQueued requests are refused with ERR_QUEUE_FULL", async () => {
+        await withEngine({ maxSequences: 1, maxQueued: 2 }, async (e) => {
+            const gens = Array.from({ length: 10 }, (_, i) => e.complete({ prompt: randomPrompt(20, i), maxTokens: 4, temperature: 0, ignoreEos: true }));
+            const settled = await Promise.allSettled(gens);
+            const ok = settled.filter((s) => s.status === "fulfilled").length;
+            const full = settled.filter((s) => s.status === "rejected" && (s.reason as BatchwiseError).code === ErrorCode.QueueFull).length;
+            assert.equal(ok + full, 10, "every request either ran or was refused as queue-full");
+            assert.ok(ok >= 2 && ok <= 3, `one running plus two waiting at most (ran ${ok})`);
+        });
+    });
+
+    it("runs lower priority values first", async () => {
+        await withEngine({ maxSequences: 1 }, async (e) => {
+            const order: string[] = [];
+            const run = (name: string, priority: number) =>
+                e.complete({ prompt: randomPrompt(30, name.length), maxTokens: 6, temperature: 0, ignoreEos: true, priority }).then(() => order.push(name));
+            const first = run("first", 0); // takes the only sequence
+            await new Promise((r) => setTimeout(r, 0));
+            await Promise.all([first, run("low", 5), run("normal", 0), run("urgent", -3)]);
+            assert.deepEqual(order, ["first", "urgent", "normal", "low"]);
+        });
+    });
+
+    it("computes the prompt of n choices once and gives each its own sampler", async () => {
+        await withEngine({ prefixCache: false }, async (e) => {
+            const prompt = randomPrompt(200, 9);
+            const one = await e.complete({ prompt, maxTokens: 6, temperature: 0, ignoreEos: true });
+            const before = e.stats().totals.promptTokens;
+            const computed0 = e.stats().totals.computedPromptTokens;
+            const many = await e.complete({ prompt, maxTokens: 6, temperature: 0, ignoreEos: true, n: 4 });
+            assert.equal(many.choices.length, 4);
+            for (const c of many.choices) assert.deepEqual(c.tokens, one.tokens, `greedy choice ${c.index}`);
+            assert.equal(many.usage.promptTokens, 200);
+            assert.equal(many.usage.completionTokens, 24);
+            assert.equal(e.stats().totals.promptTokens - before, 200);
+            const computed = e.stats().totals.computedPromptTokens - computed0;
+            assert.ok(computed <= 200 + 3 * 16, `prompt tokens computed for 4 choices: ${computed}`);
+            const sampled = await e.complete({ prompt, maxTokens: 8, temperature: 1, seed: 3, ignoreEos: true, n: 3 });
+            assert.ok(new Set(sampled.choices.map((c) => c.tokens.join())).size > 1, "sampled choices differ (seed + index)");
+            const again = await e.complete({ prompt, maxTokens: 8, temperature: 1, seed: 3, ignoreEos: true, n: 3 });
+            assert.deepEqual(again.choices.map((c) => c.tokens), sampled.choices.map((c) => c.tokens), "a seed makes sampling repeatable");
+        });
+    });
+
+    it("reuses a cached prefix across requests, per tenant, and reports it in usage", async () => {
+        await withEngine({}, async (e) => {
+            const prompt = randomPrompt(300, 11);
+            const a = await e.complete({ prompt, maxTokens: 4, temperature: 0, ignoreEos: true });
+            const b = await e.complete({ prompt, maxTokens: 4, temperature: 0, ignoreEos: true });
+            assert.equal(a.usage.cachedTokens, 0);
+            assert.equal(b.usage.cachedTokens, 288, "every full block but the one holding the last prompt token");
+            assert.deepEqual(b.tokens, a.tokens);
+            assert.equal((await e.complete({ prompt, maxTokens: 4, temperature: 0, cacheSalt: "other" })).usage.cachedTokens, 0);
+            assert.equal((await e.complete({ prompt, maxTokens: 4, temperature: 0, cache: false })).usage.cachedTokens, 0);
+            assert.ok(e.stats().prefixCache.hitRate > 0);
+        });
+    });
+
+    it("returns logprobs of the sampled token and the top alternatives", async () => {
+        await withEngine({}, async (e) => {
+            const r = await e.complete({ prompt: [5, 6, 7], maxTokens: 3, temperature: 0, ignoreEos: true, logprobs: 3 });
+            assert.equal(r.logprobs!.length, 3);
+            for (const [i, lp] of r.logprobs!.entries()) {
+                assert.equal(lp.token, r.tokens[i]);
+                assert.ok(lp.logprob <= 0);
+                assert.equal(lp.top!.length, 3);
+                assert.equal(lp.top![0].token, lp.token, "greedy picks the most likely token");
+            }
+        });
+    });
+
+    it("applies the chat template", async () => {
+        await withEngine({}, async (e) => {
+            const messages = [{ role: "user", content: "Write a haiku about GPUs." }];
+            const r = await e.chat({ messages, maxTokens: 4, temperature: 0, ignoreEos: true }).result();
+            const text = e.model.applyChatTemplate(messages, { addAssistant: true });
+            assert.match(text, /<\|im_start\|>assistant/);
+            assert.equal(r.usage.promptTokens, (await e.model.tokenize(text, { parseSpecial: true })).length);
+            await assert.rejects(e.chat({ messages: [] }).result(), { code: ErrorCode.InvalidArgument });
+        });
+    });
+
+    it("close() aborts what runs, or drains it, and then refuses new requests", async () => {
+        const e = await engine();
+        const running = e.complete({ prompt: [1, 2, 3], maxTokens: 3000, temperature: 0, ignoreEos: true });
+        await new Promise((r) => setTimeout(r, 20));
+        await e.close();
+        assert.equal((await running).finishReason, "abort");
+        await assert.rejects(e.complete({ prompt: [1] }), { code: ErrorCode.EngineClosed });
+        assert.equal(e.model.disposed, true);
+
+        const d = await engine();
+        const drained = d.complete({ prompt: [1, 2, 3], maxTokens: 20, temperature: 0, ignoreEos: true });
+        await d.close({ drain: true, timeoutMs: 30_000 });
+        assert.equal((await drained).finishReason, "length");
+    });
+});

@@ -1,0 +1,245 @@
+// The scheduler and the KV mapping over a fake context (test/fake-backend.ts) whose output depends on
+// what each sequence really holds in KV. A property test drives random arrivals, aborts, priorities,
+// pool sizes and preemption modes, and after every step checks the invariants and that every sequence's
+// KV holds exactly its tokens; at the end every request must have ended with a reason, every block
+// must be free, and every output must equal what the request generates alone.
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import fc from "fast-check";
+import { Scheduler, type FinishReason, type PreemptionMode, type SchedRequest, type SchedulerOptions } from "../lib/scheduler/scheduler.js";
+import { FAKE_EOS, FakeBackend, fakeReference } from "./fake-backend.js";
+
+const VOCAB = 64;
+
+interface Run {
+    sched: Scheduler;
+    fake: FakeBackend;
+    opts: SchedulerOptions;
+    outputs: Map<SchedRequest, { tokens: number[][]; reasons: (FinishReason | null)[] }>;
+}
+
+function setup(o: Partial<SchedulerOptions> & { capacity?: number } = {}): Run {
+    const opts: SchedulerOptions = {
+        numBlocks: 32, blockSize: 4, maxRunning: 4, numSlots: 8, batchTokens: 32, maxContext: 128, prefixCache: true,
+        preemption: "recompute", swapSpaceBytes: 1 << 20, watermark: 0, isEog: (t) => t === FAKE_EOS, ...o,
+    };
+    const fake = new FakeBackend(o.capacity ?? opts.numBlocks * opts.blockSize, opts.numSlots, VOCAB);
+    return { sched: new Scheduler(fake, opts), fake, opts, outputs: new Map() };
+}
+
+function submit(run: Run, prompt: number[], extra: { maxTokens?: number; priority?: number; n?: number; useCache?: boolean; salt?: string } = {}): SchedRequest {
+    const n = extra.n ?? 1;
+    const r = run.sched.submit({
+        prompt, n, maxTokens: extra.maxTokens ?? 8, priority: extra.priority ?? 0, ignoreEos: false, stopTokens: new Set(),
+        samplers: Array.from({ length: n }, () => ({ temperature: 0 })), useCache: extra.useCache ?? true, cacheSalt: extra.salt ?? "",
+    }, run.outputs.size + 1);
+    run.outputs.set(r, { tokens: Array.from({ length: n }, () => []), reasons: Array.from({ length: n }, () => null) });
+    return r;
+}
+
+/** Every running sequence's KV holds exactly its computed tokens. */
+function checkKv(run: Run): void {
+    run.sched.checkInvariants();
+    for (const r of run.outputs.keys()) {
+        for (const s of r.seqs) {
+            if (s.state !== "running") continue;
+            assert.deepEqual(run.fake.contents(s.slot), s.tokens.slice(0, s.numComputed), `KV of request ${r.id} choice ${s.index}`);
+        }
+    }
+    assert.ok(run.fake.usedCells <= run.fake.capacity);
+}
+
+async function step(run: Run): Promise<boolean> {
+    const plan = await run.sched.plan();
+    if (plan) {
+        const res = await run.fake.decode(plan.batch);
+        run.sched.complete(plan, res);
+    }
+    for (const e of run.sched.takeEvents()) {
+        const o = run.outputs.get(e.seq.request)!;
+        if (e.kind === "token") o.tokens[e.seq.index].push(e.token);
+        else {
+            assert.equal(o.reasons[e.seq.index], null, "one finish per sequence");
+            o.reasons[e.seq.index] = e.reason;
+        }
+    }
+    checkKv(run);
+    return plan !== null;
+}
+
+async function drain(run: Run, limit = 10_000): Promise<void> {
+    for (let i = 0; i < limit && run.sched.busy; i++) await step(run);
+    assert.equal(run.sched.busy, false, "the scheduler went idle");
+}
+
+function prompt(len: number, seed: number, prefix: number[] = []): number[] {
+    let x = seed * 7919 + 13;
+    const out = prefix.slice(0, len);
+    while (out.length < len) {
+        x = (x * 1103515245 + 12345) >>> 0;
+        out.push(1 + (x % (VOCAB - 1)));
+    }
+    return out;
+}
+
+describe("scheduler", () => {
+    it("runs a request to the same tokens as the greedy reference", async () => {
+        const run = setup();
+        const p = prompt(10, 1);
+        const r = submit(run, p, { maxTokens: 12 });
+        await drain(run);
+        const want = fakeReference(p, 12, 128, VOCAB);
+        assert.deepEqual(run.outputs.get(r)!.tokens[0], want.tokens);
+        assert.equal(run.outputs.get(r)!.reasons[0], want.reason);
+        assert.equal(run.sched.kv.stats().used, 0, "every block is free at the end");
+    });
+
+    it("chunks a long prompt across steps while a running sequence keeps decoding", async () => {
+        const run = setup({ batchTokens: 8, numBlocks: 64 });
+        const a = submit(run, prompt(5, 2), { maxTokens: 30 });
+        await step(run); // a's prompt
+        const b = submit(run, prompt(60, 3), { maxTokens: 2 });
+        const seen: number[] = [];
+        for (let i = 0; i < 6; i++) {
+            const before = a.seqs[0].tokens.length;
+            await step(run);
+            seen.push(a.seqs[0].tokens.length - before);
+            assert.ok(b.seqs[0].numComputed <= 8 * (i + 1), "the long prompt takes at most the step budget");
+        }
+        assert.ok(seen.every((d) => d === 1) || a.seqs[0].state === "finished", `a decoded every step: ${seen}`);
+        await drain(run);
+        for (const r of [a, b]) {
+            const want = fakeReference(r.seqs[0].tokens.slice(0, r.seqs[0].promptLength), r.spec.maxTokens, 128, VOCAB);
+            assert.deepEqual(run.outputs.get(r)!.tokens[0], want.tokens);
+        }
+    });
+
+    it("shares a cached prefix instead of recomputing it, and keeps tenants apart", async () => {
+        const run = setup({ numBlocks: 64 });
+        const common = prompt(24, 4);
+        submit(run, prompt(30, 5, common));
+        await drain(run);
+        const before = run.fake.tokensDecoded;
+        const b = submit(run, prompt(30, 6, common));
+        await drain(run);
+        assert.equal(b.seqs[0].cachedTokens, 24, "six full blocks of the common prefix were found");
+        assert.ok(run.fake.tokensDecoded - before < 30, "the shared part was not computed again");
+        const c = submit(run, prompt(30, 6, common), { salt: "tenant-2" });
+        await drain(run);
+        assert.equal(c.seqs[0].cachedTokens, 0, "another cache salt sees nothing");
+        const d = submit(run, prompt(30, 6, common), { useCache: false });
+        await drain(run);
+        assert.equal(d.seqs[0].cachedTokens, 0, "a request that opts out computes everything");
+        for (const r of [b, c, d]) {
+            assert.deepEqual(run.outputs.get(r)!.tokens[0], fakeReference(r.seqs[0].tokens.slice(0, 30), 8, 128, VOCAB).tokens);
+        }
+    });
+
+    it("computes the prompt of n choices once", async () => {
+        const run = setup({ numBlocks: 64, prefixCache: false });
+        const p = prompt(41, 7);
+        const r = submit(run, p, { n: 4, maxTokens: 5 });
+        await drain(run);
+        const want = fakeReference(p, 5, 128, VOCAB).tokens;
+        for (let i = 0; i < 4; i++) assert.deepEqual(run.outputs.get(r)!.tokens[i], want, `choice ${i}`);
+        const prompts = run.fake.tokensDecoded - 4 * Math.max(0, want.length - 1);
+        assert.ok(prompts <= 41 + 3 * 4 + 3, `prompt tokens computed: ${prompts}`);
+    });
+
+    it("preempts the latest arrival of the lowest priority when KV runs out, and finishes everyone correctly", async () => {
+        for (const preemption of ["recompute", "swap"] as PreemptionMode[]) {
+            const run = setup({ numBlocks: 12, maxRunning: 4, preemption, maxContext: 48 });
+            const reqs = [0, 1, 2, 3].map((i) => submit(run, prompt(8, 20 + i), { maxTokens: 16, priority: i === 1 ? -1 : 0 }));
+            await drain(run);
+            assert.ok(run.sched.stats().preemptions > 0, `${preemption}: the pool was too small for all four`);
+            assert.equal(reqs[1].seqs[0].preemptions, 0, "the high-priority request is never the victim");
+            for (const r of reqs) {
+                const want = fakeReference(r.seqs[0].tokens.slice(0, 8), 16, 48, VOCAB);
+                assert.deepEqual(run.outputs.get(r)!.tokens[0], want.tokens, `${preemption}: request ${r.id}`);
+            }
+            assert.equal(run.sched.stats().swapBytes, 0);
+        }
+    });
+
+    it("ends aborted requests at the next step and frees their blocks", async () => {
+        const run = setup();
+        const a = submit(run, prompt(20, 30), { maxTokens: 100 });
+        const b = submit(run, prompt(20, 31), { maxTokens: 100 });
+        await step(run);
+        await step(run);
+        run.sched.finish(a.seqs[0], "abort");
+        run.sched.finish(b.seqs[0], "abort");
+        await step(run);
+        assert.deepEqual(run.outputs.get(a)!.reasons, ["abort"]);
+        assert.equal(run.sched.kv.stats().used, 0);
+        assert.equal(run.sched.busy, false);
+    });
+});
+
+describe("scheduler properties", () => {
+    const action = fc.oneof(
+        fc.record({ kind: fc.constant("arrive" as const), len: fc.integer({ min: 1, max: 40 }), family: fc.integer({ min: 0, max: 3 }), shared: fc.integer({ min: 0, max: 30 }), maxTokens: fc.integer({ min: 1, max: 20 }), priority: fc.integer({ min: -2, max: 2 }), n: fc.constantFrom(1, 1, 1, 2, 3), cache: fc.boolean(), salt: fc.constantFrom("", "", "x") }),
+        fc.record({ kind: fc.constant("abort" as const), pick: fc.nat() }),
+        fc.record({ kind: fc.constant("step" as const), steps: fc.integer({ min: 1, max: 4 }) }),
+    );
+    const config = fc.record({
+        blockSize: fc.constantFrom(1, 2, 4, 8),
+        poolTokens: fc.integer({ min: 64, max: 256 }),
+        maxRunning: fc.integer({ min: 1, max: 6 }),
+        cacheSlots: fc.integer({ min: 0, max: 4 }),
+        batchTokens: fc.integer({ min: 6, max: 48 }),
+        preemption: fc.constantFrom<PreemptionMode>("recompute", "swap"),
+        prefixCache: fc.boolean(),
+        watermark: fc.constantFrom(0, 0.05),
+    });
+
+    it("keeps blocks, ref counts and KV contents consistent under random load, and matches the greedy reference", async () => {
+        await fc.assert(
+            fc.asyncProperty(config, fc.array(action, { minLength: 1, maxLength: 40 }), async (c, actions) => {
+                const numBlocks = Math.floor(c.poolTokens / c.blockSize);
+                const maxContext = Math.min(64, numBlocks * c.blockSize);
+                const run = setup({
+                    numBlocks, blockSize: c.blockSize, maxRunning: c.maxRunning, numSlots: c.maxRunning + c.cacheSlots,
+                    batchTokens: Math.max(c.batchTokens, c.maxRunning), maxContext, preemption: c.preemption, prefixCache: c.prefixCache,
+                    watermark: c.watermark, swapSpaceBytes: 4096,
+                });
+                const families = [0, 1, 2, 3].map((f) => prompt(40, 100 + f));
+                const aborted = new Set<SchedRequest>();
+                for (const a of actions) {
+                    if (a.kind === "arrive") {
+                        const len = Math.min(a.len, maxContext - 1);
+                        const p = prompt(len, run.outputs.size + 1000, families[a.family].slice(0, Math.min(a.shared, len)));
+                        submit(run, p, { maxTokens: Math.min(a.maxTokens, maxContext - len), priority: a.priority, n: a.n, useCache: a.cache, salt: a.salt });
+                    } else if (a.kind === "abort") {
+                        const live = [...run.outputs.keys()].filter((r) => r.seqs.some((s) => s.state !== "finished"));
+                        if (live.length > 0) {
+                            const r = live[a.pick % live.length];
+                            aborted.add(r);
+                            for (const s of r.seqs) run.sched.finish(s, "abort");
+                        }
+                    } else {
+                        for (let i = 0; i < a.steps; i++) await step(run);
+                    }
+                }
+                await drain(run);
+                assert.equal(run.sched.kv.stats().used, 0, "no block leaked");
+                assert.equal(run.sched.stats().swapBytes, 0, "no swap state leaked");
+                for (const [r, o] of run.outputs) {
+                    for (const s of r.seqs) {
+                        const reason = o.reasons[s.index];
+                        assert.notEqual(reason, null, `request ${r.id} choice ${s.index} ended with a reason`);
+                        const want = fakeReference(s.tokens.slice(0, s.promptLength), r.spec.maxTokens, maxContext, VOCAB);
+                        const got = o.tokens[s.index];
+                        if (aborted.has(r) && reason === "abort") {
+                            assert.deepEqual(got, want.tokens.slice(0, got.length), "an aborted request's tokens are a prefix of its output");
+                        } else {
+                            assert.equal(reason, want.reason, `request ${r.id} choice ${s.index}`);
+                            assert.deepEqual(got, want.tokens, `request ${r.id} choice ${s.index}`);
+                        }
+                    }
+                }
+            }),
+            { numRuns: 150 },
+        );
+    });
+});
