@@ -161,6 +161,50 @@ describe("scheduler", () => {
         }
     });
 
+    it("does not offer a block to other requests before its KV is written", async () => {
+        // a prompt chunk ending mid-block, and the same prompt arriving in between
+        const run = setup({ batchTokens: 6 });
+        const p = prompt(10, 40);
+        const a = submit(run, p, { maxTokens: 3 });
+        await step(run);
+        assert.equal(a.seqs[0].numComputed, 6);
+        const b = submit(run, p.slice(), { maxTokens: 3 });
+        await drain(run);
+        assert.equal(b.seqs[0].cachedTokens, 4, "only the one block whose KV was complete is shared");
+        const want = fakeReference(p, 3, 128, VOCAB);
+        for (const r of [a, b]) {
+            assert.deepEqual(run.outputs.get(r)!.reasons, [want.reason]);
+            assert.deepEqual(run.outputs.get(r)!.tokens[0], want.tokens);
+        }
+    });
+
+    it("claims a sequence id without dropping the cached prefix the request is about to use", async () => {
+        const run = setup({ maxRunning: 1, numSlots: 2, numBlocks: 64 });
+        const pa = prompt(20, 41), pb = prompt(20, 42);
+        submit(run, pa, { maxTokens: 2 });
+        await drain(run);
+        submit(run, pb, { maxTokens: 2 });
+        await drain(run);
+        const again = submit(run, pa.slice(), { maxTokens: 2 });
+        await drain(run);
+        assert.equal(again.seqs[0].cachedTokens, 16, "the LRU parked id held this prefix: another one was dropped instead");
+    });
+
+    it("preempts lower-priority decodes for a higher-priority prompt, not the other way round", async () => {
+        const run = setup({ numBlocks: 14, blockSize: 4, maxRunning: 4, numSlots: 4, batchTokens: 8, maxContext: 48, prefixCache: false });
+        const low = [1, 2, 3].map((i) => submit(run, prompt(6, 50 + i), { priority: 5, maxTokens: 30 }));
+        await step(run);
+        await step(run);
+        const high = submit(run, prompt(40, 59), { priority: -10, maxTokens: 4 });
+        await drain(run);
+        assert.equal(high.seqs[0].preemptions, 0, "the urgent request was never the victim");
+        assert.ok(low.some((r) => r.seqs[0].preemptions > 0), "lower-priority sequences made room");
+        for (const r of [...low, high]) {
+            const want = fakeReference(r.seqs[0].tokens.slice(0, r.seqs[0].promptLength), r.spec.maxTokens, 48, VOCAB);
+            assert.deepEqual(run.outputs.get(r)!.tokens[0], want.tokens);
+        }
+    });
+
     it("ends aborted requests at the next step and frees their blocks", async () => {
         const run = setup();
         const a = submit(run, prompt(20, 30), { maxTokens: 100 });

@@ -154,10 +154,13 @@ export class Generation implements AsyncIterable<GenerateEvent> {
         return this.final;
     }
 
-    /** Ends the request now (finishReason "abort"). */
+    /** Ends the request now (finishReason "abort"), or as soon as it is queued. */
     abort(): void {
-        this.onAbort?.();
+        if (this.onAbort) this.onAbort();
+        else this.abortRequested = true;
     }
+
+    /** @internal */ abortRequested = false;
 
     /** @internal */ push(e: GenerateEvent): void {
         if (e.type === "done") {
@@ -279,7 +282,7 @@ export class Engine {
         const batchTokens = int("batchTokens", 2048, maxSequences);
         const blockSize = int("blockSize", 16, 1, 4096);
         const ubatchSize = int("ubatchSize", Math.min(512, batchTokens), 1, batchTokens);
-        int("maxQueued", 1024, 0);
+        int("maxQueued", 1024, 1);
         int("contextSize", 0, 0);
         if (options.preemption !== undefined && options.preemption !== "recompute" && options.preemption !== "swap") {
             throw new BatchwiseError(ErrorCode.InvalidArgument, "option 'preemption' must be 'recompute' or 'swap'");
@@ -427,6 +430,7 @@ export class Engine {
             const prompt = await this.tokenize(request);
             // a request that arrived before close() began is served (or aborted) like the others
             if (this.closed) throw new BatchwiseError(ErrorCode.EngineClosed, "the engine closed while the request was being tokenized");
+            if (this.broken !== null) this.refuseIfClosed();
             if (prompt.length >= this.maxContext) {
                 throw new BatchwiseError(ErrorCode.ContextLength,
                     `the prompt has ${prompt.length} tokens; the context holds ${this.maxContext}, which leaves no room to generate`);
@@ -462,8 +466,8 @@ export class Engine {
             if (signal) {
                 signal.addEventListener("abort", abort, { once: true });
                 state.unlisten = () => signal.removeEventListener("abort", abort);
-                if (signal.aborted) abort();
             }
+            if (signal?.aborted || gen.abortRequested) abort();
             this.wake();
         } catch (e) {
             gen.fail(e);
@@ -505,47 +509,50 @@ export class Engine {
 
     private async loop(): Promise<void> {
         await Promise.resolve();
-        for (;;) {
-            let step;
-            try {
-                step = await this.scheduler.plan();
-            } catch (e) {
-                this.fatal(e);
-                return;
-            }
-            const events = this.scheduler.takeEvents();
-            if (!step) {
-                this.dispatch(events);
-                if (!this.scheduler.busy) {
-                    if (this.closed) break;
-                    await new Promise<void>((r) => (this.wakeLoop = r));
-                } else {
-                    // work that cannot start yet (should not last): poll rather than spin
-                    await new Promise<void>((r) => setTimeout((this.wakeLoop = r), 2));
+        try {
+            for (;;) {
+                const step = await this.scheduler.plan();
+                const events = this.scheduler.takeEvents();
+                if (!step) {
+                    this.dispatch(events);
+                    if (!this.scheduler.busy) {
+                        if (this.closed) break;
+                        await new Promise<void>((r) => (this.wakeLoop = r));
+                    } else {
+                        // work that cannot start yet (should not last): poll rather than spin
+                        await new Promise<void>((r) => setTimeout((this.wakeLoop = r), 2));
+                    }
+                    continue;
                 }
-                continue;
+                const decoding = this.context.decode(step.batch);
+                decoding.catch(() => {});
+                // the decode runs off the JS thread: hand out the last step's tokens meanwhile
+                this.dispatch(events);
+                try {
+                    const result = await decoding;
+                    this.scheduler.complete(step, result);
+                } catch (e) {
+                    this.scheduler.fail(step, e);
+                }
+                this.totals.computedPromptTokens += step.promptTokens;
+                this.window.push({ t: now(), gen: step.decodeTokens, prompt: step.promptTokens });
+                if (this.window.length > 4096) this.window.splice(0, 2048);
             }
-            const decoding = this.context.decode(step.batch);
-            decoding.catch(() => {});
-            // the decode runs off the JS thread: hand out the last step's tokens meanwhile
-            this.dispatch(events);
-            try {
-                const result = await decoding;
-                this.scheduler.complete(step, result);
-            } catch (e) {
-                this.scheduler.fail(step, e);
-            }
-            this.totals.computedPromptTokens += step.promptTokens;
-            this.window.push({ t: now(), gen: step.decodeTokens, prompt: step.promptTokens });
-            if (this.window.length > 4096) this.window.splice(0, 2048);
+            this.dispatch(this.scheduler.takeEvents());
+        } catch (e) {
+            this.fatal(e);
         }
-        this.dispatch(this.scheduler.takeEvents());
     }
 
     /** An internal failure: every request ends with the error, the engine takes no more. */
     private fatal(e: unknown): void {
         this.broken = e;
-        for (const st of this.requests.values()) {
+        try {
+            this.dispatch(this.scheduler.takeEvents()); // what had ended before the failure ends as it did
+        } catch {
+            // the failure may be in dispatch itself
+        }
+        for (const st of [...this.requests.values()]) {
             for (const seq of st.sched.seqs) {
                 if (st.choices[seq.index].finishReason === null) this.finishChoice(st, seq.index, "error", e);
             }

@@ -80,6 +80,8 @@ const isInt = (v: number) => Number.isInteger(v);
 export const MAX_CHOICES = 128;
 export const MAX_LOGPROBS = 20;
 export const MAX_STOPS = 16;
+export const MAX_STOP_LENGTH = 256;
+export const MAX_LOGIT_BIAS = 1024;
 
 /** Checks the options of a request; vocabSize bounds token ids in stop and logitBias. */
 export function validateRequest(req: RequestOptions, vocabSize: number): ValidRequest {
@@ -95,7 +97,8 @@ export function validateRequest(req: RequestOptions, vocabSize: number): ValidRe
     const presencePenalty = num(o, "presencePenalty", (v) => v >= -2 && v <= 2, "must be in [-2, 2]");
     const frequencyPenalty = num(o, "frequencyPenalty", (v) => v >= -2 && v <= 2, "must be in [-2, 2]");
     const penaltyLastN = num(o, "penaltyLastN", (v) => isInt(v) && v >= -1, "must be an integer >= -1");
-    const seed = num(o, "seed", (v) => isInt(v) && v >= 0 && v <= 0xffffffff, "must be an unsigned 32-bit integer");
+    // 0xffffffff is llama.cpp's "pick a random seed": seeds stay below it
+    const seed = num(o, "seed", (v) => isInt(v) && v >= 0 && v < 0xffffffff, "must be an integer from 0 to 4294967294");
     const logprobs = num(o, "logprobs", (v) => isInt(v) && v >= 0 && v <= MAX_LOGPROBS, `must be an integer from 0 to ${MAX_LOGPROBS}`);
     const priority = num(o, "priority", (v) => isInt(v) && Math.abs(v) <= 2 ** 31, "must be an integer") ?? 0;
     if (o.ignoreEos !== undefined && typeof o.ignoreEos !== "boolean") throw bad("ignoreEos", "must be a boolean");
@@ -112,6 +115,7 @@ export function validateRequest(req: RequestOptions, vocabSize: number): ValidRe
         list.forEach((s, i) => {
             if (typeof s === "string") {
                 if (s.length === 0) throw bad(`stop[${i}]`, "must not be empty");
+                if (s.length > MAX_STOP_LENGTH) throw bad(`stop[${i}]`, `is ${s.length} characters long, at most ${MAX_STOP_LENGTH} are allowed`);
                 stopStrings.push(s);
             } else if (typeof s === "number" && isInt(s) && s >= 0 && s < vocabSize) {
                 stopTokens.add(s);
@@ -132,11 +136,12 @@ export function validateRequest(req: RequestOptions, vocabSize: number): ValidRe
               : (() => {
                     throw bad("logitBias", "must be an object { token: bias } or an array of [token, bias] pairs");
                 })();
+        if (entries.length > MAX_LOGIT_BIAS) throw bad("logitBias", `has ${entries.length} entries, at most ${MAX_LOGIT_BIAS} are allowed`);
         const pairs: [number, number][] = [];
         for (const [k, v] of entries) {
-            const t = typeof k === "string" ? Number(k) : k;
+            const t = typeof k === "string" ? (/^(0|[1-9][0-9]*)$/.test(k) ? Number(k) : NaN) : k;
             if (typeof t !== "number" || !isInt(t) || t < 0 || t >= vocabSize) throw bad("logitBias", `has a token id ${String(k)} outside [0, ${vocabSize})`);
-            if (typeof v !== "number" || Number.isNaN(v)) throw bad("logitBias", `has a bias for token ${t} that is not a number`);
+            if (typeof v !== "number" || Number.isNaN(v) || v === Infinity) throw bad("logitBias", `has a bias for token ${t} that is not a finite number or -Infinity`);
             pairs.push([t, v]);
         }
         logitBias = pairs;
@@ -152,7 +157,7 @@ export function validateRequest(req: RequestOptions, vocabSize: number): ValidRe
     if (logitBias !== undefined) base.logitBias = logitBias;
     if (logprobs !== undefined) base.logprobs = logprobs;
     const seed0 = seed ?? Math.floor(Math.random() * 0xffffffff);
-    const samplers = Array.from({ length: n }, (_, i) => (temperature > 0 ? { ...base, seed: (seed0 + i) >>> 0 } : { ...base }));
+    const samplers = Array.from({ length: n }, (_, i) => (temperature > 0 ? { ...base, seed: (seed0 + i) % 0xffffffff } : { ...base }));
     return {
         n, maxTokens, stopStrings, stopTokens, ignoreEos: o.ignoreEos === true, priority,
         cacheSalt: (o.cacheSalt as string | undefined) ?? "", useCache: o.cache !== false, samplers, logprobs: logprobs ?? -1,

@@ -70,13 +70,25 @@ export class KvCache {
         return this.pool.numFree;
     }
 
-    /** A slot for a new sequence: a free one, else the least recently used parked one (its cells are dropped). Null if every slot is active. */
-    acquireSlot(): number | null {
+    /**
+     * A slot for a new sequence: a free one, else the least recently used parked one (its cells are
+     * dropped), passing over parked slots that hold `keep` (the prefix the caller is about to use) while
+     * others exist. Null if every slot is active.
+     */
+    acquireSlot(keep: KvBlock | null = null): number | null {
         let id = this.freeSlots.pop();
         if (id === undefined) {
-            const lru = this.parked.values().next();
-            if (lru.done) return null;
-            this.truncate(lru.value, 0);
+            const holders = keep ? this.holders.get(keep.id) : undefined;
+            let victim: Slot | undefined;
+            for (const s of this.parked.values()) {
+                if (!holders?.has(s)) {
+                    victim = s;
+                    break;
+                }
+            }
+            victim ??= this.parked.values().next().value;
+            if (!victim) return null;
+            this.truncate(victim, 0);
             id = this.freeSlots.pop()!;
         }
         this.slots[id].state = "active";
@@ -92,11 +104,11 @@ export class KvCache {
      * Cached blocks matching `hashes` from the start (at most `limit`), for planning: counts nothing, changes
      * nothing. `free` is how many of them are free now (attaching them takes them off the free list).
      */
-    peek(hashes: readonly string[], limit: number): { blocks: number; free: number } {
+    peek(hashes: readonly string[], limit: number): { blocks: number; free: number; last: KvBlock | null } {
         const hit = this.pool.match(hashes, limit, false);
         let free = 0;
         for (const b of hit) if (b.refCount === 0) free++;
-        return { blocks: hit.length, free };
+        return { blocks: hit.length, free, last: hit.length > 0 ? hit[hit.length - 1] : null };
     }
 
     /**
@@ -145,13 +157,14 @@ export class KvCache {
     }
 
     /**
-     * Indexes the slot's full, computed blocks by content hash (hashes[i] for table[i]). Stops at the first
+     * Indexes the slot's first `count` blocks, which must be full and computed, by content hash (hashes[i]
+     * for table[i]): a block indexed before its KV is written would be copied half-empty. Stops at the first
      * block whose content another block already holds: the slot's later blocks stay private, which keeps
      * every table's indexed blocks a prefix.
      */
-    commit(slot: number, hashes: readonly string[]): void {
+    commit(slot: number, hashes: readonly string[], count = hashes.length): void {
         const s = this.active(slot);
-        const n = Math.min(hashes.length, s.table.length);
+        const n = Math.min(count, hashes.length, s.table.length);
         // pool.commit() also accepts a block already indexed under this hash (shared from another slot)
         while (s.committed < n && this.pool.commit(s.table[s.committed], hashes[s.committed])) s.committed++;
     }

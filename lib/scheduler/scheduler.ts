@@ -225,36 +225,51 @@ export class Scheduler {
         const o = this.options;
         let budget = o.batchTokens;
         const entries: StepEntry[] = [];
-        const scheduled = new Set<Sequence>();
+        const scheduled = new Map<Sequence, StepEntry>();
+        // preempting a sequence already in this step takes it (and its tokens) back out
+        const unschedule = (v: Sequence) => {
+            const e = scheduled.get(v);
+            if (!e) return;
+            scheduled.delete(v);
+            entries.splice(entries.indexOf(e), 1);
+            budget += e.n;
+        };
         for (const decoding of [true, false]) {
             for (const seq of this.running.slice()) {
                 if (seq.state !== "running" || scheduled.has(seq)) continue;
                 const remaining = seq.tokens.length - seq.numComputed;
                 if ((remaining === 1) !== decoding) continue;
                 if (budget <= 0) break;
-                const n = Math.min(remaining, budget);
+                let n = Math.min(remaining, budget);
+                if (!decoding) {
+                    // a prompt chunk shrinks to the room there is before it preempts anyone
+                    const room = (this.kv.blocksOf(seq.slot).length + this.kv.freeBlocks) * o.blockSize - seq.numComputed;
+                    if (room > 0) n = Math.min(n, room);
+                }
                 while (seq.state === "running" && !this.kv.reserve(seq.slot, seq.numComputed + n)) {
-                    await this.preempt(this.victim(scheduled));
+                    // victim: the lowest priority, latest arrival of all running (the list's last), maybe seq itself
+                    const victim = this.running[this.running.length - 1];
+                    unschedule(victim);
+                    await this.preempt(victim);
                 }
                 if (seq.state !== "running") continue;
-                entries.push(this.entry(seq, n));
-                scheduled.add(seq);
+                const e = this.entry(seq, n);
+                entries.push(e);
+                scheduled.set(seq, e);
                 budget -= n;
             }
         }
-        for (let i = 0; i < this.waiting.length && budget > 0 && this.running.length < o.maxRunning; ) {
-            const seq = this.waiting[i];
+        // admissions, in queue order as of now (arrivals during an await below wait for the next step)
+        for (const seq of this.waiting.slice()) {
+            if (budget <= 0 || this.running.length >= o.maxRunning) break;
+            if (seq.state !== "waiting" && seq.state !== "swapped") continue;
             const r = await this.admit(seq, budget);
             if (r === "blocked") break;
-            if (r === "skip") {
-                i++;
-                continue;
-            }
-            // admitted (or failed): it left the queue
-            if (r > 0) {
-                entries.push(this.entry(seq, r));
-                budget -= r;
-            }
+            if (r === "skip" || r === 0) continue;
+            const e = this.entry(seq, r);
+            entries.push(e);
+            scheduled.set(seq, e);
+            budget -= r;
         }
         if (entries.length === 0) return null;
         let k = 0;
@@ -287,8 +302,10 @@ export class Scheduler {
             if (seq.state !== "running") throw new Error(`sequence of request ${seq.request.id} left the running set during its step`);
             seq.numComputed += e.n;
             if (this.caches(seq)) {
+                // only blocks whose KV is now written: hashes may run ahead (admission hashes the whole prompt)
+                const full = Math.floor(seq.numComputed / o.blockSize);
                 seq.hashes = blockHashes(seq.tokens, o.blockSize, seq.request.spec.cacheSalt, seq.hashes, seq.numComputed);
-                this.kv.commit(seq.slot, seq.hashes);
+                this.kv.commit(seq.slot, seq.hashes, full);
             }
             if (!e.output) continue;
             const r = row++;
@@ -405,14 +422,6 @@ export class Scheduler {
         this.events.push(error === undefined ? { kind: "finish", seq, reason } : { kind: "finish", seq, reason, error });
     }
 
-    /** The running sequence to preempt: lowest priority, then latest arrival, among those not yet in this step. */
-    private victim(scheduled: Set<Sequence>): Sequence {
-        for (let i = this.running.length - 1; i >= 0; i--) {
-            if (!scheduled.has(this.running[i])) return this.running[i];
-        }
-        throw new Error("no sequence to preempt");
-    }
-
     private async preempt(seq: Sequence): Promise<void> {
         this.preemptions++;
         seq.preemptions++;
@@ -454,47 +463,51 @@ export class Scheduler {
         if (shareBlocks > 0 && (parent.state === "waiting" || parent.state === "swapped" || (parent.state === "running" && parent.numComputed < shareBlocks * bs))) {
             return "skip"; // its prompt is being computed by the first choice: share it rather than compute it twice
         }
-        const slot = this.kv.acquireSlot();
-        if (slot === null) return "blocked";
-        const give = (): "blocked" => {
-            this.kv.release(slot, false);
-            return "blocked";
-        };
         if (seq.state === "swapped") {
             const state = seq.swapState!;
             const n = Math.min(seq.tokens.length - seq.numComputed, budget);
-            if (this.kv.pool.blocksFor(seq.numComputed + n) + wm > this.kv.freeBlocks) return give();
+            if (this.kv.pool.blocksFor(seq.numComputed + n) + wm > this.kv.freeBlocks) return "blocked";
+            const slot = this.kv.acquireSlot();
+            if (slot === null) return "blocked";
             this.kv.reserve(slot, seq.numComputed + n);
-            try {
-                await this.backend.restoreSequence(slot, state);
-            } catch (e) {
-                this.kv.release(slot, false);
-                this.start(seq, -1);
-                this.end(seq, "error", e);
-                return 0;
-            }
             this.swapBytes -= state.byteLength;
             seq.swapState = null;
+            try {
+                await this.backend.restoreSequence(slot, state);
+            } catch {
+                // the tokens are all known: compute them again instead
+                this.kv.release(slot, false);
+                seq.numComputed = 0;
+                seq.state = "waiting";
+                return "skip";
+            }
             return this.start(seq, slot) ? n : 0;
         }
+        const fork = shareBlocks > 0 && parent.state === "running";
+        const limit = Math.floor((seq.tokens.length - 1) / bs);
+        if (!fork && this.caches(seq)) seq.hashes = blockHashes(seq.tokens, bs, spec.cacheSalt, seq.hashes, limit * bs);
+        // capacity first, then a slot (claiming one may drop a parked prefix: not the one this request uses)
+        const fits = (hit: { blocks: number; free: number }) => {
+            const n = Math.min(seq.tokens.length - hit.blocks * bs, budget);
+            return this.kv.pool.blocksFor(hit.blocks * bs + n) - hit.blocks + wm <= this.kv.freeBlocks - hit.free ? n : 0;
+        };
+        const lookup = () => (fork ? { blocks: shareBlocks, free: 0, last: null } : this.caches(seq) ? this.kv.peek(seq.hashes, limit) : { blocks: 0, free: 0, last: null });
+        let hit = lookup();
+        if (fits(hit) === 0) return "blocked";
+        const slot = this.kv.acquireSlot(hit.last);
+        if (slot === null) return "blocked";
+        hit = lookup();
+        const n = fits(hit);
+        if (n === 0) {
+            this.kv.release(slot, false);
+            return "blocked";
+        }
         let computed = 0;
-        let n: number;
-        if (shareBlocks > 0 && parent.state === "running") {
-            n = Math.min(seq.tokens.length - shareBlocks * bs, budget);
-            if (this.kv.pool.blocksFor(shareBlocks * bs + n) - shareBlocks + wm > this.kv.freeBlocks) return give();
+        if (fork) {
             this.kv.fork(parent.slot, slot, shareBlocks);
             computed = shareBlocks * bs;
-        } else {
-            let hit = { blocks: 0, free: 0 };
-            const limit = Math.floor((seq.tokens.length - 1) / bs);
-            if (this.caches(seq)) {
-                seq.hashes = blockHashes(seq.tokens, bs, spec.cacheSalt, seq.hashes, limit * bs);
-                hit = this.kv.peek(seq.hashes, limit);
-            }
-            n = Math.min(seq.tokens.length - hit.blocks * bs, budget);
-            if (this.kv.pool.blocksFor(hit.blocks * bs + n) - hit.blocks + wm > this.kv.freeBlocks - hit.free) return give();
-            if (hit.blocks > 0) computed = this.kv.attachPrefix(slot, seq.hashes, limit) * bs;
-            else if (this.caches(seq)) this.kv.pool.match(seq.hashes, limit); // counts the miss
+        } else if (this.caches(seq)) {
+            computed = this.kv.attachPrefix(slot, seq.hashes, limit) * bs; // counts the lookup, hit or miss
         }
         if (!this.kv.reserve(slot, computed + n)) throw new Error("KV reservation failed after the capacity check");
         seq.numComputed = computed;
@@ -509,7 +522,6 @@ export class Scheduler {
             seq.admitted = true;
             seq.firstScheduledAt = this.now();
         }
-        if (slot < 0) return false;
         seq.slot = slot;
         seq.state = "running";
         this.addRunning(seq);
