@@ -81,12 +81,19 @@ function fetchFromBundle(dest) {
     }
 }
 
-function applyPatches(dir) {
+function applyPatches(dir, ours) {
     const patches = patchFiles();
     const want = patchSetHash(patches);
     const stampPath = join(dir, STAMP);
-    const have = existsSync(stampPath) ? readFileSync(stampPath, "utf8").trim() : patchSetHash([]);
+    let have = existsSync(stampPath) ? readFileSync(stampPath, "utf8").trim() : patchSetHash([]);
     if (have === want) return;
+    if (have !== patchSetHash([]) && ours) {
+        // our own clone (deps/llama.cpp): back to the pinned commit, then the current patch set
+        run("git", ["checkout", "--quiet", "--", "."], { cwd: dir });
+        rmSync(stampPath, { force: true });
+        have = patchSetHash([]);
+        log("patch set changed: reset deps/llama.cpp to the pinned commit");
+    }
     if (have !== patchSetHash([])) {
         fail(
             `${dir} already carries a different set of batchwise patches (stamp ${have.slice(0, 12)}, ` +
@@ -118,7 +125,7 @@ export function ensureLlamaSource() {
         const cached = existsSync(ver) && readFileSync(ver, "utf8").trim() === pin.commit;
         if (!cached) fetchFromBundle(dir);
     }
-    applyPatches(dir);
+    applyPatches(dir, !process.env.LLAMA_CPP_DIR);
     return dir;
 }
 

@@ -8,12 +8,14 @@ import { gpu, gpuLayers, modelPath, randomPrompt, tinyQwen } from "./helpers.js"
 let path: string;
 
 // On the GPU, llama.cpp runs different kernels at different batch sizes (matrix-vector against GEMM,
-// flash-attention vector against tensor-core tiles), and with f16 weights and KV their rounding
-// differs enough to flip a near-tied argmax of a random model (llama.cpp's raw batched decode does the
-// same: scripts/device/batch-variance.mjs). The GPU run therefore checks scheduling equivalence on an
-// f32 model with an f32 KV cache, where the kernels agree to ~1e-7 and any difference is the engine's.
-const shape = gpu ? { ...tinyQwen, type: "f32" as const } : tinyQwen;
-const numerics: Partial<EngineOptions> = gpu ? { kvCacheTypeK: "f32", kvCacheTypeV: "f32", flashAttention: "off" } : { flashAttention: "auto" };
+// flash-attention vector against tensor-core tiles) and their rounding differs, so a near-tied argmax
+// of a random model can flip with the batch a sequence runs in: llama.cpp's own batched decode does it
+// with no engine involved (scripts/device/batch-variance.mjs; 2 of 64 sequences on an H100). On the GPU a
+// request may therefore leave the reference at a near-tie (top-2 logprob gap under NEAR_TIE in the
+// reference, a handful of requests at most), never elsewhere. On the CPU every token must match.
+const NEAR_TIE = 0.01;
+const MAX_NEAR_TIES = 4;
+const numerics: Partial<EngineOptions> = { flashAttention: gpu ? "on" : "auto" };
 
 async function engine(o: Partial<EngineOptions> = {}): Promise<Engine> {
     return Engine.load({ model: path, gpuLayers, contextSize: 4096, maxSequences: 16, batchTokens: 512, ...numerics, ...o });
@@ -37,7 +39,28 @@ function workload(): number[][] {
     });
 }
 
-const greedy = (prompt: number[]): GenerateRequest => ({ prompt, maxTokens: 12, temperature: 0, ignoreEos: true });
+const greedy = (prompt: number[], logprobs?: number): GenerateRequest => ({ prompt, maxTokens: 12, temperature: 0, ignoreEos: true, logprobs });
+
+interface Reference {
+    tokens: number[][];
+    /** Top-2 logprob gap at each position of each request. */
+    gaps: number[][];
+}
+
+/** Same tokens as the reference; on the GPU a first divergence is allowed at a near-tie only. */
+function assertSameTokens(got: number[][], ref: Reference): void {
+    let nearTies = 0;
+    for (let i = 0; i < got.length; i++) {
+        const j = ref.tokens[i].findIndex((t, k) => got[i][k] !== t);
+        if (j < 0 && got[i].length === ref.tokens[i].length) continue;
+        if (gpu && j >= 0 && ref.gaps[i][j] < NEAR_TIE) {
+            nearTies++;
+            continue;
+        }
+        assert.deepEqual(got[i], ref.tokens[i], `request ${i} (top-2 gap where it diverges: ${j >= 0 ? ref.gaps[i][j] : "-"})`);
+    }
+    assert.ok(nearTies <= MAX_NEAR_TIES, `${nearTies} requests diverged at near-ties`);
+}
 
 async function runAll(e: Engine, prompts: number[][], concurrent: boolean): Promise<number[][]> {
     if (concurrent) return (await Promise.all(prompts.map((p) => e.complete(greedy(p))))).map((r) => r.tokens);
@@ -48,16 +71,22 @@ async function runAll(e: Engine, prompts: number[][], concurrent: boolean): Prom
 
 describe("engine", () => {
     before(async () => {
-        path = await modelPath(shape);
+        path = await modelPath(tinyQwen);
     });
 
     describe("greedy equivalence", () => {
         const prompts = workload();
-        let alone: number[][];
+        const alone: Reference = { tokens: [], gaps: [] };
 
         before(async () => {
-            alone = await withEngine({ maxSequences: 1, prefixCache: false }, (e) => runAll(e, prompts, false));
-            assert.ok(alone.every((t) => t.length === 12));
+            await withEngine({ maxSequences: 1, prefixCache: false }, async (e) => {
+                for (const p of prompts) {
+                    const r = await e.complete(greedy(p, 2));
+                    alone.tokens.push(r.tokens);
+                    alone.gaps.push(r.logprobs!.map((lp) => lp.top![0].logprob - lp.top![1].logprob));
+                }
+            });
+            assert.ok(alone.tokens.every((t) => t.length === 12));
         });
 
         const cases: [string, Partial<EngineOptions>, (e: Engine) => void][] = [
@@ -80,8 +109,7 @@ describe("engine", () => {
         for (const [name, options, check] of cases) {
             it(`gives each request the tokens it gets alone: ${name}`, async () => {
                 await withEngine(options, async (e) => {
-                    const got = await runAll(e, prompts, true);
-                    for (let i = 0; i < prompts.length; i++) assert.deepEqual(got[i], alone[i], `request ${i}`);
+                    assertSameTokens(await runAll(e, prompts, true), alone);
                     check(e);
                     assert.equal(e.stats().kv.used, 0, "every block is free afterwards");
                 });
