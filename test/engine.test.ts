@@ -233,6 +233,12 @@ describe("engine", () => {
         });
     });
 
+    it("refuses bad engine options before loading anything", async () => {
+        for (const [o, field] of [[{ swapSpaceBytes: -1 }, "swapSpaceBytes"], [{ prefixCache: "yes" }, "prefixCache"], [{ preemption: "drop" }, "preemption"], [{ maxQueued: 0 }, "maxQueued"], [{ watermark: 1 }, "watermark"]] as const) {
+            await assert.rejects(engine(o as Partial<EngineOptions>), (err: BatchwiseError) => err.code === ErrorCode.InvalidArgument && err.message.includes(`'${field}'`));
+        }
+    });
+
     it("bounds the queue: past maxQueued requests are refused with ERR_QUEUE_FULL", async () => {
         await withEngine({ maxSequences: 1, maxQueued: 2 }, async (e) => {
             const gens = Array.from({ length: 10 }, (_, i) => e.complete({ prompt: randomPrompt(20, i), maxTokens: 4, temperature: 0, ignoreEos: true }));

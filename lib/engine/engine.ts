@@ -6,8 +6,8 @@ import {
     BatchwiseError, ErrorCode, LlamaContext, LlamaModel,
     type ChatMessage, type ContextOptions, type KvCacheType, type ModelLoadOptions, type ModelMetadata, type SplitMode,
 } from "../binding/index.js";
-import { Scheduler, type FinishReason, type PreemptionMode, type SchedRequest, type SchedulerEvent, type Sequence } from "../scheduler/scheduler.js";
-import { validateRequest, type GenerateRequest, type RequestOptions, type ValidRequest } from "./request.js";
+import { Scheduler, type FinishReason, type PreemptionMode, type SchedRequest, type SchedulerEvent, type SchedulerOptions, type Sequence } from "../scheduler/scheduler.js";
+import { defined, validateRequest, type GenerateRequest, type RequestOptions, type ValidRequest } from "./request.js";
 import { TextStream } from "./text.js";
 
 export interface EngineOptions {
@@ -250,18 +250,11 @@ export class Engine {
     readonly maxContext: number;
     readonly maxQueued: number;
 
-    private constructor(readonly model: LlamaModel, readonly context: LlamaContext, readonly options: Readonly<EngineOptions>, settings: {
-        blockSize: number; maxSequences: number; batchTokens: number; maxContext: number; numSlots: number;
-    }) {
-        const numBlocks = Math.floor(context.info.contextSize / settings.blockSize);
-        this.maxContext = settings.maxContext;
-        this.maxQueued = options.maxQueued ?? 1024;
-        this.scheduler = new Scheduler(context, {
-            numBlocks, blockSize: settings.blockSize, maxRunning: settings.maxSequences, numSlots: settings.numSlots,
-            batchTokens: settings.batchTokens, maxContext: settings.maxContext, prefixCache: options.prefixCache ?? true,
-            preemption: options.preemption ?? "recompute", swapSpaceBytes: options.swapSpaceBytes ?? 4 * 2 ** 30,
-            watermark: options.watermark ?? 0.01, isEog: (t) => model.isEog(t),
-        });
+    private constructor(readonly model: LlamaModel, readonly context: LlamaContext, readonly options: Readonly<EngineOptions>,
+        scheduling: Omit<SchedulerOptions, "isEog">, maxQueued: number) {
+        this.maxContext = scheduling.maxContext;
+        this.maxQueued = maxQueued;
+        this.scheduler = new Scheduler(context, { ...scheduling, isEog: (t) => model.isEog(t) });
         this.loopDone = this.loop();
     }
 
@@ -282,18 +275,22 @@ export class Engine {
         const batchTokens = int("batchTokens", 2048, maxSequences);
         const blockSize = int("blockSize", 16, 1, 4096);
         const ubatchSize = int("ubatchSize", Math.min(512, batchTokens), 1, batchTokens);
-        int("maxQueued", 1024, 1);
+        const maxQueued = int("maxQueued", 1024, 1);
         int("contextSize", 0, 0);
-        if (options.preemption !== undefined && options.preemption !== "recompute" && options.preemption !== "swap") {
+        const preemption = options.preemption ?? "recompute";
+        if (preemption !== "recompute" && preemption !== "swap") {
             throw new BatchwiseError(ErrorCode.InvalidArgument, "option 'preemption' must be 'recompute' or 'swap'");
         }
-        const w = options.watermark ?? 0.01;
-        if (typeof w !== "number" || !(w >= 0 && w < 1)) throw new BatchwiseError(ErrorCode.InvalidArgument, "option 'watermark' must be in [0, 1)");
-        const loadOptions: ModelLoadOptions = {
+        const watermark = options.watermark ?? 0.01;
+        if (typeof watermark !== "number" || !(watermark >= 0 && watermark < 1)) throw new BatchwiseError(ErrorCode.InvalidArgument, "option 'watermark' must be in [0, 1)");
+        const swapSpaceBytes = options.swapSpaceBytes ?? 4 * 2 ** 30;
+        if (typeof swapSpaceBytes !== "number" || !(swapSpaceBytes >= 0)) throw new BatchwiseError(ErrorCode.InvalidArgument, "option 'swapSpaceBytes' must be a number >= 0");
+        const prefixCache = options.prefixCache ?? true;
+        if (typeof prefixCache !== "boolean") throw new BatchwiseError(ErrorCode.InvalidArgument, "option 'prefixCache' must be a boolean");
+        const loadOptions: ModelLoadOptions = defined({
             gpuLayers: options.gpuLayers, splitMode: options.splitMode, tensorSplit: options.tensorSplit, mainGpu: options.mainGpu,
             useMmap: options.useMmap, onProgress: options.onProgress,
-        };
-        for (const k of Object.keys(loadOptions) as (keyof ModelLoadOptions)[]) if (loadOptions[k] === undefined) delete loadOptions[k];
+        });
         const model = await LlamaModel.load(options.model, loadOptions);
         let context: LlamaContext | undefined;
         try {
@@ -302,18 +299,17 @@ export class Engine {
             if (contextSize < blockSize) {
                 throw new BatchwiseError(ErrorCode.InvalidArgument, `option 'contextSize' (${contextSize}) must hold at least one block (${blockSize} tokens)`);
             }
-            const ctxOptions: ContextOptions = {
+            context = await model.createContext(defined<ContextOptions>({
                 contextSize, maxSequences: maxSequences + cacheSlots, batchSize: batchTokens, ubatchSize, kvUnified: true,
                 flashAttention: options.flashAttention, kvCacheTypeK: options.kvCacheTypeK, kvCacheTypeV: options.kvCacheTypeV,
                 threads: options.threads, threadsBatch: options.threadsBatch,
-            };
-            for (const k of Object.keys(ctxOptions) as (keyof ContextOptions)[]) if (ctxOptions[k] === undefined) delete ctxOptions[k];
-            context = await model.createContext(ctxOptions);
-            const pool = Math.floor(context.info.contextSize / blockSize) * blockSize;
-            const maxContext = Math.min(pool, trained > 0 ? trained : pool);
+            }));
+            const numBlocks = Math.floor(context.info.contextSize / blockSize);
+            const pool = numBlocks * blockSize;
             return new Engine(model, context, { ...options }, {
-                blockSize, maxSequences, batchTokens, maxContext, numSlots: maxSequences + cacheSlots,
-            });
+                numBlocks, blockSize, maxRunning: maxSequences, numSlots: maxSequences + cacheSlots, batchTokens,
+                maxContext: Math.min(pool, trained > 0 ? trained : pool), prefixCache, preemption, swapSpaceBytes, watermark,
+            }, maxQueued);
         } catch (e) {
             context?.dispose();
             model.dispose();

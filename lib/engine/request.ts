@@ -1,26 +1,17 @@
 // Request validation: every field checked before anything is queued, each error naming its field.
 import { BatchwiseError, ErrorCode, type SamplerParams } from "../binding/index.js";
 
-export interface SamplingOptions {
-    /** 0: greedy. Default 1. */
-    temperature?: number;
-    /** 0: off. */
-    topK?: number;
-    /** 1: off. */
-    topP?: number;
-    /** 0: off. */
-    minP?: number;
-    repeatPenalty?: number;
-    presencePenalty?: number;
-    frequencyPenalty?: number;
-    /** Generated tokens the penalties look back over; -1: all. Default 64. */
-    penaltyLastN?: number;
-    /** Added to the logits of these tokens: [[token, bias], ...] or { "token": bias }. -Infinity bans a token. */
-    logitBias?: ReadonlyArray<readonly [number, number]> | Record<string, number>;
-    /** Seed of the random sampler; choice i of n uses seed + i. Default: random. */
-    seed?: number;
-    /** Log-probability of each sampled token, and of the k most likely ones (0..20). Default: none. */
-    logprobs?: number;
+/**
+ * The sampler of a request: the binding's SamplerParams (temperature, topK, topP, minP, penalties,
+ * logitBias, seed, logprobs), less where it runs. Choice i of n samples with seed + i; logprobs is 0..20.
+ */
+export type SamplingOptions = Omit<SamplerParams, "backend">;
+
+/** A copy of `o` without its undefined fields (the binding reads a present undefined as a wrong value). */
+export function defined<T extends object>(o: T): T {
+    const out = {} as T;
+    for (const k of Object.keys(o) as (keyof T)[]) if (o[k] !== undefined) out[k] = o[k];
+    return out;
 }
 
 export interface RequestOptions extends SamplingOptions {
@@ -146,16 +137,9 @@ export function validateRequest(req: RequestOptions, vocabSize: number): ValidRe
         }
         logitBias = pairs;
     }
-    const base: SamplerParams = { temperature };
-    if (topK !== undefined) base.topK = topK;
-    if (topP !== undefined) base.topP = topP;
-    if (minP !== undefined) base.minP = minP;
-    if (repeatPenalty !== undefined) base.repeatPenalty = repeatPenalty;
-    if (presencePenalty !== undefined) base.presencePenalty = presencePenalty;
-    if (frequencyPenalty !== undefined) base.frequencyPenalty = frequencyPenalty;
-    if (penaltyLastN !== undefined) base.penaltyLastN = penaltyLastN;
-    if (logitBias !== undefined) base.logitBias = logitBias;
-    if (logprobs !== undefined) base.logprobs = logprobs;
+    const base: SamplerParams = defined({
+        temperature, topK, topP, minP, repeatPenalty, presencePenalty, frequencyPenalty, penaltyLastN, logitBias, logprobs,
+    });
     const seed0 = seed ?? Math.floor(Math.random() * 0xffffffff);
     const samplers = Array.from({ length: n }, (_, i) => (temperature > 0 ? { ...base, seed: (seed0 + i) % 0xffffffff } : { ...base }));
     return {

@@ -60,7 +60,7 @@ export interface RequestSpec {
 
 export class SchedRequest {
     readonly seqs: Sequence[];
-    constructor(readonly id: number, readonly arrival: number, readonly spec: RequestSpec, readonly arrivedAt: number) {
+    constructor(readonly id: number, readonly arrival: number, readonly spec: RequestSpec) {
         this.seqs = Array.from({ length: spec.n }, (_, i) => new Sequence(this, i));
     }
 }
@@ -83,8 +83,6 @@ export class Sequence {
     cachedTokens = 0;
     firstScheduledAt = -1;
     preemptions = 0;
-    finishReason: FinishReason | null = null;
-    error: unknown = null;
     /** Asked to end (abort, stop string): done at the next plan(). */
     pendingFinish: FinishReason | null = null;
     swapState: Uint8Array | null = null;
@@ -102,8 +100,7 @@ export type SchedulerEvent =
 
 interface StepEntry {
     seq: Sequence;
-    /** Tokens of this sequence in the batch: tokens[start, start + n). */
-    start: number;
+    /** This sequence's tokens in the batch: tokens[numComputed, numComputed + n). */
     n: number;
     output: boolean;
 }
@@ -174,9 +171,9 @@ export class Scheduler {
 
     /** Queues a request (validated by the caller: prompt non-empty and prompt + maxTokens <= maxContext). */
     submit(spec: RequestSpec, id: number): SchedRequest {
-        if (spec.prompt.length < 1 || spec.prompt.length >= this.options.maxContext + 1) throw new RangeError("prompt length out of range");
-        const r = new SchedRequest(id, this.nextArrival++, spec, this.now());
-        for (const s of r.seqs) this.enqueue(s);
+        if (spec.prompt.length < 1 || spec.prompt.length >= this.options.maxContext) throw new RangeError("prompt length out of range: it must leave room for a token");
+        const r = new SchedRequest(id, this.nextArrival++, spec);
+        for (const s of r.seqs) this.insert(this.waiting, s);
         return r;
     }
 
@@ -234,8 +231,9 @@ export class Scheduler {
             entries.splice(entries.indexOf(e), 1);
             budget += e.n;
         };
+        const running = this.running.slice();
         for (const decoding of [true, false]) {
-            for (const seq of this.running.slice()) {
+            for (const seq of running) {
                 if (seq.state !== "running" || scheduled.has(seq)) continue;
                 const remaining = seq.tokens.length - seq.numComputed;
                 if ((remaining === 1) !== decoding) continue;
@@ -276,7 +274,6 @@ export class Scheduler {
         let promptTokens = 0;
         for (const e of entries) {
             const s = e.seq;
-            e.start = k;
             for (let j = 0; j < e.n; j++, k++) {
                 this.tokens[k] = s.tokens[s.numComputed + j];
                 this.positions[k] = s.numComputed + j;
@@ -304,7 +301,7 @@ export class Scheduler {
             if (this.caches(seq)) {
                 // only blocks whose KV is now written: hashes may run ahead (admission hashes the whole prompt)
                 const full = Math.floor(seq.numComputed / o.blockSize);
-                seq.hashes = blockHashes(seq.tokens, o.blockSize, seq.request.spec.cacheSalt, seq.hashes, seq.numComputed);
+                if (full > seq.hashes.length) seq.hashes = blockHashes(seq.tokens, o.blockSize, seq.request.spec.cacheSalt, seq.hashes, seq.numComputed);
                 this.kv.commit(seq.slot, seq.hashes, full);
             }
             if (!e.output) continue;
@@ -367,28 +364,18 @@ export class Scheduler {
     }
 
     private entry(seq: Sequence, n: number): StepEntry {
-        return { seq, start: 0, n, output: seq.numComputed + n === seq.tokens.length };
+        return { seq, n, output: seq.numComputed + n === seq.tokens.length };
     }
 
-    private enqueue(seq: Sequence): void {
-        // binary search on (priority, arrival, index): a preempted sequence goes back ahead of later arrivals
-        let lo = 0, hi = this.waiting.length;
+    /** Inserts in (priority, arrival, index) order: a preempted sequence goes back ahead of later arrivals. */
+    private insert(list: Sequence[], seq: Sequence): void {
+        let lo = 0, hi = list.length;
         while (lo < hi) {
             const mid = (lo + hi) >> 1;
-            if (better(this.waiting[mid], seq) <= 0) lo = mid + 1;
+            if (better(list[mid], seq) <= 0) lo = mid + 1;
             else hi = mid;
         }
-        this.waiting.splice(lo, 0, seq);
-    }
-
-    private addRunning(seq: Sequence): void {
-        let lo = 0, hi = this.running.length;
-        while (lo < hi) {
-            const mid = (lo + hi) >> 1;
-            if (better(this.running[mid], seq) <= 0) lo = mid + 1;
-            else hi = mid;
-        }
-        this.running.splice(lo, 0, seq);
+        list.splice(lo, 0, seq);
     }
 
     private remove(list: Sequence[], seq: Sequence): void {
@@ -417,8 +404,6 @@ export class Scheduler {
         }
         this.pending.delete(seq);
         seq.state = "finished";
-        seq.finishReason = reason;
-        seq.error = error ?? null;
         this.events.push(error === undefined ? { kind: "finish", seq, reason } : { kind: "finish", seq, reason, error });
     }
 
@@ -446,7 +431,7 @@ export class Scheduler {
             seq.numComputed = 0;
             seq.state = "waiting";
         }
-        this.enqueue(seq);
+        this.insert(this.waiting, seq);
     }
 
     /**
@@ -524,7 +509,7 @@ export class Scheduler {
         }
         seq.slot = slot;
         seq.state = "running";
-        this.addRunning(seq);
+        this.insert(this.running, seq);
         const params = seq.request.spec.samplers[seq.index];
         const key = samplerKey(params);
         if (key === null || this.slotSampler[slot] !== key) {
