@@ -17,6 +17,7 @@ describe("text stream", () => {
 
     it("never splits a multi-byte character, whatever the byte boundaries", () => {
         fc.assert(fc.property(fc.string({ unit: "grapheme", maxLength: 40 }), fc.array(fc.integer({ min: 1, max: 5 }), { minLength: 1, maxLength: 40 }), (text, cuts) => {
+            fc.pre(!text.includes("\uFFFD")); // a replacement character in the output must come from a split
             const bytes = new TextEncoder().encode(text);
             const s = new TextStream([]);
             let out = "";
