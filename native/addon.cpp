@@ -2,6 +2,7 @@
 #include "common.h"
 #include "context.h"
 #include "devices.h"
+#include "grammar.h"
 #include "log.h"
 #include "model.h"
 #include "random_model.h"
@@ -16,6 +17,7 @@ static Napi::Object init(Napi::Env env, Napi::Object exports) {
     exports.Set("getDevices", Napi::Function::New(env, bw::get_devices, "getDevices"));
     exports.Set("systemInfo", Napi::Function::New(env, bw::system_info, "systemInfo"));
     exports.Set("setLogger", Napi::Function::New(env, bw::set_logger, "setLogger"));
+    exports.Set("jsonSchemaToGrammar", Napi::Function::New(env, bw::json_schema_to_grammar_js, "jsonSchemaToGrammar"));
     exports.Set("createRandomModel", Napi::Function::New(env, bw::create_random_model, "createRandomModel"));
     return exports;
 }

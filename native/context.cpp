@@ -254,6 +254,9 @@ void context_wrap::clear_sampler(int32_t seq) {
     if (s.chain) {
         llama_sampler_free(s.chain);
     }
+    if (s.grammar) {
+        llama_sampler_free(s.grammar);
+    }
     s = seq_sampler{};
 }
 
@@ -302,8 +305,12 @@ static std::vector<llama_logit_bias> parse_logit_bias(const Napi::Value & v, con
 
 // setSampler(seqId, params | null): the sampler chain used for this sequence's outputs.
 // params: { temperature = 1, topK = 0, topP = 1, minP = 0, repeatPenalty = 1, presencePenalty = 0,
-//           frequencyPenalty = 0, penaltyLastN = 64, logitBias, seed, logprobs, backend = true }
-// temperature <= 0 is greedy. Returns { backend } : whether sampling runs inside the graph (GPU).
+//           frequencyPenalty = 0, penaltyLastN = 64, logitBias, seed, logprobs, backend = true,
+//           grammar (GBNF text), grammarRoot = "root", history (Int32Array) }
+// temperature <= 0 is greedy. A grammar masks every token it does not allow (it runs on the CPU).
+// history: tokens this sequence has already generated, fed to the chain as if it had sampled them,
+// so that a sequence resumed after preemption keeps its grammar state and penalty window.
+// Returns { backend } : whether sampling runs inside the graph (GPU).
 Napi::Value context_wrap::set_sampler(const Napi::CallbackInfo & info) {
     Napi::Env env = info.Env();
     return guard(env, [&]() -> Napi::Value {
@@ -341,6 +348,20 @@ Napi::Value context_wrap::set_sampler(const Napi::CallbackInfo & info) {
         if (has(o, "logitBias")) {
             bias = parse_logit_bias(o.Get("logitBias"), *model_);
         }
+        const std::string grammar = get_str(o, "grammar", "");
+        const std::string grammar_root = get_str(o, "grammarRoot", "root");
+        std::vector<int32_t> history;
+        if (has(o, "history")) {
+            Napi::Value h = o.Get("history");
+            if (!h.IsTypedArray() || h.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array) {
+                throw bw_error(code::invalid_argument, "history must be an Int32Array");
+            }
+            Napi::Int32Array a = h.As<Napi::Int32Array>();
+            history.assign(a.Data(), a.Data() + a.ElementLength());
+            for (int32_t t : history) {
+                model_->check_token(t, "history token");
+            }
+        }
 
         llama_sampler * chain = llama_sampler_chain_init(llama_sampler_chain_default_params());
         const int32_t n_vocab = model_->n_vocab();
@@ -360,13 +381,38 @@ Napi::Value context_wrap::set_sampler(const Napi::CallbackInfo & info) {
             llama_sampler_chain_add(chain, llama_sampler_init_temp((float) temp));
             llama_sampler_chain_add(chain, llama_sampler_init_dist(seed < 0 ? LLAMA_DEFAULT_SEED : (uint32_t) seed));
         }
+        llama_sampler * g = nullptr;
+        if (!grammar.empty()) {
+            log_capture_begin();
+            g = llama_sampler_init_grammar(model_->vocab(), grammar.c_str(), grammar_root.c_str());
+            std::string why = log_capture_end();
+            if (!g) {
+                llama_sampler_free(chain);
+                throw bw_error(code::sampler_invalid, "the grammar does not parse" + (why.empty() ? std::string() : ": " + why));
+            }
+        }
+        try {
+            for (int32_t t : history) {
+                if (g) {
+                    llama_sampler_accept(g, t);
+                }
+                llama_sampler_accept(chain, t);
+            }
+        } catch (const std::exception & e) {
+            llama_sampler_free(chain);
+            if (g) {
+                llama_sampler_free(g);
+            }
+            throw bw_error(code::sampler_invalid, std::string("the history does not fit the grammar: ") + e.what());
+        }
 
         clear_sampler(seq);
         seq_sampler & s = samplers_[seq];
         s.chain = chain;
+        s.grammar = g;
         s.logprobs = logprobs;
         // logprobs are computed from the raw logits, which a backend-sampled sequence does not produce
-        if (want_backend && logprobs < 0) {
+        if (want_backend && logprobs < 0 && grammar.empty()) {
             s.backend = llama_set_sampler(c, seq, chain);
         }
         Napi::Object r = Napi::Object::New(env);
@@ -376,6 +422,38 @@ Napi::Value context_wrap::set_sampler(const Napi::CallbackInfo & info) {
 }
 
 // ---- decode ----------------------------------------------------------------------------------
+
+// Samples with a grammar the way llama.cpp's common sampler does: the chain picks from the raw
+// candidates, and the grammar checks only that one token; the whole vocabulary goes through the
+// grammar (slow: every token's text is matched) only when the pick is refused.
+llama_token context_wrap::sample_constrained(seq_sampler & s, int32_t row, int32_t n_vocab, std::vector<llama_token_data> & cand) {
+    const float * logits = llama_get_logits_ith(ctx_, row);
+    if (!logits) {
+        throw bw_error(code::decode_failed, "no logits for batch row " + std::to_string(row));
+    }
+    auto fill = [&]() {
+        cand.resize(n_vocab);
+        for (int32_t j = 0; j < n_vocab; j++) {
+            cand[j] = { j, logits[j], 0.0f };
+        }
+        return llama_token_data_array{ cand.data(), (size_t) n_vocab, -1, false };
+    };
+    llama_token_data_array all = fill();
+    llama_sampler_apply(s.chain, &all);
+    llama_token t = all.data[all.selected].id;
+    llama_token_data one_tok = { t, 1.0f, 0.0f };
+    llama_token_data_array one = { &one_tok, 1, -1, false };
+    llama_sampler_apply(s.grammar, &one);
+    if (one_tok.logit == -INFINITY) {
+        all = fill();
+        llama_sampler_apply(s.grammar, &all);
+        llama_sampler_apply(s.chain, &all);
+        t = all.data[all.selected].id;
+    }
+    llama_sampler_accept(s.grammar, t);
+    llama_sampler_accept(s.chain, t);
+    return t;
+}
 
 template <typename T>
 static const T * typed_field(const Napi::Object & o, const char * key, napi_typedarray_type type, const char * type_name,
@@ -534,6 +612,7 @@ Napi::Value context_wrap::decode(const Napi::CallbackInfo & info) {
                     job->top_logprobs.assign(n_outputs * job->top_k, NAN);
                 }
                 std::vector<int32_t> scratch;
+                std::vector<llama_token_data> cand;
                 size_t row = 0;
                 for (int32_t i = 0; i < n; i++) {
                     if (!job->out[i]) {
@@ -541,7 +620,9 @@ Napi::Value context_wrap::decode(const Napi::CallbackInfo & info) {
                     }
                     seq_sampler & s = samplers_[job->seq[i]];
                     llama_token t;
-                    if (s.chain) {
+                    if (s.grammar) {
+                        t = sample_constrained(s, i, n_vocab, cand);
+                    } else if (s.chain) {
                         t = llama_sampler_sample(s.chain, ctx_, i);
                     } else {
                         const float * logits = llama_get_logits_ith(ctx_, i);

@@ -14,6 +14,7 @@ namespace bw {
 // Per-sequence sampling configuration. No chain means plain greedy (argmax over the logits).
 struct seq_sampler {
     llama_sampler * chain   = nullptr;
+    llama_sampler * grammar = nullptr; // kept out of the chain: checked on the chain's pick first (see decode)
     bool            backend = false; // attached to the context with llama_set_sampler (sampled inside the graph)
     int32_t         logprobs = -1;   // -1: none; 0: the sampled token's logprob; k > 0: also the top k
 };
@@ -51,6 +52,7 @@ private:
     void            end_work();
     void            free_context();
     void            clear_sampler(int32_t seq);
+    llama_token     sample_constrained(seq_sampler & s, int32_t row, int32_t n_vocab, std::vector<llama_token_data> & cand);
 
     llama_context * ctx_    = nullptr;
     model_wrap    * model_  = nullptr;      // valid while model_ref_ holds the JS object

@@ -23,6 +23,7 @@ Napi::Function model_wrap::define(Napi::Env env) {
         InstanceMethod<&model_wrap::token_to_piece>("tokenToPiece"),
         InstanceMethod<&model_wrap::is_eog>("isEog"),
         InstanceMethod<&model_wrap::apply_chat_template>("applyChatTemplate"),
+        InstanceMethod<&model_wrap::check_grammar>("checkGrammar"),
         InstanceMethod<&model_wrap::dispose>("dispose"),
         InstanceAccessor<&model_wrap::get_disposed>("disposed"),
     });
@@ -457,6 +458,30 @@ Napi::Value model_wrap::apply_chat_template(const Napi::CallbackInfo & info) {
             n = llama_chat_apply_template(tmpl.c_str(), msgs.data(), msgs.size(), add_ass, buf.data(), (int32_t) buf.size());
         }
         return Napi::String::New(env, buf.data(), n);
+    });
+}
+
+// checkGrammar(gbnf, root = "root"): throws ERR_INVALID_ARGUMENT with llama.cpp's parse error when the
+// grammar does not parse or cannot start at `root` over this vocabulary.
+Napi::Value model_wrap::check_grammar(const Napi::CallbackInfo & info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+        get();
+        const std::string grammar = arg_string(info, 0, "grammar");
+        std::string root = "root";
+        if (info.Length() > 1 && !info[1].IsUndefined()) {
+            root = arg_string(info, 1, "grammar root");
+        }
+        if (grammar.empty()) {
+            throw bw_error(code::invalid_argument, "the grammar is empty");
+        }
+        log_capture_begin();
+        llama_sampler * g = llama_sampler_init_grammar(vocab_, grammar.c_str(), root.c_str());
+        std::string why = log_capture_end();
+        if (!g) {
+            throw bw_error(code::invalid_argument, "the grammar does not parse" + (why.empty() ? std::string() : ": " + why));
+        }
+        llama_sampler_free(g);
+        return info.Env().Undefined();
     });
 }
 

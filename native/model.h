@@ -44,6 +44,7 @@ private:
     Napi::Value token_to_piece(const Napi::CallbackInfo & info);
     Napi::Value is_eog(const Napi::CallbackInfo & info);
     Napi::Value apply_chat_template(const Napi::CallbackInfo & info);
+    Napi::Value check_grammar(const Napi::CallbackInfo & info);
     Napi::Value dispose(const Napi::CallbackInfo & info);
     Napi::Value get_disposed(const Napi::CallbackInfo & info);
 

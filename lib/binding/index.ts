@@ -119,6 +119,11 @@ export class LlamaModel {
         return native(() => this.native.applyChatTemplate(messages, options));
     }
 
+    /** Throws ERR_INVALID_ARGUMENT, with llama.cpp's parse error, when a GBNF grammar does not parse. */
+    checkGrammar(grammar: string, root?: string): void {
+        native(() => this.native.checkGrammar(grammar, root));
+    }
+
     createContext(options: ContextOptions = {}): Promise<LlamaContext> {
         checkOptions(options, "context options");
         return LlamaContext.create(this, options);
@@ -230,6 +235,16 @@ export type LogLevel = (typeof LogLevel)[keyof typeof LogLevel];
  */
 export function setLogger(fn: ((level: LogLevel, text: string) => void) | null, minLevel: LogLevel = LogLevel.Warn): void {
     native(() => loadNative().setLogger(fn as ((level: number, text: string) => void) | null, minLevel));
+}
+
+/**
+ * Turns a JSON schema (an object or its JSON text) into a GBNF grammar with llama.cpp's converter, the
+ * one llama-server uses for response_format. Throws ERR_INVALID_ARGUMENT for what it cannot convert.
+ */
+export function jsonSchemaToGrammar(schema: object | string): string {
+    const text = typeof schema === "string" ? schema : JSON.stringify(schema);
+    if (typeof text !== "string") throw new BatchwiseError(ErrorCode.InvalidArgument, "the schema must be a JSON object");
+    return native(() => loadNative().jsonSchemaToGrammar(text));
 }
 
 export interface RandomModelOptions {

@@ -32,6 +32,7 @@ export interface NativeModel {
     tokenToPiece(token: number, options?: { special?: boolean }): Uint8Array;
     isEog(token: number): boolean;
     applyChatTemplate(messages: readonly ChatMessage[], options?: { addAssistant?: boolean; template?: string }): string;
+    checkGrammar(grammar: string, root?: string): void;
     dispose(): void;
     readonly disposed: boolean;
 }
@@ -59,6 +60,7 @@ export interface NativeAddon {
     systemInfo(): SystemInfo;
     setLogger(fn: ((level: number, text: string) => void) | null, minLevel?: number): void;
     createRandomModel(options: object): Promise<{ path: string; sizeBytes: number; vocabSize: number }>;
+    jsonSchemaToGrammar(schemaJson: string): string;
 }
 
 export interface ModelMetadata {
@@ -122,6 +124,12 @@ export interface SamplerParams {
     logprobs?: number;
     /** Sample inside the compute graph (on the GPU) when the chain allows it. Default true. */
     backend?: boolean;
+    /** A GBNF grammar: only tokens it allows are sampled (on the CPU). */
+    grammar?: string;
+    /** The grammar's start rule. Default "root". */
+    grammarRoot?: string;
+    /** Tokens the sequence already generated, fed to the chain (grammar state, penalty window) as if sampled. */
+    history?: Int32Array;
 }
 
 export interface DeviceInfo {
