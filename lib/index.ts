@@ -7,13 +7,13 @@ export {
     LogLevel,
     createRandomModel,
     getDevices,
+    jsonSchemaToGrammar,
     resolveVocab,
     setLogger,
     systemInfo,
     vocabDir,
 } from "./binding/index.js";
 export type {
-    ChatMessage,
     ContextInfo,
     ContextOptions,
     DecodeBatch,
@@ -31,5 +31,6 @@ export { Engine, Generation } from "./engine/engine.js";
 export type {
     ChatRequest, Choice, EngineOptions, EngineStats, GenerateEvent, GenerateResult, Timings, TokenLogprob, Usage,
 } from "./engine/engine.js";
-export type { GenerateRequest, RequestOptions, SamplingOptions } from "./engine/request.js";
+export type { ChatFormatOptions, ChatMessage } from "./engine/chat-template.js";
+export type { GenerateRequest, RequestOptions, ResponseFormat, SamplingOptions } from "./engine/request.js";
 export type { FinishReason, PreemptionMode } from "./scheduler/scheduler.js";

@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { BatchwiseError, Engine, ErrorCode, type EngineOptions, type GenerateEvent, type GenerateRequest } from "../lib/index.js";
-import { gpu, gpuLayers, modelPath, randomPrompt, tinyQwen } from "./helpers.js";
+import { gpu, gpuLayers, modelPath, randomPrompt, tinyLlama, tinyQwen } from "./helpers.js";
 
 let path: string;
 
@@ -310,15 +310,52 @@ describe("engine", () => {
         });
     });
 
-    it("applies the chat template", async () => {
+    it("applies the model's Jinja chat template", async () => {
         await withEngine({}, async (e) => {
+            assert.equal(e.chatTemplateKind, "jinja");
             const messages = [{ role: "user", content: "Write a haiku about GPUs." }];
             const r = await e.chat({ messages, maxTokens: 4, temperature: 0, ignoreEos: true }).result();
-            const text = e.model.applyChatTemplate(messages, { addAssistant: true });
-            assert.match(text, /<\|im_start\|>assistant/);
+            const text = e.formatChat(messages);
+            // Qwen2's own template adds its default system turn, which llama.cpp's built-in chatml does not
+            assert.match(text, /^<\|im_start\|>system\nYou are a helpful assistant<\|im_end\|>/);
+            assert.match(text, /<\|im_start\|>assistant\n$/);
             assert.equal(r.usage.promptTokens, (await e.model.tokenize(text, { parseSpecial: true })).length);
+            // with a system turn of its own, the Jinja rendering is exactly llama.cpp's chatml
+            const withSystem = [{ role: "system", content: "Be brief." }, ...messages, { role: "assistant", content: "Fans hum." }, { role: "user", content: "Again" }];
+            assert.equal(e.formatChat(withSystem), e.model.applyChatTemplate(withSystem, { addAssistant: true, template: "chatml" }));
+            // a built-in name goes to llama.cpp's formatter; a Jinja string passed in is rendered
+            assert.equal(e.formatChat(messages, { template: "chatml" }), e.model.applyChatTemplate(messages, { template: "chatml" }));
+            assert.equal(e.formatChat(messages, { template: "{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}" }), "[user]Write a haiku about GPUs.");
             await assert.rejects(e.chat({ messages: [] }).result(), { code: ErrorCode.InvalidArgument });
+            await assert.rejects(e.chat({ messages: [{ role: "user", content: "x" }], template: "{% if true %}{{ raise_exception('no') }}{% endif %}" }).result(),
+                { code: ErrorCode.ChatTemplate });
         });
+    });
+
+    it("constrains output with a grammar, and keeps the grammar's state when a sequence is preempted and recomputed", async () => {
+        // a pool of 16 blocks for 12 requests that each want about 6: they preempt each other, and a
+        // resumed sequence's grammar must go on from what it already generated, not from the start
+        const e = await Engine.load({ model: await modelPath(tinyLlama), gpuLayers, contextSize: 256, maxSequences: 12, batchTokens: 256, blockSize: 16, ...numerics });
+        try {
+            const schema = { type: "object", properties: { ok: { type: "boolean" }, s: { type: "string", minLength: 48, maxLength: 64 } }, required: ["ok", "s"], additionalProperties: false };
+            const results = await Promise.all(Array.from({ length: 12 }, (_, i) => e.complete({
+                prompt: randomPrompt(30, 3000 + i), maxTokens: 220, temperature: 0.9, seed: i,
+                responseFormat: { type: "json_schema", schema },
+            })));
+            assert.ok(e.stats().preemptions > 0, "the pool was small enough to preempt");
+            for (const r of results) {
+                assert.equal(r.finishReason, "stop", r.text);
+                const v = JSON.parse(r.text);
+                assert.equal(typeof v.ok, "boolean", r.text);
+                assert.ok(v.s.length >= 48 && v.s.length <= 64, r.text);
+            }
+            const g = await e.complete({ prompt: [1, 2, 3], maxTokens: 50, grammar: 'root ::= "yes" | "no"', temperature: 0 });
+            assert.ok(["yes", "no"].includes(g.text), g.text);
+            await assert.rejects(e.complete({ prompt: [1, 2, 3], grammar: "root ::= (" }), { code: ErrorCode.InvalidArgument, message: /'grammar'/ });
+            await assert.rejects(e.complete({ prompt: [1, 2, 3], responseFormat: { type: "json_schema", schema: { $ref: "#/missing" } } }), { code: ErrorCode.InvalidArgument });
+        } finally {
+            await e.close();
+        }
     });
 
     it("close() aborts what runs, or drains it, and then refuses new requests", async () => {

@@ -32,6 +32,12 @@ export const tinyLlama: Shape = {
     feedForwardSize: 128, contextLength: 2048, type: "f16", seed: 2,
 };
 
+/** llama architecture with DeepSeek-Coder's tokenizer, which has fill-in-the-middle tokens (and no chat template). */
+export const tinyCoder: Shape = {
+    vocabFrom: "deepseek-coder", architecture: "llama", embeddingSize: 64, layers: 2, heads: 4, kvHeads: 4,
+    feedForwardSize: 128, contextLength: 2048, type: "f16", seed: 3,
+};
+
 const pending = new Map<string, Promise<string>>();
 
 /** Path of a generated model of this shape (made on first use). */

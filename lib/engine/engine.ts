@@ -3,10 +3,11 @@
 // the previous step's tokens into text and events. Data flows one way: request -> engine -> scheduler
 // -> binding, and tokens back out through the scheduler's events.
 import {
-    BatchwiseError, ErrorCode, LlamaContext, LlamaModel,
-    type ChatMessage, type ContextOptions, type KvCacheType, type ModelLoadOptions, type ModelMetadata, type SplitMode,
+    BatchwiseError, ErrorCode, LlamaContext, LlamaModel, jsonSchemaToGrammar,
+    type ContextOptions, type KvCacheType, type ModelLoadOptions, type ModelMetadata, type SplitMode,
 } from "../binding/index.js";
 import { Scheduler, type FinishReason, type PreemptionMode, type SchedRequest, type SchedulerEvent, type SchedulerOptions, type Sequence } from "../scheduler/scheduler.js";
+import { ChatFormatter, type ChatFormatOptions, type ChatMessage } from "./chat-template.js";
 import { defined, validateRequest, type GenerateRequest, type RequestOptions, type ValidRequest } from "./request.js";
 import { TextStream } from "./text.js";
 
@@ -104,8 +105,10 @@ export interface GenerateResult {
 
 export interface ChatRequest extends RequestOptions {
     messages: readonly ChatMessage[];
-    /** A built-in template name ("chatml", "llama3", ...) instead of the model's own. */
+    /** A Jinja template, or a built-in template name ("chatml", "llama3", ...), instead of the model's own. */
     template?: string;
+    /** Extra variables for the template (tools, enable_thinking, ...). */
+    templateVariables?: Record<string, unknown>;
 }
 
 export interface EngineStats {
@@ -136,6 +139,8 @@ export class Generation implements AsyncIterable<GenerateEvent> {
     private buffering = true;
     private readonly final: Promise<GenerateResult>;
     private settle!: { resolve: (r: GenerateResult) => void; reject: (e: unknown) => void };
+    private readonly admitted: Promise<void>;
+    private settleQueued!: { resolve: () => void; reject: (e: unknown) => void };
     /** Set once the request is queued. */
     id = -1;
     /** @internal */ onAbort: (() => void) | null = null;
@@ -143,6 +148,20 @@ export class Generation implements AsyncIterable<GenerateEvent> {
     constructor() {
         this.final = new Promise((resolve, reject) => (this.settle = { resolve, reject }));
         this.final.catch(() => {});
+        this.admitted = new Promise((resolve, reject) => (this.settleQueued = { resolve, reject }));
+        this.admitted.catch(() => {});
+    }
+
+    /**
+     * Resolves once the request is queued (validated, tokenized, within the context and the queue bound);
+     * rejects with the reason it was refused. A server can wait on it before it commits to a status code.
+     */
+    queued(): Promise<void> {
+        return this.admitted;
+    }
+
+    /** @internal */ markQueued(): void {
+        this.settleQueued.resolve();
     }
 
     /** The final result (all choices). Rejects only if the request was refused (validation, queue full, closed). */
@@ -172,6 +191,7 @@ export class Generation implements AsyncIterable<GenerateEvent> {
     }
 
     /** @internal */ fail(e: unknown): void {
+        this.settleQueued.reject(e);
         this.failure = e;
         this.ended = true;
         this.settle.reject(e);
@@ -242,6 +262,7 @@ export class Engine {
     private closed = false;
     private broken: unknown = null;
     private pendingAdmissions = 0;
+    private readonly chatFormatter: ChatFormatter;
     private readonly window: { t: number; gen: number; prompt: number }[] = [];
     private readonly totals = {
         requests: 0, finished: { stop: 0, length: 0, abort: 0, error: 0 } as Record<FinishReason, number>,
@@ -255,6 +276,7 @@ export class Engine {
         this.maxContext = scheduling.maxContext;
         this.maxQueued = maxQueued;
         this.scheduler = new Scheduler(context, { ...scheduling, isEog: (t) => model.isEog(t) });
+        this.chatFormatter = new ChatFormatter(model);
         this.loopDone = this.loop();
     }
 
@@ -337,21 +359,56 @@ export class Engine {
 
     /** Starts a chat request: the messages go through the model's chat template. */
     chat(request: ChatRequest): Generation {
-        if (request === null || typeof request !== "object" || !Array.isArray(request.messages) || request.messages.length === 0) {
-            const gen = new Generation();
-            gen.fail(new BatchwiseError(ErrorCode.InvalidArgument, "'messages' must be a non-empty array of { role, content }"));
-            return gen;
-        }
-        const { messages, template, ...rest } = request;
         let prompt: string;
+        let rest: RequestOptions;
         try {
-            prompt = this.model.applyChatTemplate(messages, { addAssistant: true, template });
+            if (request === null || typeof request !== "object") throw new BatchwiseError(ErrorCode.InvalidArgument, "the request must be an object");
+            const { messages, template, templateVariables, ...others } = request;
+            prompt = this.formatChat(messages, { template, variables: templateVariables });
+            rest = others;
         } catch (e) {
             const gen = new Generation();
             gen.fail(e);
             return gen;
         }
         return this.generate({ ...rest, prompt, addSpecial: true, parseSpecial: true });
+    }
+
+    /** The prompt text a chat becomes: the model's Jinja template (or options.template), assistant turn opened. */
+    formatChat(messages: readonly ChatMessage[], options: ChatFormatOptions = {}): string {
+        return this.chatFormatter.format(messages, options);
+    }
+
+    /** How the model's chat template is rendered: Jinja, llama.cpp's built-in formats, or not at all (none). */
+    get chatTemplateKind(): "jinja" | "builtin" | "none" {
+        return this.chatFormatter.kind;
+    }
+
+    /** Text to token ids, as a prompt is tokenized (addSpecial adds BOS where the model asks; parseSpecial reads "<|im_start|>" as one token). */
+    async tokenize(text: string, options: { addSpecial?: boolean; parseSpecial?: boolean } = {}): Promise<number[]> {
+        if (typeof text !== "string") throw new BatchwiseError(ErrorCode.InvalidArgument, "the text to tokenize must be a string");
+        return Array.from(await this.model.tokenize(text, { addSpecial: options.addSpecial ?? true, parseSpecial: options.parseSpecial ?? true }));
+    }
+
+    /** Token ids to text (special tokens written out unless special is false). */
+    detokenize(tokens: readonly number[], options: { special?: boolean } = {}): Promise<string> {
+        const vocab = this.model.metadata.vocabSize;
+        if (!Array.isArray(tokens)) throw new BatchwiseError(ErrorCode.InvalidArgument, "tokens must be an array of token ids");
+        tokens.forEach((t, i) => {
+            if (!Number.isInteger(t) || t < 0 || t >= vocab) throw new BatchwiseError(ErrorCode.InvalidArgument, `'tokens[${i}]' (${String(t)}) is not a token id in [0, ${vocab})`);
+        });
+        return this.model.detokenize(tokens, { special: options.special ?? true });
+    }
+
+    /** The bytes of one token's text (a piece may hold part of a UTF-8 character). */
+    tokenBytes(token: number): Uint8Array {
+        return this.piece(token);
+    }
+
+    /** Whether the model has the tokens fill-in-the-middle needs (prefix, suffix, middle). */
+    get supportsInfill(): boolean {
+        const t = this.model.metadata.tokens;
+        return t.fimPrefix >= 0 && t.fimSuffix >= 0 && t.fimMiddle >= 0;
     }
 
     stats(): EngineStats {
@@ -422,8 +479,9 @@ export class Engine {
             if (request === null || typeof request !== "object") throw new BatchwiseError(ErrorCode.InvalidArgument, "the request must be an object");
             const meta = this.model.metadata;
             const valid = validateRequest(request, meta.vocabSize);
+            this.resolveGrammar(request, valid);
             this.checkQueue();
-            const prompt = await this.tokenize(request);
+            const prompt = await this.promptTokens(request);
             // a request that arrived before close() began is served (or aborted) like the others
             if (this.closed) throw new BatchwiseError(ErrorCode.EngineClosed, "the engine closed while the request was being tokenized");
             if (this.broken !== null) this.refuseIfClosed();
@@ -463,6 +521,7 @@ export class Engine {
                 signal.addEventListener("abort", abort, { once: true });
                 state.unlisten = () => signal.removeEventListener("abort", abort);
             }
+            gen.markQueued();
             if (signal?.aborted || gen.abortRequested) abort();
             this.wake();
         } catch (e) {
@@ -470,9 +529,46 @@ export class Engine {
         }
     }
 
-    private async tokenize(request: GenerateRequest): Promise<number[]> {
+    /** A JSON responseFormat becomes a grammar; every grammar is parsed before the request is queued. */
+    private resolveGrammar(request: GenerateRequest, valid: ValidRequest): void {
+        const f = request.responseFormat;
+        if (f && f.type !== "text") {
+            const grammar = jsonSchemaToGrammar(f.type === "json_object" ? { type: "object" } : f.schema);
+            for (const s of valid.samplers) {
+                s.grammar = grammar;
+                delete s.grammarRoot;
+            }
+        }
+        const s0 = valid.samplers[0];
+        if (s0?.grammar !== undefined) {
+            try {
+                this.model.checkGrammar(s0.grammar, s0.grammarRoot);
+            } catch (e) {
+                throw new BatchwiseError(ErrorCode.InvalidArgument, `'grammar': ${(e as Error).message}`, { cause: e });
+            }
+        }
+    }
+
+    private async infillPrompt(prefix: unknown, suffix: unknown): Promise<number[]> {
+        const t = this.model.metadata.tokens;
+        if (!this.supportsInfill) {
+            throw new BatchwiseError(ErrorCode.InvalidArgument, "'suffix' needs a model with fill-in-the-middle tokens, and this model has none");
+        }
+        if (typeof prefix !== "string") throw new BatchwiseError(ErrorCode.InvalidArgument, "'prompt' must be a string when 'suffix' is given");
+        if (typeof suffix !== "string") throw new BatchwiseError(ErrorCode.InvalidArgument, "'suffix' must be a string");
+        const plain = { addSpecial: false, parseSpecial: false };
+        const [pre, suf] = await Promise.all([this.model.tokenize(prefix, plain), this.model.tokenize(suffix, plain)]);
+        // prefix-suffix-middle order, as the FIM-trained code models (Qwen2.5-Coder, DeepSeek-Coder, StarCoder, CodeLlama) expect
+        const out: number[] = [];
+        if (this.model.metadata.addBos && t.bos >= 0) out.push(t.bos);
+        out.push(t.fimPrefix, ...pre, t.fimSuffix, ...suf, t.fimMiddle);
+        return out;
+    }
+
+    private async promptTokens(request: GenerateRequest): Promise<number[]> {
         const p = request.prompt;
         const vocab = this.model.metadata.vocabSize;
+        if (request.suffix !== undefined && request.suffix !== null) return this.infillPrompt(p, request.suffix);
         if (typeof p === "string") {
             if (p.length === 0) throw new BatchwiseError(ErrorCode.InvalidArgument, "'prompt' must not be empty");
             const t = Array.from(await this.model.tokenize(p, { addSpecial: request.addSpecial ?? true, parseSpecial: request.parseSpecial ?? true }));

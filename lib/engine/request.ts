@@ -3,9 +3,16 @@ import { BatchwiseError, ErrorCode, type SamplerParams } from "../binding/index.
 
 /**
  * The sampler of a request: the binding's SamplerParams (temperature, topK, topP, minP, penalties,
- * logitBias, seed, logprobs), less where it runs. Choice i of n samples with seed + i; logprobs is 0..20.
+ * logitBias, seed, logprobs, grammar), less where it runs and the resume history (the scheduler's).
+ * Choice i of n samples with seed + i; logprobs is 0..20.
  */
-export type SamplingOptions = Omit<SamplerParams, "backend">;
+export type SamplingOptions = Omit<SamplerParams, "backend" | "history">;
+
+/** Constrains the output: any text, a JSON object, or JSON that follows a schema. */
+export type ResponseFormat =
+    | { type: "text" }
+    | { type: "json_object" }
+    | { type: "json_schema"; schema: object };
 
 /** A copy of `o` without its undefined fields (the binding reads a present undefined as a wrong value). */
 export function defined<T extends object>(o: T): T {
@@ -31,6 +38,8 @@ export interface RequestOptions extends SamplingOptions {
     cache?: boolean;
     /** Aborts the request: it ends with finishReason "abort" and frees its KV within one step. */
     signal?: AbortSignal;
+    /** JSON output (any object, or one that follows a schema), enforced with a grammar. Not with `grammar`. */
+    responseFormat?: ResponseFormat;
 }
 
 export interface GenerateRequest extends RequestOptions {
@@ -40,6 +49,11 @@ export interface GenerateRequest extends RequestOptions {
     addSpecial?: boolean;
     /** For a text prompt: read special-token text such as "<|im_start|>" as those tokens. Default true. */
     parseSpecial?: boolean;
+    /**
+     * Fill-in-the-middle: the code after the cursor (the prompt is the code before it). The prompt is
+     * built with the model's FIM tokens; ERR_INVALID_ARGUMENT if it has none. Text prompts only.
+     */
+    suffix?: string;
 }
 
 export interface ValidRequest {
@@ -96,6 +110,17 @@ export function validateRequest(req: RequestOptions, vocabSize: number): ValidRe
     if (o.cache !== undefined && typeof o.cache !== "boolean") throw bad("cache", "must be a boolean");
     if (o.cacheSalt !== undefined && typeof o.cacheSalt !== "string") throw bad("cacheSalt", "must be a string");
     if (o.signal !== undefined && !(o.signal instanceof AbortSignal)) throw bad("signal", "must be an AbortSignal");
+    if (o.grammar !== undefined && (typeof o.grammar !== "string" || o.grammar.length === 0)) throw bad("grammar", "must be a non-empty GBNF string");
+    if (o.grammarRoot !== undefined && (typeof o.grammarRoot !== "string" || o.grammarRoot.length === 0)) throw bad("grammarRoot", "must be a rule name");
+    if (o.responseFormat !== undefined && o.responseFormat !== null) {
+        const f = o.responseFormat as { type?: unknown; schema?: unknown };
+        if (typeof f !== "object" || !["text", "json_object", "json_schema"].includes(f.type as string)) {
+            throw bad("responseFormat", "must be { type: 'text' | 'json_object' | 'json_schema' }");
+        }
+        if (f.type === "json_schema" && (f.schema === null || typeof f.schema !== "object")) throw bad("responseFormat.schema", "must be a JSON schema object");
+        if (f.type !== "text" && o.grammar !== undefined) throw bad("grammar", "cannot be combined with a JSON responseFormat");
+    }
+    if (o.history !== undefined) throw bad("history", "is not a request option (the scheduler replays generated tokens itself)");
 
     const stopStrings: string[] = [];
     const stopTokens = new Set<number>();
@@ -139,6 +164,7 @@ export function validateRequest(req: RequestOptions, vocabSize: number): ValidRe
     }
     const base: SamplerParams = defined({
         temperature, topK, topP, minP, repeatPenalty, presencePenalty, frequencyPenalty, penaltyLastN, logitBias, logprobs,
+        grammar: o.grammar as string | undefined, grammarRoot: o.grammarRoot as string | undefined,
     });
     const seed0 = seed ?? Math.floor(Math.random() * 0xffffffff);
     const samplers = Array.from({ length: n }, (_, i) => (temperature > 0 ? { ...base, seed: (seed0 + i) % 0xffffffff } : { ...base }));

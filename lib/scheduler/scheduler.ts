@@ -132,7 +132,7 @@ function samplerKey(p: SamplerParams | null): string | null {
     // generator or a token history must be set fresh for each sequence
     if (p === null) return "host-greedy";
     const greedy = (p.temperature ?? 1) <= 0;
-    const stateless = greedy && (p.repeatPenalty ?? 1) === 1 && !p.presencePenalty && !p.frequencyPenalty;
+    const stateless = greedy && (p.repeatPenalty ?? 1) === 1 && !p.presencePenalty && !p.frequencyPenalty && !p.grammar;
     return stateless ? JSON.stringify(p) : null;
 }
 
@@ -513,8 +513,13 @@ export class Scheduler {
         const params = seq.request.spec.samplers[seq.index];
         const key = samplerKey(params);
         if (key === null || this.slotSampler[slot] !== key) {
+            // a sequence resumed after preemption replays what it generated into its fresh chain, so its
+            // grammar state and penalty window go on where they were
+            const generated = seq.tokens.length - seq.promptLength;
+            const withHistory = params !== null && key === null && generated > 0
+                ? { ...params, history: Int32Array.from(seq.tokens.slice(seq.promptLength)) } : params;
             try {
-                this.backend.setSampler(slot, params);
+                this.backend.setSampler(slot, withHistory);
                 this.slotSampler[slot] = key;
             } catch (e) {
                 this.slotSampler[slot] = undefined;
