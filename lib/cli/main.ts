@@ -1,0 +1,259 @@
+#!/usr/bin/env node
+// The batchwise command: serve, devices, make-model. Parsing and help come from commander; the load
+// progress bar from cli-progress. Logs (one JSON line a request) go to stdout, the human summary to stderr.
+import { createHash } from "node:crypto";
+import { existsSync, mkdirSync, readFileSync } from "node:fs";
+import { homedir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { Command, InvalidArgumentError, Option } from "commander";
+import cliProgress from "cli-progress";
+import { pino } from "pino";
+import { createRandomModel, getDevices, resolveVocab, systemInfo, type EngineOptions, type KvCacheType, type RandomModelOptions, type SplitMode } from "../index.js";
+import { createServer, type BatchwiseServer, type ServedModel } from "../server/server.js";
+
+const pkg = JSON.parse(readFileSync(join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..", "package.json"), "utf8")) as { version: string };
+
+const int = (min: number) => (v: string): number => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < min) throw new InvalidArgumentError(`expected an integer >= ${min}`);
+    return n;
+};
+const collect = (v: string, acc: string[]) => [...acc, v];
+const numList = (v: string): number[] => {
+    const l = v.split(",").map(Number);
+    if (l.length === 0 || l.some((x) => !Number.isFinite(x) || x < 0)) throw new InvalidArgumentError("expected numbers separated by commas, e.g. 3,1");
+    return l;
+};
+const KV_TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl"];
+
+/** The demo model: random weights, the real Qwen2 tokenizer and chat template; made once and cached. */
+const DEMO_MODEL: Omit<RandomModelOptions, "out"> = {
+    vocabFrom: "qwen2", architecture: "qwen2", embeddingSize: 128, layers: 4, heads: 4, kvHeads: 2,
+    feedForwardSize: 256, contextLength: 8192, type: "f16", seed: 7,
+};
+
+function cacheDir(): string {
+    return join(process.env.XDG_CACHE_HOME ?? join(homedir(), ".cache"), "batchwise");
+}
+
+async function demoModel(): Promise<string> {
+    const key = createHash("sha256").update(JSON.stringify(DEMO_MODEL)).digest("hex").slice(0, 10);
+    const out = join(cacheDir(), `demo-qwen2-${key}.gguf`);
+    if (!existsSync(out)) {
+        mkdirSync(dirname(out), { recursive: true });
+        await createRandomModel({ ...DEMO_MODEL, out });
+    }
+    return out;
+}
+
+function parseModelArg(arg: string): ServedModel {
+    const eq = arg.indexOf("=");
+    // NAME=PATH, unless what precedes '=' looks like a path
+    if (eq > 0 && !/[\\/]/.test(arg.slice(0, eq))) return { name: arg.slice(0, eq), path: resolve(arg.slice(eq + 1)) };
+    return { path: resolve(arg) };
+}
+
+interface ServeFlags {
+    model: string[];
+    host: string;
+    port: number;
+    apiKey: string[];
+    gpuLayers?: number;
+    splitMode?: SplitMode;
+    tensorSplit?: number[];
+    mainGpu?: number;
+    ctxSize?: number;
+    parallel?: number;
+    batchTokens?: number;
+    ubatch?: number;
+    blockSize?: number;
+    prefixCache: boolean;
+    preemption?: "recompute" | "swap";
+    maxQueued?: number;
+    flashAttn?: "on" | "off" | "auto";
+    cacheTypeK?: KvCacheType;
+    cacheTypeV?: KvCacheType;
+    threads?: number;
+    warmup: boolean;
+    drainTimeout: number;
+    bodyLimit?: number;
+    logLevel: string;
+}
+
+async function serve(flags: ServeFlags): Promise<void> {
+    const log = pino({ level: flags.logLevel });
+    const options: Omit<EngineOptions, "model"> = {
+        gpuLayers: flags.gpuLayers, splitMode: flags.splitMode, tensorSplit: flags.tensorSplit, mainGpu: flags.mainGpu,
+        contextSize: flags.ctxSize, maxSequences: flags.parallel, batchTokens: flags.batchTokens, ubatchSize: flags.ubatch,
+        blockSize: flags.blockSize, prefixCache: flags.prefixCache, preemption: flags.preemption, maxQueued: flags.maxQueued,
+        flashAttention: flags.flashAttn, kvCacheTypeK: flags.cacheTypeK, kvCacheTypeV: flags.cacheTypeV, threads: flags.threads,
+    };
+    for (const k of Object.keys(options) as (keyof typeof options)[]) if (options[k] === undefined) delete options[k];
+    let models: ServedModel[];
+    if (flags.model.length === 0) {
+        process.stderr.write("batchwise: no --model given, so this serves 'demo': a small model with RANDOM weights (its output is gibberish),\n" +
+            "           the real Qwen2 tokenizer and chat template, for trying the API out. Pass --model PATH.gguf for a real model.\n");
+        models = [{ name: "demo", path: await demoModel(), options: { contextSize: 8192, ...options } }];
+    } else {
+        models = flags.model.map((m) => ({ ...parseModelArg(m), options }));
+        for (const m of models) {
+            if (!existsSync(m.path!)) {
+                process.stderr.write(`batchwise: model file not found: ${m.path}\n`);
+                process.exit(2);
+            }
+        }
+    }
+    const apiKeys = [...flags.apiKey, ...(process.env.BATCHWISE_API_KEY ? [process.env.BATCHWISE_API_KEY] : [])];
+
+    const tty = process.stderr.isTTY;
+    const bars = tty ? new cliProgress.MultiBar({ format: " loading {name} [{bar}] {percentage}%", hideCursor: true, clearOnComplete: true, stream: process.stderr }, cliProgress.Presets.shades_classic) : null;
+    const barFor = new Map<string, cliProgress.SingleBar>();
+    let server: BatchwiseServer;
+    try {
+        server = await createServer({
+            models, host: flags.host, port: flags.port, apiKeys, logger: log, warmup: flags.warmup,
+            drainTimeoutMs: flags.drainTimeout * 1000, bodyLimit: flags.bodyLimit,
+            onLoadProgress: (name, p) => {
+                if (!bars) return;
+                let b = barFor.get(name);
+                if (!b) barFor.set(name, (b = bars.create(100, 0, { name })));
+                b.update(Math.round(p * 100));
+            },
+        });
+    } catch (e) {
+        bars?.stop();
+        process.stderr.write(`batchwise: cannot start the server: ${(e as Error).message}\n`);
+        process.exit(1);
+    }
+    let signals = 0;
+    const stop = (sig: string) => {
+        if (++signals > 1) {
+            process.stderr.write(`batchwise: ${sig} again: exiting now\n`);
+            process.exit(1);
+        }
+        log.info({ signal: sig, inflight: "draining" }, "stopping: not ready any more, finishing requests in flight");
+        server.drain().then(() => {
+            log.info("stopped");
+            process.exit(0);
+        }, (e: unknown) => {
+            log.error({ err: e }, "drain failed");
+            process.exit(1);
+        });
+    };
+    process.on("SIGTERM", () => stop("SIGTERM"));
+    process.on("SIGINT", () => stop("SIGINT"));
+    try {
+        await server.ready();
+    } catch (e) {
+        bars?.stop();
+        process.stderr.write(`batchwise: loading failed: ${(e as Error).message}\n`);
+        await server.close().catch(() => {});
+        process.exit(1);
+    }
+    bars?.stop();
+    process.stderr.write(summary(server, apiKeys.length > 0));
+}
+
+function gib(n: number): string {
+    return `${(n / 2 ** 30).toFixed(1)} GiB`;
+}
+
+function summary(server: BatchwiseServer, auth: boolean): string {
+    const sys = systemInfo();
+    const gpus = getDevices().filter((d) => d.type === "gpu" || d.type === "igpu");
+    const lines = [`batchwise ${pkg.version} (llama.cpp ${sys.llamaTag}, ${sys.cuda ? "CUDA" : "CPU build"})`];
+    lines.push(gpus.length > 0
+        ? `  GPUs: ${gpus.map((g) => `${g.index}: ${g.description || g.name} (${gib(g.freeBytes)} free of ${gib(g.totalBytes)})`).join("; ")}`
+        : "  GPUs: none (running on the CPU)");
+    for (const { name, engine, warmupMs } of server.summary()) {
+        const m = engine.metadata;
+        const s = engine.stats();
+        lines.push(`  model '${name}': ${m.architecture}, ${(m.parameters / 1e9).toFixed(m.parameters < 1e9 ? 3 : 1)}B parameters, ${gib(m.sizeBytes)}`);
+        lines.push(`    context ${engine.maxContext} tokens per request; KV cache ${s.kv.blocks} blocks of ${s.kv.blockSize} tokens; ` +
+            `${engine.options.maxSequences ?? 64} sequences at once; ${engine.options.batchTokens ?? 2048} tokens a step; ` +
+            `prefix cache ${engine.options.prefixCache === false ? "off" : "on"}; chat template ${engine.chatTemplateKind}; ` +
+            `fill-in-the-middle ${engine.supportsInfill ? "yes" : "no"}; warm-up ${Math.round(warmupMs)} ms`);
+    }
+    lines.push(`  ready on ${server.url}  (OpenAI API under /v1; /health, /ready, /metrics${auth ? "; API key required for /v1" : ""})`);
+    return lines.join("\n") + "\n";
+}
+
+function devices(flags: { json?: boolean }): void {
+    const sys = systemInfo();
+    const list = getDevices();
+    if (flags.json) {
+        process.stdout.write(JSON.stringify({ system: sys, devices: list }, null, 2) + "\n");
+        return;
+    }
+    process.stdout.write(`llama.cpp ${sys.llamaTag}, ${sys.cuda ? "CUDA build" : "CPU build"}, GPU offload ${sys.gpuOffload ? "yes" : "no"}\n`);
+    for (const d of list) {
+        process.stdout.write(`  ${d.index}  ${d.type.padEnd(5)} ${d.backend.padEnd(6)} ${(d.description || d.name).padEnd(40)} ${gib(d.freeBytes)} free of ${gib(d.totalBytes)}\n`);
+    }
+    if (!list.some((d) => d.type === "gpu")) process.stdout.write("  no GPU found: models run on the CPU (build with BATCHWISE_CUDA=1 for CUDA)\n");
+}
+
+async function makeModel(flags: { vocab: string; out: string; arch: "qwen2" | "llama"; embd: number; layers: number; heads: number; kvHeads: number; ff: number; ctx: number; type: RandomModelOptions["type"]; seed: number }): Promise<void> {
+    const r = await createRandomModel({
+        vocabFrom: resolveVocab(flags.vocab), out: resolve(flags.out), architecture: flags.arch, embeddingSize: flags.embd, layers: flags.layers,
+        heads: flags.heads, kvHeads: flags.kvHeads, feedForwardSize: flags.ff, contextLength: flags.ctx, type: flags.type, seed: flags.seed,
+    });
+    process.stdout.write(`wrote ${r.path} (${(r.sizeBytes / 2 ** 20).toFixed(1)} MiB, vocabulary ${r.vocabSize} tokens, random weights)\n`);
+}
+
+function program(): Command {
+    const p = new Command("batchwise")
+        .description("Serve LLMs from Node: llama.cpp with CUDA, continuous batching, paged KV and prefix caching, an OpenAI-compatible API.")
+        .version(pkg.version);
+    p.command("serve")
+        .description("serve models over an OpenAI-compatible HTTP API")
+        .addOption(new Option("-m, --model <path>", "GGUF model to serve, as PATH or NAME=PATH; repeat for several (default: a random-weight demo model)").default([]).argParser(collect))
+        .option("--host <address>", "address to listen on", "127.0.0.1")
+        .option("--port <port>", "port to listen on", int(0), 8000)
+        .addOption(new Option("--api-key <key>", "require 'Authorization: Bearer KEY' on /v1 (repeatable; also BATCHWISE_API_KEY)").default([]).argParser(collect))
+        .option("--gpu-layers <n>", "layers to offload to the GPU (-1: all)", int(-1))
+        .addOption(new Option("--split-mode <mode>", "how to spread a model over several GPUs").choices(["none", "layer", "row", "tensor"]))
+        .option("--tensor-split <shares>", "share of the model per GPU, e.g. 3,1", numList)
+        .option("--main-gpu <n>", "GPU for the whole model with --split-mode none", int(0))
+        .option("-c, --ctx-size <tokens>", "KV cache size in tokens, shared by all sequences (default: the model's trained context)", int(1))
+        .option("--parallel <n>", "sequences decoded at once (default 64)", int(1))
+        .option("--batch-tokens <n>", "tokens per scheduling step (default 2048)", int(1))
+        .option("--ubatch <n>", "tokens per graph run (default 512)", int(1))
+        .option("--block-size <tokens>", "tokens per KV block (default 16)", int(1))
+        .option("--no-prefix-cache", "do not keep and reuse computed prompt prefixes")
+        .addOption(new Option("--preemption <mode>", "what a preempted request does").choices(["recompute", "swap"]))
+        .option("--max-queued <n>", "requests waiting at most before 429 (default 1024)", int(1))
+        .addOption(new Option("--flash-attn <mode>", "flash attention").choices(["on", "off", "auto"]))
+        .addOption(new Option("--cache-type-k <type>", "KV cache type for K").choices(KV_TYPES))
+        .addOption(new Option("--cache-type-v <type>", "KV cache type for V").choices(KV_TYPES))
+        .option("--threads <n>", "CPU threads", int(1))
+        .option("--no-warmup", "skip the warm-up before ready")
+        .option("--drain-timeout <seconds>", "on SIGTERM, how long requests in flight may finish", int(0), 30)
+        .option("--body-limit <bytes>", "largest request body (default 16 MiB)", int(1))
+        .addOption(new Option("--log-level <level>", "log level").choices(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"))
+        .action((flags: ServeFlags) => serve(flags));
+    p.command("devices")
+        .description("list the GPUs (and CPU) llama.cpp sees, with free memory")
+        .option("--json", "print JSON")
+        .action((flags: { json?: boolean }) => devices(flags));
+    p.command("make-model")
+        .description("write a random-weight GGUF of a real architecture and tokenizer, for tests and benchmarks (no download)")
+        .requiredOption("--out <path>", "where to write the GGUF")
+        .option("--vocab <name|path>", "vocab-only GGUF, or a name from llama.cpp's models/ (qwen2, llama-spm, deepseek-coder, ...)", "qwen2")
+        .addOption(new Option("--arch <arch>", "architecture").choices(["qwen2", "llama"]).default("qwen2"))
+        .option("--embd <n>", "embedding size", int(1), 256)
+        .option("--layers <n>", "layers", int(1), 4)
+        .option("--heads <n>", "attention heads", int(1), 4)
+        .option("--kv-heads <n>", "KV heads", int(1), 2)
+        .option("--ff <n>", "feed-forward size", int(1), 512)
+        .option("--ctx <n>", "trained context length", int(1), 8192)
+        .addOption(new Option("--type <type>", "weight type").choices(["f32", "f16", "bf16", "q8_0", "q4_0"]).default("f16"))
+        .option("--seed <n>", "random seed", int(0), 42)
+        .action((flags: Parameters<typeof makeModel>[0]) => makeModel(flags));
+    return p;
+}
+
+program().parseAsync(process.argv).catch((e: unknown) => {
+    process.stderr.write(`batchwise: ${(e as Error).message}\n`);
+    process.exit(1);
+});

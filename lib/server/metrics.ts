@@ -1,0 +1,129 @@
+// Prometheus metrics (prom-client). The vllm: names are the ones vLLM exposes, so that dashboards,
+// autoscalers (KEDA, HPA on custom metrics) and the Gateway API Inference Extension's endpoint picker
+// read batchwise as they read vLLM; batchwise_ metrics add what vLLM has no name for. Every metric of
+// a model carries model_name. Engine counters are read at scrape time, less what warm-up did.
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
+import type { Engine, EngineStats, GenerateResult } from "../index.js";
+
+export interface MetricsModel {
+    name: string;
+    engine: Engine | undefined;
+}
+
+type Totals = { preemptions: number; queries: number; hits: number; prompt: number; generated: number; computed: number };
+
+const LATENCY = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80, 160, 640, 2560];
+const TOKENS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000, 131072];
+
+export class ServerMetrics {
+    readonly registry = new Registry();
+    private readonly baselines = new Map<string, Totals>();
+    private readonly ttft: Histogram<"model_name">;
+    private readonly itl: Histogram<"model_name">;
+    private readonly e2e: Histogram<"model_name">;
+    private readonly queue: Histogram<"model_name">;
+    private readonly promptHist: Histogram<"model_name">;
+    private readonly genHist: Histogram<"model_name">;
+    private readonly success: Counter<"model_name" | "finished_reason">;
+    private readonly http: Counter<"route" | "status">;
+    private readonly rejected: Counter<"model_name" | "reason">;
+    private readonly disconnects: Counter<"model_name">;
+    readonly warmupSeconds: Gauge<"model_name">;
+
+    constructor(private readonly models: () => MetricsModel[], private readonly isReady: () => boolean) {
+        const r = this.registry;
+        collectDefaultMetrics({ register: r });
+        const self = this;
+        const each = (fn: (name: string, s: EngineStats, base: Totals) => void) => {
+            for (const m of self.models()) {
+                if (m.engine) fn(m.name, m.engine.stats(), self.baselines.get(m.name) ?? zero());
+            }
+        };
+        const gauge = (name: string, help: string, read: (s: EngineStats) => number) =>
+            new Gauge({
+                name, help, labelNames: ["model_name"], registers: [r],
+                collect() {
+                    this.reset();
+                    each((model, s) => this.set({ model_name: model }, read(s)));
+                },
+            });
+        const counter = (name: string, help: string, read: (s: EngineStats, base: Totals) => number) =>
+            new Counter({
+                name, help, labelNames: ["model_name"], registers: [r],
+                collect() {
+                    this.reset();
+                    each((model, s, base) => this.inc({ model_name: model }, Math.max(0, read(s, base))));
+                },
+            });
+        gauge("vllm:num_requests_running", "Requests in the running batch.", (s) => s.running);
+        gauge("vllm:num_requests_waiting", "Requests waiting to be scheduled.", (s) => s.waiting);
+        gauge("vllm:num_requests_swapped", "Requests preempted to host memory.", (s) => s.swapped);
+        gauge("vllm:kv_cache_usage_perc", "Fraction of KV-cache blocks in use (1 = 100%).", (s) => s.kv.usage);
+        counter("vllm:num_preemptions_total", "Preemptions since start.", (s, b) => s.preemptions - b.preemptions);
+        counter("vllm:prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache.", (s, b) => s.totals.promptTokens - b.queries);
+        counter("vllm:prefix_cache_hits_total", "Prompt tokens found in the prefix cache.", (s, b) => s.totals.cachedTokens - b.hits);
+        counter("vllm:prompt_tokens_total", "Prompt tokens of finished and running requests.", (s, b) => s.totals.promptTokens - b.prompt);
+        counter("vllm:generation_tokens_total", "Tokens generated.", (s, b) => s.totals.generatedTokens - b.generated);
+        counter("batchwise_prompt_tokens_computed_total", "Prompt tokens computed (cache misses and recomputation after preemption).", (s, b) => s.totals.computedPromptTokens - b.computed);
+        gauge("batchwise_kv_blocks", "KV-cache blocks in the pool.", (s) => s.kv.blocks);
+        gauge("batchwise_kv_blocks_used", "KV-cache blocks held by running requests.", (s) => s.kv.used);
+        gauge("batchwise_kv_blocks_cached", "Free KV-cache blocks that still hold a reusable prefix.", (s) => s.kv.cachedFree);
+        gauge("batchwise_generation_tokens_per_second", "Tokens generated per second over the last 10 s.", (s) => s.tokensPerSecond);
+        gauge("batchwise_prompt_tokens_per_second", "Prompt tokens computed per second over the last 10 s.", (s) => s.promptTokensPerSecond);
+        gauge("batchwise_engine_healthy", "1 while the model's engine loop is alive.", (s) => (s.healthy ? 1 : 0));
+        new Gauge({
+            name: "batchwise_ready", help: "1 when the server is ready for traffic (models loaded and warmed up, not draining).", registers: [r],
+            collect() {
+                this.set(self.isReady() ? 1 : 0);
+            },
+        });
+        const hist = (name: string, help: string, buckets: number[]) => new Histogram({ name, help, labelNames: ["model_name"], buckets, registers: [r] });
+        this.ttft = hist("vllm:time_to_first_token_seconds", "Time to first token.", LATENCY);
+        this.itl = hist("vllm:inter_token_latency_seconds", "Time between successive output tokens.", LATENCY);
+        this.e2e = hist("vllm:e2e_request_latency_seconds", "Request latency, arrival to last token.", LATENCY);
+        this.queue = hist("vllm:request_queue_time_seconds", "Time a request waited before its first step.", LATENCY);
+        this.promptHist = hist("vllm:request_prompt_tokens", "Prompt tokens per request.", TOKENS);
+        this.genHist = hist("vllm:request_generation_tokens", "Generated tokens per request.", TOKENS);
+        this.success = new Counter({ name: "vllm:request_success_total", help: "Finished requests by finish reason.", labelNames: ["model_name", "finished_reason"], registers: [r] });
+        this.http = new Counter({ name: "batchwise_http_requests_total", help: "HTTP requests by route and status.", labelNames: ["route", "status"], registers: [r] });
+        this.rejected = new Counter({ name: "batchwise_requests_rejected_total", help: "Generation requests refused (queue full, draining, not ready, invalid).", labelNames: ["model_name", "reason"], registers: [r] });
+        this.disconnects = new Counter({ name: "batchwise_client_disconnects_total", help: "Requests aborted because the client went away.", labelNames: ["model_name"], registers: [r] });
+        this.warmupSeconds = new Gauge({ name: "batchwise_warmup_seconds", help: "Time the model's warm-up took.", labelNames: ["model_name"], registers: [r] });
+    }
+
+    /** From now on the engine's counters count from here (called after warm-up). */
+    resetBaseline(name: string, engine: Engine): void {
+        const s = engine.stats();
+        this.baselines.set(name, {
+            preemptions: s.preemptions, queries: s.totals.promptTokens, hits: s.totals.cachedTokens, prompt: s.totals.promptTokens,
+            generated: s.totals.generatedTokens, computed: s.totals.computedPromptTokens,
+        });
+    }
+
+    observe(model: string, r: GenerateResult): void {
+        const l = { model_name: model };
+        if (r.timings.ttftMs >= 0) this.ttft.observe(l, r.timings.ttftMs / 1000);
+        for (const ms of r.timings.interTokenMs) this.itl.observe(l, ms / 1000);
+        this.e2e.observe(l, r.timings.e2eMs / 1000);
+        this.queue.observe(l, r.timings.queueMs / 1000);
+        this.promptHist.observe(l, r.usage.promptTokens);
+        this.genHist.observe(l, r.usage.completionTokens);
+        for (const c of r.choices) this.success.inc({ model_name: model, finished_reason: c.finishReason });
+    }
+
+    httpRequest(route: string, status: number): void {
+        this.http.inc({ route, status: String(status) });
+    }
+
+    reject(model: string, reason: string): void {
+        this.rejected.inc({ model_name: model, reason });
+    }
+
+    disconnect(model: string): void {
+        this.disconnects.inc({ model_name: model });
+    }
+}
+
+function zero(): Totals {
+    return { preemptions: 0, queries: 0, hits: 0, prompt: 0, generated: 0, computed: 0 };
+}

@@ -1,0 +1,126 @@
+// JSON schemas of the request bodies, checked by fastify (Ajv) before a handler runs. Fields follow
+// OpenAI's API; the extras (top_k, min_p, ignore_eos, priority, cache_salt, ...) follow vLLM's names.
+// Unknown fields are let through, as OpenAI-compatible servers do.
+
+const nullable = (s: Record<string, unknown>) => ({ anyOf: [s, { type: "null" }] });
+const int = (min?: number, max?: number) => nullable({ type: "integer", ...(min !== undefined && { minimum: min }), ...(max !== undefined && { maximum: max }) });
+const num = (extra: Record<string, unknown>) => nullable({ type: "number", ...extra });
+
+const sampling = {
+    model: { type: "string", minLength: 1 },
+    max_tokens: int(1),
+    temperature: num({ minimum: 0, maximum: 2 }),
+    top_p: num({ exclusiveMinimum: 0, maximum: 1 }),
+    n: int(1, 128),
+    stop: nullable({
+        anyOf: [
+            { type: "string", minLength: 1, maxLength: 256 },
+            { type: "array", maxItems: 16, items: { type: "string", minLength: 1, maxLength: 256 } },
+        ],
+    }),
+    stop_token_ids: nullable({ type: "array", maxItems: 16, items: { type: "integer", minimum: 0 } }),
+    seed: int(0, 4294967294),
+    presence_penalty: num({ minimum: -2, maximum: 2 }),
+    frequency_penalty: num({ minimum: -2, maximum: 2 }),
+    repetition_penalty: num({ exclusiveMinimum: 0, maximum: 10 }),
+    logit_bias: nullable({
+        type: "object", maxProperties: 1024,
+        propertyNames: { pattern: "^(0|[1-9][0-9]*)$" },
+        additionalProperties: { type: "number", minimum: -100, maximum: 100 },
+    }),
+    stream: nullable({ type: "boolean" }),
+    stream_options: nullable({ type: "object", properties: { include_usage: nullable({ type: "boolean" }) } }),
+    user: nullable({ type: "string" }),
+    top_k: int(-1),
+    min_p: num({ minimum: 0, maximum: 1 }),
+    ignore_eos: nullable({ type: "boolean" }),
+    priority: int(-(2 ** 31), 2 ** 31),
+    cache_salt: nullable({ type: "string", maxLength: 256 }),
+};
+
+const tokenArray = { type: "array", minItems: 1, items: { type: "integer", minimum: 0 } };
+
+export const completionBody = {
+    type: "object",
+    required: ["prompt"],
+    properties: {
+        ...sampling,
+        prompt: {
+            anyOf: [
+                { type: "string" },
+                { type: "array", minItems: 1, maxItems: 256, items: { type: "string" } },
+                tokenArray,
+                { type: "array", minItems: 1, maxItems: 256, items: tokenArray },
+            ],
+        },
+        suffix: nullable({ type: "string" }),
+        echo: nullable({ type: "boolean" }),
+        logprobs: int(0, 20),
+        best_of: int(1, 128),
+    },
+} as const;
+
+const contentPart = {
+    type: "object",
+    required: ["type"],
+    properties: { type: { type: "string" }, text: { type: "string" } },
+};
+
+export const chatBody = {
+    type: "object",
+    required: ["messages"],
+    properties: {
+        ...sampling,
+        messages: {
+            type: "array",
+            minItems: 1,
+            items: {
+                type: "object",
+                required: ["role"],
+                properties: {
+                    role: { type: "string", minLength: 1 },
+                    content: nullable({ anyOf: [{ type: "string" }, { type: "array", items: contentPart }] }),
+                    name: { type: "string" },
+                },
+            },
+        },
+        max_completion_tokens: int(1),
+        logprobs: nullable({ type: "boolean" }),
+        top_logprobs: int(0, 20),
+        response_format: nullable({
+            type: "object",
+            required: ["type"],
+            properties: {
+                type: { enum: ["text", "json_object", "json_schema"] },
+                json_schema: {
+                    type: "object",
+                    properties: { name: { type: "string" }, schema: { type: "object" }, strict: nullable({ type: "boolean" }) },
+                },
+            },
+        }),
+        tools: nullable({ type: "array" }),
+        tool_choice: nullable({ anyOf: [{ type: "string" }, { type: "object" }] }),
+        chat_template_kwargs: nullable({ type: "object" }),
+    },
+} as const;
+
+export const tokenizeBody = {
+    type: "object",
+    properties: {
+        model: { type: "string", minLength: 1 },
+        prompt: { type: "string" },
+        messages: chatBody.properties.messages,
+        add_special_tokens: { type: "boolean" },
+        add_generation_prompt: { type: "boolean" },
+    },
+    oneOf: [{ required: ["prompt"] }, { required: ["messages"] }],
+} as const;
+
+export const detokenizeBody = {
+    type: "object",
+    required: ["tokens"],
+    properties: {
+        model: { type: "string", minLength: 1 },
+        tokens: { type: "array", items: { type: "integer", minimum: 0 } },
+    },
+} as const;
