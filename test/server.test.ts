@@ -433,12 +433,13 @@ describe("server limits and lifecycle", () => {
     });
 
     it("has a CLI with help, devices and make-model", async () => {
-        const run = (args: string[]) => new Promise<{ code: number | null; out: string }>((r) => {
+        // out: stdout and stderr together; stdout alone is what --json promises to keep clean
+        const run = (args: string[]) => new Promise<{ code: number | null; out: string; stdout: string }>((r) => {
             const p = spawn(process.execPath, [cli, ...args]);
-            let out = "";
-            p.stdout.on("data", (d) => (out += d));
+            let out = "", stdout = "";
+            p.stdout.on("data", (d) => ((out += d), (stdout += d)));
             p.stderr.on("data", (d) => (out += d));
-            p.on("exit", (code) => r({ code, out }));
+            p.on("exit", (code) => r({ code, out, stdout }));
         });
         for (const cmd of [["--help"], ["serve", "--help"], ["devices", "--help"], ["make-model", "--help"]]) {
             const r = await run(cmd);
@@ -447,7 +448,7 @@ describe("server limits and lifecycle", () => {
         }
         const d = await run(["devices", "--json"]);
         assert.equal(d.code, 0, d.out);
-        const info = JSON.parse(d.out);
+        const info = JSON.parse(d.stdout);
         assert.ok(Array.isArray(info.devices) && info.devices.length >= 1);
         assert.equal(info.system.llamaTag, "v0.5.0");
         const dir = mkdtempSync(join(tmpdir(), "bw-make-"));

@@ -25,4 +25,6 @@ BATCHWISE_TEST_GPU=1 node --test --test-concurrency=1 dist/test/ 2>&1 | tee "$OU
 rc=${PIPESTATUS[0]}
 # how often greedy tokens depend on the batch, in the raw binding and in the engine (f16 and f32)
 BATCHWISE_TEST_GPU=1 node scripts/device/batch-variance.mjs "$OUT/batch-variance.json" 2>&1 | tee "$OUT/batch-variance.log" | grep -v "^npm warn"
+# cold start: first-request TTFT against the steady state, with and without the server's warm-up
+[ "${SKIP_WARMUP_BENCH:-0}" = 1 ] || node scripts/bench-warmup.mjs --out "$OUT/warmup.json" 2>&1 | tee "$OUT/warmup.log" | tail -4
 exit $rc
