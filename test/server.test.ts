@@ -389,6 +389,34 @@ describe("server limits and lifecycle", () => {
         }
     });
 
+    it("turns /health to 503 when a decode is stuck, and back to 200 when it moves", async () => {
+        const server = await createServer({
+            models: [{ name: "q", path: await modelPath(tinyQwen), options: engineOptions }],
+            port: 0, logger: false, warmup: false, livenessTimeoutMs: 300,
+        });
+        try {
+            await server.ready();
+            const ctx = server.engine("q")!.context;
+            const real = ctx.decode.bind(ctx);
+            let release!: () => void;
+            const held = new Promise<void>((r) => (release = r));
+            // the next decode hangs until released, as a wedged GPU would
+            ctx.decode = (batch) => held.then(() => real(batch));
+            const pending = send(server.url, "/v1/completions", { prompt: "x", max_tokens: 2 });
+            await new Promise((r) => setTimeout(r, 100));
+            assert.equal((await send(server.url, "/health")).status, 200, "not yet past the limit");
+            await until(async () => (await send(server.url, "/health")).status === 503, 5000, "/health to report the stall");
+            const h = await send(server.url, "/health");
+            assert.match(h.body.failed[0].reason, /no step finished/);
+            ctx.decode = real;
+            release();
+            assert.equal((await pending).status, 200);
+            assert.equal((await send(server.url, "/health")).status, 200);
+        } finally {
+            await server.close();
+        }
+    });
+
     it("drains on SIGTERM: not ready, new requests refused, the request in flight finished, exit 0", async () => {
         const dir = mkdtempSync(join(tmpdir(), "bw-cli-"));
         const proc = spawn(process.execPath, [cli, "serve", "--model", `tiny=${await modelPath(tinyQwen)}`, "--port", "0", "--ctx-size", "2048",

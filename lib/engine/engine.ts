@@ -126,6 +126,8 @@ export interface EngineStats {
     totals: { requests: number; finished: Record<FinishReason, number>; promptTokens: number; cachedTokens: number; computedPromptTokens: number; generatedTokens: number };
     /** False after an internal failure stopped the loop. */
     healthy: boolean;
+    /** With work to do, ms since the loop last finished a step (or took the work); 0 when idle. A large value means a stuck decode. */
+    stalledMs: number;
     closing: boolean;
 }
 
@@ -262,6 +264,7 @@ export class Engine {
     private closed = false;
     private broken: unknown = null;
     private pendingAdmissions = 0;
+    private lastProgress = now();
     private readonly chatFormatter: ChatFormatter;
     private readonly window: { t: number; gen: number; prompt: number }[] = [];
     private readonly totals = {
@@ -432,6 +435,7 @@ export class Engine {
             tokensPerSecond: gen / span, promptTokensPerSecond: prompt / span,
             totals: { ...this.totals, finished: { ...this.totals.finished } },
             healthy: this.broken === null, closing: this.closing,
+            stalledMs: this.scheduler.busy || this.requests.size > 0 ? Math.max(0, t - this.lastProgress) : 0,
         };
     }
 
@@ -610,6 +614,7 @@ export class Engine {
                     if (!this.scheduler.busy) {
                         if (this.closed) break;
                         await new Promise<void>((r) => (this.wakeLoop = r));
+                        this.lastProgress = now(); // idle time is not a stall
                     } else {
                         // work that cannot start yet (should not last): poll rather than spin
                         await new Promise<void>((r) => setTimeout((this.wakeLoop = r), 2));
@@ -626,6 +631,7 @@ export class Engine {
                 } catch (e) {
                     this.scheduler.fail(step, e);
                 }
+                this.lastProgress = now();
                 this.totals.computedPromptTokens += step.promptTokens;
                 this.window.push({ t: now(), gen: step.decodeTokens, prompt: step.promptTokens });
                 if (this.window.length > 4096) this.window.splice(0, 2048);

@@ -43,6 +43,8 @@ export interface ServerOptions {
     warmup?: boolean | WarmupOptions;
     /** Retry-After seconds on 429 and 503. Default 1. */
     retryAfterSeconds?: number;
+    /** /health turns 503 when an engine with work has not finished a step for this long (a stuck decode). Default 120 s. */
+    livenessTimeoutMs?: number;
     /** A pino logger, or false for none. Default: pino at info level on stdout. */
     logger?: Logger | boolean;
     /** Load progress of each model, in [0, 1]. */
@@ -250,9 +252,16 @@ export class BatchwiseServer {
         });
 
         app.get("/health", async (_req, reply) => {
-            const broken = [...this.entries.values()].filter((e) => e.engine && !e.engine.stats().healthy).map((e) => e.name);
-            if (broken.length > 0 || this.stateValue === "failed") {
-                return reply.code(503).send({ status: "error", failed: broken, error: this.failure ? String(this.failure) : undefined });
+            const stallLimit = this.options.livenessTimeoutMs ?? 120_000;
+            const failed: { model: string; reason: string }[] = [];
+            for (const e of this.entries.values()) {
+                const s = e.engine?.stats();
+                if (!s) continue;
+                if (!s.healthy) failed.push({ model: e.name, reason: "the engine loop stopped after an internal error" });
+                else if (s.stalledMs > stallLimit) failed.push({ model: e.name, reason: `no step finished for ${Math.round(s.stalledMs / 1000)} s with work waiting` });
+            }
+            if (failed.length > 0 || this.stateValue === "failed") {
+                return reply.code(503).send({ status: "error", failed, error: this.failure ? String(this.failure) : undefined });
             }
             return { status: "ok", state: this.stateValue };
         });
