@@ -1,11 +1,16 @@
 #include "context.h"
 
+#include "ggml-cpu.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <memory>
 #include <numeric>
 #include <thread>
+
+// from llama.cpp's common library (common.h is not included: its name clashes with ours)
+int32_t common_cpu_get_num_math();
 
 namespace bw {
 
@@ -117,7 +122,10 @@ Napi::Value context_wrap::create(const Napi::CallbackInfo & info) {
         p.kv_unified = get_bool(o, "kvUnified", true);
         p.offload_kqv = get_bool(o, "offloadKqv", true);
         p.no_perf = true;
-        int32_t hw = (int32_t) std::max(1u, std::thread::hardware_concurrency());
+        // llama.cpp's own default (llama-server's too): the cores useful for math, i.e. physical cores
+        // without their hyperthread siblings. One thread per logical CPU oversubscribes the cores,
+        // and with Node's main thread beside ggml's spinning workers a 2-vCPU machine decoded 4x slower.
+        const int32_t hw = std::max<int32_t>(1, common_cpu_get_num_math());
         p.n_threads = get_int(o, "threads", hw);
         p.n_threads_batch = get_int(o, "threadsBatch", p.n_threads);
         if (p.n_threads < 1 || p.n_threads_batch < 1) {
@@ -170,6 +178,19 @@ context_wrap::context_wrap(const Napi::CallbackInfo & info) : Napi::ObjectWrap<c
     n_batch_   = (int32_t) llama_n_batch(ctx_);
     batch_     = llama_batch_init(n_batch_, 0, 1);
     samplers_.resize(n_seq_max_);
+    // Persistent CPU thread pools, as llama-server attaches them: without one, ggml makes a throwaway
+    // pool for every graph it computes (threads started per decode), which made single-sequence decode
+    // on a 2-core machine 4x slower than llama-server's.
+    ggml_threadpool_params tpp = ggml_threadpool_params_default(llama_n_threads(ctx_));
+    ggml_threadpool_params tpp_batch = ggml_threadpool_params_default(llama_n_threads_batch(ctx_));
+    if (!ggml_threadpool_params_match(&tpp, &tpp_batch)) {
+        threadpool_batch_ = ggml_threadpool_new(&tpp_batch);
+        tpp.paused = true; // llama.cpp resumes whichever pool a batch uses
+    }
+    threadpool_ = ggml_threadpool_new(&tpp);
+    if (threadpool_) {
+        llama_attach_threadpool(ctx_, threadpool_, threadpool_batch_);
+    }
 }
 
 context_wrap::~context_wrap() {
@@ -180,12 +201,25 @@ void context_wrap::free_context() {
     if (ctx_ == nullptr) {
         return;
     }
+    llama_detach_threadpool(ctx_);
     llama_free(ctx_);
     ctx_ = nullptr;
+    if (threadpool_) {
+        ggml_threadpool_free(threadpool_);
+        threadpool_ = nullptr;
+    }
+    if (threadpool_batch_) {
+        ggml_threadpool_free(threadpool_batch_);
+        threadpool_batch_ = nullptr;
+    }
     for (auto & s : samplers_) {
         if (s.chain) {
             llama_sampler_free(s.chain);
             s.chain = nullptr;
+        }
+        if (s.grammar) {
+            llama_sampler_free(s.grammar);
+            s.grammar = nullptr;
         }
     }
     llama_batch_free(batch_);

@@ -67,6 +67,8 @@ private:
     std::mutex      exec_mutex_;
     llama_batch     batch_{};
     std::vector<seq_sampler> samplers_;
+    struct ggml_threadpool * threadpool_       = nullptr; // CPU pools attached to ctx_, freed after it
+    struct ggml_threadpool * threadpool_batch_ = nullptr;
 };
 
 } // namespace bw
