@@ -18,7 +18,7 @@ import { cpus } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { ensureLlamaSource } from "./fetch-llama.mjs";
-import { flag, setting } from "./settings.mjs";
+import { buildFlavour, flag, setting } from "./settings.mjs";
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const pkg = JSON.parse(readFileSync(join(root, "package.json"), "utf8"));
@@ -34,7 +34,7 @@ const native = flag("NATIVE");
 const jobs = Number(setting("JOBS") ?? cpus().length);
 
 const llamaDir = ensureLlamaSource();
-const flavour = cuda ? `cuda-${cudaArchs.replace(/[^0-9a-z]+/gi, "_")}` : native ? "cpu-native" : "cpu";
+const flavour = buildFlavour();
 const buildDir = join(root, "build-native", flavour);
 mkdirSync(buildDir, { recursive: true });
 

@@ -11,3 +11,10 @@ export function flag(name) {
     const v = setting(name);
     return v !== undefined && !["0", "false", "off", "no"].includes(String(v).toLowerCase());
 }
+
+/** The build configuration's name and folder (build-native/<flavour>): one per CPU/CUDA setting, kept between builds. */
+export function buildFlavour() {
+    const cuda = flag("CUDA");
+    const cudaArchs = setting("CUDA_ARCHITECTURES") ?? "90a";
+    return cuda ? `cuda-${cudaArchs.replace(/[^0-9a-z]+/gi, "_")}` : flag("NATIVE") ? "cpu-native" : "cpu";
+}

@@ -11,6 +11,7 @@ import cliProgress from "cli-progress";
 import { pino } from "pino";
 import { createRandomModel, getDevices, resolveVocab, systemInfo, type EngineOptions, type KvCacheType, type RandomModelOptions, type SplitMode } from "../index.js";
 import { createServer, type BatchwiseServer, type ServedModel } from "../server/server.js";
+import { runBench, SHAPES, type ServerKind, type WorkloadName } from "../bench/bench.js";
 
 const pkg = JSON.parse(readFileSync(join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..", "package.json"), "utf8")) as { version: string };
 
@@ -201,6 +202,35 @@ async function makeModel(flags: { vocab: string; out: string; arch: "qwen2" | "l
     process.stdout.write(`wrote ${r.path} (${(r.sizeBytes / 2 ** 20).toFixed(1)} MiB, vocabulary ${r.vocabSize} tokens, random weights)\n`);
 }
 
+interface BenchFlags {
+    model: string;
+    gpuLayers: number;
+    ctxSize: number;
+    parallel: number;
+    flashAttn: "on" | "off" | "auto";
+    servers: string;
+    workloads: string;
+    llamaBin?: string;
+    quick?: boolean;
+    out: string;
+}
+
+async function bench(flags: BenchFlags): Promise<void> {
+    const servers = flags.servers.split(",").map((s) => s.trim()) as ServerKind[];
+    const workloads = flags.workloads.split(",").map((s) => s.trim()) as WorkloadName[];
+    for (const s of servers) if (!["batchwise", "llama-server", "llama-server -bs"].includes(s)) throw new InvalidArgumentError(`unknown server '${s}'`);
+    for (const w of workloads) if (!["throughput", "prefix", "hol", "cold"].includes(w)) throw new InvalidArgumentError(`unknown workload '${w}'`);
+    if (!SHAPES[flags.model] && !existsSync(flags.model)) throw new InvalidArgumentError(`--model: no such file or shape '${flags.model}' (shapes: ${Object.keys(SHAPES).join(", ")})`);
+    const t0 = performance.now();
+    const report = await runBench({
+        model: flags.model, gpuLayers: flags.gpuLayers, contextSize: flags.ctxSize, parallel: flags.parallel, flashAttention: flags.flashAttn,
+        servers, workloads, llamaBin: flags.llamaBin, quick: flags.quick === true, out: resolve(flags.out),
+        log: (line) => process.stderr.write(`[bench] ${line}\n`),
+    }, `npx batchwise bench ${process.argv.slice(3).map((a) => (/[\s,]/.test(a) ? JSON.stringify(a) : a)).join(" ")}`.trim());
+    process.stderr.write(`[bench] done in ${((performance.now() - t0) / 1000).toFixed(0)} s: ${resolve(flags.out)}/report.{json,md} and chart.svg\n`);
+    process.stdout.write((await import("../bench/report.js")).markdown(report));
+}
+
 function program(): Command {
     const p = new Command("batchwise")
         .description("Serve LLMs from Node: llama.cpp with CUDA, continuous batching, paged KV and prefix caching, an OpenAI-compatible API.")
@@ -250,6 +280,19 @@ function program(): Command {
         .addOption(new Option("--type <type>", "weight type").choices(["f32", "f16", "bf16", "q8_0", "q4_0"]).default("f16"))
         .option("--seed <n>", "random seed", int(0), 42)
         .action((flags: Parameters<typeof makeModel>[0]) => makeModel(flags));
+    p.command("bench")
+        .description("side-by-side serving benchmark: batchwise against llama.cpp's llama-server on this machine, with the llama-batched-bench bound")
+        .option("--model <shape|path>", `a GGUF file, or a random-weight shape: ${Object.keys(SHAPES).join(", ")}`, "7b")
+        .option("--gpu-layers <n>", "layers on the GPU, both servers", int(-1), -1)
+        .option("--ctx-size <tokens>", "KV cache tokens shared by all sequences, both servers", int(1), 147456)
+        .option("--parallel <n>", "sequences at once, both servers", int(1), 64)
+        .addOption(new Option("--flash-attn <mode>", "flash attention, both servers").choices(["on", "off", "auto"]).default("on"))
+        .option("--servers <list>", "which servers, in order", "batchwise,llama-server,llama-server -bs")
+        .option("--workloads <list>", "which workloads: throughput, prefix, hol, cold", "cold,throughput,prefix,hol")
+        .option("--llama-bin <dir>", "folder with llama-server and llama-batched-bench (default: build them from the pinned source)")
+        .option("--quick", "small counts and prompts (a smoke run, e.g. on the CPU)")
+        .option("--out <dir>", "where the report goes", "bench-results")
+        .action((flags: BenchFlags) => bench(flags));
     return p;
 }
 

@@ -1,0 +1,278 @@
+// The side-by-side serving benchmark: batchwise's server and llama.cpp's llama-server (as it comes, and
+// with backend sampling, -bs), one after the other on the same GPU, model file, llama.cpp source and
+// matched settings, driven by the same load generator; llama-batched-bench gives the raw-engine bound.
+import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { existsSync, mkdirSync, writeFileSync } from "node:fs";
+import { createServer as netServer } from "node:net";
+import { homedir } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { createRandomModel, systemInfo, LlamaModel, type RandomModelOptions } from "../index.js";
+import { closedLoop, percentile, randomTokens, streamOne, summarize, type BenchRequest, type RequestRecord, type RunStats } from "./loadgen.js";
+import { markdown, svg, type BoundResult, type CaseResult, type Report } from "./report.js";
+
+const packageRoot = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
+
+/** Random-weight models of real shapes (Qwen2.5 sizes), with the real Qwen2 tokenizer. */
+export const SHAPES: Record<string, Omit<RandomModelOptions, "out">> = {
+    tiny: { vocabFrom: "qwen2", architecture: "qwen2", embeddingSize: 128, layers: 4, heads: 4, kvHeads: 2, feedForwardSize: 256, contextLength: 32768, type: "f16", seed: 21 },
+    "1.5b": { vocabFrom: "qwen2", architecture: "qwen2", embeddingSize: 1536, layers: 28, heads: 12, kvHeads: 2, feedForwardSize: 8960, contextLength: 131072, type: "f16", seed: 22 },
+    "7b": { vocabFrom: "qwen2", architecture: "qwen2", embeddingSize: 3584, layers: 28, heads: 28, kvHeads: 4, feedForwardSize: 18944, contextLength: 131072, type: "f16", seed: 23 },
+    "32b": { vocabFrom: "qwen2", architecture: "qwen2", embeddingSize: 5120, layers: 64, heads: 40, kvHeads: 8, feedForwardSize: 27648, contextLength: 131072, type: "f16", seed: 24 },
+};
+
+export type ServerKind = "batchwise" | "llama-server" | "llama-server -bs";
+export type WorkloadName = "throughput" | "prefix" | "hol" | "cold";
+
+export interface BenchOptions {
+    /** A GGUF file, or a shape name from SHAPES (made once, cached). Default "7b". */
+    model: string;
+    gpuLayers: number;
+    /** KV cache tokens, shared by all sequences on both servers. */
+    contextSize: number;
+    parallel: number;
+    flashAttention: "on" | "off" | "auto";
+    servers: ServerKind[];
+    workloads: WorkloadName[];
+    /** Folder of llama-server and llama-batched-bench; default: build them (scripts/build-llama-tools.mjs). */
+    llamaBin?: string;
+    /** Smaller counts and prompts, for a CPU smoke run. */
+    quick: boolean;
+    out: string;
+    log: (line: string) => void;
+}
+
+function cacheDir(): string {
+    return join(process.env.XDG_CACHE_HOME ?? join(homedir(), ".cache"), "batchwise", "bench");
+}
+
+async function resolveModel(o: BenchOptions): Promise<{ path: string; shape: string }> {
+    const shape = SHAPES[o.model];
+    if (!shape) return { path: o.model, shape: o.model.split("/").pop() ?? o.model };
+    const path = join(cacheDir(), `qwen2-${o.model}-f16-random.gguf`);
+    if (!existsSync(path)) {
+        mkdirSync(dirname(path), { recursive: true });
+        const t0 = performance.now();
+        o.log(`making the ${o.model} random-weight model: ${path}`);
+        await createRandomModel({ ...shape, out: path, threads: undefined });
+        o.log(`  made in ${((performance.now() - t0) / 1000).toFixed(0)} s`);
+    }
+    return { path, shape: `Qwen2.5-${o.model.toUpperCase()} shape (qwen2, embedding ${shape.embeddingSize}, ${shape.layers} layers, ${shape.heads}/${shape.kvHeads} heads, f16)` };
+}
+
+function freePort(): Promise<number> {
+    return new Promise((resolve, reject) => {
+        const s = netServer();
+        s.listen(0, "127.0.0.1", () => {
+            const port = (s.address() as { port: number }).port;
+            s.close(() => resolve(port));
+        });
+        s.on("error", reject);
+    });
+}
+
+interface Running {
+    proc: ChildProcess;
+    url: string;
+    readyMs: number;
+    output: () => string;
+}
+
+async function startServer(kind: ServerKind, o: BenchOptions, model: string, bin: string): Promise<Running> {
+    const port = await freePort();
+    const url = `http://127.0.0.1:${port}`;
+    const t0 = performance.now();
+    const args = kind === "batchwise"
+        ? [join(packageRoot, "dist", "lib", "cli", "main.js"), "serve", "--model", `bench=${model}`, "--port", String(port), "--gpu-layers", String(o.gpuLayers),
+            "--ctx-size", String(o.contextSize), "--parallel", String(o.parallel), "--flash-attn", o.flashAttention, "--batch-tokens", "2048", "--ubatch", "512",
+            "--max-queued", "100000", "--log-level", "warn"]
+        : ["-m", model, "--host", "127.0.0.1", "--port", String(port), "-ngl", String(o.gpuLayers), "-c", String(o.contextSize), "-np", String(o.parallel),
+            "-fa", o.flashAttention, "-kvu", "-b", "2048", "-ub", "512", "--no-webui", ...(kind === "llama-server -bs" ? ["-bs"] : [])];
+    const proc = spawn(kind === "batchwise" ? process.execPath : join(bin, "llama-server"), args, { stdio: ["ignore", "pipe", "pipe"] });
+    let out = "";
+    const keep = (d: Buffer) => {
+        out += d.toString();
+        if (out.length > 200_000) out = out.slice(-100_000);
+    };
+    proc.stdout!.on("data", keep);
+    proc.stderr!.on("data", keep);
+    const probe = kind === "batchwise" ? "/ready" : "/health";
+    for (;;) {
+        if (proc.exitCode !== null) throw new Error(`${kind} exited with ${proc.exitCode} before it was ready:\n${out.slice(-3000)}`);
+        try {
+            const r = await fetch(url + probe);
+            await r.text();
+            if (r.status === 200) break;
+        } catch {
+            // not listening yet
+        }
+        if (performance.now() - t0 > 900_000) throw new Error(`${kind} was not ready after 15 minutes`);
+        await new Promise((r) => setTimeout(r, 25));
+    }
+    return { proc, url, readyMs: performance.now() - t0, output: () => out };
+}
+
+async function stopServer(s: Running): Promise<void> {
+    if (s.proc.exitCode !== null) return;
+    const exited = new Promise<void>((r) => s.proc.once("exit", () => r()));
+    s.proc.kill("SIGTERM");
+    const t = setTimeout(() => s.proc.kill("SIGKILL"), 30_000);
+    await exited;
+    clearTimeout(t);
+}
+
+interface Sizes {
+    in: number; out: number; c1: number; c16: number; c64: number;
+    prefix: number; unique: number; prefixN: number;
+    shortIn: number; shortOut: number; longIn: number; longs: number; idleShorts: number;
+    steady: number;
+}
+
+function sizes(quick: boolean): Sizes {
+    return quick
+        ? { in: 128, out: 16, c1: 3, c16: 16, c64: 32, prefix: 256, unique: 32, prefixN: 16, shortIn: 64, shortOut: 8, longIn: 1024, longs: 2, idleShorts: 8, steady: 4 }
+        : { in: 512, out: 128, c1: 8, c16: 48, c64: 192, prefix: 2000, unique: 100, prefixN: 48, shortIn: 128, shortOut: 16, longIn: 32768, longs: 4, idleShorts: 24, steady: 10 };
+}
+
+const req = (n: number, seed: number, out: number): BenchRequest => ({ prompt: randomTokens(n, seed), maxTokens: out });
+
+/** Short requests at concurrency 8 while long prompts arrive one a second: TTFT of the short ones. */
+async function headOfLine(url: string, z: Sizes, seed: number): Promise<{ stats: RunStats; extra: Record<string, number> }> {
+    const idle = await closedLoop(url, undefined, Array.from({ length: z.idleShorts }, (_, i) => req(z.shortIn, seed + i, z.shortOut)), 8);
+    const t0 = performance.now();
+    let longsLeft = z.longs;
+    const longs = Array.from({ length: z.longs }, (_, i) =>
+        new Promise<RequestRecord>((resolve) => setTimeout(() => resolve(streamOne(url, undefined, req(z.longIn, seed + 1000 + i, 16), t0)), i * 1000)).finally(() => longsLeft--));
+    const shorts: RequestRecord[] = [];
+    let k = 0;
+    const worker = async () => {
+        while (longsLeft > 0) shorts.push(await streamOne(url, undefined, req(z.shortIn, seed + 2000 + k++, z.shortOut), t0));
+    };
+    const [longRecords] = await Promise.all([Promise.all(longs), Promise.all(Array.from({ length: 8 }, worker))]);
+    const wall = performance.now() - t0;
+    const stats = summarize(shorts, wall);
+    stats.errors += longRecords.filter((r) => !r.ok).length;
+    return {
+        stats,
+        extra: {
+            "idle short TTFT p50 ms": idle.stats.ttftMs.p50, "idle short TTFT p99 ms": idle.stats.ttftMs.p99,
+            "short TTFT p99 / idle p99": stats.ttftMs.p99 / idle.stats.ttftMs.p99,
+            "long TTFT p50 ms": percentile(longRecords.filter((r) => r.ok).map((r) => r.ttftMs), 50),
+            "short requests during the long prompts": shorts.length,
+        },
+    };
+}
+
+async function runServer(kind: ServerKind, o: BenchOptions, model: string, bin: string, z: Sizes, results: CaseResult[]): Promise<void> {
+    o.log(`${kind}: starting`);
+    const s = await startServer(kind, o, model, bin);
+    o.log(`${kind}: ready after ${(s.readyMs / 1000).toFixed(1)} s`);
+    try {
+        const add = (workload: WorkloadName, label: string, stats: RunStats, extra?: Record<string, number>) => {
+            results.push({ workload, label, server: kind, stats, ...(extra && { extra }) });
+            o.log(`  ${label}: ${stats.outputTokensPerS.toFixed(0)} out tok/s, TTFT p50 ${stats.ttftMs.p50.toFixed(0)} ms p99 ${stats.ttftMs.p99.toFixed(0)} ms, ` +
+                `ITL p50 ${stats.itlMs.p50.toFixed(1)} ms, errors ${stats.errors}${stats.firstError ? ` (${stats.firstError})` : ""}`);
+        };
+        if (o.workloads.includes("cold")) {
+            // the client's connection is opened first: only the server's cold start is timed
+            await (await fetch(`${s.url}/health`)).text();
+            const first = await closedLoop(s.url, undefined, [req(z.in, 1, 16)], 1);
+            const steady = await closedLoop(s.url, undefined, Array.from({ length: z.steady }, (_, i) => req(z.in, 10 + i, 16)), 1);
+            add("cold", `cold start (${z.in} in / 16 out)`, first.stats, {
+                "start to ready s": s.readyMs / 1000, "first TTFT ms": first.stats.ttftMs.p50, "steady TTFT p50 ms": steady.stats.ttftMs.p50,
+                "first / steady": first.stats.ttftMs.p50 / steady.stats.ttftMs.p50,
+            });
+        }
+        if (o.workloads.includes("throughput")) {
+            for (const [c, n] of [[1, z.c1], [16, z.c16], [64, z.c64]] as const) {
+                const r = await closedLoop(s.url, undefined, Array.from({ length: n }, (_, i) => req(z.in, 100 * c + i, z.out)), c);
+                add("throughput", `${z.in} in / ${z.out} out, concurrency ${c}`, r.stats);
+            }
+        }
+        if (o.workloads.includes("prefix")) {
+            const common = randomTokens(z.prefix, 777);
+            const reqs = Array.from({ length: z.prefixN }, (_, i) => ({ prompt: [...common, ...randomTokens(z.unique, 5000 + i)], maxTokens: z.out }));
+            const r = await closedLoop(s.url, undefined, reqs, 16);
+            add("prefix", `shared prefix ${z.prefix} + ${z.unique} in / ${z.out} out, concurrency 16`, r.stats);
+        }
+        if (o.workloads.includes("hol")) {
+            const r = await headOfLine(s.url, z, 9000);
+            add("hol", `head-of-line: ${z.shortIn}-token requests at concurrency 8, ${z.longs} prompts of ${z.longIn} arriving`, r.stats, r.extra);
+        }
+    } finally {
+        await stopServer(s);
+    }
+}
+
+function batchedBenchBounds(o: BenchOptions, model: string, bin: string, z: Sizes): BoundResult[] {
+    const run = (extra: string[]) => {
+        const out = execFileSync(join(bin, "llama-batched-bench"), [
+            "-m", model, "-ngl", String(o.gpuLayers), "-fa", o.flashAttention, "-c", String(o.contextSize), "-b", "2048", "-ub", "512",
+            "--output-format", "jsonl", ...extra,
+        ], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"], maxBuffer: 64 * 2 ** 20 });
+        return out.split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l) as Record<string, number>);
+    };
+    const bounds: BoundResult[] = [];
+    if (o.workloads.includes("throughput")) {
+        for (const row of run(["-npp", String(z.in), "-ntg", String(z.out), "-npl", "1,16,64"])) {
+            bounds.push({ label: `${z.in} in / ${z.out} out, concurrency ${row.pl}`, outputTokensPerS: (row.pl * row.tg) / row.t, raw: row });
+        }
+    }
+    if (o.workloads.includes("prefix")) {
+        // the shared part computed once, as a prefix cache would: -pps with the whole prompt shared (a bound)
+        for (const row of run(["-pps", "-npp", String(z.prefix + z.unique), "-ntg", String(z.out), "-npl", "16"])) {
+            bounds.push({ label: `shared prefix ${z.prefix} + ${z.unique} in / ${z.out} out, concurrency 16`, outputTokensPerS: (row.pl * row.tg) / row.t, raw: row });
+        }
+    }
+    return bounds;
+}
+
+function gpuInfo(): { device: string; driver?: string } {
+    try {
+        const line = execFileSync("nvidia-smi", ["--query-gpu=name,driver_version", "--format=csv,noheader"], { encoding: "utf8" }).trim().split("\n")[0];
+        const [name, driver] = line.split(",").map((x) => x.trim());
+        return { device: name, driver };
+    } catch {
+        return { device: "CPU (no nvidia-smi)" };
+    }
+}
+
+export async function runBench(o: BenchOptions, command: string): Promise<Report> {
+    const z = sizes(o.quick);
+    const { path, shape } = await resolveModel(o);
+    let bin = o.llamaBin;
+    const needLlama = o.servers.some((s) => s !== "batchwise") || o.workloads.some((w) => w === "throughput" || w === "prefix");
+    if (!bin && needLlama) {
+        o.log("building llama-server and llama-batched-bench from the pinned llama.cpp source");
+        bin = execFileSync(process.execPath, [join(packageRoot, "scripts", "build-llama-tools.mjs")], { encoding: "utf8", stdio: ["ignore", "pipe", "inherit"] }).trim().split("\n").at(-1)!;
+    }
+    const meta = await LlamaModel.load(path, { vocabOnly: true }).then((m) => {
+        const md = m.metadata;
+        m.dispose();
+        return md;
+    });
+    const report: Report = {
+        date: new Date().toISOString().slice(0, 10), command, ...gpuInfo(), llamaTag: systemInfo().llamaTag,
+        model: { path, shape, parameters: meta.parameters, sizeBytes: meta.sizeBytes },
+        settings: { gpuLayers: o.gpuLayers, contextSize: o.contextSize, parallel: o.parallel, flashAttention: o.flashAttention, quick: o.quick, sizes: z },
+        results: [], bounds: [],
+    };
+    mkdirSync(o.out, { recursive: true });
+    // written after each part, so a run cut short keeps what it measured
+    const save = () => {
+        writeFileSync(join(o.out, "report.json"), JSON.stringify(report, null, 2));
+        writeFileSync(join(o.out, "report.md"), markdown(report));
+        writeFileSync(join(o.out, "chart.svg"), svg(report));
+    };
+    if (bin && (o.workloads.includes("throughput") || o.workloads.includes("prefix"))) {
+        o.log("llama-batched-bench: the raw-engine bound");
+        report.bounds = batchedBenchBounds(o, path, bin, z);
+        for (const b of report.bounds) o.log(`  ${b.label}: ${b.outputTokensPerS.toFixed(0)} out tok/s`);
+        save();
+    }
+    for (const kind of o.servers) {
+        await runServer(kind, o, path, bin ?? "", z, report.results);
+        save();
+    }
+    return report;
+}

@@ -1,0 +1,105 @@
+// The benchmark report: Markdown tables of the figures and of ratios against llama-server, and an SVG
+// bar chart of output tokens/s. No charting library: a few rectangles and labels.
+import type { RunStats } from "./loadgen.js";
+
+export interface CaseResult {
+    workload: string;
+    /** e.g. "512 in / 128 out, concurrency 16" */
+    label: string;
+    server: string;
+    stats: RunStats;
+    /** Extra figures a workload reports (idle TTFT, cold start, ...). */
+    extra?: Record<string, number>;
+}
+
+export interface BoundResult {
+    label: string;
+    /** Output tokens per second of the same work done by llama-batched-bench (prompt time included). */
+    outputTokensPerS: number;
+    raw: Record<string, number>;
+}
+
+export interface Report {
+    date: string;
+    command: string;
+    device: string;
+    driver?: string;
+    llamaTag: string;
+    model: { path: string; shape: string; parameters: number; sizeBytes: number };
+    settings: Record<string, unknown>;
+    results: CaseResult[];
+    bounds: BoundResult[];
+}
+
+const f = (x: number, d = 0) => (Number.isFinite(x) ? x.toFixed(d) : "n/a");
+
+export function markdown(r: Report, reference = "llama-server"): string {
+    const lines: string[] = [];
+    lines.push(`Run ${r.date} on ${r.device}${r.driver ? ` (driver ${r.driver})` : ""}, llama.cpp ${r.llamaTag}, model ${r.model.shape} ` +
+        `(${(r.model.parameters / 1e9).toFixed(2)}B parameters, ${(r.model.sizeBytes / 2 ** 30).toFixed(1)} GiB, random weights).`);
+    lines.push("", "```sh", r.command, "```", "");
+    const labels = [...new Set(r.results.map((c) => c.label))];
+    lines.push("| workload | server | out tok/s | vs " + reference + " | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | errors |");
+    lines.push("|---|---|---|---|---|---|---|---|---|");
+    for (const label of labels) {
+        const rows = r.results.filter((c) => c.label === label);
+        const ref = rows.find((c) => c.server === reference);
+        for (const c of rows) {
+            const ratio = ref && ref.stats.outputTokensPerS > 0 ? `${(c.stats.outputTokensPerS / ref.stats.outputTokensPerS).toFixed(2)}x` : "";
+            lines.push(`| ${label} | ${c.server} | ${f(c.stats.outputTokensPerS)} | ${ratio} | ${f(c.stats.ttftMs.p50)} | ${f(c.stats.ttftMs.p99)} | ` +
+                `${f(c.stats.itlMs.p50, 1)} | ${f(c.stats.itlMs.p99, 1)} | ${c.stats.errors} |`);
+        }
+        const bound = r.bounds.find((b) => b.label === label);
+        if (bound) lines.push(`| ${label} | llama-batched-bench (raw engine bound) | ${f(bound.outputTokensPerS)} | ${ref ? `${(bound.outputTokensPerS / ref.stats.outputTokensPerS).toFixed(2)}x` : ""} | | | | | |`);
+    }
+    const extras = r.results.filter((c) => c.extra);
+    if (extras.length > 0) {
+        lines.push("", "| workload | server | figures |", "|---|---|---|");
+        for (const c of extras) {
+            lines.push(`| ${c.label} | ${c.server} | ${Object.entries(c.extra!).map(([k, v]) => `${k} ${f(v, v < 10 ? 2 : 0)}`).join(", ")} |`);
+        }
+    }
+    return lines.join("\n") + "\n";
+}
+
+const COLORS = ["#2b6cb0", "#c05621", "#718096", "#2f855a", "#6b46c1"];
+
+/** Grouped bars: one group per workload label, one bar per server (and the bound, hatched grey). */
+export function svg(r: Report): string {
+    const labels = [...new Set(r.results.map((c) => c.label))];
+    const servers = [...new Set(r.results.map((c) => c.server))];
+    const series = [...servers, "raw bound"];
+    const value = (label: string, s: string) =>
+        s === "raw bound" ? r.bounds.find((b) => b.label === label)?.outputTokensPerS ?? 0 : r.results.find((c) => c.label === label && c.server === s)?.stats.outputTokensPerS ?? 0;
+    const max = Math.max(1, ...labels.flatMap((l) => series.map((s) => value(l, s))));
+    const bw = 18, gap = 26, left = 70, top = 40, h = 260;
+    const groupW = series.length * bw + gap;
+    const width = left + labels.length * groupW + 20;
+    const height = top + h + 120;
+    const esc = (s: string) => s.replace(/&/g, "&amp;").replace(/</g, "&lt;");
+    const out: string[] = [`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="sans-serif" font-size="11">`];
+    out.push(`<text x="${left}" y="20" font-size="14">Output tokens/s, ${esc(r.model.shape)} on ${esc(r.device)}</text>`);
+    for (let i = 0; i <= 4; i++) {
+        const y = top + h - (h * i) / 4;
+        out.push(`<line x1="${left - 4}" x2="${width - 10}" y1="${y}" y2="${y}" stroke="#e2e8f0"/>`);
+        out.push(`<text x="${left - 8}" y="${y + 4}" text-anchor="end">${Math.round((max * i) / 4)}</text>`);
+    }
+    labels.forEach((l, gi) => {
+        const x0 = left + gi * groupW + gap / 2;
+        series.forEach((s, si) => {
+            const v = value(l, s);
+            const bh = (h * v) / max;
+            const fill = s === "raw bound" ? "#cbd5e0" : COLORS[si % COLORS.length];
+            out.push(`<rect x="${x0 + si * bw}" y="${top + h - bh}" width="${bw - 3}" height="${bh}" fill="${fill}"><title>${esc(s)}: ${Math.round(v)}</title></rect>`);
+        });
+        out.push(`<text transform="translate(${x0 + 4},${top + h + 12}) rotate(30)">${esc(l)}</text>`);
+    });
+    series.forEach((s, si) => {
+        const y = height - 14 - (series.length - 1 - si) * 0;
+        const x = left + si * 170;
+        out.push(`<rect x="${x}" y="${y - 9}" width="10" height="10" fill="${s === "raw bound" ? "#cbd5e0" : COLORS[si % COLORS.length]}"/>`);
+        out.push(`<text x="${x + 14}" y="${y}">${esc(s)}</text>`);
+    });
+    out.push("</svg>");
+    return out.join("\n") + "\n";
+}
