@@ -114,6 +114,23 @@ describe("scheduler", () => {
         }
     });
 
+    it("caps a long prompt's chunk while others run or wait, so a short prompt is admitted at once; alone it takes the whole step", async () => {
+        const run = setup({ batchTokens: 32, prefillChunk: 8, numBlocks: 128, maxContext: 256 });
+        const long = submit(run, prompt(200, 4), { maxTokens: 2 });
+        await step(run);
+        assert.equal(long.seqs[0].numComputed, 32, "alone: the whole budget");
+        const short = submit(run, prompt(6, 5), { maxTokens: 3 });
+        await step(run);
+        assert.equal(long.seqs[0].numComputed, 40, "with company: one chunk of 8");
+        assert.equal(short.seqs[0].numComputed, 6, "the short prompt went in the same step");
+        assert.equal(run.outputs.get(short)!.tokens[0].length, 1, "and has its first token");
+        await drain(run);
+        for (const r of [long, short]) {
+            const want = fakeReference(r.seqs[0].tokens.slice(0, r.seqs[0].promptLength), r.spec.maxTokens, 256, VOCAB);
+            assert.deepEqual(run.outputs.get(r)!.tokens[0], want.tokens);
+        }
+    });
+
     it("shares a cached prefix instead of recomputing it, and keeps tenants apart", async () => {
         const run = setup({ numBlocks: 64 });
         const common = prompt(24, 4);
@@ -232,6 +249,7 @@ describe("scheduler properties", () => {
         maxRunning: fc.integer({ min: 1, max: 6 }),
         cacheSlots: fc.integer({ min: 0, max: 4 }),
         batchTokens: fc.integer({ min: 6, max: 48 }),
+        prefillChunk: fc.option(fc.integer({ min: 1, max: 16 }), { nil: undefined }),
         preemption: fc.constantFrom<PreemptionMode>("recompute", "swap"),
         prefixCache: fc.boolean(),
         watermark: fc.constantFrom(0, 0.05),
@@ -244,7 +262,7 @@ describe("scheduler properties", () => {
                 const maxContext = Math.min(64, numBlocks * c.blockSize);
                 const run = setup({
                     numBlocks, blockSize: c.blockSize, maxRunning: c.maxRunning, numSlots: c.maxRunning + c.cacheSlots,
-                    batchTokens: Math.max(c.batchTokens, c.maxRunning), maxContext, preemption: c.preemption, prefixCache: c.prefixCache,
+                    batchTokens: Math.max(c.batchTokens, c.maxRunning), prefillChunk: c.prefillChunk, maxContext, preemption: c.preemption, prefixCache: c.prefixCache,
                     watermark: c.watermark, swapSpaceBytes: 4096,
                 });
                 const families = [0, 1, 2, 3].map((f) => prompt(40, 100 + f));

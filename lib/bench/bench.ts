@@ -38,6 +38,8 @@ export interface BenchOptions {
     llamaBin?: string;
     /** Smaller counts and prompts, for a CPU smoke run. */
     quick: boolean;
+    /** Extra arguments for `batchwise serve` (an experiment, e.g. --no-prefix-cache); reported with the run. */
+    batchwiseArgs?: string[];
     out: string;
     log: (line: string) => void;
 }
@@ -85,7 +87,7 @@ async function startServer(kind: ServerKind, o: BenchOptions, model: string, bin
     const args = kind === "batchwise"
         ? [join(packageRoot, "dist", "lib", "cli", "main.js"), "serve", "--model", `bench=${model}`, "--port", String(port), "--gpu-layers", String(o.gpuLayers),
             "--ctx-size", String(o.contextSize), "--parallel", String(o.parallel), "--flash-attn", o.flashAttention, "--batch-tokens", "2048", "--ubatch", "512",
-            "--max-queued", "100000", "--log-level", "warn"]
+            "--max-queued", "100000", "--log-level", "warn", ...(o.batchwiseArgs ?? [])]
         : ["-m", model, "--host", "127.0.0.1", "--port", String(port), "-ngl", String(o.gpuLayers), "-c", String(o.contextSize), "-np", String(o.parallel),
             "-fa", o.flashAttention, "-kvu", "-b", "2048", "-ub", "512", "--no-webui", ...(kind === "llama-server -bs" ? ["-bs"] : [])];
     const proc = spawn(kind === "batchwise" ? process.execPath : join(bin, "llama-server"), args, { stdio: ["ignore", "pipe", "pipe"] });
@@ -254,7 +256,7 @@ export async function runBench(o: BenchOptions, command: string): Promise<Report
     const report: Report = {
         date: new Date().toISOString().slice(0, 10), command, ...gpuInfo(), llamaTag: systemInfo().llamaTag,
         model: { path, shape, parameters: meta.parameters, sizeBytes: meta.sizeBytes },
-        settings: { gpuLayers: o.gpuLayers, contextSize: o.contextSize, parallel: o.parallel, flashAttention: o.flashAttention, quick: o.quick, sizes: z },
+        settings: { gpuLayers: o.gpuLayers, contextSize: o.contextSize, parallel: o.parallel, flashAttention: o.flashAttention, quick: o.quick, batchwiseArgs: o.batchwiseArgs ?? [], sizes: z },
         results: [], bounds: [],
     };
     mkdirSync(o.out, { recursive: true });

@@ -74,8 +74,8 @@ export function svg(r: Report): string {
     const max = Math.max(1, ...labels.flatMap((l) => series.map((s) => value(l, s))));
     const bw = 18, gap = 26, left = 70, top = 40, h = 260;
     const groupW = series.length * bw + gap;
-    const width = left + labels.length * groupW + 20;
-    const height = top + h + 120;
+    const width = left + labels.length * groupW + 160;
+    const height = top + h + 150;
     const esc = (s: string) => s.replace(/&/g, "&amp;").replace(/</g, "&lt;");
     const out: string[] = [`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="sans-serif" font-size="11">`];
     out.push(`<text x="${left}" y="20" font-size="14">Output tokens/s, ${esc(r.model.shape)} on ${esc(r.device)}</text>`);
@@ -92,7 +92,8 @@ export function svg(r: Report): string {
             const fill = s === "raw bound" ? "#cbd5e0" : COLORS[si % COLORS.length];
             out.push(`<rect x="${x0 + si * bw}" y="${top + h - bh}" width="${bw - 3}" height="${bh}" fill="${fill}"><title>${esc(s)}: ${Math.round(v)}</title></rect>`);
         });
-        out.push(`<text transform="translate(${x0 + 4},${top + h + 12}) rotate(30)">${esc(l)}</text>`);
+        const short = l.length > 34 ? `${l.slice(0, 33)}…` : l;
+        out.push(`<text transform="translate(${x0 + 4},${top + h + 12}) rotate(30)"><title>${esc(l)}</title>${esc(short)}</text>`);
     });
     series.forEach((s, si) => {
         const y = height - 14 - (series.length - 1 - si) * 0;

@@ -68,6 +68,7 @@ interface ServeFlags {
     parallel?: number;
     batchTokens?: number;
     ubatch?: number;
+    prefillChunk?: number;
     blockSize?: number;
     prefixCache: boolean;
     preemption?: "recompute" | "swap";
@@ -86,7 +87,7 @@ async function serve(flags: ServeFlags): Promise<void> {
     const log = pino({ level: flags.logLevel });
     const options: Omit<EngineOptions, "model"> = {
         gpuLayers: flags.gpuLayers, splitMode: flags.splitMode, tensorSplit: flags.tensorSplit, mainGpu: flags.mainGpu,
-        contextSize: flags.ctxSize, maxSequences: flags.parallel, batchTokens: flags.batchTokens, ubatchSize: flags.ubatch,
+        contextSize: flags.ctxSize, maxSequences: flags.parallel, batchTokens: flags.batchTokens, ubatchSize: flags.ubatch, prefillChunk: flags.prefillChunk,
         blockSize: flags.blockSize, prefixCache: flags.prefixCache, preemption: flags.preemption, maxQueued: flags.maxQueued,
         flashAttention: flags.flashAttn, kvCacheTypeK: flags.cacheTypeK, kvCacheTypeV: flags.cacheTypeV, threads: flags.threads,
     };
@@ -212,6 +213,7 @@ interface BenchFlags {
     workloads: string;
     llamaBin?: string;
     quick?: boolean;
+    batchwiseArgs?: string;
     out: string;
 }
 
@@ -225,6 +227,7 @@ async function bench(flags: BenchFlags): Promise<void> {
     const report = await runBench({
         model: flags.model, gpuLayers: flags.gpuLayers, contextSize: flags.ctxSize, parallel: flags.parallel, flashAttention: flags.flashAttn,
         servers, workloads, llamaBin: flags.llamaBin, quick: flags.quick === true, out: resolve(flags.out),
+        batchwiseArgs: flags.batchwiseArgs ? flags.batchwiseArgs.split(/\s+/).filter(Boolean) : [],
         log: (line) => process.stderr.write(`[bench] ${line}\n`),
     }, `npx batchwise bench ${process.argv.slice(3).map((a) => (/[\s,]/.test(a) ? JSON.stringify(a) : a)).join(" ")}`.trim());
     process.stderr.write(`[bench] done in ${((performance.now() - t0) / 1000).toFixed(0)} s: ${resolve(flags.out)}/report.{json,md} and chart.svg\n`);
@@ -249,6 +252,7 @@ function program(): Command {
         .option("--parallel <n>", "sequences decoded at once (default 64)", int(1))
         .option("--batch-tokens <n>", "tokens per scheduling step (default 2048)", int(1))
         .option("--ubatch <n>", "tokens per graph run (default 512)", int(1))
+        .option("--prefill-chunk <n>", "most prompt tokens one request computes in a step while others run or wait (default: --ubatch)", int(1))
         .option("--block-size <tokens>", "tokens per KV block (default 16)", int(1))
         .option("--no-prefix-cache", "do not keep and reuse computed prompt prefixes")
         .addOption(new Option("--preemption <mode>", "what a preempted request does").choices(["recompute", "swap"]))
@@ -291,6 +295,7 @@ function program(): Command {
         .option("--workloads <list>", "which workloads: throughput, prefix, hol, cold", "cold,throughput,prefix,hol")
         .option("--llama-bin <dir>", "folder with llama-server and llama-batched-bench (default: build them from the pinned source)")
         .option("--quick", "small counts and prompts (a smoke run, e.g. on the CPU)")
+        .option("--batchwise-args <args>", "extra 'batchwise serve' options, for an experiment (e.g. \"--no-prefix-cache\")")
         .option("--out <dir>", "where the report goes", "bench-results")
         .action((flags: BenchFlags) => bench(flags));
     return p;

@@ -27,6 +27,11 @@ export interface EngineOptions {
     batchTokens?: number;
     /** Tokens per graph run inside a step. Default 512. */
     ubatchSize?: number;
+    /**
+     * Most prompt tokens one request computes in a step while others run or wait, so a long prompt
+     * cannot stall their tokens and admissions. Default: ubatchSize.
+     */
+    prefillChunk?: number;
     /** Tokens per KV block (the unit of allocation and of prefix caching). Default 16. */
     blockSize?: number;
     /** Keep and reuse computed prompt prefixes. Default true. */
@@ -300,6 +305,7 @@ export class Engine {
         const batchTokens = int("batchTokens", 2048, maxSequences);
         const blockSize = int("blockSize", 16, 1, 4096);
         const ubatchSize = int("ubatchSize", Math.min(512, batchTokens), 1, batchTokens);
+        const prefillChunk = int("prefillChunk", ubatchSize, 1, batchTokens);
         const maxQueued = int("maxQueued", 1024, 1);
         int("contextSize", 0, 0);
         const preemption = options.preemption ?? "recompute";
@@ -332,7 +338,7 @@ export class Engine {
             const numBlocks = Math.floor(context.info.contextSize / blockSize);
             const pool = numBlocks * blockSize;
             return new Engine(model, context, { ...options }, {
-                numBlocks, blockSize, maxRunning: maxSequences, numSlots: maxSequences + cacheSlots, batchTokens,
+                numBlocks, blockSize, maxRunning: maxSequences, numSlots: maxSequences + cacheSlots, batchTokens, prefillChunk,
                 maxContext: Math.min(pool, trained > 0 ? trained : pool), prefixCache, preemption, swapSpaceBytes, watermark,
             }, maxQueued);
         } catch (e) {

@@ -28,6 +28,12 @@ export interface SchedulerOptions {
     numSlots: number;
     /** Tokens per step (decodes first, then prompt chunks). */
     batchTokens: number;
+    /**
+     * Most prompt tokens one sequence may compute in a step while other sequences run or wait (a lone
+     * prompt takes the whole budget). Keeps a long prompt from holding up others' decodes and
+     * admissions for whole multi-thousand-token steps. Default: batchTokens (no cap).
+     */
+    prefillChunk?: number;
     /** Most tokens (prompt + generated) one sequence may hold. */
     maxContext: number;
     prefixCache: boolean;
@@ -232,13 +238,16 @@ export class Scheduler {
             budget += e.n;
         };
         const running = this.running.slice();
+        // with company, no prompt takes more than prefillChunk of the step: the rest goes to the others
+        const company = this.running.length + this.waiting.length > 1;
+        const chunkCap = company ? Math.min(o.prefillChunk ?? o.batchTokens, o.batchTokens) : o.batchTokens;
         for (const decoding of [true, false]) {
             for (const seq of running) {
                 if (seq.state !== "running" || scheduled.has(seq)) continue;
                 const remaining = seq.tokens.length - seq.numComputed;
                 if ((remaining === 1) !== decoding) continue;
                 if (budget <= 0) break;
-                let n = Math.min(remaining, budget);
+                let n = Math.min(remaining, budget, decoding ? 1 : chunkCap);
                 if (!decoding) {
                     // a prompt chunk shrinks to the room there is before it preempts anyone
                     const room = (this.kv.blocksOf(seq.slot).length + this.kv.freeBlocks) * o.blockSize - seq.numComputed;
@@ -261,7 +270,7 @@ export class Scheduler {
         for (const seq of this.waiting.slice()) {
             if (budget <= 0 || this.running.length >= o.maxRunning) break;
             if (seq.state !== "waiting" && seq.state !== "swapped") continue;
-            const r = await this.admit(seq, budget);
+            const r = await this.admit(seq, Math.min(budget, chunkCap));
             if (r === "blocked") break;
             if (r === "skip" || r === 0) continue;
             const e = this.entry(seq, r);
