@@ -114,18 +114,22 @@ describe("scheduler", () => {
         }
     });
 
-    it("caps a long prompt's chunk while others run or wait, so a short prompt is admitted at once; alone it takes the whole step", async () => {
-        const run = setup({ batchTokens: 32, prefillChunk: 8, numBlocks: 128, maxContext: 256 });
+    it("lets a short prompt past long ones: one long prompt prefills at a time while others wait, and the step's leftover goes back to it", async () => {
+        const run = setup({ batchTokens: 32, prefillChunk: 8, longPrefills: 1, numBlocks: 256, maxContext: 256, maxRunning: 4 });
         const long = submit(run, prompt(200, 4), { maxTokens: 2 });
         await step(run);
         assert.equal(long.seqs[0].numComputed, 32, "alone: the whole budget");
+        const long2 = submit(run, prompt(150, 6), { maxTokens: 2 });
         const short = submit(run, prompt(6, 5), { maxTokens: 3 });
         await step(run);
-        assert.equal(long.seqs[0].numComputed, 40, "with company: one chunk of 8");
-        assert.equal(short.seqs[0].numComputed, 6, "the short prompt went in the same step");
+        assert.equal(short.seqs[0].numComputed, 6, "the short prompt went in at once, past the second long one");
         assert.equal(run.outputs.get(short)!.tokens[0].length, 1, "and has its first token");
+        assert.equal(long2.seqs[0].state, "waiting", "the second long prompt waits for the first one's turn to end");
+        assert.equal(long.seqs[0].numComputed, 32 + 8 + 18, "the first long prompt: its chunk, plus what the short one left of the step");
+        await step(run);
+        assert.equal(long.seqs[0].numComputed, 32 + 26 + 31, "a decode and one long prompt share the next step");
         await drain(run);
-        for (const r of [long, short]) {
+        for (const r of [long, long2, short]) {
             const want = fakeReference(r.seqs[0].tokens.slice(0, r.seqs[0].promptLength), r.spec.maxTokens, 256, VOCAB);
             assert.deepEqual(run.outputs.get(r)!.tokens[0], want.tokens);
         }
@@ -250,6 +254,7 @@ describe("scheduler properties", () => {
         cacheSlots: fc.integer({ min: 0, max: 4 }),
         batchTokens: fc.integer({ min: 6, max: 48 }),
         prefillChunk: fc.option(fc.integer({ min: 1, max: 16 }), { nil: undefined }),
+        longPrefills: fc.option(fc.integer({ min: 1, max: 2 }), { nil: undefined }),
         preemption: fc.constantFrom<PreemptionMode>("recompute", "swap"),
         prefixCache: fc.boolean(),
         watermark: fc.constantFrom(0, 0.05),
@@ -262,7 +267,7 @@ describe("scheduler properties", () => {
                 const maxContext = Math.min(64, numBlocks * c.blockSize);
                 const run = setup({
                     numBlocks, blockSize: c.blockSize, maxRunning: c.maxRunning, numSlots: c.maxRunning + c.cacheSlots,
-                    batchTokens: Math.max(c.batchTokens, c.maxRunning), prefillChunk: c.prefillChunk, maxContext, preemption: c.preemption, prefixCache: c.prefixCache,
+                    batchTokens: Math.max(c.batchTokens, c.maxRunning), prefillChunk: c.prefillChunk, longPrefills: c.longPrefills, maxContext, preemption: c.preemption, prefixCache: c.prefixCache,
                     watermark: c.watermark, swapSpaceBytes: 4096,
                 });
                 const families = [0, 1, 2, 3].map((f) => prompt(40, 100 + f));

@@ -32,6 +32,8 @@ export interface EngineOptions {
      * cannot stall their tokens and admissions. Default: ubatchSize.
      */
     prefillChunk?: number;
+    /** Long prompts (more than prefillChunk left) that prefill at once while others run or wait; shorter ones go past the rest. Default 1. */
+    longPrefills?: number;
     /** Tokens per KV block (the unit of allocation and of prefix caching). Default 16. */
     blockSize?: number;
     /** Keep and reuse computed prompt prefixes. Default true. */
@@ -306,6 +308,7 @@ export class Engine {
         const blockSize = int("blockSize", 16, 1, 4096);
         const ubatchSize = int("ubatchSize", Math.min(512, batchTokens), 1, batchTokens);
         const prefillChunk = int("prefillChunk", ubatchSize, 1, batchTokens);
+        const longPrefills = int("longPrefills", 1, 1);
         const maxQueued = int("maxQueued", 1024, 1);
         int("contextSize", 0, 0);
         const preemption = options.preemption ?? "recompute";
@@ -338,7 +341,7 @@ export class Engine {
             const numBlocks = Math.floor(context.info.contextSize / blockSize);
             const pool = numBlocks * blockSize;
             return new Engine(model, context, { ...options }, {
-                numBlocks, blockSize, maxRunning: maxSequences, numSlots: maxSequences + cacheSlots, batchTokens, prefillChunk,
+                numBlocks, blockSize, maxRunning: maxSequences, numSlots: maxSequences + cacheSlots, batchTokens, prefillChunk, longPrefills,
                 maxContext: Math.min(pool, trained > 0 ? trained : pool), prefixCache, preemption, swapSpaceBytes, watermark,
             }, maxQueued);
         } catch (e) {

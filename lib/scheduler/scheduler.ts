@@ -34,6 +34,12 @@ export interface SchedulerOptions {
      * admissions for whole multi-thousand-token steps. Default: batchTokens (no cap).
      */
     prefillChunk?: number;
+    /**
+     * While others run or wait, how many long prompts (more than prefillChunk tokens left) compute in
+     * one step; the rest wait their turn and shorter prompts go past them. Whatever budget is left at
+     * the end of the plan goes back to the prompts that were cut. Default: no limit.
+     */
+    longPrefills?: number;
     /** Most tokens (prompt + generated) one sequence may hold. */
     maxContext: number;
     prefixCache: boolean;
@@ -241,12 +247,15 @@ export class Scheduler {
         // with company, no prompt takes more than prefillChunk of the step: the rest goes to the others
         const company = this.running.length + this.waiting.length > 1;
         const chunkCap = company ? Math.min(o.prefillChunk ?? o.batchTokens, o.batchTokens) : o.batchTokens;
+        const longLimit = company ? (o.longPrefills ?? Infinity) : Infinity;
+        let longs = 0;
         for (const decoding of [true, false]) {
             for (const seq of running) {
                 if (seq.state !== "running" || scheduled.has(seq)) continue;
                 const remaining = seq.tokens.length - seq.numComputed;
                 if ((remaining === 1) !== decoding) continue;
                 if (budget <= 0) break;
+                if (!decoding && remaining > chunkCap && longs++ >= longLimit) continue; // its turn comes
                 let n = Math.min(remaining, budget, decoding ? 1 : chunkCap);
                 if (!decoding) {
                     // a prompt chunk shrinks to the room there is before it preempts anyone
@@ -270,13 +279,26 @@ export class Scheduler {
         for (const seq of this.waiting.slice()) {
             if (budget <= 0 || this.running.length >= o.maxRunning) break;
             if (seq.state !== "waiting" && seq.state !== "swapped") continue;
+            // a long prompt waits while the long-prompt turns are taken (cached blocks may shorten it: not counted)
+            if (seq.tokens.length - seq.numComputed > chunkCap && longs >= longLimit) continue;
             const r = await this.admit(seq, Math.min(budget, chunkCap));
             if (r === "blocked") break;
             if (r === "skip" || r === 0) continue;
+            if (seq.tokens.length - seq.numComputed > r) longs++;
             const e = this.entry(seq, r);
             entries.push(e);
             scheduled.set(seq, e);
             budget -= r;
+        }
+        // what is left goes back to the prompts the cap cut short, where the KV has room (no preemption)
+        for (const e of entries) {
+            if (budget <= 0) break;
+            const seq = e.seq;
+            const more = Math.min(seq.tokens.length - seq.numComputed - e.n, budget);
+            if (more <= 0 || e.n === 0 || !this.kv.reserve(seq.slot, seq.numComputed + e.n + more)) continue;
+            e.n += more;
+            e.output = seq.numComputed + e.n === seq.tokens.length;
+            budget -= more;
         }
         if (entries.length === 0) return null;
         let k = 0;
