@@ -38,6 +38,8 @@ export interface BenchOptions {
     llamaBin?: string;
     /** Smaller counts and prompts, for a CPU smoke run. */
     quick: boolean;
+    /** Leave out the llama-batched-bench bound (a re-run of servers only). */
+    skipBound?: boolean;
     /** Extra arguments for `batchwise serve` (an experiment, e.g. --no-prefix-cache); reported with the run. */
     batchwiseArgs?: string[];
     out: string;
@@ -266,7 +268,7 @@ export async function runBench(o: BenchOptions, command: string): Promise<Report
         writeFileSync(join(o.out, "report.md"), markdown(report));
         writeFileSync(join(o.out, "chart.svg"), svg(report));
     };
-    if (bin && (o.workloads.includes("throughput") || o.workloads.includes("prefix"))) {
+    if (bin && !o.skipBound && (o.workloads.includes("throughput") || o.workloads.includes("prefix"))) {
         o.log("llama-batched-bench: the raw-engine bound");
         report.bounds = batchedBenchBounds(o, path, bin, z);
         for (const b of report.bounds) o.log(`  ${b.label}: ${b.outputTokensPerS.toFixed(0)} out tok/s`);

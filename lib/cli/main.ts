@@ -214,6 +214,7 @@ interface BenchFlags {
     llamaBin?: string;
     quick?: boolean;
     batchwiseArgs?: string;
+    bound: boolean;
     out: string;
 }
 
@@ -227,7 +228,7 @@ async function bench(flags: BenchFlags): Promise<void> {
     const report = await runBench({
         model: flags.model, gpuLayers: flags.gpuLayers, contextSize: flags.ctxSize, parallel: flags.parallel, flashAttention: flags.flashAttn,
         servers, workloads, llamaBin: flags.llamaBin, quick: flags.quick === true, out: resolve(flags.out),
-        batchwiseArgs: flags.batchwiseArgs ? flags.batchwiseArgs.split(/\s+/).filter(Boolean) : [],
+        batchwiseArgs: flags.batchwiseArgs ? flags.batchwiseArgs.split(/\s+/).filter(Boolean) : [], skipBound: !flags.bound,
         log: (line) => process.stderr.write(`[bench] ${line}\n`),
     }, `npx batchwise bench ${process.argv.slice(3).map((a) => (/[\s,]/.test(a) ? JSON.stringify(a) : a)).join(" ")}`.trim());
     process.stderr.write(`[bench] done in ${((performance.now() - t0) / 1000).toFixed(0)} s: ${resolve(flags.out)}/report.{json,md} and chart.svg\n`);
@@ -295,6 +296,7 @@ function program(): Command {
         .option("--workloads <list>", "which workloads: throughput, prefix, hol, cold", "cold,throughput,prefix,hol")
         .option("--llama-bin <dir>", "folder with llama-server and llama-batched-bench (default: build them from the pinned source)")
         .option("--quick", "small counts and prompts (a smoke run, e.g. on the CPU)")
+        .option("--no-bound", "leave out the llama-batched-bench bound")
         .option("--batchwise-args <args>", "extra 'batchwise serve' options, for an experiment (e.g. \"--no-prefix-cache\")")
         .option("--out <dir>", "where the report goes", "bench-results")
         .action((flags: BenchFlags) => bench(flags));
