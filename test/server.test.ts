@@ -218,6 +218,10 @@ describe("server", () => {
         assert.deepEqual(list.data.map((m) => m.id).sort(), ["coder", "qwen"]);
         const missing = await send(url, "/v1/completions", { model: "gpt-4", prompt: "x" }, auth);
         assertOpenAIError(missing, 404, "model", "model_not_found");
+        // a name the server does not have is not a metric label (clients could mint series at will)
+        const m = (await send(url, "/metrics")).text;
+        assert.ok(!m.includes('model_name="gpt-4"'));
+        assert.match(m, /batchwise_requests_rejected_total\{model_name="unknown",reason="model_not_found"\} [1-9]/);
         const none = await send(url, "/v1/completions", { prompt: "x" }, auth);
         assertOpenAIError(none, 400, "model");
         const t = await send(url, "/tokenize", { model: "qwen", prompt: "hello world", add_special_tokens: false }, auth);
@@ -238,6 +242,8 @@ describe("server", () => {
         assertOpenAIError(ctx, 400, "prompt", "context_length_exceeded");
         assert.match(ctx.body.error.message, /5000/);
         assert.match(ctx.body.error.message, /2048/);
+        assertOpenAIError(await send(url, "/v1/completions", { model: "qwen", prompt: "x", top_k: 2 ** 31 }, auth), 400, "top_k");
+        assertOpenAIError(await send(url, "/v1/completions", { model: "qwen", prompt: "x", stop: Array.from({ length: 16 }, (_, i) => `s${i}`), stop_token_ids: [5] }, auth), 400, "stop");
         const big = await send(url, "/v1/completions", { model: "qwen", prompt: "x".repeat(300 * 1024) }, auth);
         assertOpenAIError(big, 413, null, "request_too_large");
         assertOpenAIError(await send(url, "/v2/nothing", undefined, auth), 404);
@@ -257,6 +263,8 @@ describe("server", () => {
             logprobs: field(fc.integer({ min: 0, max: 3 })),
             logit_bias: field(fc.dictionary(fc.integer({ min: 0, max: 40000 }).map(String), fc.integer({ min: -100, max: 100 }), { maxKeys: 2 })),
             seed: field(fc.integer({ min: 0, max: 100 })),
+            top_k: field(fc.oneof(fc.integer({ min: -1, max: 50 }), fc.integer({ min: 2 ** 31 - 2, max: 2 ** 33 }))),
+            repetition_penalty: field(fc.double({ min: 0.5, max: 2, noNaN: true })),
             suffix: field(fc.string({ maxLength: 8 })),
             echo: field(fc.boolean()),
         }, { requiredKeys: [] }).map((b) => ({ ...b, ...(typeof b.max_tokens !== "number" || b.max_tokens > 3 ? { max_tokens: 2 } : {}) }));
@@ -271,6 +279,9 @@ describe("server", () => {
         assertOpenAIError(await send(url, "/v1/models"), 401, null, "invalid_api_key");
         assertOpenAIError(await send(url, "/v1/models", undefined, { authorization: "Bearer wrong" }), 401, null, "invalid_api_key");
         assertOpenAIError(await send(url, "/tokenize", { prompt: "x" }), 401);
+        // a percent-encoded path reaches the same route: it needs the key as well
+        assertOpenAIError(await send(url, "/%761/completions", { model: "qwen", prompt: "x", max_tokens: 1 }), 401);
+        assertOpenAIError(await send(url, "/%74okenize", { model: "qwen", prompt: "x" }), 401);
         assert.equal((await send(url, "/v1/models", undefined, auth)).status, 200);
         assert.equal((await send(url, "/health")).status, 200);
         assert.equal((await send(url, "/ready")).status, 200);
@@ -309,6 +320,27 @@ describe("server", () => {
         const metricsAfter = (await send(url, "/metrics")).text;
         const disc = (t: string) => { try { return metricValue(t, "batchwise_client_disconnects_total", { model_name: "qwen" }); } catch { return 0; } };
         assert.equal(disc(metricsAfter), disc(metricsBefore) + 1);
+        const gone = (t: string) => { try { return metricValue(t, "batchwise_http_requests_total", { route: "/v1/completions", status: "499" }); } catch { return 0; } };
+        assert.equal(gone(metricsAfter), gone(metricsBefore) + 1, "the request that lost its client is logged and counted (499)");
+    });
+
+    it("ends a stream with an error event when serving fails after the headers went out", async () => {
+        const engine = server.engine("qwen")!;
+        const real = engine.tokenBytes.bind(engine);
+        engine.tokenBytes = () => {
+            throw new Error("boom");
+        };
+        try {
+            const r = await send(url, "/v1/completions", { model: "qwen", prompt: ["a", "b"], max_tokens: 400, ignore_eos: true, logprobs: 1, stream: true }, auth);
+            assert.equal(r.status, 200);
+            const events = sseEvents(r.text);
+            assert.equal(events.at(-1), "[DONE]");
+            assert.match(events.at(-2).error.message, /boom/);
+        } finally {
+            engine.tokenBytes = real;
+        }
+        await until(() => engine.stats().running === 0, 5000, "the other prompt's generation to be aborted");
+        assert.ok(engine.stats().totals.finished.abort >= 1);
     });
 
     it("exposes vLLM-named metrics that a Prometheus parser reads, counting only traffic after warm-up", async () => {
@@ -371,6 +403,8 @@ describe("server limits and lifecycle", () => {
             const seen = new Set<string>();
             let refused: Sent | undefined;
             for (;;) {
+                // metrics first: if /ready still says warming after, they were taken while warming
+                const metrics = (await send(server.url, "/metrics")).text;
                 const ready = await send(server.url, "/ready");
                 assert.equal((await send(server.url, "/health")).status, 200, "live while loading");
                 if (ready.status === 200) break;
@@ -378,6 +412,10 @@ describe("server limits and lifecycle", () => {
                 assert.ok(ready.headers.get("retry-after"));
                 seen.add(ready.body.status);
                 refused ??= await send(server.url, "/v1/completions", { prompt: "x", max_tokens: 1 });
+                if (ready.body.status === "warming") {
+                    // counters start after warm-up: none is shown before, so none can fall back
+                    assert.doesNotMatch(metrics, /^vllm:prompt_tokens_total\{/m);
+                }
             }
             assert.ok(seen.has("warming"), `saw ${[...seen].join(", ")}`);
             assertOpenAIError(refused!, 503, null, "not_ready");

@@ -135,6 +135,11 @@ async function serve(flags: ServeFlags): Promise<void> {
             process.exit(1);
         }
         log.info({ signal: sig, inflight: "draining" }, "stopping: not ready any more, finishing requests in flight");
+        // a wedged decode must not keep the pod from going: past the drain timeout and a grace, exit anyway
+        setTimeout(() => {
+            log.error("the drain did not finish in time: exiting");
+            process.exit(1);
+        }, flags.drainTimeout * 1000 + 15_000).unref();
         server.drain().then(() => {
             log.info("stopped");
             process.exit(0);
@@ -149,6 +154,7 @@ async function serve(flags: ServeFlags): Promise<void> {
         await server.ready();
     } catch (e) {
         bars?.stop();
+        if (signals > 0) return; // stopped while loading: the drain exits
         process.stderr.write(`batchwise: loading failed: ${(e as Error).message}\n`);
         await server.close().catch(() => {});
         process.exit(1);

@@ -95,13 +95,13 @@ export function validateRequest(req: RequestOptions, vocabSize: number): ValidRe
     const n = num(o, "n", (v) => isInt(v) && v >= 1 && v <= MAX_CHOICES, `must be an integer from 1 to ${MAX_CHOICES}`) ?? 1;
     const maxTokens = num(o, "maxTokens", (v) => isInt(v) && v >= 1, "must be a positive integer");
     const temperature = num(o, "temperature", (v) => v >= 0 && Number.isFinite(v), "must be a number >= 0") ?? 1;
-    const topK = num(o, "topK", (v) => isInt(v) && v >= 0, "must be an integer >= 0");
+    const topK = num(o, "topK", (v) => isInt(v) && v >= 0 && v < 2 ** 31, "must be an integer from 0 to 2147483647");
     const topP = num(o, "topP", (v) => v > 0 && v <= 1, "must be in (0, 1]");
     const minP = num(o, "minP", (v) => v >= 0 && v <= 1, "must be in [0, 1]");
     const repeatPenalty = num(o, "repeatPenalty", (v) => v > 0 && Number.isFinite(v), "must be a number > 0");
     const presencePenalty = num(o, "presencePenalty", (v) => v >= -2 && v <= 2, "must be in [-2, 2]");
     const frequencyPenalty = num(o, "frequencyPenalty", (v) => v >= -2 && v <= 2, "must be in [-2, 2]");
-    const penaltyLastN = num(o, "penaltyLastN", (v) => isInt(v) && v >= -1, "must be an integer >= -1");
+    const penaltyLastN = num(o, "penaltyLastN", (v) => isInt(v) && v >= -1 && v < 2 ** 31, "must be an integer from -1 to 2147483647");
     // 0xffffffff is llama.cpp's "pick a random seed": seeds stay below it
     const seed = num(o, "seed", (v) => isInt(v) && v >= 0 && v < 0xffffffff, "must be an integer from 0 to 4294967294");
     const logprobs = num(o, "logprobs", (v) => isInt(v) && v >= 0 && v <= MAX_LOGPROBS, `must be an integer from 0 to ${MAX_LOGPROBS}`);

@@ -34,9 +34,12 @@ export class ServerMetrics {
         const r = this.registry;
         collectDefaultMetrics({ register: r });
         const self = this;
-        const each = (fn: (name: string, s: EngineStats, base: Totals) => void) => {
+        const each = (fn: (name: string, s: EngineStats, base: Totals) => void, counting = false) => {
             for (const m of self.models()) {
-                if (m.engine) fn(m.name, m.engine.stats(), self.baselines.get(m.name) ?? zero());
+                const base = self.baselines.get(m.name);
+                // a counter starts once warm-up is over: shown earlier, it would fall back when the baseline is set
+                if (!m.engine || (counting && !base)) continue;
+                fn(m.name, m.engine.stats(), base ?? zero());
             }
         };
         const gauge = (name: string, help: string, read: (s: EngineStats) => number) =>
@@ -52,7 +55,7 @@ export class ServerMetrics {
                 name, help, labelNames: ["model_name"], registers: [r],
                 collect() {
                     this.reset();
-                    each((model, s, base) => this.inc({ model_name: model }, Math.max(0, read(s, base))));
+                    each((model, s, base) => this.inc({ model_name: model }, Math.max(0, read(s, base))), true);
                 },
             });
         gauge("vllm:num_requests_running", "Requests in the running batch.", (s) => s.running);

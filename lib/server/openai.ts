@@ -53,6 +53,7 @@ export function samplingOptions(b: SamplingBody, defaultMaxTokens: number | unde
     if (typeof b.stop === "string") stop.push(b.stop);
     else if (Array.isArray(b.stop)) stop.push(...b.stop);
     if (Array.isArray(b.stop_token_ids)) stop.push(...b.stop_token_ids);
+    if (stop.length > 16) throw badRequest(`'stop' and 'stop_token_ids' hold ${stop.length} entries together, at most 16 are allowed`, "stop");
     return {
         maxTokens: orUndef(b.max_tokens) ?? defaultMaxTokens,
         temperature: orUndef(b.temperature) ?? 1,

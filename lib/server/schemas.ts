@@ -31,7 +31,7 @@ const sampling = {
     stream: nullable({ type: "boolean" }),
     stream_options: nullable({ type: "object", properties: { include_usage: nullable({ type: "boolean" }) } }),
     user: nullable({ type: "string" }),
-    top_k: int(-1),
+    top_k: int(-1, 2 ** 31 - 1),
     min_p: num({ minimum: 0, maximum: 1 }),
     ignore_eos: nullable({ type: "boolean" }),
     priority: int(-(2 ** 31), 2 ** 31),

@@ -2,6 +2,7 @@
 // once, so that /health and /ready answer while the models load and warm up; /ready turns 200 only
 // when every model is loaded and warmed, and back to 503 when draining starts.
 import { createHash, randomUUID, timingSafeEqual } from "node:crypto";
+import { setMaxListeners } from "node:events";
 import type { ServerResponse } from "node:http";
 import { basename } from "node:path";
 import Fastify, { LogController, type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
@@ -155,7 +156,7 @@ export class BatchwiseServer {
                 if (!e.engine) {
                     const onProgress = this.options.onLoadProgress ? (p: number) => this.options.onLoadProgress!(e.name, p) : undefined;
                     e.engine = await Engine.load({ ...e.spec.options, model: e.spec.path!, ...(onProgress && { onProgress }) });
-                    if (this.stopping) return;
+                    if (this.stopping) throw new BatchwiseError(ErrorCode.EngineClosed, "the server stopped while loading");
                 }
             }
             this.stateValue = "warming";
@@ -168,13 +169,15 @@ export class BatchwiseServer {
                     this.log()?.info({ model: e.name, requests: r.requests, ms: Math.round(r.ms) }, "warm-up done");
                 }
                 this.metrics.resetBaseline(e.name, e.engine!);
-                if (this.stopping) return;
+                if (this.stopping) throw new BatchwiseError(ErrorCode.EngineClosed, "the server stopped while warming up");
             }
             if (this.stateValue === "warming") this.stateValue = "ready";
         } catch (e) {
             this.failure = e;
-            if (!this.stopping) this.stateValue = "failed";
-            this.log()?.error({ err: e }, "loading the models failed");
+            if (!this.stopping) {
+                this.stateValue = "failed";
+                this.log()?.error({ err: e }, "loading the models failed");
+            }
             throw e;
         }
     }
@@ -189,7 +192,9 @@ export class BatchwiseServer {
             const deadline = performance.now() + timeoutMs;
             while (this.inflight > 0 && performance.now() < deadline) await new Promise((r) => setTimeout(r, 10));
             for (const c of this.controllers) c.abort();
-            while (this.inflight > 0) await new Promise((r) => setTimeout(r, 5));
+            // aborted requests end at the engine's next step; a wedged decode must not hold the stop forever
+            const hard = performance.now() + 10_000;
+            while (this.inflight > 0 && performance.now() < hard) await new Promise((r) => setTimeout(r, 5));
             await this.startup?.catch(() => {});
             await this.app.close();
             await this.closeEngines();
@@ -237,7 +242,12 @@ export class BatchwiseServer {
         app.addHook("onRequest", async (req, reply) => {
             (req as unknown as { bwStart: number }).bwStart = performance.now();
             reply.header("x-request-id", req.id);
-            if (this.keyDigests.length > 0 && PROTECTED.test(req.url)) this.authorize(req);
+            // the route fastify matched (after decoding the path), not the raw URL: /%761/completions is /v1/completions
+            if (this.keyDigests.length > 0 && PROTECTED.test(req.routeOptions.url ?? req.url)) this.authorize(req);
+            // a client that goes away before the response ends gets its line too (status 499, as nginx logs it)
+            reply.raw.once("close", () => {
+                if (!reply.raw.writableFinished) this.logRequest(req, 499);
+            });
         });
         app.addHook("onResponse", async (req, reply) => this.logRequest(req, reply.statusCode));
 
@@ -325,7 +335,11 @@ export class BatchwiseServer {
         }
     }
 
+    private readonly logged = new WeakSet<FastifyRequest>();
+
     private logRequest(req: FastifyRequest, status: number): void {
+        if (this.logged.has(req)) return;
+        this.logged.add(req);
         const route = req.routeOptions?.url ?? "unknown";
         this.metrics.httpRequest(route, status);
         const i = this.info.get(req);
@@ -360,12 +374,15 @@ export class BatchwiseServer {
     private async serve(req: FastifyRequest, reply: FastifyReply, model: string | undefined,
         start: (engine: Engine, signal: AbortSignal) => Generation[],
         respond: (name: string, engine: Engine, gens: Generation[]) => Promise<unknown>): Promise<unknown> {
-        let name = model ?? "";
+        // a model name the server does not have is not a label value: clients could mint series at will
+        let name = model !== undefined && this.entries.has(model) ? model : "unknown";
+        let queued = false;
         try {
             const picked = this.pick(model);
             name = picked.name;
             this.info.set(req, { model: name });
             const ac = new AbortController();
+            setMaxListeners(0, ac.signal); // one listener per generation: a list of prompts has many
             this.inflight++;
             this.controllers.add(ac);
             const onClose = () => {
@@ -383,14 +400,19 @@ export class BatchwiseServer {
                     ac.abort();
                     throw e;
                 }
+                queued = true;
                 return await respond(name, picked.engine, gens);
             } finally {
+                // whatever ended the response (done, error, disconnect), nothing of it runs on unread
+                ac.abort();
                 this.inflight--;
                 this.controllers.delete(ac);
             }
         } catch (e) {
-            const api = e instanceof ApiError ? e : toApiError(e);
-            this.metrics.reject(name || "unknown", api.code ?? String(api.status));
+            if (!queued) {
+                const api = e instanceof ApiError ? e : toApiError(e);
+                this.metrics.reject(name, api.code ?? String(api.status));
+            }
             throw e;
         }
     }
@@ -420,6 +442,7 @@ export class BatchwiseServer {
                 : requests.map(() => "");
             if (b.stream) {
                 const sse = new Sse(reply, req.id);
+                return sse.guard(req, async () => {
                 const includeUsage = b.stream_options?.include_usage === true;
                 const chunk = (choices: unknown[]) => ({ id, object: "text_completion", created, model: name, choices, ...(includeUsage && { usage: null }) });
                 const offsets = new Map<number, number>();
@@ -444,6 +467,7 @@ export class BatchwiseServer {
                 if (includeUsage) sse.send({ id, object: "text_completion", created, model: name, choices: [], usage: usage(results) });
                 sse.end();
                 return reply;
+                });
             }
             const results = await Promise.all(gens.map((g) => g.result()));
             this.record(req, name, results, false);
@@ -469,6 +493,7 @@ export class BatchwiseServer {
             const gen = gens[0];
             if (b.stream) {
                 const sse = new Sse(reply, req.id);
+                return sse.guard(req, async () => {
                 const includeUsage = b.stream_options?.include_usage === true;
                 const chunk = (choices: unknown[]) => ({ id, object: "chat.completion.chunk", created, model: name, choices, ...(includeUsage && { usage: null }) });
                 const opened = new Set<number>();
@@ -491,6 +516,7 @@ export class BatchwiseServer {
                 if (includeUsage) sse.send({ id, object: "chat.completion.chunk", created, model: name, choices: [], usage: usage([result]) });
                 sse.end();
                 return reply;
+                });
             }
             const result = await gen.result();
             this.record(req, name, [result], false);
@@ -523,7 +549,10 @@ function modelNotFound(model: string, served: string[]): ApiError {
 function failIfErrored(results: GenerateResult[]): void {
     for (const r of results) {
         const c = r.choices.find((x) => x.finishReason === "error");
-        if (c) throw new ApiError(500, `generation failed: ${c.error instanceof Error ? c.error.message : String(c.error)}`, "server_error");
+        if (!c) continue;
+        // a sampler the native side refused is the request's fault; anything else is the server's
+        if (c.error instanceof BatchwiseError && (c.error.code === ErrorCode.SamplerInvalid || c.error.code === ErrorCode.InvalidArgument)) throw toApiError(c.error);
+        throw new ApiError(500, `generation failed: ${c.error instanceof Error ? c.error.message : String(c.error)}`, "server_error");
     }
 }
 
@@ -562,6 +591,18 @@ class Sse {
 
     end(): void {
         if (!this.res.writableEnded && !this.res.destroyed) this.res.end("data: [DONE]\n\n");
+    }
+
+    /** Runs the stream's body; a failure after the headers went out ends the stream with an error event. */
+    async guard<T>(req: FastifyRequest, body: () => Promise<T>): Promise<T | undefined> {
+        try {
+            return await body();
+        } catch (e) {
+            req.log.error({ err: e }, "stream failed");
+            this.send(toApiError(e).body());
+            this.end();
+            return undefined;
+        }
     }
 }
 
