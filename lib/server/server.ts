@@ -443,30 +443,30 @@ export class BatchwiseServer {
             if (b.stream) {
                 const sse = new Sse(reply, req.id);
                 return sse.guard(req, async () => {
-                const includeUsage = b.stream_options?.include_usage === true;
-                const chunk = (choices: unknown[]) => ({ id, object: "text_completion", created, model: name, choices, ...(includeUsage && { usage: null }) });
-                const offsets = new Map<number, number>();
-                const results = await Promise.all(gens.map((g, p) => pump(g, (ev) => {
-                    const index = p * n + ("index" in ev ? ev.index : 0);
-                    if (ev.type === "delta") {
-                        let text = ev.text;
-                        if (!offsets.has(index)) {
-                            text = echoes[p] + text;
-                            offsets.set(index, 0);
+                    const includeUsage = b.stream_options?.include_usage === true;
+                    const chunk = (choices: unknown[]) => ({ id, object: "text_completion", created, model: name, choices, ...(includeUsage && { usage: null }) });
+                    const offsets = new Map<number, number>();
+                    const results = await Promise.all(gens.map((g, p) => pump(g, (ev) => {
+                        const index = p * n + ("index" in ev ? ev.index : 0);
+                        if (ev.type === "delta") {
+                            let text = ev.text;
+                            if (!offsets.has(index)) {
+                                text = echoes[p] + text;
+                                offsets.set(index, 0);
+                            }
+                            if (text.length === 0 && !ev.logprobs) return;
+                            const off = offsets.get(index)!;
+                            offsets.set(index, off + text.length);
+                            sse.send(chunk([{ index, text, logprobs: ev.logprobs ? completionLogprobs(engine, ev.logprobs, off) : null, finish_reason: null }]));
+                        } else if (ev.type === "finish") {
+                            if (ev.finishReason === "error") sse.send(errorChunk(ev.error));
+                            else sse.send(chunk([{ index, text: offsets.has(index) ? "" : echoes[p], logprobs: null, finish_reason: ev.finishReason }]));
                         }
-                        if (text.length === 0 && !ev.logprobs) return;
-                        const off = offsets.get(index)!;
-                        offsets.set(index, off + text.length);
-                        sse.send(chunk([{ index, text, logprobs: ev.logprobs ? completionLogprobs(engine, ev.logprobs, off) : null, finish_reason: null }]));
-                    } else if (ev.type === "finish") {
-                        if (ev.finishReason === "error") sse.send(errorChunk(ev.error));
-                        else sse.send(chunk([{ index, text: offsets.has(index) ? "" : echoes[p], logprobs: null, finish_reason: ev.finishReason }]));
-                    }
-                })));
-                this.record(req, name, results, true);
-                if (includeUsage) sse.send({ id, object: "text_completion", created, model: name, choices: [], usage: usage(results) });
-                sse.end();
-                return reply;
+                    })));
+                    this.record(req, name, results, true);
+                    if (includeUsage) sse.send({ id, object: "text_completion", created, model: name, choices: [], usage: usage(results) });
+                    sse.end();
+                    return reply;
                 });
             }
             const results = await Promise.all(gens.map((g) => g.result()));
@@ -494,28 +494,28 @@ export class BatchwiseServer {
             if (b.stream) {
                 const sse = new Sse(reply, req.id);
                 return sse.guard(req, async () => {
-                const includeUsage = b.stream_options?.include_usage === true;
-                const chunk = (choices: unknown[]) => ({ id, object: "chat.completion.chunk", created, model: name, choices, ...(includeUsage && { usage: null }) });
-                const opened = new Set<number>();
-                const open = (index: number) => {
-                    if (opened.has(index)) return;
-                    opened.add(index);
-                    sse.send(chunk([{ index, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null }]));
-                };
-                for (let i = 0; i < (b.n ?? 1); i++) open(i);
-                const [result] = await Promise.all([pump(gen, (ev) => {
-                    if (ev.type === "delta") {
-                        if (ev.text.length === 0 && !ev.logprobs) return;
-                        sse.send(chunk([{ index: ev.index, delta: { content: ev.text }, logprobs: ev.logprobs ? chatLogprobs(engine, ev.logprobs) : null, finish_reason: null }]));
-                    } else if (ev.type === "finish") {
-                        if (ev.finishReason === "error") sse.send(errorChunk(ev.error));
-                        else sse.send(chunk([{ index: ev.index, delta: {}, logprobs: null, finish_reason: ev.finishReason }]));
-                    }
-                })]);
-                this.record(req, name, [result], true);
-                if (includeUsage) sse.send({ id, object: "chat.completion.chunk", created, model: name, choices: [], usage: usage([result]) });
-                sse.end();
-                return reply;
+                    const includeUsage = b.stream_options?.include_usage === true;
+                    const chunk = (choices: unknown[]) => ({ id, object: "chat.completion.chunk", created, model: name, choices, ...(includeUsage && { usage: null }) });
+                    const opened = new Set<number>();
+                    const open = (index: number) => {
+                        if (opened.has(index)) return;
+                        opened.add(index);
+                        sse.send(chunk([{ index, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null }]));
+                    };
+                    for (let i = 0; i < (b.n ?? 1); i++) open(i);
+                    const [result] = await Promise.all([pump(gen, (ev) => {
+                        if (ev.type === "delta") {
+                            if (ev.text.length === 0 && !ev.logprobs) return;
+                            sse.send(chunk([{ index: ev.index, delta: { content: ev.text }, logprobs: ev.logprobs ? chatLogprobs(engine, ev.logprobs) : null, finish_reason: null }]));
+                        } else if (ev.type === "finish") {
+                            if (ev.finishReason === "error") sse.send(errorChunk(ev.error));
+                            else sse.send(chunk([{ index: ev.index, delta: {}, logprobs: null, finish_reason: ev.finishReason }]));
+                        }
+                    })]);
+                    this.record(req, name, [result], true);
+                    if (includeUsage) sse.send({ id, object: "chat.completion.chunk", created, model: name, choices: [], usage: usage([result]) });
+                    sse.end();
+                    return reply;
                 });
             }
             const result = await gen.result();
