@@ -29,7 +29,7 @@ export type {
 } from "./binding/index.js";
 export { Engine, Generation } from "./engine/engine.js";
 export type {
-    ChatRequest, Choice, EngineOptions, EngineStats, GenerateEvent, GenerateResult, Timings, TokenLogprob, Usage,
+    ChatRequest, Choice, EngineOptions, EngineSettings, EngineStats, GenerateEvent, GenerateResult, Timings, TokenLogprob, Usage,
 } from "./engine/engine.js";
 export type { ChatFormatOptions, ChatMessage } from "./engine/chat-template.js";
 export type { GenerateRequest, RequestOptions, ResponseFormat, SamplingOptions } from "./engine/request.js";

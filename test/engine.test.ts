@@ -313,6 +313,10 @@ describe("engine", () => {
     it("applies the model's Jinja chat template", async () => {
         await withEngine({}, async (e) => {
             assert.equal(e.chatTemplateKind, "jinja");
+            assert.deepEqual(e.settings, {
+                maxSequences: 16, cacheSlots: 16, batchTokens: 512, prefillChunk: 512, longPrefills: 1, blockSize: 16,
+                prefixCache: true, preemption: "recompute", maxQueued: 1024,
+            }, "load() resolved every default");
             const messages = [{ role: "user", content: "Write a haiku about GPUs." }];
             const r = await e.chat({ messages, maxTokens: 4, temperature: 0, ignoreEos: true }).result();
             const text = e.formatChat(messages);

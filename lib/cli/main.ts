@@ -179,8 +179,8 @@ function summary(server: BatchwiseServer, auth: boolean): string {
         const s = engine.stats();
         lines.push(`  model '${name}': ${m.architecture}, ${(m.parameters / 1e9).toFixed(m.parameters < 1e9 ? 3 : 1)}B parameters, ${gib(m.sizeBytes)}`);
         lines.push(`    context ${engine.maxContext} tokens per request; KV cache ${s.kv.blocks} blocks of ${s.kv.blockSize} tokens; ` +
-            `${engine.options.maxSequences ?? 64} sequences at once; ${engine.options.batchTokens ?? 2048} tokens a step; ` +
-            `prefix cache ${engine.options.prefixCache === false ? "off" : "on"}; chat template ${engine.chatTemplateKind}; ` +
+            `${engine.settings.maxSequences} sequences at once; ${engine.settings.batchTokens} tokens a step; ` +
+            `prefix cache ${engine.settings.prefixCache ? "on" : "off"}; chat template ${engine.chatTemplateKind}; ` +
             `fill-in-the-middle ${engine.supportsInfill ? "yes" : "no"}; warm-up ${Math.round(warmupMs)} ms`);
     }
     lines.push(`  ready on ${server.url}  (OpenAI API under /v1; /health, /ready, /metrics${auth ? "; API key required for /v1" : ""})`);

@@ -56,6 +56,18 @@ export interface EngineOptions {
     onProgress?: (progress: number) => void;
 }
 
+export interface EngineSettings {
+    maxSequences: number;
+    cacheSlots: number;
+    batchTokens: number;
+    prefillChunk: number;
+    longPrefills: number;
+    blockSize: number;
+    prefixCache: boolean;
+    preemption: PreemptionMode;
+    maxQueued: number;
+}
+
 export interface TokenLogprob {
     token: number;
     logprob: number;
@@ -280,11 +292,18 @@ export class Engine {
     };
     readonly maxContext: number;
     readonly maxQueued: number;
+    /** The settings in force, defaults resolved: what load() made of the options. */
+    readonly settings: Readonly<EngineSettings>;
 
     private constructor(readonly model: LlamaModel, readonly context: LlamaContext, readonly options: Readonly<EngineOptions>,
         scheduling: Omit<SchedulerOptions, "isEog">, maxQueued: number) {
         this.maxContext = scheduling.maxContext;
         this.maxQueued = maxQueued;
+        this.settings = {
+            maxSequences: scheduling.maxRunning, cacheSlots: scheduling.numSlots - scheduling.maxRunning, batchTokens: scheduling.batchTokens,
+            prefillChunk: scheduling.prefillChunk ?? scheduling.batchTokens, longPrefills: scheduling.longPrefills ?? Infinity,
+            blockSize: scheduling.blockSize, prefixCache: scheduling.prefixCache, preemption: scheduling.preemption, maxQueued,
+        };
         this.scheduler = new Scheduler(context, { ...scheduling, isEog: (t) => model.isEog(t) });
         this.chatFormatter = new ChatFormatter(model);
         this.loopDone = this.loop();

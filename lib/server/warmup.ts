@@ -24,7 +24,7 @@ export async function warmUp(engine: Engine, options: WarmupOptions = {}): Promi
     const maxTokens = options.maxTokens ?? 8;
     const room = engine.maxContext - maxTokens - 1;
     const lengths = (options.promptLengths ?? [16, 128, 512, 2048]).filter((n) => n >= 1 && n <= room);
-    const concurrency = Math.max(1, Math.min(options.concurrency ?? 8, engine.options.maxSequences ?? 64));
+    const concurrency = Math.max(1, Math.min(options.concurrency ?? 8, engine.settings.maxSequences));
     const base = await engine.tokenize("def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n    a, b = 0, 1\n", { addSpecial: false });
     const filler = base.length > 0 ? base : [0];
     const prompt = (n: number, salt: number) => Array.from({ length: n }, (_, i) => filler[(i + salt) % filler.length]);
