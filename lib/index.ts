@@ -5,6 +5,8 @@ export {
     LlamaContext,
     LlamaModel,
     LogLevel,
+    cacheDir,
+    cachedRandomModel,
     createRandomModel,
     getDevices,
     jsonSchemaToGrammar,

@@ -1,7 +1,10 @@
 // Model loading, metadata, tokenizer and chat template on generated random-weight models.
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { getDevices, LogLevel, setLogger, systemInfo, LlamaModel } from "../lib/index.js";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { cachedRandomModel, getDevices, LogLevel, setLogger, systemInfo, LlamaModel } from "../lib/index.js";
 import { gpu, loadModel, modelPath, tinyLlama, tinyQwen } from "./helpers.js";
 
 describe("model", () => {
@@ -135,6 +138,26 @@ describe("model", () => {
         assert.equal(lines.length, n);
         assert.throws(() => setLogger("console" as never), { code: "ERR_INVALID_ARGUMENT" });
         assert.throws(() => setLogger(null, 9 as never), { code: "ERR_INVALID_ARGUMENT" });
+    });
+
+    it("makes a random model once per shape in the cache folder", async () => {
+        const dir = mkdtempSync(join(tmpdir(), "bw-cache-"));
+        const saved = process.env.XDG_CACHE_HOME;
+        process.env.XDG_CACHE_HOME = dir;
+        try {
+            const shape = { vocabFrom: "llama-spm", architecture: "llama" as const, embeddingSize: 32, layers: 1, heads: 2, kvHeads: 2, feedForwardSize: 64, contextLength: 256 };
+            const a = await cachedRandomModel("t", shape);
+            const b = await cachedRandomModel("t", shape);
+            const c = await cachedRandomModel("t", { ...shape, layers: 2 });
+            assert.ok(a.made && !b.made && c.made);
+            assert.equal(a.path, b.path);
+            assert.notEqual(a.path, c.path, "another shape, another file");
+            assert.ok(a.path.startsWith(join(dir, "batchwise", "models")));
+        } finally {
+            if (saved === undefined) delete process.env.XDG_CACHE_HOME;
+            else process.env.XDG_CACHE_HOME = saved;
+            rmSync(dir, { recursive: true, force: true });
+        }
     });
 
     it("loads a vocabulary-only model for tokenizing", async () => {

@@ -2,12 +2,11 @@
 // with backend sampling, -bs), one after the other on the same GPU, model file, llama.cpp source and
 // matched settings, driven by the same load generator; llama-batched-bench gives the raw-engine bound.
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
-import { existsSync, mkdirSync, writeFileSync } from "node:fs";
+import { mkdirSync, writeFileSync } from "node:fs";
 import { createServer as netServer } from "node:net";
-import { homedir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { createRandomModel, systemInfo, LlamaModel, type RandomModelOptions } from "../index.js";
+import { cacheDir, cachedRandomModel, systemInfo, LlamaModel, type RandomModelOptions } from "../index.js";
 import { closedLoop, percentile, randomTokens, streamOne, summarize, type BenchRequest, type RequestRecord, type RunStats } from "./loadgen.js";
 import { markdown, svg, type BoundResult, type CaseResult, type Report } from "./report.js";
 
@@ -46,21 +45,13 @@ export interface BenchOptions {
     log: (line: string) => void;
 }
 
-function cacheDir(): string {
-    return join(process.env.XDG_CACHE_HOME ?? join(homedir(), ".cache"), "batchwise", "bench");
-}
-
 async function resolveModel(o: BenchOptions): Promise<{ path: string; shape: string }> {
     const shape = SHAPES[o.model];
     if (!shape) return { path: o.model, shape: o.model.split("/").pop() ?? o.model };
-    const path = join(cacheDir(), `qwen2-${o.model}-f16-random.gguf`);
-    if (!existsSync(path)) {
-        mkdirSync(dirname(path), { recursive: true });
-        const t0 = performance.now();
-        o.log(`making the ${o.model} random-weight model: ${path}`);
-        await createRandomModel({ ...shape, out: path, threads: undefined });
-        o.log(`  made in ${((performance.now() - t0) / 1000).toFixed(0)} s`);
-    }
+    const t0 = performance.now();
+    o.log(`the ${o.model} random-weight model: made once, then kept in ${cacheDir()}/models`);
+    const { path, made } = await cachedRandomModel(`bench-qwen2-${o.model}`, shape);
+    if (made) o.log(`  made ${path} in ${((performance.now() - t0) / 1000).toFixed(0)} s`);
     return { path, shape: `Qwen2.5-${o.model.toUpperCase()} shape (qwen2, embedding ${shape.embeddingSize}, ${shape.layers} layers, ${shape.heads}/${shape.kvHeads} heads, f16)` };
 }
 

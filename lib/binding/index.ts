@@ -1,6 +1,8 @@
 // The low-level binding: typed classes over the native addon. Every native error surfaces as a
 // BatchwiseError with a stable code. The engine is the only intended caller inside batchwise.
-import { existsSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { existsSync, mkdirSync } from "node:fs";
+import { homedir } from "node:os";
 import { isAbsolute, join } from "node:path";
 import { BatchwiseError, ErrorCode, native, nativeAsync } from "./errors.js";
 import {
@@ -292,4 +294,22 @@ export function createRandomModel(options: RandomModelOptions): Promise<{ path: 
     }
     const vocabFrom = resolveVocab(options.vocabFrom);
     return nativeAsync(() => loadNative().createRandomModel({ ...options, vocabFrom }));
+}
+
+/** Where batchwise keeps files it makes once per machine: $XDG_CACHE_HOME/batchwise, else ~/.cache/batchwise. */
+export function cacheDir(): string {
+    return join(process.env.XDG_CACHE_HOME ?? join(homedir(), ".cache"), "batchwise");
+}
+
+/**
+ * A random-weight model of this shape, made on first use and kept in cacheDir()/models. The file name
+ * carries a hash of the shape, so a changed shape makes a new file instead of reusing a stale one.
+ */
+export async function cachedRandomModel(name: string, shape: Omit<RandomModelOptions, "out">): Promise<{ path: string; made: boolean }> {
+    const key = createHash("sha256").update(JSON.stringify(shape)).digest("hex").slice(0, 10);
+    const path = join(cacheDir(), "models", `${name}-${key}.gguf`);
+    if (existsSync(path)) return { path, made: false };
+    mkdirSync(join(cacheDir(), "models"), { recursive: true });
+    await createRandomModel({ ...shape, out: path });
+    return { path, made: true };
 }

@@ -1,17 +1,16 @@
 #!/usr/bin/env node
 // The batchwise command: serve, devices, make-model. Parsing and help come from commander; the load
 // progress bar from cli-progress. Logs (one JSON line a request) go to stdout, the human summary to stderr.
-import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync } from "node:fs";
-import { homedir } from "node:os";
+import { existsSync, readFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Command, InvalidArgumentError, Option } from "commander";
 import cliProgress from "cli-progress";
 import { pino } from "pino";
-import { createRandomModel, getDevices, resolveVocab, systemInfo, type EngineOptions, type KvCacheType, type RandomModelOptions, type SplitMode } from "../index.js";
+import { cachedRandomModel, createRandomModel, getDevices, resolveVocab, systemInfo, type EngineOptions, type KvCacheType, type RandomModelOptions, type SplitMode } from "../index.js";
 import { createServer, type BatchwiseServer, type ServedModel } from "../server/server.js";
 import { runBench, SHAPES, type ServerKind, type WorkloadName } from "../bench/bench.js";
+import { markdown } from "../bench/report.js";
 
 const pkg = JSON.parse(readFileSync(join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..", "package.json"), "utf8")) as { version: string };
 
@@ -33,20 +32,6 @@ const DEMO_MODEL: Omit<RandomModelOptions, "out"> = {
     vocabFrom: "qwen2", architecture: "qwen2", embeddingSize: 128, layers: 4, heads: 4, kvHeads: 2,
     feedForwardSize: 256, contextLength: 8192, type: "f16", seed: 7,
 };
-
-function cacheDir(): string {
-    return join(process.env.XDG_CACHE_HOME ?? join(homedir(), ".cache"), "batchwise");
-}
-
-async function demoModel(): Promise<string> {
-    const key = createHash("sha256").update(JSON.stringify(DEMO_MODEL)).digest("hex").slice(0, 10);
-    const out = join(cacheDir(), `demo-qwen2-${key}.gguf`);
-    if (!existsSync(out)) {
-        mkdirSync(dirname(out), { recursive: true });
-        await createRandomModel({ ...DEMO_MODEL, out });
-    }
-    return out;
-}
 
 function parseModelArg(arg: string): ServedModel {
     const eq = arg.indexOf("=");
@@ -96,7 +81,7 @@ async function serve(flags: ServeFlags): Promise<void> {
     if (flags.model.length === 0) {
         process.stderr.write("batchwise: no --model given, so this serves 'demo': a small model with RANDOM weights (its output is gibberish),\n" +
             "           the real Qwen2 tokenizer and chat template, for trying the API out. Pass --model PATH.gguf for a real model.\n");
-        models = [{ name: "demo", path: await demoModel(), options: { contextSize: 8192, ...options } }];
+        models = [{ name: "demo", path: (await cachedRandomModel("demo-qwen2", DEMO_MODEL)).path, options: { contextSize: 8192, ...options } }];
     } else {
         models = flags.model.map((m) => ({ ...parseModelArg(m), options }));
         for (const m of models) {
@@ -238,7 +223,7 @@ async function bench(flags: BenchFlags): Promise<void> {
         log: (line) => process.stderr.write(`[bench] ${line}\n`),
     }, `npx batchwise bench ${process.argv.slice(3).map((a) => (/[\s,]/.test(a) ? JSON.stringify(a) : a)).join(" ")}`.trim());
     process.stderr.write(`[bench] done in ${((performance.now() - t0) / 1000).toFixed(0)} s: ${resolve(flags.out)}/report.{json,md} and chart.svg\n`);
-    process.stdout.write((await import("../bench/report.js")).markdown(report));
+    process.stdout.write(markdown(report));
 }
 
 function program(): Command {
