@@ -346,7 +346,7 @@ export class BatchwiseServer {
         const line = {
             method: req.method, url: req.url, status, ms: Math.round((performance.now() - (req as unknown as { bwStart: number }).bwStart) || 0), ...i,
         };
-        if (PROBES.has(req.url)) req.log.debug(line, "request");
+        if (PROBES.has(route)) req.log.debug(line, "request");
         else req.log.info(line, "request");
     }
 
@@ -420,10 +420,32 @@ export class BatchwiseServer {
     private record(req: FastifyRequest, name: string, results: GenerateResult[], stream: boolean): void {
         for (const r of results) this.metrics.observe(name, r);
         const u = usage(results);
+        const ttft = results.map((r) => r.timings.ttftMs).filter((t) => t >= 0); // -1: ended before a token
         this.info.set(req, {
             model: name, stream, promptTokens: u.prompt_tokens, completionTokens: u.completion_tokens, cachedTokens: u.prompt_tokens_details.cached_tokens,
-            ttftMs: Math.round(Math.min(...results.map((r) => r.timings.ttftMs))),
+            ttftMs: ttft.length > 0 ? Math.round(Math.min(...ttft)) : undefined,
             finishReasons: results.flatMap((r) => r.choices.map((c) => c.finishReason)),
+        });
+    }
+
+    /**
+     * Streams generations as server-sent events: `opening` chunks, then each event's choices (null: none),
+     * an error event for a choice that failed, the usage chunk when asked for, and [DONE].
+     */
+    private stream(req: FastifyRequest, reply: FastifyReply, name: string, head: { id: string; object: string; created: number },
+        gens: Generation[], includeUsage: boolean, choices: (prompt: number, ev: StreamEvent) => unknown[] | null, opening: unknown[][] = []): Promise<unknown> {
+        const sse = new Sse(reply, req.id);
+        return sse.guard(req, async () => {
+            const chunk = (cs: unknown[]) => ({ ...head, model: name, choices: cs, ...(includeUsage && { usage: null }) });
+            for (const cs of opening) sse.send(chunk(cs));
+            const results = await Promise.all(gens.map((g, p) => pump(g, (ev) => {
+                if (ev.type === "finish" && ev.finishReason === "error") return sse.send(choiceError(ev.error).body());
+                const cs = choices(p, ev);
+                if (cs) sse.send(chunk(cs));
+            })));
+            this.record(req, name, results, true);
+            if (includeUsage) sse.send({ ...head, model: name, choices: [], usage: usage(results) });
+            sse.end();
         });
     }
 
@@ -441,32 +463,15 @@ export class BatchwiseServer {
                 ? await Promise.all(requests.map((r) => (typeof r.prompt === "string" ? r.prompt : engine.detokenize(Array.from(r.prompt)))))
                 : requests.map(() => "");
             if (b.stream) {
-                const sse = new Sse(reply, req.id);
-                return sse.guard(req, async () => {
-                    const includeUsage = b.stream_options?.include_usage === true;
-                    const chunk = (choices: unknown[]) => ({ id, object: "text_completion", created, model: name, choices, ...(includeUsage && { usage: null }) });
-                    const offsets = new Map<number, number>();
-                    const results = await Promise.all(gens.map((g, p) => pump(g, (ev) => {
-                        const index = p * n + ("index" in ev ? ev.index : 0);
-                        if (ev.type === "delta") {
-                            let text = ev.text;
-                            if (!offsets.has(index)) {
-                                text = echoes[p] + text;
-                                offsets.set(index, 0);
-                            }
-                            if (text.length === 0 && !ev.logprobs) return;
-                            const off = offsets.get(index)!;
-                            offsets.set(index, off + text.length);
-                            sse.send(chunk([{ index, text, logprobs: ev.logprobs ? completionLogprobs(engine, ev.logprobs, off) : null, finish_reason: null }]));
-                        } else if (ev.type === "finish") {
-                            if (ev.finishReason === "error") sse.send(errorChunk(ev.error));
-                            else sse.send(chunk([{ index, text: offsets.has(index) ? "" : echoes[p], logprobs: null, finish_reason: ev.finishReason }]));
-                        }
-                    })));
-                    this.record(req, name, results, true);
-                    if (includeUsage) sse.send({ id, object: "text_completion", created, model: name, choices: [], usage: usage(results) });
-                    sse.end();
-                    return reply;
+                const offsets = new Map<number, number>(); // text streamed so far per choice; present once its echo went out
+                return this.stream(req, reply, name, { id, object: "text_completion", created }, gens, b.stream_options?.include_usage === true, (p, ev) => {
+                    const index = p * n + ev.index;
+                    const sent = offsets.get(index);
+                    if (ev.type === "finish") return [{ index, text: sent === undefined ? echoes[p] : "", logprobs: null, finish_reason: ev.finishReason }];
+                    const text = sent === undefined ? echoes[p] + ev.text : ev.text;
+                    if (text.length === 0 && !ev.logprobs) return null;
+                    offsets.set(index, (sent ?? 0) + text.length);
+                    return [{ index, text, logprobs: ev.logprobs ? completionLogprobs(engine, ev.logprobs, sent ?? 0) : null, finish_reason: null }];
                 });
             }
             const results = await Promise.all(gens.map((g) => g.result()));
@@ -492,31 +497,12 @@ export class BatchwiseServer {
         return this.serve(req, reply, b.model, (engine, signal) => [engine.chat({ ...chatRequest(b), signal })], async (name, engine, gens) => {
             const gen = gens[0];
             if (b.stream) {
-                const sse = new Sse(reply, req.id);
-                return sse.guard(req, async () => {
-                    const includeUsage = b.stream_options?.include_usage === true;
-                    const chunk = (choices: unknown[]) => ({ id, object: "chat.completion.chunk", created, model: name, choices, ...(includeUsage && { usage: null }) });
-                    const opened = new Set<number>();
-                    const open = (index: number) => {
-                        if (opened.has(index)) return;
-                        opened.add(index);
-                        sse.send(chunk([{ index, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null }]));
-                    };
-                    for (let i = 0; i < (b.n ?? 1); i++) open(i);
-                    const [result] = await Promise.all([pump(gen, (ev) => {
-                        if (ev.type === "delta") {
-                            if (ev.text.length === 0 && !ev.logprobs) return;
-                            sse.send(chunk([{ index: ev.index, delta: { content: ev.text }, logprobs: ev.logprobs ? chatLogprobs(engine, ev.logprobs) : null, finish_reason: null }]));
-                        } else if (ev.type === "finish") {
-                            if (ev.finishReason === "error") sse.send(errorChunk(ev.error));
-                            else sse.send(chunk([{ index: ev.index, delta: {}, logprobs: null, finish_reason: ev.finishReason }]));
-                        }
-                    })]);
-                    this.record(req, name, [result], true);
-                    if (includeUsage) sse.send({ id, object: "chat.completion.chunk", created, model: name, choices: [], usage: usage([result]) });
-                    sse.end();
-                    return reply;
-                });
+                const opening = Array.from({ length: b.n ?? 1 }, (_, index) => [{ index, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null }]);
+                return this.stream(req, reply, name, { id, object: "chat.completion.chunk", created }, [gen], b.stream_options?.include_usage === true, (_p, ev) => {
+                    if (ev.type === "finish") return [{ index: ev.index, delta: {}, logprobs: null, finish_reason: ev.finishReason }];
+                    if (ev.text.length === 0 && !ev.logprobs) return null;
+                    return [{ index: ev.index, delta: { content: ev.text }, logprobs: ev.logprobs ? chatLogprobs(engine, ev.logprobs) : null, finish_reason: null }];
+                }, opening);
             }
             const result = await gen.result();
             this.record(req, name, [result], false);
@@ -546,22 +532,23 @@ function modelNotFound(model: string, served: string[]): ApiError {
     return new ApiError(404, `The model '${model}' does not exist (this server has: ${served.join(", ")})`, "not_found_error", "model", "model_not_found");
 }
 
+/** The error a failed choice answers with: a sampler the native side refused is the request's fault, anything else the server's. */
+function choiceError(error: unknown): ApiError {
+    if (error instanceof BatchwiseError && (error.code === ErrorCode.SamplerInvalid || error.code === ErrorCode.InvalidArgument)) return toApiError(error);
+    return new ApiError(500, `generation failed: ${error instanceof Error ? error.message : String(error)}`, "server_error");
+}
+
 function failIfErrored(results: GenerateResult[]): void {
     for (const r of results) {
         const c = r.choices.find((x) => x.finishReason === "error");
-        if (!c) continue;
-        // a sampler the native side refused is the request's fault; anything else is the server's
-        if (c.error instanceof BatchwiseError && (c.error.code === ErrorCode.SamplerInvalid || c.error.code === ErrorCode.InvalidArgument)) throw toApiError(c.error);
-        throw new ApiError(500, `generation failed: ${c.error instanceof Error ? c.error.message : String(c.error)}`, "server_error");
+        if (c) throw choiceError(c.error);
     }
 }
 
-function errorChunk(error: unknown) {
-    return new ApiError(500, `generation failed: ${error instanceof Error ? error.message : String(error)}`, "server_error").body();
-}
+type StreamEvent = Exclude<GenerateEvent, { type: "done" }>;
 
 /** Feeds a generation's events to `on` and resolves with its result. */
-async function pump(gen: Generation, on: (ev: GenerateEvent) => void): Promise<GenerateResult> {
+async function pump(gen: Generation, on: (ev: StreamEvent) => void): Promise<GenerateResult> {
     for await (const ev of gen) {
         if (ev.type === "done") return ev;
         on(ev);
