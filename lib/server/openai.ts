@@ -1,5 +1,6 @@
 // OpenAI request bodies to engine requests, and engine results to OpenAI responses and stream chunks.
 import type { ChatMessage, ChatRequest, Engine, GenerateRequest, GenerateResult, RequestOptions, ResponseFormat, TokenLogprob } from "../index.js";
+import { MAX_STOPS } from "../engine/request.js";
 import { badRequest } from "./errors.js";
 
 export interface SamplingBody {
@@ -53,7 +54,7 @@ export function samplingOptions(b: SamplingBody, defaultMaxTokens: number | unde
     if (typeof b.stop === "string") stop.push(b.stop);
     else if (Array.isArray(b.stop)) stop.push(...b.stop);
     if (Array.isArray(b.stop_token_ids)) stop.push(...b.stop_token_ids);
-    if (stop.length > 16) throw badRequest(`'stop' and 'stop_token_ids' hold ${stop.length} entries together, at most 16 are allowed`, "stop");
+    if (stop.length > MAX_STOPS) throw badRequest(`'stop' and 'stop_token_ids' hold ${stop.length} entries together, at most ${MAX_STOPS} are allowed`, "stop");
     return {
         maxTokens: orUndef(b.max_tokens) ?? defaultMaxTokens,
         temperature: orUndef(b.temperature) ?? 1,

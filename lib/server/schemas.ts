@@ -2,6 +2,9 @@
 // OpenAI's API; the extras (top_k, min_p, ignore_eos, priority, cache_salt, ...) follow vLLM's names.
 // Unknown fields are let through, as OpenAI-compatible servers do.
 
+import { MAX_CHOICES, MAX_LOGIT_BIAS, MAX_LOGPROBS, MAX_STOP_LENGTH, MAX_STOPS } from "../engine/request.js";
+
+// the engine's own limits, so that a field the schema lets through is one the engine takes
 const nullable = (s: Record<string, unknown>) => ({ anyOf: [s, { type: "null" }] });
 const int = (min?: number, max?: number) => nullable({ type: "integer", ...(min !== undefined && { minimum: min }), ...(max !== undefined && { maximum: max }) });
 const num = (extra: Record<string, unknown>) => nullable({ type: "number", ...extra });
@@ -11,20 +14,20 @@ const sampling = {
     max_tokens: int(1),
     temperature: num({ minimum: 0, maximum: 2 }),
     top_p: num({ exclusiveMinimum: 0, maximum: 1 }),
-    n: int(1, 128),
+    n: int(1, MAX_CHOICES),
     stop: nullable({
         anyOf: [
-            { type: "string", minLength: 1, maxLength: 256 },
-            { type: "array", maxItems: 16, items: { type: "string", minLength: 1, maxLength: 256 } },
+            { type: "string", minLength: 1, maxLength: MAX_STOP_LENGTH },
+            { type: "array", maxItems: MAX_STOPS, items: { type: "string", minLength: 1, maxLength: MAX_STOP_LENGTH } },
         ],
     }),
-    stop_token_ids: nullable({ type: "array", maxItems: 16, items: { type: "integer", minimum: 0 } }),
+    stop_token_ids: nullable({ type: "array", maxItems: MAX_STOPS, items: { type: "integer", minimum: 0 } }),
     seed: int(0, 4294967294),
     presence_penalty: num({ minimum: -2, maximum: 2 }),
     frequency_penalty: num({ minimum: -2, maximum: 2 }),
     repetition_penalty: num({ exclusiveMinimum: 0, maximum: 10 }),
     logit_bias: nullable({
-        type: "object", maxProperties: 1024,
+        type: "object", maxProperties: MAX_LOGIT_BIAS,
         propertyNames: { pattern: "^(0|[1-9][0-9]*)$" },
         additionalProperties: { type: "number", minimum: -100, maximum: 100 },
     }),
@@ -55,8 +58,8 @@ export const completionBody = {
         },
         suffix: nullable({ type: "string" }),
         echo: nullable({ type: "boolean" }),
-        logprobs: int(0, 20),
-        best_of: int(1, 128),
+        logprobs: int(0, MAX_LOGPROBS),
+        best_of: int(1, MAX_CHOICES),
     },
 } as const;
 
@@ -86,7 +89,7 @@ export const chatBody = {
         },
         max_completion_tokens: int(1),
         logprobs: nullable({ type: "boolean" }),
-        top_logprobs: int(0, 20),
+        top_logprobs: int(0, MAX_LOGPROBS),
         response_format: nullable({
             type: "object",
             required: ["type"],
