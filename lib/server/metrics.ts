@@ -10,14 +10,15 @@ export interface MetricsModel {
     engine: Engine | undefined;
 }
 
-type Totals = { preemptions: number; queries: number; hits: number; prompt: number; generated: number; computed: number };
-
 const LATENCY = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80, 160, 640, 2560];
 const TOKENS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000, 131072];
 
 export class ServerMetrics {
     readonly registry = new Registry();
-    private readonly baselines = new Map<string, Totals>();
+    /** Each model's stats when warm-up ended: its counters count from there. */
+    private readonly baselines = new Map<string, EngineStats>();
+    /** Stats read once per scrape, shared by every metric's collect. */
+    private snapshot: Map<string, EngineStats> | null = null;
     private readonly ttft: Histogram<"model_name">;
     private readonly itl: Histogram<"model_name">;
     private readonly e2e: Histogram<"model_name">;
@@ -34,12 +35,13 @@ export class ServerMetrics {
         const r = this.registry;
         collectDefaultMetrics({ register: r });
         const self = this;
-        const each = (fn: (name: string, s: EngineStats, base: Totals) => void, counting = false) => {
+        const each = (fn: (name: string, s: EngineStats, base: EngineStats) => void, counting = false) => {
             for (const m of self.models()) {
                 const base = self.baselines.get(m.name);
                 // a counter starts once warm-up is over: shown earlier, it would fall back when the baseline is set
                 if (!m.engine || (counting && !base)) continue;
-                fn(m.name, m.engine.stats(), base ?? zero());
+                const s = self.snapshot?.get(m.name) ?? m.engine.stats();
+                fn(m.name, s, base ?? s);
             }
         };
         const gauge = (name: string, help: string, read: (s: EngineStats) => number) =>
@@ -50,7 +52,7 @@ export class ServerMetrics {
                     each((model, s) => this.set({ model_name: model }, read(s)));
                 },
             });
-        const counter = (name: string, help: string, read: (s: EngineStats, base: Totals) => number) =>
+        const counter = (name: string, help: string, read: (s: EngineStats, base: EngineStats) => number) =>
             new Counter({
                 name, help, labelNames: ["model_name"], registers: [r],
                 collect() {
@@ -62,12 +64,13 @@ export class ServerMetrics {
         gauge("vllm:num_requests_waiting", "Requests waiting to be scheduled.", (s) => s.waiting);
         gauge("vllm:num_requests_swapped", "Requests preempted to host memory.", (s) => s.swapped);
         gauge("vllm:kv_cache_usage_perc", "Fraction of KV-cache blocks in use (1 = 100%).", (s) => s.kv.usage);
+        const since = (k: Exclude<keyof EngineStats["totals"], "finished">) => (s: EngineStats, b: EngineStats) => s.totals[k] - b.totals[k];
         counter("vllm:num_preemptions_total", "Preemptions since start.", (s, b) => s.preemptions - b.preemptions);
-        counter("vllm:prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache.", (s, b) => s.totals.promptTokens - b.queries);
-        counter("vllm:prefix_cache_hits_total", "Prompt tokens found in the prefix cache.", (s, b) => s.totals.cachedTokens - b.hits);
-        counter("vllm:prompt_tokens_total", "Prompt tokens of finished and running requests.", (s, b) => s.totals.promptTokens - b.prompt);
-        counter("vllm:generation_tokens_total", "Tokens generated.", (s, b) => s.totals.generatedTokens - b.generated);
-        counter("batchwise_prompt_tokens_computed_total", "Prompt tokens computed (cache misses and recomputation after preemption).", (s, b) => s.totals.computedPromptTokens - b.computed);
+        counter("vllm:prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache.", since("promptTokens"));
+        counter("vllm:prefix_cache_hits_total", "Prompt tokens found in the prefix cache.", since("cachedTokens"));
+        counter("vllm:prompt_tokens_total", "Prompt tokens of finished and running requests.", since("promptTokens"));
+        counter("vllm:generation_tokens_total", "Tokens generated.", since("generatedTokens"));
+        counter("batchwise_prompt_tokens_computed_total", "Prompt tokens computed (cache misses and recomputation after preemption).", since("computedPromptTokens"));
         gauge("batchwise_kv_blocks", "KV-cache blocks in the pool.", (s) => s.kv.blocks);
         gauge("batchwise_kv_blocks_used", "KV-cache blocks held by running requests.", (s) => s.kv.used);
         gauge("batchwise_kv_blocks_cached", "Free KV-cache blocks that still hold a reusable prefix.", (s) => s.kv.cachedFree);
@@ -96,11 +99,17 @@ export class ServerMetrics {
 
     /** From now on the engine's counters count from here (called after warm-up). */
     resetBaseline(name: string, engine: Engine): void {
-        const s = engine.stats();
-        this.baselines.set(name, {
-            preemptions: s.preemptions, queries: s.totals.promptTokens, hits: s.totals.cachedTokens, prompt: s.totals.promptTokens,
-            generated: s.totals.generatedTokens, computed: s.totals.computedPromptTokens,
-        });
+        this.baselines.set(name, engine.stats());
+    }
+
+    /** The exposition text: every model's stats are read once for all the metrics of this scrape. */
+    async text(): Promise<string> {
+        this.snapshot = new Map(this.models().flatMap((m) => (m.engine ? [[m.name, m.engine.stats()] as const] : [])));
+        try {
+            return await this.registry.metrics();
+        } finally {
+            this.snapshot = null;
+        }
     }
 
     observe(model: string, r: GenerateResult): void {
@@ -125,8 +134,4 @@ export class ServerMetrics {
     disconnect(model: string): void {
         this.disconnects.inc({ model_name: model });
     }
-}
-
-function zero(): Totals {
-    return { preemptions: 0, queries: 0, hits: 0, prompt: 0, generated: 0, computed: 0 };
 }

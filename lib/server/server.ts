@@ -281,7 +281,7 @@ export class BatchwiseServer {
             return reply.code(503).send({ status: this.stateValue });
         });
         app.get("/metrics", async (_req, reply) => {
-            const text = await this.metrics.registry.metrics();
+            const text = await this.metrics.text();
             return reply.header("content-type", this.metrics.registry.contentType).send(text);
         });
         app.get("/v1/models", async () => ({
