@@ -11,12 +11,11 @@
 // Prompts are distinct random token ids, so the prefix cache never helps.
 //
 //   node scripts/bench-warmup.mjs [--model PATH] [--gpu-layers N] [--out results.json]
-// Without --model it makes a random-weight Qwen2-architecture model (about 1.1B parameters) first.
+// Without --model it uses a random-weight Qwen2-architecture model (about 1.35B parameters), made once.
 import { execFileSync } from "node:child_process";
-import { existsSync, mkdirSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { createRandomModel, systemInfo, getDevices } from "../dist/lib/index.js";
+import { writeFileSync } from "node:fs";
+import { percentile, randomTokens, streamOne } from "../dist/lib/bench/loadgen.js";
+import { cachedRandomModel, systemInfo, getDevices } from "../dist/lib/index.js";
 import { createServer } from "../dist/lib/server/server.js";
 
 const args = process.argv.slice(2);
@@ -24,44 +23,17 @@ const arg = (k, d) => (args.includes(k) ? args[args.indexOf(k) + 1] : d);
 const gpuLayers = Number(arg("--gpu-layers", "-1"));
 const outPath = arg("--out", null);
 
-let model = arg("--model", null);
-if (!model) {
-    const dir = join(tmpdir(), "batchwise-bench");
-    mkdirSync(dir, { recursive: true });
-    model = join(dir, "qwen2-1b-random.gguf");
-    if (!existsSync(model)) {
-        const t0 = performance.now();
-        await createRandomModel({ vocabFrom: "qwen2", architecture: "qwen2", out: model, embeddingSize: 2048, layers: 16, heads: 16, kvHeads: 4,
-            feedForwardSize: 5632, contextLength: 32768, type: "f16", seed: 11 });
-        process.stderr.write(`made ${model} in ${((performance.now() - t0) / 1000).toFixed(1)} s\n`);
-    }
-}
+const model = arg("--model", null) ?? (await cachedRandomModel("warmup-qwen2-1.3b", {
+    vocabFrom: "qwen2", architecture: "qwen2", embeddingSize: 2048, layers: 16, heads: 16, kvHeads: 4,
+    feedForwardSize: 5632, contextLength: 32768, type: "f16", seed: 11,
+})).path;
 
-function prompt(seed, n = 1000) {
-    let x = seed * 2654435761 + 7;
-    return Array.from({ length: n }, () => ((x = (x * 1103515245 + 12345) >>> 0), 1000 + (x % 100000)));
-}
-
+/** TTFT of one streamed 1000-token prompt (16 out), timed by the benchmark's load generator. */
 async function ttft(url, seed) {
-    const t0 = performance.now();
-    const res = await fetch(`${url}/v1/completions`, {
-        method: "POST", headers: { "content-type": "application/json" },
-        body: JSON.stringify({ prompt: prompt(seed), max_tokens: 16, ignore_eos: true, temperature: 0, stream: true }),
-    });
-    if (res.status !== 200) throw new Error(`status ${res.status}: ${await res.text()}`);
-    const reader = res.body.getReader();
-    let first = -1;
-    let text = "";
-    for (;;) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        text += new TextDecoder().decode(value);
-        if (first < 0 && text.includes('"text":')) first = performance.now() - t0;
-    }
-    return { ttftMs: first, totalMs: performance.now() - t0 };
+    const r = await streamOne(url, undefined, { prompt: randomTokens(1000, seed, 1000, 101000), maxTokens: 16 }, performance.now());
+    if (!r.ok) throw new Error(r.error);
+    return r.ttftMs;
 }
-
-const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 async function run(warmup, seedBase) {
     const t0 = performance.now();
@@ -76,16 +48,16 @@ async function run(warmup, seedBase) {
     const first = await ttft(server.url, seedBase);
     const burst = await Promise.all(Array.from({ length: 8 }, (_, i) => ttft(server.url, seedBase + 1 + i)));
     const steady = [];
-    for (let i = 0; i < 20; i++) steady.push((await ttft(server.url, seedBase + 100 + i)).ttftMs);
+    for (let i = 0; i < 20; i++) steady.push(await ttft(server.url, seedBase + 100 + i));
     const burst2 = await Promise.all(Array.from({ length: 8 }, (_, i) => ttft(server.url, seedBase + 200 + i)));
     await server.close();
-    const steadyMs = median(steady);
-    const burstMax = Math.max(...burst.map((b) => b.ttftMs));
-    const burst2Max = Math.max(...burst2.map((b) => b.ttftMs));
+    const steadyMs = percentile(steady, 50);
+    const burstMax = Math.max(...burst);
+    const burst2Max = Math.max(...burst2);
     return {
-        warmup: warmup !== false, readyMs: Math.round(readyMs), firstTtftMs: +first.ttftMs.toFixed(1),
+        warmup: warmup !== false, readyMs: Math.round(readyMs), firstTtftMs: +first.toFixed(1),
         burstMaxTtftMs: +burstMax.toFixed(1), steadyMedianTtftMs: +steadyMs.toFixed(1), steadyBurstMaxTtftMs: +burst2Max.toFixed(1),
-        firstOverSteady: +(first.ttftMs / steadyMs).toFixed(2), firstBurstOverSteadyBurst: +(burstMax / burst2Max).toFixed(2),
+        firstOverSteady: +(first / steadyMs).toFixed(2), firstBurstOverSteadyBurst: +(burstMax / burst2Max).toFixed(2),
     };
 }
 

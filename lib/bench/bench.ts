@@ -236,7 +236,7 @@ export async function runBench(o: BenchOptions, command: string): Promise<Report
     const z = sizes(o.quick);
     const { path, shape } = await resolveModel(o);
     let bin = o.llamaBin;
-    const needLlama = o.servers.some((s) => s !== "batchwise") || o.workloads.some((w) => w === "throughput" || w === "prefix");
+    const needLlama = o.servers.some((s) => s !== "batchwise") || (!o.skipBound && o.workloads.some((w) => w === "throughput" || w === "prefix"));
     if (!bin && needLlama) {
         o.log("building llama-server and llama-batched-bench from the pinned llama.cpp source");
         bin = execFileSync(process.execPath, [join(packageRoot, "scripts", "build-llama-tools.mjs")], { encoding: "utf8", stdio: ["ignore", "pipe", "inherit"] }).trim().split("\n").at(-1)!;
