@@ -459,7 +459,8 @@ Napi::Value context_wrap::set_sampler(const Napi::CallbackInfo & info) {
 
 // Samples with a grammar the way llama.cpp's common sampler does: the chain picks from the raw
 // candidates, and the grammar checks only that one token; the whole vocabulary goes through the
-// grammar (slow: every token's text is matched) only when the pick is refused.
+// grammar (slow: every token's text is matched) only when the pick is refused. Returns -1, accepting
+// nothing, when no token is allowed.
 llama_token context_wrap::sample_constrained(seq_sampler & s, int32_t row, int32_t n_vocab, std::vector<llama_token_data> & cand) {
     const float * logits = llama_get_logits_ith(ctx_, row);
     if (!logits) {
@@ -482,6 +483,11 @@ llama_token context_wrap::sample_constrained(seq_sampler & s, int32_t row, int32
         all = fill();
         llama_sampler_apply(s.grammar, &all);
         llama_sampler_apply(s.chain, &all);
+        // the grammar and the chain (a logit bias of -inf) may leave nothing: accepting whatever was picked
+        // then would throw and fail the whole batch, or abort the process for an end-of-generation token
+        if (all.selected < 0 || all.data[all.selected].logit == -INFINITY) {
+            return -1;
+        }
         t = all.data[all.selected].id;
     }
     llama_sampler_accept(s.grammar, t);
@@ -553,7 +559,8 @@ static void row_logprobs(const float * logits, int32_t n_vocab, llama_token chos
 
 // decode({ tokens: Int32Array, positions: Int32Array, seqIds: Int32Array, outputs: Uint8Array })
 //   -> Promise<{ tokens: Int32Array, logprobs: Float32Array | null, topK, topIds, topLogprobs, decodeMs, sampleMs }>
-// One result row per token with outputs[i] != 0, in batch order: the token sampled with that sequence's sampler.
+// One result row per token with outputs[i] != 0, in batch order: the token sampled with that sequence's sampler,
+// or -1 where its grammar and sampler allow no token (that sequence cannot go on; the others are unaffected).
 Napi::Value context_wrap::decode(const Napi::CallbackInfo & info) {
     Napi::Env env = info.Env();
     return guard(env, [&]() -> Napi::Value {
@@ -666,7 +673,7 @@ Napi::Value context_wrap::decode(const Napi::CallbackInfo & info) {
                         t = (llama_token) (std::max_element(logits, logits + n_vocab) - logits);
                     }
                     job->sampled[row] = t;
-                    if (s.logprobs >= 0) {
+                    if (s.logprobs >= 0 && t >= 0) {
                         const float * logits = llama_get_logits_ith(ctx_, i);
                         if (logits) {
                             row_logprobs(logits, n_vocab, t, s.logprobs, job->logprob[row],

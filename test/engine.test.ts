@@ -355,6 +355,21 @@ describe("engine", () => {
             }
             const g = await e.complete({ prompt: [1, 2, 3], maxTokens: 50, grammar: 'root ::= "yes" | "no"', temperature: 0 });
             assert.ok(["yes", "no"].includes(g.text), g.text);
+            // a logit bias that bans every token the grammar allows leaves nothing to sample: that request
+            // ends with an error, and a request decoded in the same steps is untouched
+            const yes: [number, number][] = [];
+            for (let t = 0; t < e.metadata.vocabSize; t++) {
+                const piece = new TextDecoder().decode(e.tokenBytes(t));
+                if (piece.length > 0 && "yes".startsWith(piece)) yes.push([t, -Infinity]);
+            }
+            const [banned, other] = await Promise.all([
+                e.complete({ prompt: [1, 2, 3], maxTokens: 5, grammar: 'root ::= "yes"', logitBias: yes, temperature: 0 }),
+                e.complete({ prompt: [4, 5, 6], maxTokens: 5, temperature: 0, ignoreEos: true }),
+            ]);
+            assert.equal(banned.finishReason, "error");
+            assert.equal((banned.error as BatchwiseError).code, ErrorCode.SamplerInvalid);
+            assert.equal(other.finishReason, "length");
+            assert.equal(other.tokens.length, 5);
             await assert.rejects(e.complete({ prompt: [1, 2, 3], grammar: "root ::= (" }), { code: ErrorCode.InvalidArgument, message: /'grammar'/ });
             await assert.rejects(e.complete({ prompt: [1, 2, 3], responseFormat: { type: "json_schema", schema: { $ref: "#/missing" } } }), { code: ErrorCode.InvalidArgument });
         } finally {

@@ -16,6 +16,7 @@ export interface NativeDecodeBatch {
 }
 
 export interface NativeDecodeResult {
+    /** One sampled token per output row; -1 where the sequence's grammar and sampler allow no token. */
     tokens: Int32Array;
     logprobs: Float32Array | null;
     topK: number;

@@ -3,7 +3,7 @@
 // evicting), complete() takes the sampled tokens back. Both run while no decode is in flight, so the
 // KV memory calls they make are safe; the engine runs the decode in between and does everything else
 // (text, streaming, stop strings) while the next decode runs. See docs/scheduler.md for the policy.
-import type { DecodeBatch, DecodeResult, SamplerParams } from "../binding/index.js";
+import { BatchwiseError, ErrorCode, type DecodeBatch, type DecodeResult, type SamplerParams } from "../binding/index.js";
 import { blockHashes } from "../kv/block-pool.js";
 import { KvCache, type KvCacheStats, type KvOps } from "../kv/kv-cache.js";
 
@@ -339,6 +339,11 @@ export class Scheduler {
             const r = row++;
             if (seq.pendingFinish) continue;
             const token = result.tokens[r];
+            if (token < 0) {
+                this.end(seq, "error", new BatchwiseError(ErrorCode.SamplerInvalid,
+                    "the grammar and the sampler (a logit bias of -Infinity) leave no token to sample"));
+                continue;
+            }
             seq.sampled++;
             const spec = seq.request.spec;
             if ((!spec.ignoreEos && o.isEog(token)) || spec.stopTokens.has(token)) {
