@@ -91,8 +91,11 @@ async function startServer(kind: ServerKind, o: BenchOptions, model: string, bin
     };
     proc.stdout!.on("data", keep);
     proc.stderr!.on("data", keep);
+    let failed: Error | null = null; // e.g. no such binary (a wrong --llama-bin): unhandled, it would crash the run
+    proc.on("error", (e) => (failed = e));
     const probe = kind === "batchwise" ? "/ready" : "/health";
     for (;;) {
+        if (failed) throw new Error(`${kind} could not be started: ${(failed as Error).message}`);
         if (proc.exitCode !== null) throw new Error(`${kind} exited with ${proc.exitCode} before it was ready:\n${out.slice(-3000)}`);
         try {
             const r = await fetch(url + probe);
