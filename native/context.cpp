@@ -24,6 +24,7 @@ Napi::Function context_wrap::define(Napi::Env env) {
         InstanceMethod<&context_wrap::set_sampler>("setSampler"),
         InstanceMethod<&context_wrap::seq_remove>("seqRemove"),
         InstanceMethod<&context_wrap::seq_copy>("seqCopy"),
+        InstanceMethod<&context_wrap::set_block_table>("setBlockTable"),
         InstanceMethod<&context_wrap::seq_keep>("seqKeep"),
         InstanceMethod<&context_wrap::seq_pos_min>("seqPosMin"),
         InstanceMethod<&context_wrap::seq_pos_max>("seqPosMax"),
@@ -74,6 +75,7 @@ struct create_state {
     llama_context_params params;
     llama_context * ctx = nullptr;
     bool taken = false;
+    int32_t kv_block_size = 0;
 };
 
 // Context.create(model, options) -> Promise<Context>
@@ -120,6 +122,14 @@ Napi::Value context_wrap::create(const Napi::CallbackInfo & info) {
         p.type_k = parse_cache_type(get_str(o, "kvCacheTypeK", "f16"), "kvCacheTypeK");
         p.type_v = parse_cache_type(get_str(o, "kvCacheTypeV", "f16"), "kvCacheTypeV");
         p.kv_unified = get_bool(o, "kvUnified", true);
+        int32_t kv_block_size = get_int(o, "kvBlockSize", 0);
+        if (kv_block_size < 0 || kv_block_size > 4096 || (kv_block_size & (kv_block_size - 1)) != 0) {
+            throw bw_error(code::invalid_argument, "option 'kvBlockSize' must be 0 (llama.cpp places tokens) or a power of two up to 4096");
+        }
+        if (kv_block_size > 0 && !p.kv_unified) {
+            throw bw_error(code::invalid_argument, "option 'kvBlockSize' (a paged KV cache) needs kvUnified");
+        }
+        st->kv_block_size = kv_block_size;
         p.offload_kqv = get_bool(o, "offloadKqv", true);
         p.no_perf = true;
         // llama.cpp's own default (llama-server's too): the cores useful for math, i.e. physical cores
@@ -137,15 +147,20 @@ Napi::Value context_wrap::create(const Napi::CallbackInfo & info) {
             [st]() {
                 log_capture_begin();
                 st->ctx = llama_init_from_model(st->model, st->params);
+                bool paged = st->ctx && (st->kv_block_size == 0 || llama_kv_paged_enable(st->ctx, (uint32_t) st->kv_block_size));
                 std::string why = log_capture_end();
                 if (!st->ctx) {
                     throw bw_error(code::context_failed, "failed to create the context" + (why.empty() ? "" : ": " + why));
+                }
+                if (!paged) {
+                    throw bw_error(code::context_failed, "failed to set up the paged KV cache" + (why.empty() ? "" : ": " + why));
                 }
             },
             [st, model_keep](Napi::Env env) -> Napi::Value {
                 Napi::Value c = g_context_ctor.New({ model_keep->Value(), Napi::External<llama_context>::New(env, st->ctx),
                                                      Napi::Number::New(env, st->params.kv_unified),
-                                                     Napi::Number::New(env, (int) st->params.flash_attn_type) });
+                                                     Napi::Number::New(env, (int) st->params.flash_attn_type),
+                                                     Napi::Number::New(env, st->kv_block_size) });
                 st->ctx = nullptr; // owned by the Context now
                 st->taken = true;
                 return c;
@@ -174,6 +189,7 @@ context_wrap::context_wrap(const Napi::CallbackInfo & info) : Napi::ObjectWrap<c
     ctx_       = info[1].As<Napi::External<llama_context>>().Data();
     kv_unified_ = info[2].As<Napi::Number>().Int32Value() != 0;
     flash_attn_ = info[3].As<Napi::Number>().Int32Value();
+    kv_block_size_ = info[4].As<Napi::Number>().Int32Value();
     n_seq_max_ = (int32_t) llama_n_seq_max(ctx_);
     n_batch_   = (int32_t) llama_n_batch(ctx_);
     batch_     = llama_batch_init(n_batch_, 0, 1);
@@ -272,6 +288,7 @@ Napi::Value context_wrap::info(const Napi::CallbackInfo & info) {
         o.Set("batchSize", llama_n_batch(c));
         o.Set("ubatchSize", llama_n_ubatch(c));
         o.Set("kvUnified", kv_unified_);
+        o.Set("kvBlockSize", kv_block_size_);
         o.Set("flashAttention", flash_attn_ == LLAMA_FLASH_ATTN_TYPE_AUTO ? "auto" :
                                 flash_attn_ == LLAMA_FLASH_ATTN_TYPE_ENABLED ? "on" : "off");
         return o;
@@ -754,6 +771,32 @@ Napi::Value context_wrap::seq_copy(const Napi::CallbackInfo & info) {
                 throw bw_error(code::invalid_argument, "partial sequence copies need kvUnified: per-sequence streams copy whole sequences");
             }
             llama_memory_seq_cp(llama_get_memory(c), src, dst, p0, p1);
+        }
+        return info.Env().Undefined();
+    });
+}
+
+// setBlockTable(seqId, blocks: Int32Array): with kvBlockSize, the KV blocks of a sequence in position order.
+// Its token at position p goes to cell blocks[p / kvBlockSize]*kvBlockSize + p % kvBlockSize, and it attends to
+// exactly the cells its table lists up to its position.
+Napi::Value context_wrap::set_block_table(const Napi::CallbackInfo & info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+        llama_context * c = get();
+        check_idle();
+        if (kv_block_size_ == 0) {
+            throw bw_error(code::invalid_argument, "setBlockTable needs a context created with kvBlockSize");
+        }
+        int32_t seq = arg_int(info, 0, "seqId");
+        check_seq(seq, "seqId");
+        if (info.Length() < 2 || !info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array) {
+            throw bw_error(code::invalid_argument, "blocks must be an Int32Array");
+        }
+        Napi::Int32Array blocks = info[1].As<Napi::Int32Array>();
+        log_capture_begin();
+        bool ok = llama_kv_paged_set_table(c, seq, blocks.Data(), (int32_t) blocks.ElementLength());
+        std::string why = log_capture_end();
+        if (!ok) {
+            throw bw_error(code::invalid_argument, "invalid block table for sequence " + std::to_string(seq) + (why.empty() ? "" : ": " + why));
         }
         return info.Env().Undefined();
     });

@@ -36,6 +36,7 @@ private:
     Napi::Value set_sampler(const Napi::CallbackInfo & info);
     Napi::Value seq_remove(const Napi::CallbackInfo & info);
     Napi::Value seq_copy(const Napi::CallbackInfo & info);
+    Napi::Value set_block_table(const Napi::CallbackInfo & info);
     Napi::Value seq_keep(const Napi::CallbackInfo & info);
     Napi::Value seq_pos_min(const Napi::CallbackInfo & info);
     Napi::Value seq_pos_max(const Napi::CallbackInfo & info);
@@ -62,6 +63,7 @@ private:
     int32_t         n_batch_   = 0;
     bool            kv_unified_ = false;
     int             flash_attn_ = -1;
+    int32_t         kv_block_size_ = 0;  // > 0: paged KV cache, tokens placed through setBlockTable
     bool            disposed_  = false;
     int             n_pending_ = 0;
     std::mutex      exec_mutex_;

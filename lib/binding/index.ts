@@ -62,6 +62,12 @@ export interface ContextOptions {
     kvCacheTypeV?: KvCacheType;
     /** One KV pool shared by all sequences, so cells can be shared (seqCopy). Default true. */
     kvUnified?: boolean;
+    /**
+     * A paged KV cache with blocks of this many cells (a power of two; 0, the default, lets llama.cpp place tokens).
+     * Tokens then go where each sequence's block table (setBlockTable) says, and each sequence's attention reads only
+     * its own blocks. Needs kvUnified and flash attention; CUDA needs a multiple of 128.
+     */
+    kvBlockSize?: number;
     /** Keep the KV cache and attention on the GPU. Default true. */
     offloadKqv?: boolean;
     /** CPU threads for single-token and for batch decoding. Default: all cores. */
@@ -175,6 +181,14 @@ export class LlamaContext {
     /** Removes positions [p0, p1) of a sequence (-1 = open-ended; seqId -1 = every sequence). */
     seqRemove(seqId: number, p0 = -1, p1 = -1): boolean {
         return native(() => this.native.seqRemove(seqId, p0, p1));
+    }
+
+    /**
+     * With kvBlockSize: the blocks of a sequence in position order. Position p is cell
+     * blocks[p / kvBlockSize] * kvBlockSize + p % kvBlockSize; the table must cover every position decoded.
+     */
+    setBlockTable(seqId: number, blocks: Int32Array): void {
+        native(() => this.native.setBlockTable(seqId, blocks));
     }
 
     /** Makes dst share src's cells for [p0, p1) (with kvUnified, no data is copied). */

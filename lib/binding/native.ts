@@ -44,6 +44,7 @@ export interface NativeContext {
     setSampler(seqId: number, params: SamplerParams | null): { backend: boolean };
     seqRemove(seqId: number, p0?: number, p1?: number): boolean;
     seqCopy(src: number, dst: number, p0?: number, p1?: number): void;
+    setBlockTable(seqId: number, blocks: Int32Array): void;
     seqKeep(seqId: number): void;
     seqPosMin(seqId: number): number;
     seqPosMax(seqId: number): number;
@@ -102,6 +103,8 @@ export interface ContextInfo {
     batchSize: number;
     ubatchSize: number;
     kvUnified: boolean;
+    /** > 0: a paged KV cache with blocks of this many cells. */
+    kvBlockSize: number;
     flashAttention: "auto" | "on" | "off";
 }
 
