@@ -1,8 +1,8 @@
 // Decoding: determinism, batching equivalence, KV prefix sharing, sequence state, sampling.
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { LlamaContext, LlamaModel } from "../lib/index.js";
-import { contextOptions, generate, generateBatched, loadModel, prefill, randomPrompt, tinyQwen } from "./helpers.js";
+import { BatchwiseError, ErrorCode, LlamaContext, LlamaModel } from "../lib/index.js";
+import { contextOptions, generate, generateBatched, gpu, loadModel, prefill, randomPrompt, tinyQwen } from "./helpers.js";
 
 describe("decode", () => {
     let model: LlamaModel;
@@ -186,6 +186,70 @@ describe("decode", () => {
             // the last row is the next token after the whole prompt
             ctx.clear();
             assert.equal(await prefill(ctx, 0, prompt), r.tokens[2]);
+        });
+    });
+
+    // on a GPU the tiny model's head size (16) has no paged attention kernel (test-backend-ops checks the kernel there)
+    describe("paged KV cache (kvBlockSize)", { skip: gpu && "no CUDA paged attention for head size 16" }, () => {
+        const bs = 16;
+        const paged = (o: Parameters<typeof contextOptions>[0] = {}) => ({ contextSize: 64 * bs, batchSize: 8 * bs, maxSequences: 4, kvBlockSize: bs, ...o });
+        const table = (...ids: number[]) => Int32Array.from(ids);
+
+        it("puts tokens in the blocks the table names and gives the tokens of the unified pool", async () => {
+            const prompts = [randomPrompt(3 * bs - 5, 21), randomPrompt(2 * bs + 7, 22)];
+            const ref: number[][] = [];
+            for (const p of prompts) ref.push(await withContext({ contextSize: 64 * bs, batchSize: 8 * bs }, (ctx) => generate(ctx, 0, p, 12)));
+            await withContext(paged(), async (ctx) => {
+                assert.equal(ctx.info.kvBlockSize, bs);
+                // scattered blocks, out of order, as a long-running server leaves them
+                ctx.setBlockTable(1, table(40, 3, 17, 9));
+                ctx.setBlockTable(3, table(5, 60, 2, 33));
+                assert.deepEqual(await generate(ctx, 1, prompts[0], 12), ref[0]);
+                assert.deepEqual(await generate(ctx, 3, prompts[1], 12), ref[1]);
+                // both sequences decoded in one batch after the other's cells were written: each still sees only its own
+                ctx.seqRemove(1); ctx.seqRemove(3);
+                ctx.setBlockTable(0, table(40, 3, 17, 9));
+                ctx.setBlockTable(1, table(5, 60, 2, 33));
+                assert.deepEqual(await generateBatched(ctx, prompts, 12), ref);
+            });
+        });
+
+        it("shares a prefix by block: a second sequence reads the first one's blocks and writes its own", async () => {
+            const prefix = randomPrompt(2 * bs, 31), tail = randomPrompt(9, 32);
+            const ref = await withContext({ contextSize: 64 * bs, batchSize: 8 * bs }, (ctx) => generate(ctx, 0, [...prefix, ...tail], 10));
+            await withContext(paged(), async (ctx) => {
+                ctx.setBlockTable(0, table(7, 8, 30, 31));
+                await prefill(ctx, 0, prefix);
+                ctx.seqCopy(0, 2, 0, 2 * bs);
+                ctx.setBlockTable(2, table(7, 8, 12, 13)); // the prefix's two blocks, then private ones
+                assert.deepEqual(await generate(ctx, 2, tail, 10, 2 * bs), ref);
+                // the first sequence's blocks were not written by the second
+                ctx.setBlockTable(0, table(7, 8, 30, 31));
+                assert.deepEqual(await generate(ctx, 0, tail, 10, 2 * bs), ref);
+            });
+        });
+
+        it("refuses a position outside the table, a cell another sequence holds, and bad tables, and goes on", async () => {
+            await withContext(paged(), async (ctx) => {
+                const prompt = randomPrompt(bs + 3, 41);
+                ctx.setBlockTable(0, table(4));
+                await assert.rejects(prefill(ctx, 0, prompt), (e: BatchwiseError) => e.code === ErrorCode.KvFull, "position past the table");
+                ctx.setBlockTable(0, table(4, 5));
+                const first = await prefill(ctx, 0, prompt);
+                ctx.setBlockTable(1, table(5, 6)); // block 5 holds sequence 0's tokens
+                await assert.rejects(prefill(ctx, 1, prompt), (e: BatchwiseError) => e.code === ErrorCode.KvFull, "a cell of another sequence");
+                assert.throws(() => ctx.setBlockTable(1, table(64)), (e: BatchwiseError) => e.code === ErrorCode.InvalidArgument);
+                assert.throws(() => ctx.setBlockTable(1, table(-1)), (e: BatchwiseError) => e.code === ErrorCode.InvalidArgument);
+                // the failed decodes left nothing behind
+                ctx.seqRemove(0);
+                ctx.setBlockTable(1, table(5, 6));
+                assert.equal(await prefill(ctx, 1, prompt), first);
+            });
+            await withContext({}, async (ctx) => {
+                assert.throws(() => ctx.setBlockTable(0, table(0)), (e: BatchwiseError) => e.code === ErrorCode.InvalidArgument, "a context without kvBlockSize");
+            });
+            await assert.rejects(model.createContext(contextOptions({ kvBlockSize: 24 })), (e: BatchwiseError) => e.code === ErrorCode.InvalidArgument);
+            await assert.rejects(model.createContext(contextOptions({ kvBlockSize: 16, kvUnified: false })), (e: BatchwiseError) => e.code === ErrorCode.InvalidArgument);
         });
     });
 });

@@ -16,9 +16,14 @@ let path: string;
 const NEAR_TIE = 0.01;
 const MAX_NEAR_TIES = 4;
 const numerics: Partial<EngineOptions> = { flashAttention: gpu ? "on" : "auto" };
+// KV block size. The paged KV cache (the default) takes any power of two on the CPU. On a GPU the tiny test
+// model's head size (16) has no paged attention kernel, so the engine falls back to the unified pool there;
+// the kernel itself is checked on the GPU by test-backend-ops and the KV layout benchmark (scripts/device/gpu-paged.sh)
+const BS = 16;
+const paged = !gpu;
 
 async function engine(o: Partial<EngineOptions> = {}): Promise<Engine> {
-    return Engine.load({ model: path, gpuLayers, contextSize: 4096, maxSequences: 16, batchTokens: 512, ...numerics, ...o });
+    return Engine.load({ model: path, gpuLayers, contextSize: 4096, maxSequences: 16, batchTokens: 512, blockSize: BS, ...numerics, ...o });
 }
 
 async function withEngine<T>(o: Partial<EngineOptions>, fn: (e: Engine) => Promise<T>): Promise<T> {
@@ -30,9 +35,9 @@ async function withEngine<T>(o: Partial<EngineOptions>, fn: (e: Engine) => Promi
     }
 }
 
-/** 64 prompts: four families that share a 48-token prefix, and a quarter with nothing in common. */
+/** 64 prompts: four families that share a three-block prefix, and a quarter with nothing in common. */
 function workload(): number[][] {
-    const families = [0, 1, 2, 3].map((f) => randomPrompt(48, 500 + f));
+    const families = [0, 1, 2, 3].map((f) => randomPrompt(3 * BS, 500 + f));
     return Array.from({ length: 64 }, (_, i) => {
         const tail = randomPrompt(10 + ((i * 7) % 50), 1000 + i);
         return i % 4 === 3 ? randomPrompt(40 + (i % 30), 2000 + i) : [...families[i % 3], ...tail];
@@ -92,14 +97,19 @@ describe("engine", () => {
         const cases: [string, Partial<EngineOptions>, (e: Engine) => void][] = [
             ["in a batch of 64 with the prefix cache", { maxSequences: 64, batchTokens: 2048 }, (e) => {
                 assert.ok(e.stats().prefixCache.hits > 0, "the shared prefixes were found in the cache");
+                assert.equal(e.settings.pagedKv, paged, "the paged KV cache is the default");
+            }],
+            ["in a batch of 64 on llama.cpp's unified pool (pagedKv: false)", { maxSequences: 64, batchTokens: 2048, pagedKv: false }, (e) => {
+                assert.equal(e.settings.pagedKv, false);
+                assert.ok(e.stats().prefixCache.hits > 0);
             }],
             ["in a batch of 64 without the prefix cache", { maxSequences: 64, batchTokens: 2048, prefixCache: false }, (e) => {
                 assert.equal(e.stats().prefixCache.hits, 0);
             }],
-            ["preempted by recompute (a pool of 40 blocks)", { maxSequences: 64, contextSize: 640, preemption: "recompute" }, (e) => {
+            ["preempted by recompute (a pool of 40 blocks)", { maxSequences: 64, contextSize: 40 * BS, preemption: "recompute" }, (e) => {
                 assert.ok(e.stats().preemptions > 0, "the pool was too small: sequences were preempted");
             }],
-            ["preempted by swap (a pool of 40 blocks)", { maxSequences: 64, contextSize: 640, preemption: "swap" }, (e) => {
+            ["preempted by swap (a pool of 40 blocks)", { maxSequences: 64, contextSize: 40 * BS, preemption: "swap" }, (e) => {
                 assert.ok(e.stats().preemptions > 0, "the pool was too small: sequences were preempted");
             }],
             ["with prompts chunked 24 tokens a step", { maxSequences: 8, batchTokens: 24 }, (e) => {
@@ -115,6 +125,39 @@ describe("engine", () => {
                 });
             });
         }
+    });
+
+    it("holds a prefix that 64 running requests share once, in a pool far too small for 64 copies", async () => {
+        // 2000 shared tokens and a short tail each: 64 private copies would need 64 x ceil(2018 / BS) blocks
+        const prefix = randomPrompt(2000, 77);
+        const prompts = Array.from({ length: 64 }, (_, i) => [...prefix, ...randomPrompt(8 + (i % 5), 7000 + i)]);
+        const shared = Math.floor(2000 / BS);
+        const pool = shared + 64 * 3 + 16;
+        assert.ok(pool * 20 < 64 * Math.ceil(2018 / BS), "the pool is a twentieth of what copies would take");
+        await withEngine({ maxSequences: 64, batchTokens: 2048, contextSize: pool * BS }, async (e) => {
+            const ref = await e.complete(greedy(prompts[0]));
+            let peak = 0, running = 0;
+            await Promise.all(prompts.map(async (p, i) => {
+                for await (const ev of e.generate(greedy(p))) {
+                    if (ev.type === "delta") {
+                        const s = e.stats();
+                        peak = Math.max(peak, s.kv.used);
+                        running = Math.max(running, s.running);
+                    } else if (ev.type === "done" && i === 0) {
+                        assert.deepEqual(ev.tokens, ref.tokens, "the shared prefix gives the tokens of computing it");
+                    }
+                }
+            }));
+            assert.equal(e.stats().preemptions, 0, "no request had to wait for another's blocks");
+            assert.ok(running >= 32, `${running} requests ran at once`);
+            assert.ok(peak <= shared + 64 * 3, `${peak} blocks in use at the peak: the prefix was held once`);
+            assert.equal(e.stats().kv.used, 0, "every block is free again");
+            // freed blocks are reusable at once: a request as long as the context allows runs right away
+            const before = e.stats().preemptions;
+            const big = await e.complete({ prompt: randomPrompt(Math.min((pool - 2) * BS, e.maxContext - 8), 99), maxTokens: 4, temperature: 0, ignoreEos: true });
+            assert.equal(big.finishReason, "length");
+            assert.equal(e.stats().preemptions, before);
+        });
     });
 
     it("streams deltas that add up to the result, with usage and timings", async () => {
@@ -314,8 +357,8 @@ describe("engine", () => {
         await withEngine({}, async (e) => {
             assert.equal(e.chatTemplateKind, "jinja");
             assert.deepEqual(e.settings, {
-                maxSequences: 16, cacheSlots: 16, batchTokens: 512, prefillChunk: 512, longPrefills: 1, blockSize: 16,
-                prefixCache: true, preemption: "recompute", maxQueued: 1024,
+                maxSequences: 16, cacheSlots: 16, batchTokens: 512, prefillChunk: 512, longPrefills: 1, blockSize: BS,
+                pagedKv: paged, prefixCache: true, preemption: "recompute", maxQueued: 1024,
             }, "load() resolved every default");
             const messages = [{ role: "user", content: "Write a haiku about GPUs." }];
             const r = await e.chat({ messages, maxTokens: 4, temperature: 0, ignoreEos: true }).result();
@@ -339,7 +382,7 @@ describe("engine", () => {
     it("constrains output with a grammar, and keeps the grammar's state when a sequence is preempted and recomputed", async () => {
         // a pool of 16 blocks for 12 requests that each want about 6: they preempt each other, and a
         // resumed sequence's grammar must go on from what it already generated, not from the start
-        const e = await Engine.load({ model: await modelPath(tinyLlama), gpuLayers, contextSize: 256, maxSequences: 12, batchTokens: 256, blockSize: 16, ...numerics });
+        const e = await Engine.load({ model: await modelPath(tinyLlama), gpuLayers, contextSize: 16 * BS, maxSequences: 12, batchTokens: 256, blockSize: BS, ...numerics });
         try {
             const schema = { type: "object", properties: { ok: { type: "boolean" }, s: { type: "string", minLength: 48, maxLength: 64 } }, required: ["ok", "s"], additionalProperties: false };
             const results = await Promise.all(Array.from({ length: 12 }, (_, i) => e.complete({

@@ -3,7 +3,7 @@
 // the previous step's tokens into text and events. Data flows one way: request -> engine -> scheduler
 // -> binding, and tokens back out through the scheduler's events.
 import {
-    BatchwiseError, ErrorCode, LlamaContext, LlamaModel, jsonSchemaToGrammar,
+    BatchwiseError, ErrorCode, LlamaContext, LlamaModel, getDevices, jsonSchemaToGrammar,
     type ContextOptions, type KvCacheType, type ModelLoadOptions, type ModelMetadata, type SplitMode,
 } from "../binding/index.js";
 import { Scheduler, type FinishReason, type PreemptionMode, type SchedRequest, type SchedulerEvent, type SchedulerOptions, type Sequence } from "../scheduler/scheduler.js";
@@ -34,8 +34,18 @@ export interface EngineOptions {
     prefillChunk?: number;
     /** Long prompts (more than prefillChunk left) that prefill at once while others run or wait; shorter ones go past the rest. Default 1. */
     longPrefills?: number;
-    /** Tokens per KV block (the unit of allocation and of prefix caching). Default 16. */
+    /**
+     * Tokens per KV block (the unit of allocation and of prefix caching). Default 128 with the paged KV cache,
+     * else 16. With the paged cache it must be a power of two, and on a GPU a multiple of 128.
+     */
     blockSize?: number;
+    /**
+     * The paged KV cache: each token is written into its sequence's block and each sequence's attention reads
+     * only its own blocks, so decode speed does not fall with what other sequences (or cached prefixes) hold.
+     * Needs flash attention (and f16 K/V on a GPU). Default: on where those hold; off uses llama.cpp's unified
+     * pool, whose attention reads every cell in use.
+     */
+    pagedKv?: boolean;
     /** Keep and reuse computed prompt prefixes. Default true. */
     prefixCache?: boolean;
     /** Sequence ids that keep ended requests' prefixes in KV. Default min(maxSequences, 256 - maxSequences). */
@@ -63,6 +73,7 @@ export interface EngineSettings {
     prefillChunk: number;
     longPrefills: number;
     blockSize: number;
+    pagedKv: boolean;
     prefixCache: boolean;
     preemption: PreemptionMode;
     maxQueued: number;
@@ -302,7 +313,7 @@ export class Engine {
         this.settings = {
             maxSequences: scheduling.maxRunning, cacheSlots: scheduling.numSlots - scheduling.maxRunning, batchTokens: scheduling.batchTokens,
             prefillChunk: scheduling.prefillChunk ?? scheduling.batchTokens, longPrefills: scheduling.longPrefills ?? Infinity,
-            blockSize: scheduling.blockSize, prefixCache: scheduling.prefixCache, preemption: scheduling.preemption, maxQueued,
+            blockSize: scheduling.blockSize, pagedKv: scheduling.pagedKv ?? false, prefixCache: scheduling.prefixCache, preemption: scheduling.preemption, maxQueued,
         };
         this.scheduler = new Scheduler(context, { ...scheduling, isEog: (t) => model.isEog(t) });
         this.chatFormatter = new ChatFormatter(model);
@@ -324,7 +335,8 @@ export class Engine {
         const maxSequences = int("maxSequences", 64, 1, 255);
         const cacheSlots = options.prefixCache === false ? 0 : int("cacheSlots", Math.min(maxSequences, 256 - maxSequences), 0, 256 - maxSequences);
         const batchTokens = int("batchTokens", 2048, maxSequences);
-        const blockSize = int("blockSize", 16, 1, 4096);
+        const paging = pagedKvPlan(options);
+        let blockSize = int("blockSize", paging.paged ? 128 : 16, 1, 4096);
         const ubatchSize = int("ubatchSize", Math.min(512, batchTokens), 1, batchTokens);
         const prefillChunk = int("prefillChunk", ubatchSize, 1, batchTokens);
         const longPrefills = int("longPrefills", 1, 1);
@@ -347,21 +359,48 @@ export class Engine {
         const model = await LlamaModel.load(options.model, loadOptions);
         let context: LlamaContext | undefined;
         try {
+            // CUDA's paged attention kernel has tiles for these head sizes; with another, the attention would run
+            // on the CPU, away from the KV cache: the unified pool instead (an explicit pagedKv: true is an error)
+            const meta = model.metadata;
+            const headSize = Number(meta.gguf[`${meta.architecture}.attention.key_length`] ?? meta.embeddingSize / Math.max(1, meta.heads));
+            if (paging.paged && paging.gpu && ![64, 80, 96, 112, 128, 256].includes(headSize)) {
+                if (options.pagedKv === true) {
+                    throw new BatchwiseError(ErrorCode.InvalidArgument, `option 'pagedKv' on a GPU needs a head size of 64, 80, 96, 112, 128 or 256 (this model's is ${headSize})`);
+                }
+                paging.paged = false;
+                if (options.blockSize === undefined) blockSize = 16;
+            }
+            if (paging.paged && (blockSize & (blockSize - 1)) !== 0) {
+                throw new BatchwiseError(ErrorCode.InvalidArgument, `option 'blockSize' must be a power of two with the paged KV cache (got ${blockSize})`);
+            }
+            if (paging.paged && paging.gpu && blockSize % 128 !== 0) {
+                throw new BatchwiseError(ErrorCode.InvalidArgument, `option 'blockSize' must be a multiple of 128 with the paged KV cache on a GPU (got ${blockSize})`);
+            }
             const trained = model.metadata.trainedContext;
             const contextSize = options.contextSize || trained;
             if (contextSize < blockSize) {
                 throw new BatchwiseError(ErrorCode.InvalidArgument, `option 'contextSize' (${contextSize}) must hold at least one block (${blockSize} tokens)`);
             }
-            context = await model.createContext(defined<ContextOptions>({
+            const contextOptions = defined<ContextOptions>({
                 contextSize, maxSequences: maxSequences + cacheSlots, batchSize: batchTokens, ubatchSize, kvUnified: true,
                 flashAttention: options.flashAttention, kvCacheTypeK: options.kvCacheTypeK, kvCacheTypeV: options.kvCacheTypeV,
                 threads: options.threads, threadsBatch: options.threadsBatch,
-            }));
+            });
+            let paged = paging.paged;
+            try {
+                context = await model.createContext({ ...contextOptions, kvBlockSize: paged ? blockSize : 0 });
+            } catch (e) {
+                // a model whose memory cannot be paged (sliding-window, recurrent) or flash attention that resolved
+                // to off: without an explicit pagedKv, fall back to the unified pool
+                if (!paged || options.pagedKv === true || !(e instanceof BatchwiseError) || !/paged KV/.test(e.message)) throw e;
+                paged = false;
+                context = await model.createContext(contextOptions);
+            }
             const numBlocks = Math.floor(context.info.contextSize / blockSize);
             const pool = numBlocks * blockSize;
             return new Engine(model, context, { ...options }, {
                 numBlocks, blockSize, maxRunning: maxSequences, numSlots: maxSequences + cacheSlots, batchTokens, prefillChunk, longPrefills,
-                maxContext: Math.min(pool, trained > 0 ? trained : pool), prefixCache, preemption, swapSpaceBytes, watermark,
+                maxContext: Math.min(pool, trained > 0 ? trained : pool), pagedKv: paged, prefixCache, preemption, swapSpaceBytes, watermark,
             }, maxQueued);
         } catch (e) {
             context?.dispose();
@@ -786,4 +825,26 @@ export class Engine {
         if (first.logprobs) result.logprobs = first.logprobs;
         st.gen.push({ type: "done", ...result });
     }
+}
+
+/**
+ * Whether the engine asks for the paged KV cache. It needs flash attention; on a GPU (CUDA) the paged
+ * attention kernel also needs f16 K/V. An explicit pagedKv: true that cannot hold is an error.
+ */
+function pagedKvPlan(options: EngineOptions): { paged: boolean; gpu: boolean } {
+    // (the head size is checked once the model is loaded)
+    const fa = options.flashAttention;
+    const faOff = fa === false || fa === "off";
+    const gpu = options.gpuLayers !== 0 && getDevices().some((d) => d.type === "gpu" || d.type === "igpu");
+    const quantizedKv = (options.kvCacheTypeK ?? "f16") !== "f16" || (options.kvCacheTypeV ?? "f16") !== "f16";
+    if (options.pagedKv !== undefined && typeof options.pagedKv !== "boolean") {
+        throw new BatchwiseError(ErrorCode.InvalidArgument, "option 'pagedKv' must be a boolean");
+    }
+    if (options.pagedKv === true && faOff) {
+        throw new BatchwiseError(ErrorCode.InvalidArgument, "option 'pagedKv' needs flash attention (flashAttention is off)");
+    }
+    if (options.pagedKv === true && gpu && quantizedKv) {
+        throw new BatchwiseError(ErrorCode.InvalidArgument, "option 'pagedKv' on a GPU needs f16 K/V (kvCacheTypeK and kvCacheTypeV)");
+    }
+    return { paged: options.pagedKv ?? (!faOff && !(gpu && quantizedKv)), gpu };
 }

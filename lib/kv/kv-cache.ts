@@ -16,13 +16,19 @@
 // holds because a block is only committed when every block before it in its table is indexed, and a
 // table only ever gets other blocks by copying a whole prefix.
 //
-// A later native paged cache (placing tokens in the cells of their blocks) replaces only this file.
+//
+// Paged mode (a context created with kvBlockSize == blockSize): block b is KV cells [b*blockSize, (b+1)*blockSize)
+// and an active slot's table is also its native block table (setBlockTable), sent whenever the table grows:
+// llama.cpp then writes each token into its block and each sequence attends only to its own blocks. The
+// sequence-id bookkeeping above (seqCopy, seqRemove) still runs, so llama.cpp's cell metadata agrees.
 import { BlockPool, type BlockPoolStats, type KvBlock } from "./block-pool.js";
 
 /** The sequence operations of the KV memory (LlamaContext has them). Called only while no decode runs. */
 export interface KvOps {
     seqRemove(seq: number, p0?: number, p1?: number): boolean;
     seqCopy(src: number, dst: number, p0?: number, p1?: number): void;
+    /** Paged mode only: the slot's blocks in position order. */
+    setBlockTable?(seq: number, blocks: Int32Array): void;
 }
 
 type SlotState = "free" | "active" | "parked";
@@ -53,8 +59,10 @@ export class KvCache {
     /** The table index of each block in use, by block id (the same in every holder). */
     private readonly index = new Map<number, number>();
 
-    constructor(private readonly ops: KvOps, numBlocks: number, blockSize: number, numSlots: number) {
+    /** `paged`: the context places tokens by block table (kvBlockSize == blockSize), so tables are sent to it. */
+    constructor(private readonly ops: KvOps, numBlocks: number, blockSize: number, numSlots: number, readonly paged = false) {
         if (!Number.isInteger(numSlots) || numSlots < 1) throw new RangeError("numSlots must be a positive integer");
+        if (paged && !ops.setBlockTable) throw new TypeError("a paged KV cache needs setBlockTable");
         this.blockSize = blockSize;
         this.pool = new BlockPool(numBlocks, blockSize, (b) => this.evicted(b));
         this.slots = Array.from({ length: numSlots }, (_, id) => ({ id, state: "free" as SlotState, table: [], committed: 0 }));
@@ -129,6 +137,7 @@ export class KvCache {
         if (source.state === "parked") this.touch(source);
         for (const b of hit) this.hold(s, b);
         s.committed = hit.length;
+        this.sendTable(s);
         return hit.length;
     }
 
@@ -143,6 +152,7 @@ export class KvCache {
         this.ops.seqCopy(src, dst, 0, blocks * this.blockSize);
         for (const b of shared) this.hold(to, b);
         to.committed = Math.min(from.committed, blocks);
+        this.sendTable(to);
     }
 
     /** Grows an active slot's table to cover `tokens` positions. False, with nothing changed, if too few blocks are free. */
@@ -153,6 +163,7 @@ export class KvCache {
         const got = this.pool.allocate(need);
         if (!got) return false;
         for (const b of got) this.hold(s, b);
+        this.sendTable(s);
         return true;
     }
 
@@ -263,6 +274,14 @@ export class KvCache {
         let h = this.holders.get(b.id);
         if (!h) this.holders.set(b.id, (h = new Set()));
         h.add(s);
+    }
+
+    /** Paged mode: tells the context where the slot's positions live (before it decodes into them). */
+    private sendTable(s: Slot): void {
+        if (!this.paged) return;
+        const ids = new Int32Array(s.table.length);
+        for (let i = 0; i < ids.length; i++) ids[i] = s.table[i].id;
+        this.ops.setBlockTable!(s.id, ids);
     }
 
     private touch(s: Slot): void {

@@ -42,6 +42,8 @@ export interface SchedulerOptions {
     longPrefills?: number;
     /** Most tokens (prompt + generated) one sequence may hold. */
     maxContext: number;
+    /** The context is a paged KV cache with kvBlockSize == blockSize: block tables are sent to it. Default false. */
+    pagedKv?: boolean;
     prefixCache: boolean;
     preemption: PreemptionMode;
     /** Host memory for swapped-out sequences; past it, preemption recomputes. */
@@ -171,7 +173,7 @@ export class Scheduler {
         if (o.batchTokens < o.maxRunning) throw new RangeError(`batchTokens (${o.batchTokens}) must be at least maxRunning (${o.maxRunning})`);
         if (o.numSlots < o.maxRunning) throw new RangeError(`numSlots (${o.numSlots}) must be at least maxRunning (${o.maxRunning})`);
         if (o.maxContext > o.numBlocks * o.blockSize) throw new RangeError(`maxContext (${o.maxContext}) exceeds the KV pool (${o.numBlocks * o.blockSize} tokens)`);
-        this.kv = new KvCache(backend, o.numBlocks, o.blockSize, o.numSlots);
+        this.kv = new KvCache(backend, o.numBlocks, o.blockSize, o.numSlots, o.pagedKv ?? false);
         this.slotSampler = new Array(o.numSlots);
         this.now = o.now ?? (() => performance.now());
         this.watermarkBlocks = Math.floor(o.numBlocks * o.watermark);
