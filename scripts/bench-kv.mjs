@@ -1,0 +1,513 @@
+#!/usr/bin/env node
+// KV cache layouts, side by side: the work of llama.cpp's llama-batched-bench (npl parallel sequences,
+// npp prompt tokens each, then ntg generated tokens each) through batchwise's binding, for several KV
+// layouts of one model in one process, one after the other:
+//
+//   streams       per-sequence streams (kvUnified: false): each sequence owns a fixed slice of
+//                 n_ctx / n_seq cells and attends over its own slice only.
+//   unified       llama.cpp's unified pool (kvUnified: true, kvBlockSize: 0): one pool of cells shared by
+//                 all sequences; llama.cpp places tokens and every sequence's attention spans the used cells.
+//   paged         batchwise's paged KV cache (kvUnified: true, kvBlockSize: B): the pool is cut into blocks
+//                 of B cells; each sequence gets a block table (ctx.setBlockTable) and attends to its own
+//                 blocks only. Each sequence gets ceil((npp+ntg)/B) blocks drawn from a seeded random
+//                 permutation of the whole pool, so blocks lie scattered as in a long-running server.
+//   paged-shared  paged, with a common prefix: every sequence's prompt starts with the floor(npp/B) full
+//                 blocks of sequence 0. Those blocks head every block table, are computed once on sequence 0
+//                 and shared with ctx.seqCopy(0, s, 0, shared*B); each sequence then prefills only its
+//                 remaining npp - shared*B tokens. Reports the distinct blocks held against the unshared
+//                 npl * ceil((npp+ntg)/B).
+//
+// Per (mode, npp): a fresh context of contextSize = npl*(npp+ntg) rounded up to a multiple of 256 (and, when a
+// paged mode runs, large enough for npl*ceil((npp+ntg)/B) blocks; the same size for every mode), maxSequences
+// npl, batchSize 2048 (llama.cpp caps it at the context size), ubatchSize 512, flash attention on. A short warm-up decode (as llama-batched-bench does),
+// then the prefill: every sequence's prompt (seeded random token ids), sequence-major, in batches of at most
+// 2048 tokens, an output on each sequence's last prompt token; then ntg steps of one batch of npl tokens (each
+// sequence's token sampled greedily in the step before, at position npp+t). The context is disposed after
+// each mode, and a mode that fails is recorded with its error instead of ending the run.
+//
+// Timing (--timing): "native" (default) sums, over the decode calls, decodeMs (llama_decode) and sampleMs (the
+// greedy pick, which starts by reading the logits and so waits for the GPU). llama_decode returns without
+// waiting for the last micro-batch's GPU work (llama.cpp leaves that to whoever reads the outputs), so decodeMs
+// alone undercounts a GPU decode step; decode + sample is llama-batched-bench's decode + synchronize plus a
+// greedy argmax over the vocabulary for each output row (the same in every mode). "decode" uses decodeMs alone
+// (exact on a CPU backend), "wall" the JS wall clock around the calls. All three are kept in the JSON.
+//
+// usage: npm run build && node scripts/bench-kv.mjs [--shape 7b | --model PATH.gguf] [--npp 512,4096]
+//            [--ntg 128] [--npl 64] [--modes streams,unified,paged,paged-shared] [--block-size 128]
+//            [--gpu-layers N] [--timing native|decode|wall] [--seed 1] [--out docs/bench/kv-layouts.md]
+//            [--json PATH] [--isolate]
+// --isolate runs each (mode, npp) in a child process of its own (the model is loaded again for each), so a native
+// abort (a failed GGML_ASSERT, a CUDA error) becomes that mode's recorded error and the run goes on; without it,
+// a native abort ends the run and the output marks the mode it died in.
+// CPU smoke run:
+//        node scripts/bench-kv.mjs --shape tiny --npp 64,128 --ntg 8 --npl 4 --gpu-layers 0 --out /tmp/kv.md
+//
+// Output: a Markdown report (--out: date, devices, model, the command, one table of prefill and decode tokens/s
+// per mode with the ratios paged/streams and paged/unified, and one for paged-shared), the same tables on
+// stdout, and every raw number as JSON (--json, default: --out with .json).
+import { spawn } from "node:child_process";
+import { mkdirSync, writeFileSync } from "node:fs";
+import { basename, dirname, relative } from "node:path";
+import { parseArgs } from "node:util";
+import { LlamaModel, cachedRandomModel, getDevices, systemInfo } from "../dist/lib/binding/index.js";
+
+const MODES = ["streams", "unified", "paged", "paged-shared"];
+const BATCH = 2048;
+const UBATCH = 512;
+
+const { values: args } = parseArgs({
+    options: {
+        shape: { type: "string", default: "7b" },
+        model: { type: "string" },
+        npp: { type: "string", default: "512,4096" },
+        ntg: { type: "string", default: "128" },
+        npl: { type: "string", default: "64" },
+        modes: { type: "string", default: MODES.join(",") },
+        "block-size": { type: "string", default: "128" },
+        "gpu-layers": { type: "string", default: "-1" },
+        timing: { type: "string", default: "native" },
+        seed: { type: "string", default: "1" },
+        out: { type: "string", default: "docs/bench/kv-layouts.md" },
+        json: { type: "string" },
+        isolate: { type: "boolean", default: false },
+        child: { type: "string" }, // internal: --isolate runs one "mode:npp" per child process
+        help: { type: "boolean", short: "h" },
+    },
+});
+if (args.help) {
+    console.log("usage: node scripts/bench-kv.mjs [--shape 7b | --model PATH] [--npp 512,4096] [--ntg 128] [--npl 64]\n" +
+        "       [--modes streams,unified,paged,paged-shared] [--block-size 128] [--gpu-layers N] [--timing native|decode|wall]\n" +
+        "       [--seed 1] [--out docs/bench/kv-layouts.md] [--json PATH] [--isolate]\n(see the comment at the top of this file)");
+    process.exit(0);
+}
+
+function int(name, v, min) {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < min) throw new Error(`--${name} must be an integer >= ${min} (got '${v}')`);
+    return n;
+}
+const nppList = args.npp.split(",").filter(Boolean).map((v) => int("npp", v, 1));
+const ntg = int("ntg", args.ntg, 1);
+const npl = int("npl", args.npl, 1);
+const B = int("block-size", args["block-size"], 1);
+const gpuLayers = int("gpu-layers", args["gpu-layers"], -1);
+const seed = int("seed", args.seed, 0);
+const modes = args.modes.split(",").filter(Boolean);
+for (const m of modes) if (!MODES.includes(m)) throw new Error(`unknown mode '${m}' (modes: ${MODES.join(", ")})`);
+if (!["native", "decode", "wall"].includes(args.timing)) throw new Error("--timing must be native, decode or wall");
+const outMd = args.out;
+const outJson = args.json ?? (outMd.endsWith(".md") ? outMd.slice(0, -3) + ".json" : outMd + ".json");
+const command = ["node", "scripts/bench-kv.mjs", ...process.argv.slice(2)]
+    .map((a) => (/^[\w./,=:@+-]+$/.test(a) ? a : `'${a.replace(/'/g, "'\\''")}'`)).join(" ");
+const log = (line) => console.error(line);
+
+// ---- helpers ----
+
+/** A small seeded PRNG (mulberry32): same seed, same prompts and block placement in every run. */
+function rng(s) {
+    let a = s >>> 0;
+    return () => {
+        a = (a + 0x6d2b79f5) >>> 0;
+        let t = a;
+        t = Math.imul(t ^ (t >>> 15), t | 1);
+        t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+        return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+    };
+}
+
+function shuffled(n, rand) {
+    const a = Array.from({ length: n }, (_, i) => i);
+    for (let i = n - 1; i > 0; i--) {
+        const j = Math.floor(rand() * (i + 1));
+        [a[i], a[j]] = [a[j], a[i]];
+    }
+    return a;
+}
+
+const roundUp = (x, m) => Math.ceil(x / m) * m;
+const isPaged = (mode) => mode === "paged" || mode === "paged-shared";
+
+/** The context size used for every mode at one npp (see the header). */
+function contextSizeFor(npp) {
+    let need = npl * (npp + ntg);
+    let multiple = 256;
+    if (modes.some(isPaged)) {
+        need = Math.max(need, npl * Math.ceil((npp + ntg) / B) * B);
+        multiple = Math.max(256, B);
+    }
+    return roundUp(need, multiple);
+}
+
+async function resolveModel() {
+    if (args.model) return { path: args.model, label: basename(args.model) };
+    let SHAPES;
+    try {
+        ({ SHAPES } = await import("../dist/lib/bench/bench.js"));
+    } catch (e) {
+        throw new Error(`could not load the model shapes from dist/lib/bench/bench.js (run npm run build, or pass --model): ${e.message}`);
+    }
+    const shape = SHAPES[args.shape];
+    if (!shape) throw new Error(`unknown --shape '${args.shape}' (shapes: ${Object.keys(SHAPES).join(", ")})`);
+    const t0 = performance.now();
+    // the same cache name as the serving benchmark (lib/bench/bench.ts), so both use one file
+    const { path, made } = await cachedRandomModel(`bench-qwen2-${args.shape}`, shape);
+    if (made) log(`made the ${args.shape} random-weight model in ${((performance.now() - t0) / 1000).toFixed(0)} s: ${path}`);
+    return {
+        path,
+        label: `random-weight Qwen2.5-${args.shape.toUpperCase()} shape (qwen2, embedding ${shape.embeddingSize}, ${shape.layers} layers, ` +
+            `${shape.heads}/${shape.kvHeads} heads, ${shape.type})`,
+    };
+}
+
+function contextOptions(mode, contextSize) {
+    const base = { contextSize, maxSequences: npl, batchSize: BATCH, ubatchSize: UBATCH, flashAttention: "on" };
+    if (mode === "streams") return { ...base, kvUnified: false };
+    if (mode === "unified") return { ...base, kvUnified: true, kvBlockSize: 0 };
+    return { ...base, kvUnified: true, kvBlockSize: B };
+}
+
+/** Time of a group of decode calls. */
+function timer() {
+    return { calls: 0, tokens: 0, decodeMs: 0, sampleMs: 0, wallMs: 0, perCallMs: [] };
+}
+
+async function decode(ctx, t, rows) {
+    const n = rows.length;
+    const batch = {
+        tokens: new Int32Array(n), positions: new Int32Array(n), seqIds: new Int32Array(n), outputs: new Uint8Array(n),
+    };
+    for (let i = 0; i < n; i++) {
+        const [tok, pos, seq, out] = rows[i];
+        batch.tokens[i] = tok;
+        batch.positions[i] = pos;
+        batch.seqIds[i] = seq;
+        batch.outputs[i] = out ? 1 : 0;
+    }
+    const w0 = performance.now();
+    const r = await ctx.decode(batch);
+    t.wallMs += performance.now() - w0;
+    t.decodeMs += r.decodeMs;
+    t.sampleMs += r.sampleMs;
+    t.calls++;
+    t.tokens += n;
+    t.perCallMs.push(+(r.decodeMs + r.sampleMs).toFixed(3));
+    return r.tokens;
+}
+
+/**
+ * Decodes rows in batches of at most `batch` tokens (BATCH, or less where llama.cpp capped the context's batch
+ * size at its context size); returns the sampled tokens of the output rows, keyed by sequence.
+ */
+async function decodeChunked(ctx, t, rows, batch) {
+    const sampled = new Map();
+    for (let i = 0; i < rows.length; i += batch) {
+        const chunk = rows.slice(i, i + batch);
+        const toks = await decode(ctx, t, chunk);
+        let k = 0;
+        for (const [, , seq, out] of chunk) if (out) sampled.set(seq, toks[k++]);
+    }
+    return sampled;
+}
+
+const ms = (t) => (args.timing === "native" ? t.decodeMs + t.sampleMs : args.timing === "decode" ? t.decodeMs : t.wallMs);
+
+// ---- one (mode, npp) run ----
+
+async function runMode(model, mode, npp, contextSize) {
+    const vocab = model.metadata.vocabSize;
+    const perSeqBlocks = Math.ceil((npp + ntg) / B);
+    const shared = mode === "paged-shared" ? Math.floor(npp / B) : 0; // full blocks of the common prefix
+    const sharedTokens = shared * B;
+
+    // the same prompts in every mode (seeded per npp); paged-shared copies sequence 0's first shared*B tokens
+    const rand = rng(seed * 1000003 + npp);
+    const prompts = Array.from({ length: npl }, () => Int32Array.from({ length: npp }, () => Math.floor(rand() * vocab)));
+    for (let s = 1; s < npl; s++) prompts[s].set(prompts[0].subarray(0, sharedTokens));
+
+    const r = { mode, npp, ntg, npl, contextSizeRequested: contextSize };
+    const t0 = performance.now();
+    const ctx = await model.createContext(contextOptions(mode, contextSize));
+    try {
+        const info = typeof ctx.info === "function" ? ctx.info() : ctx.info;
+        r.context = info;
+        r.createMs = performance.now() - t0;
+        const batch = Math.min(BATCH, info.batchSize);
+        if (mode === "streams" && info.sequenceContextSize < npp + ntg) {
+            throw new Error(`each stream holds ${info.sequenceContextSize} cells, fewer than npp+ntg = ${npp + ntg}`);
+        }
+
+        if (isPaged(mode)) {
+            const pool = Math.floor(info.contextSize / B);
+            const held = shared + npl * (perSeqBlocks - shared);
+            if (held > pool) throw new Error(`${held} blocks needed, the pool has ${pool}`);
+            const perm = shuffled(pool, rng(seed * 7919 + npp));
+            const common = perm.slice(0, shared);
+            let next = shared;
+            const tables = [];
+            for (let s = 0; s < npl; s++) {
+                const own = perm.slice(next, next + perSeqBlocks - shared);
+                next += perSeqBlocks - shared;
+                const table = Int32Array.from([...common, ...own]);
+                ctx.setBlockTable(s, table);
+                tables.push(Array.from(table));
+            }
+            r.blocks = {
+                blockSize: B, pool, perSequence: perSeqBlocks, shared, held: new Set(tables.flat()).size,
+                unshared: npl * perSeqBlocks, tables,
+            };
+        }
+
+        // warm-up (as llama-batched-bench): a few tokens on sequence 0, then an empty cache
+        const warm = Math.min(16, npp);
+        await decode(ctx, timer(), Array.from({ length: warm }, (_, p) => [prompts[0][p], p, 0, p === warm - 1]));
+        ctx.clear();
+
+        // prefill
+        const pre = timer();
+        let first;
+        if (mode === "paged-shared" && shared > 0) {
+            const prefix = Array.from({ length: sharedTokens }, (_, p) => [prompts[0][p], p, 0, p === npp - 1]);
+            const fromPrefix = await decodeChunked(ctx, pre, prefix, batch);
+            for (let s = 1; s < npl; s++) ctx.seqCopy(0, s, 0, sharedTokens);
+            const rest = [];
+            for (let s = 0; s < npl; s++) for (let p = sharedTokens; p < npp; p++) rest.push([prompts[s][p], p, s, p === npp - 1]);
+            first = await decodeChunked(ctx, pre, rest, batch);
+            // a prompt of whole blocks: sequence 0's last prompt token is every sequence's, and so is its sampled token
+            if (sharedTokens === npp) for (let s = 0; s < npl; s++) first.set(s, fromPrefix.get(0));
+        } else {
+            const rows = [];
+            for (let s = 0; s < npl; s++) for (let p = 0; p < npp; p++) rows.push([prompts[s][p], p, s, p === npp - 1]);
+            first = await decodeChunked(ctx, pre, rows, batch);
+        }
+        r.prefill = { ...pre, tokensComputed: pre.tokens, tokensLogical: npl * npp };
+
+        // generation: ntg steps of one token per sequence
+        const gen = timer();
+        let last = Array.from({ length: npl }, (_, s) => first.get(s));
+        let hash = 0x811c9dc5; // FNV-1a over every sampled token: the layouts should produce the same greedy text
+        const mix = (tok) => (hash = Math.imul(hash ^ (tok & 0xffffffff), 0x01000193) >>> 0);
+        last.forEach(mix);
+        for (let t = 0; t < ntg; t++) {
+            const toks = await decode(ctx, gen, last.map((tok, s) => [tok >= 0 ? tok : 0, npp + t, s, true]));
+            last = Array.from(toks);
+            last.forEach(mix);
+        }
+        r.decode = gen;
+        r.generated = { firstTokens: Array.from({ length: npl }, (_, s) => first.get(s)), hash: hash.toString(16).padStart(8, "0") };
+        r.prefillTokPerS = (npl * npp) / (ms(pre) / 1000);
+        r.decodeTokPerS = (npl * ntg) / (ms(gen) / 1000);
+        r.totalMs = performance.now() - t0;
+    } finally {
+        ctx.dispose();
+    }
+    return r;
+}
+
+// ---- report ----
+
+const fmt = (x) => (x === undefined || !Number.isFinite(x) ? "" : x >= 100 ? x.toFixed(0) : x.toFixed(1));
+const ratio = (a, b) => (a && b ? `${(a / b).toFixed(2)}x` : "");
+
+function tables(results) {
+    const get = (mode, npp) => results.find((r) => r.mode === mode && r.npp === npp);
+    const cell = (r, key) => (!r ? "" : r.error ? "error" : fmt(r[key]));
+    const main = modes.filter((m) => m !== "paged-shared");
+    const lines = [];
+    if (main.length) {
+        const hasPaged = main.includes("paged");
+        const ratios = hasPaged ? main.filter((m) => m !== "paged").map((m) => `paged/${m}`) : [];
+        const head = ["npp", ...main.map((m) => `${m} prefill tok/s`), ...ratios.map((x) => `${x} prefill`),
+            ...main.map((m) => `${m} decode tok/s`), ...ratios.map((x) => `${x} decode`)];
+        lines.push(`| ${head.join(" | ")} |`);
+        lines.push("|" + "---|".repeat(1 + 2 * main.length + 2 * ratios.length));
+        for (const npp of nppList) {
+            const rs = main.map((m) => get(m, npp));
+            const p = get("paged", npp);
+            const others = main.filter((m) => m !== "paged").map((m) => get(m, npp));
+            const row = [String(npp), ...rs.map((r) => cell(r, "prefillTokPerS"))];
+            if (hasPaged) row.push(...others.map((o) => ratio(p?.prefillTokPerS, o?.prefillTokPerS)));
+            row.push(...rs.map((r) => cell(r, "decodeTokPerS")));
+            if (hasPaged) row.push(...others.map((o) => ratio(p?.decodeTokPerS, o?.decodeTokPerS)));
+            lines.push(`| ${row.join(" | ")} |`);
+        }
+    }
+    if (modes.includes("paged-shared")) {
+        if (lines.length) lines.push("");
+        lines.push(`paged-shared: a common prefix of floor(npp/${B}) full blocks, computed once on sequence 0 and shared by every sequence.`);
+        lines.push("");
+        lines.push("| npp | shared blocks (tokens) | blocks held | unshared (npl*ceil((npp+ntg)/B)) | held/unshared | prefill tokens computed / logical | " +
+            "prefill tok/s (logical) | decode tok/s | decode vs paged |");
+        lines.push("|---|---|---|---|---|---|---|---|---|");
+        for (const npp of nppList) {
+            const r = get("paged-shared", npp);
+            if (!r) continue;
+            if (r.error) {
+                lines.push(`| ${npp} | error | | | | | | | |`);
+                continue;
+            }
+            const b = r.blocks;
+            lines.push(`| ${npp} | ${b.shared} (${b.shared * B}) | ${b.held} | ${b.unshared} | ${(b.held / b.unshared).toFixed(2)} | ` +
+                `${r.prefill.tokensComputed} / ${r.prefill.tokensLogical} | ${fmt(r.prefillTokPerS)} | ${fmt(r.decodeTokPerS)} | ` +
+                `${ratio(r.decodeTokPerS, get("paged", npp)?.decodeTokPerS)} |`);
+        }
+    }
+    // same prompts and greedy sampling: every layout should sample the same tokens. Paged runs the same attention
+    // kernel as per-sequence streams (only the rows' addresses differ), so those two should agree bit for bit;
+    // the unified pool runs other kernel shapes, and on a GPU their rounding can flip a near-tie of a random model
+    const same = [];
+    for (const npp of nppList) {
+        for (const [m, ref] of [["paged", "streams"], ["paged", "unified"], ["streams", "unified"]]) {
+            const o = get(m, npp), r = get(ref, npp);
+            if (o?.generated && r?.generated) same.push(`${m} vs ${ref} ${o.generated.hash === r.generated.hash ? "same" : "DIFFERENT"} (npp ${npp})`);
+        }
+    }
+    if (same.length) {
+        lines.push("");
+        lines.push(`Sampled tokens (${"all npl x ntg greedy tokens, hashed"}): ${same.join(", ")}.`);
+    }
+    const errors = results.filter((r) => r.error);
+    if (errors.length) {
+        lines.push("");
+        lines.push("Errors:");
+        lines.push("");
+        for (const r of errors) lines.push(`- ${r.mode}, npp ${r.npp}: ${r.error.replace(/\s+/g, " ")}`);
+    }
+    return lines.join("\n");
+}
+
+function markdown(report) {
+    const timing = {
+        native: "decodeMs + sampleMs summed over the decode calls (llama_decode, then the wait for the GPU and the greedy pick when the outputs are read)",
+        decode: "decodeMs summed over the decode calls (time inside llama_decode; on a GPU it does not wait for the last micro-batch)",
+        wall: "the JS wall clock around the decode calls",
+    }[report.settings.timing];
+    return [
+        "# KV cache layouts: per-sequence streams, unified pool, paged",
+        "",
+        `Date: ${report.date}. Device: ${report.device}. llama.cpp ${report.llamaTag}.`,
+        `Model: ${report.model.label}${report.model.parameters ? `: ${(report.model.parameters / 1e9).toFixed(2)}B parameters` : ""}.`,
+        "",
+        "```sh",
+        report.command,
+        "```",
+        "",
+        `npl ${npl} sequences, npp prompt tokens each, ntg ${ntg} generated tokens each; batch ${BATCH}, micro-batch ${UBATCH}, ` +
+            `flash attention on, gpu layers ${gpuLayers}; paged block size ${B}. Context size per npp, the same for every mode: ` +
+            nppList.map((npp) => `${npp}: ${contextSizeFor(npp)}`).join(", ") + ". " +
+            `Prefill tok/s = npl*npp / prefill time; decode tok/s = npl*ntg / decode time. Time: ${timing}. ` +
+            "Raw numbers: " + `[${basename(report.json)}](${relative(dirname(outMd), report.json)}).`,
+        "",
+        tables(report.results),
+        "",
+    ].join("\n");
+}
+
+// ---- main ----
+
+const errorText = (e) => `${e.code ? e.code + ": " : ""}${e.message}`;
+
+/** One (mode, npp) in this process: the result, or the error it ended with. */
+async function measure(model, mode, npp) {
+    const contextSize = contextSizeFor(npp);
+    try {
+        return await runMode(model, mode, npp, contextSize);
+    } catch (e) {
+        return { mode, npp, ntg, npl, contextSizeRequested: contextSize, error: errorText(e) };
+    }
+}
+
+const RESULT = "@@bench-kv-result ";
+
+/**
+ * --isolate: one (mode, npp) in a child process (this script with --child), so that a native abort (a failed
+ * GGML_ASSERT, a CUDA error) is recorded as that mode's error and the run goes on. Each child loads the model.
+ */
+function measureIsolated(path, mode, npp) {
+    const childArgs = [process.argv[1], "--model", path, "--npp", nppList.join(","), "--ntg", String(ntg), "--npl", String(npl),
+        "--modes", modes.join(","), "--block-size", String(B), "--gpu-layers", String(gpuLayers), "--timing", args.timing,
+        "--seed", String(seed), "--child", `${mode}:${npp}`];
+    return new Promise((resolve) => {
+        const child = spawn(process.execPath, childArgs, { stdio: ["ignore", "pipe", "pipe"] });
+        let stdout = "", stderrTail = "";
+        child.stdout.on("data", (d) => (stdout += d));
+        child.stderr.on("data", (d) => {
+            process.stderr.write(d);
+            stderrTail = (stderrTail + d).slice(-2000);
+        });
+        child.on("close", (code, signal) => {
+            const line = stdout.split("\n").find((l) => l.startsWith(RESULT));
+            if (line) return resolve(JSON.parse(line.slice(RESULT.length)));
+            const last = stderrTail.trim().split("\n").filter((l) => !/^\s+at /.test(l)).slice(-3).join(" / ");
+            resolve({
+                mode, npp, ntg, npl, contextSizeRequested: contextSizeFor(npp),
+                error: `the process ended (${signal ? `signal ${signal}` : `exit code ${code}`})${last ? `: ${last}` : ""}`,
+            });
+        });
+    });
+}
+
+if (args.child) {
+    const [mode, nppText] = args.child.split(":");
+    const model = await LlamaModel.load(args.model, { gpuLayers });
+    const r = await measure(model, mode, Number(nppText));
+    r.modelInfo = { parameters: model.metadata.parameters, sizeBytes: model.metadata.sizeBytes, vocabSize: model.metadata.vocabSize };
+    model.dispose();
+    process.stdout.write(RESULT + JSON.stringify(r) + "\n");
+    process.exit(0);
+}
+
+const devices = getDevices();
+const gpus = devices.filter((d) => d.type === "gpu" || d.type === "igpu");
+const device = gpus.length ? gpus.map((d) => d.description || d.name).join(", ") : `CPU only (${devices.map((d) => d.description || d.name).join(", ") || "no devices listed"})`;
+const { path, label } = await resolveModel();
+let model = null;
+if (!args.isolate) {
+    log(`loading ${path} (gpu layers ${gpuLayers})`);
+    model = await LlamaModel.load(path, { gpuLayers });
+}
+const report = {
+    date: new Date().toISOString().slice(0, 10), command, device, devices, llamaTag: systemInfo().llamaTag,
+    model: { path, label, ...(model && { parameters: model.metadata.parameters, sizeBytes: model.metadata.sizeBytes, vocabSize: model.metadata.vocabSize }) },
+    settings: {
+        npp: nppList, ntg, npl, modes, blockSize: B, gpuLayers, timing: args.timing, seed, isolate: !!args.isolate,
+        batchSize: BATCH, ubatchSize: UBATCH, flashAttention: "on",
+        contextSize: Object.fromEntries(nppList.map((npp) => [npp, contextSizeFor(npp)])),
+    },
+    json: outJson,
+    results: [],
+};
+const save = () => {
+    mkdirSync(dirname(outMd) || ".", { recursive: true });
+    mkdirSync(dirname(outJson) || ".", { recursive: true });
+    writeFileSync(outJson, JSON.stringify(report, null, 2));
+    writeFileSync(outMd, markdown(report));
+};
+try {
+    for (const npp of nppList) {
+        for (const mode of modes) {
+            log(`${mode}, npp ${npp}, ntg ${ntg}, npl ${npl}, context ${contextSizeFor(npp)}`);
+            // saved first as unfinished: if the process dies in this mode (a native abort), the output says where
+            const slot = report.results.push({
+                mode, npp, ntg, npl, contextSizeRequested: contextSizeFor(npp),
+                error: "did not finish: the process ended during this mode (run with --isolate to go on past it)",
+            }) - 1;
+            save();
+            const r = model ? await measure(model, mode, npp) : await measureIsolated(path, mode, npp);
+            if (r.modelInfo) {
+                Object.assign(report.model, r.modelInfo);
+                delete r.modelInfo;
+            }
+            report.results[slot] = r;
+            if (r.error) log(`  error: ${r.error}`);
+            else {
+                log(`  prefill ${fmt(r.prefillTokPerS)} tok/s, decode ${fmt(r.decodeTokPerS)} tok/s` +
+                    (r.blocks ? `, blocks held ${r.blocks.held} of ${r.blocks.unshared} unshared (pool ${r.blocks.pool})` : ""));
+            }
+            save(); // after each mode, so a run cut short keeps what it measured
+        }
+    }
+} finally {
+    model?.dispose();
+}
+console.log(tables(report.results));
+log(`wrote ${outMd} and ${outJson}`);
