@@ -127,6 +127,36 @@ describe("engine", () => {
         }
     });
 
+    it("on the paged KV cache with a CUDA head size, gives each of 64 batched requests the tokens it gets alone", async () => {
+        // the tiny model above (head size 16) runs on the unified pool on a GPU; this one (head size 64) pages there
+        // too, with CUDA's block size of 128; on the CPU it is one more paged run
+        const wide = await modelPath({ ...tinyQwen, embeddingSize: 256, feedForwardSize: 256, seed: 11 });
+        const bs = gpu ? 128 : 16;
+        const prompts = workload().map((p, i) => i % 4 === 3 ? p : [...randomPrompt(bs, 600 + (i % 3)), ...p]);
+        const load = (o: Partial<EngineOptions>) => Engine.load({ model: wide, gpuLayers, contextSize: 8192, batchTokens: 2048, blockSize: bs, ...numerics, ...o });
+        const alone: Reference = { tokens: [], gaps: [] };
+        let e = await load({ maxSequences: 1, prefixCache: false });
+        try {
+            assert.equal(e.settings.pagedKv, true);
+            for (const p of prompts) {
+                const r = await e.complete(greedy(p, 2));
+                alone.tokens.push(r.tokens);
+                alone.gaps.push(r.logprobs!.map((lp) => lp.top![0].logprob - lp.top![1].logprob));
+            }
+        } finally {
+            await e.close();
+        }
+        e = await load({ maxSequences: 64 });
+        try {
+            assert.equal(e.settings.pagedKv, true);
+            assertSameTokens(await runAll(e, prompts, true), alone);
+            assert.ok(e.stats().prefixCache.hits > 0, "the shared prefixes were found in the cache");
+            assert.equal(e.stats().kv.used, 0);
+        } finally {
+            await e.close();
+        }
+    });
+
     it("holds a prefix that 64 running requests share once, in a pool far too small for 64 copies", async () => {
         // 2000 shared tokens and a short tail each: 64 private copies would need 64 x ceil(2018 / BS) blocks
         const prefix = randomPrompt(2000, 77);
