@@ -394,6 +394,7 @@ export class Engine {
                 // to off: without an explicit pagedKv, fall back to the unified pool
                 if (!paged || options.pagedKv === true || !(e instanceof BatchwiseError) || !/paged KV/.test(e.message)) throw e;
                 paged = false;
+                if (options.blockSize === undefined) blockSize = 16;
                 context = await model.createContext(contextOptions);
             }
             const numBlocks = Math.floor(context.info.contextSize / blockSize);
