@@ -189,6 +189,14 @@ describe("decode", () => {
         });
     });
 
+    it("refuses a paged context whose attention the device holding the KV cannot run paged", { skip: !gpu && "GPU only" }, async () => {
+        // CUDA's paged kernel has no tiles for this model's head size (16), nor for blocks under 128
+        for (const kvBlockSize of [16, 128]) {
+            await assert.rejects(model.createContext(contextOptions({ kvBlockSize })),
+                (e: BatchwiseError) => e.code === ErrorCode.ContextCreateFailed && /paged attention/.test(e.message));
+        }
+    });
+
     // on a GPU the tiny model's head size (16) has no paged attention kernel (test-backend-ops checks the kernel there)
     describe("paged KV cache (kvBlockSize)", { skip: gpu && "no CUDA paged attention for head size 16" }, () => {
         const bs = 16;

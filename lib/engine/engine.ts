@@ -3,7 +3,7 @@
 // the previous step's tokens into text and events. Data flows one way: request -> engine -> scheduler
 // -> binding, and tokens back out through the scheduler's events.
 import {
-    BatchwiseError, ErrorCode, LlamaContext, LlamaModel, getDevices, jsonSchemaToGrammar,
+    BatchwiseError, ErrorCode, LlamaContext, LlamaModel, jsonSchemaToGrammar,
     type ContextOptions, type KvCacheType, type ModelLoadOptions, type ModelMetadata, type SplitMode,
 } from "../binding/index.js";
 import { Scheduler, type FinishReason, type PreemptionMode, type SchedRequest, type SchedulerEvent, type SchedulerOptions, type Sequence } from "../scheduler/scheduler.js";
@@ -36,14 +36,14 @@ export interface EngineOptions {
     longPrefills?: number;
     /**
      * Tokens per KV block (the unit of allocation and of prefix caching). Default 128 with the paged KV cache,
-     * else 16. With the paged cache it must be a power of two, and on a GPU a multiple of 128.
+     * else 16. With the paged cache it must be a power of two (on CUDA a multiple of 128).
      */
     blockSize?: number;
     /**
      * The paged KV cache: each token is written into its sequence's block and each sequence's attention reads
      * only its own blocks, so decode speed does not fall with what other sequences (or cached prefixes) hold.
-     * Needs flash attention (and f16 K/V on a GPU). Default: on where those hold; off uses llama.cpp's unified
-     * pool, whose attention reads every cell in use.
+     * Needs flash attention, and on CUDA f16 K/V, a head size of 64-256 and blocks of 128 or more. Default: on where
+     * llama.cpp can page this model (else the unified pool, whose attention reads every cell in use).
      */
     pagedKv?: boolean;
     /** Keep and reuse computed prompt prefixes. Default true. */
@@ -335,8 +335,8 @@ export class Engine {
         const maxSequences = int("maxSequences", 64, 1, 255);
         const cacheSlots = options.prefixCache === false ? 0 : int("cacheSlots", Math.min(maxSequences, 256 - maxSequences), 0, 256 - maxSequences);
         const batchTokens = int("batchTokens", 2048, maxSequences);
-        const paging = pagedKvPlan(options);
-        let blockSize = int("blockSize", paging.paged ? 128 : 16, 1, 4096);
+        let paged = pagedKvWanted(options);
+        let blockSize = int("blockSize", paged ? 128 : 16, 1, 4096);
         const ubatchSize = int("ubatchSize", Math.min(512, batchTokens), 1, batchTokens);
         const prefillChunk = int("prefillChunk", ubatchSize, 1, batchTokens);
         const longPrefills = int("longPrefills", 1, 1);
@@ -359,22 +359,8 @@ export class Engine {
         const model = await LlamaModel.load(options.model, loadOptions);
         let context: LlamaContext | undefined;
         try {
-            // CUDA's paged attention kernel has tiles for these head sizes; with another, the attention would run
-            // on the CPU, away from the KV cache: the unified pool instead (an explicit pagedKv: true is an error)
-            const meta = model.metadata;
-            const headSize = Number(meta.gguf[`${meta.architecture}.attention.key_length`] ?? meta.embeddingSize / Math.max(1, meta.heads));
-            if (paging.paged && paging.gpu && ![64, 80, 96, 112, 128, 256].includes(headSize)) {
-                if (options.pagedKv === true) {
-                    throw new BatchwiseError(ErrorCode.InvalidArgument, `option 'pagedKv' on a GPU needs a head size of 64, 80, 96, 112, 128 or 256 (this model's is ${headSize})`);
-                }
-                paging.paged = false;
-                if (options.blockSize === undefined) blockSize = 16;
-            }
-            if (paging.paged && (blockSize & (blockSize - 1)) !== 0) {
+            if (paged && (blockSize & (blockSize - 1)) !== 0) {
                 throw new BatchwiseError(ErrorCode.InvalidArgument, `option 'blockSize' must be a power of two with the paged KV cache (got ${blockSize})`);
-            }
-            if (paging.paged && paging.gpu && blockSize % 128 !== 0) {
-                throw new BatchwiseError(ErrorCode.InvalidArgument, `option 'blockSize' must be a multiple of 128 with the paged KV cache on a GPU (got ${blockSize})`);
             }
             const trained = model.metadata.trainedContext;
             const contextSize = options.contextSize || trained;
@@ -386,12 +372,12 @@ export class Engine {
                 flashAttention: options.flashAttention, kvCacheTypeK: options.kvCacheTypeK, kvCacheTypeV: options.kvCacheTypeV,
                 threads: options.threads, threadsBatch: options.threadsBatch,
             });
-            let paged = paging.paged;
             try {
                 context = await model.createContext({ ...contextOptions, kvBlockSize: paged ? blockSize : 0 });
             } catch (e) {
-                // a model whose memory cannot be paged (sliding-window, recurrent) or flash attention that resolved
-                // to off: without an explicit pagedKv, fall back to the unified pool
+                // llama.cpp refused: a memory that cannot be paged (sliding-window, recurrent), flash attention that
+                // resolved to off, or a device without paged attention for this model (on CUDA: head sizes 64-256,
+                // f16 K/V, blocks of 128 or more). Without an explicit pagedKv, fall back to the unified pool
                 if (!paged || options.pagedKv === true || !(e instanceof BatchwiseError) || !/paged KV/.test(e.message)) throw e;
                 paged = false;
                 if (options.blockSize === undefined) blockSize = 16;
@@ -828,24 +814,15 @@ export class Engine {
     }
 }
 
-/**
- * Whether the engine asks for the paged KV cache. It needs flash attention; on a GPU (CUDA) the paged
- * attention kernel also needs f16 K/V. An explicit pagedKv: true that cannot hold is an error.
- */
-function pagedKvPlan(options: EngineOptions): { paged: boolean; gpu: boolean } {
-    // (the head size is checked once the model is loaded)
+/** Whether the engine asks for the paged KV cache: by default whenever flash attention is not off (llama.cpp decides the rest). */
+function pagedKvWanted(options: EngineOptions): boolean {
     const fa = options.flashAttention;
     const faOff = fa === false || fa === "off";
-    const gpu = options.gpuLayers !== 0 && getDevices().some((d) => d.type === "gpu" || d.type === "igpu");
-    const quantizedKv = (options.kvCacheTypeK ?? "f16") !== "f16" || (options.kvCacheTypeV ?? "f16") !== "f16";
     if (options.pagedKv !== undefined && typeof options.pagedKv !== "boolean") {
         throw new BatchwiseError(ErrorCode.InvalidArgument, "option 'pagedKv' must be a boolean");
     }
     if (options.pagedKv === true && faOff) {
         throw new BatchwiseError(ErrorCode.InvalidArgument, "option 'pagedKv' needs flash attention (flashAttention is off)");
     }
-    if (options.pagedKv === true && gpu && quantizedKv) {
-        throw new BatchwiseError(ErrorCode.InvalidArgument, "option 'pagedKv' on a GPU needs f16 K/V (kvCacheTypeK and kvCacheTypeV)");
-    }
-    return { paged: options.pagedKv ?? (!faOff && !(gpu && quantizedKv)), gpu };
+    return options.pagedKv ?? !faOff;
 }
