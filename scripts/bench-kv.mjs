@@ -49,7 +49,8 @@ import { spawn } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { basename, dirname, relative } from "node:path";
 import { parseArgs } from "node:util";
-import { LlamaModel, cachedRandomModel, getDevices, systemInfo } from "../dist/lib/binding/index.js";
+import { LlamaModel, getDevices, systemInfo } from "../dist/lib/binding/index.js";
+import { randomTokens } from "../dist/lib/bench/loadgen.js";
 
 const MODES = ["streams", "unified", "paged", "paged-shared"];
 const BATCH = 2048;
@@ -139,24 +140,10 @@ function contextSizeFor(npp) {
 }
 
 async function resolveModel() {
-    if (args.model) return { path: args.model, label: basename(args.model) };
-    let SHAPES;
-    try {
-        ({ SHAPES } = await import("../dist/lib/bench/bench.js"));
-    } catch (e) {
-        throw new Error(`could not load the model shapes from dist/lib/bench/bench.js (run npm run build, or pass --model): ${e.message}`);
-    }
-    const shape = SHAPES[args.shape];
-    if (!shape) throw new Error(`unknown --shape '${args.shape}' (shapes: ${Object.keys(SHAPES).join(", ")})`);
-    const t0 = performance.now();
-    // the same cache name as the serving benchmark (lib/bench/bench.ts), so both use one file
-    const { path, made } = await cachedRandomModel(`bench-qwen2-${args.shape}`, shape);
-    if (made) log(`made the ${args.shape} random-weight model in ${((performance.now() - t0) / 1000).toFixed(0)} s: ${path}`);
-    return {
-        path,
-        label: `random-weight Qwen2.5-${args.shape.toUpperCase()} shape (qwen2, embedding ${shape.embeddingSize}, ${shape.layers} layers, ` +
-            `${shape.heads}/${shape.kvHeads} heads, ${shape.type})`,
-    };
+    // the serving benchmark's model resolution: a path, or a random-weight shape made once and cached
+    const { resolveModel: benchModel } = await import("../dist/lib/bench/bench.js");
+    const { path, shape } = await benchModel(args.model ?? args.shape, log);
+    return { path, label: args.model ? basename(args.model) : `random-weight ${shape}` };
 }
 
 function contextOptions(mode, contextSize) {
@@ -220,15 +207,14 @@ async function runMode(model, mode, npp, contextSize) {
     const sharedTokens = shared * B;
 
     // the same prompts in every mode (seeded per npp); paged-shared copies sequence 0's first shared*B tokens
-    const rand = rng(seed * 1000003 + npp);
-    const prompts = Array.from({ length: npl }, () => Int32Array.from({ length: npp }, () => Math.floor(rand() * vocab)));
+    const prompts = Array.from({ length: npl }, (_, s) => Int32Array.from(randomTokens(npp, seed * 1000003 + npp * 131 + s, 0, vocab)));
     for (let s = 1; s < npl; s++) prompts[s].set(prompts[0].subarray(0, sharedTokens));
 
     const r = { mode, npp, ntg, npl, contextSizeRequested: contextSize };
     const t0 = performance.now();
     const ctx = await model.createContext(contextOptions(mode, contextSize));
     try {
-        const info = typeof ctx.info === "function" ? ctx.info() : ctx.info;
+        const info = ctx.info;
         r.context = info;
         r.createMs = performance.now() - t0;
         const batch = Math.min(BATCH, info.batchSize);
@@ -363,7 +349,7 @@ function tables(results) {
     }
     if (same.length) {
         lines.push("");
-        lines.push(`Sampled tokens (${"all npl x ntg greedy tokens, hashed"}): ${same.join(", ")}.`);
+        lines.push(`Sampled tokens (all npl x ntg greedy tokens, hashed): ${same.join(", ")}.`);
     }
     const errors = results.filter((r) => r.error);
     if (errors.length) {

@@ -45,14 +45,15 @@ export interface BenchOptions {
     log: (line: string) => void;
 }
 
-async function resolveModel(o: BenchOptions): Promise<{ path: string; shape: string }> {
-    const shape = SHAPES[o.model];
-    if (!shape) return { path: o.model, shape: o.model.split("/").pop() ?? o.model };
+/** A GGUF path, or one of SHAPES as a random-weight model (made once, then cached); shared with scripts/bench-kv.mjs. */
+export async function resolveModel(model: string, log: (line: string) => void): Promise<{ path: string; shape: string }> {
+    const shape = SHAPES[model];
+    if (!shape) return { path: model, shape: model.split("/").pop() ?? model };
     const t0 = performance.now();
-    o.log(`the ${o.model} random-weight model: made once, then kept in ${cacheDir()}/models`);
-    const { path, made } = await cachedRandomModel(`bench-qwen2-${o.model}`, shape);
-    if (made) o.log(`  made ${path} in ${((performance.now() - t0) / 1000).toFixed(0)} s`);
-    return { path, shape: `Qwen2.5-${o.model.toUpperCase()} shape (qwen2, embedding ${shape.embeddingSize}, ${shape.layers} layers, ${shape.heads}/${shape.kvHeads} heads, f16)` };
+    log(`the ${model} random-weight model: made once, then kept in ${cacheDir()}/models`);
+    const { path, made } = await cachedRandomModel(`bench-qwen2-${model}`, shape);
+    if (made) log(`  made ${path} in ${((performance.now() - t0) / 1000).toFixed(0)} s`);
+    return { path, shape: `Qwen2.5-${model.toUpperCase()} shape (qwen2, embedding ${shape.embeddingSize}, ${shape.layers} layers, ${shape.heads}/${shape.kvHeads} heads, f16)` };
 }
 
 function freePort(): Promise<number> {
@@ -237,7 +238,7 @@ function gpuInfo(): { device: string; driver?: string } {
 
 export async function runBench(o: BenchOptions, command: string): Promise<Report> {
     const z = sizes(o.quick);
-    const { path, shape } = await resolveModel(o);
+    const { path, shape } = await resolveModel(o.model, o.log);
     let bin = o.llamaBin;
     const needLlama = o.servers.some((s) => s !== "batchwise") || (!o.skipBound && o.workloads.some((w) => w === "throughput" || w === "prefix"));
     if (!bin && needLlama) {
