@@ -34,7 +34,7 @@
 //
 // usage: npm run build && node scripts/bench-kv.mjs [--shape 7b | --model PATH.gguf] [--npp 512,4096]
 //            [--ntg 128] [--npl 64] [--modes streams,unified,paged,paged-shared] [--block-size 128]
-//            [--gpu-layers N] [--timing native|decode|wall] [--seed 1] [--out docs/bench/kv-layouts.md]
+//            [--gpu-layers N] [--split-mode none|layer|tensor] [--timing native|decode|wall] [--seed 1] [--out docs/bench/kv-layouts.md]
 //            [--json PATH] [--isolate]
 // --isolate runs each (mode, npp) in a child process of its own (the model is loaded again for each), so a native
 // abort (a failed GGML_ASSERT, a CUDA error) becomes that mode's recorded error and the run goes on; without it,
@@ -66,6 +66,7 @@ const { values: args } = parseArgs({
         modes: { type: "string", default: MODES.join(",") },
         "block-size": { type: "string", default: "128" },
         "gpu-layers": { type: "string", default: "-1" },
+        "split-mode": { type: "string" },
         timing: { type: "string", default: "native" },
         seed: { type: "string", default: "1" },
         out: { type: "string", default: "docs/bench/kv-layouts.md" },
@@ -77,7 +78,7 @@ const { values: args } = parseArgs({
 });
 if (args.help) {
     console.log("usage: node scripts/bench-kv.mjs [--shape 7b | --model PATH] [--npp 512,4096] [--ntg 128] [--npl 64]\n" +
-        "       [--modes streams,unified,paged,paged-shared] [--block-size 128] [--gpu-layers N] [--timing native|decode|wall]\n" +
+        "       [--modes streams,unified,paged,paged-shared] [--block-size 128] [--gpu-layers N] [--split-mode layer|tensor|none] [--timing native|decode|wall]\n" +
         "       [--seed 1] [--out docs/bench/kv-layouts.md] [--json PATH] [--isolate]\n(see the comment at the top of this file)");
     process.exit(0);
 }
@@ -93,6 +94,9 @@ const npl = int("npl", args.npl, 1);
 const B = int("block-size", args["block-size"], 1);
 const gpuLayers = int("gpu-layers", args["gpu-layers"], -1);
 const seed = int("seed", args.seed, 0);
+const splitMode = args["split-mode"];
+if (splitMode !== undefined && !["none", "layer", "row", "tensor"].includes(splitMode)) throw new Error("--split-mode must be none, layer, row or tensor");
+const loadOptions = { gpuLayers, ...(splitMode && { splitMode }) };
 const modes = args.modes.split(",").filter(Boolean);
 for (const m of modes) if (!MODES.includes(m)) throw new Error(`unknown mode '${m}' (modes: ${MODES.join(", ")})`);
 if (!["native", "decode", "wall"].includes(args.timing)) throw new Error("--timing must be native, decode or wall");
@@ -410,7 +414,7 @@ const RESULT = "@@bench-kv-result ";
  */
 function measureIsolated(path, mode, npp) {
     const childArgs = [process.argv[1], "--model", path, "--npp", nppList.join(","), "--ntg", String(ntg), "--npl", String(npl),
-        "--modes", modes.join(","), "--block-size", String(B), "--gpu-layers", String(gpuLayers), "--timing", args.timing,
+        "--modes", modes.join(","), "--block-size", String(B), "--gpu-layers", String(gpuLayers), ...(splitMode ? ["--split-mode", splitMode] : []), "--timing", args.timing,
         "--seed", String(seed), "--child", `${mode}:${npp}`];
     return new Promise((resolve) => {
         const child = spawn(process.execPath, childArgs, { stdio: ["ignore", "pipe", "pipe"] });
@@ -434,7 +438,7 @@ function measureIsolated(path, mode, npp) {
 
 if (args.child) {
     const [mode, nppText] = args.child.split(":");
-    const model = await LlamaModel.load(args.model, { gpuLayers });
+    const model = await LlamaModel.load(args.model, loadOptions);
     const r = await measure(model, mode, Number(nppText));
     r.modelInfo = { parameters: model.metadata.parameters, sizeBytes: model.metadata.sizeBytes, vocabSize: model.metadata.vocabSize };
     model.dispose();
@@ -448,14 +452,14 @@ const device = gpus.length ? gpus.map((d) => d.description || d.name).join(", ")
 const { path, label } = await resolveModel();
 let model = null;
 if (!args.isolate) {
-    log(`loading ${path} (gpu layers ${gpuLayers})`);
-    model = await LlamaModel.load(path, { gpuLayers });
+    log(`loading ${path} (gpu layers ${gpuLayers}${splitMode ? `, split mode ${splitMode}` : ""})`);
+    model = await LlamaModel.load(path, loadOptions);
 }
 const report = {
     date: new Date().toISOString().slice(0, 10), command, device, devices, llamaTag: systemInfo().llamaTag,
     model: { path, label, ...(model && { parameters: model.metadata.parameters, sizeBytes: model.metadata.sizeBytes, vocabSize: model.metadata.vocabSize }) },
     settings: {
-        npp: nppList, ntg, npl, modes, blockSize: B, gpuLayers, timing: args.timing, seed, isolate: !!args.isolate,
+        npp: nppList, ntg, npl, modes, blockSize: B, gpuLayers, splitMode: splitMode ?? "default", timing: args.timing, seed, isolate: !!args.isolate,
         batchSize: BATCH, ubatchSize: UBATCH, flashAttention: "on",
         contextSize: Object.fromEntries(nppList.map((npp) => [npp, contextSizeFor(npp)])),
     },

@@ -355,6 +355,7 @@ describe("server", () => {
             ["vllm:time_to_first_token_seconds", "HISTOGRAM"], ["vllm:inter_token_latency_seconds", "HISTOGRAM"],
             ["vllm:e2e_request_latency_seconds", "HISTOGRAM"], ["vllm:request_queue_time_seconds", "HISTOGRAM"],
             ["batchwise_ready", "GAUGE"], ["batchwise_kv_blocks", "GAUGE"],
+            ["batchwise_engine_steps_total", "COUNTER"], ["batchwise_engine_step_seconds_total", "COUNTER"], ["batchwise_engine_decode_seconds_total", "COUNTER"],
         ] as const) {
             assert.equal(families.get(name)?.type, type, `${name} is a ${type}`);
         }
@@ -365,6 +366,10 @@ describe("server", () => {
         assert.equal(diff("vllm:generation_tokens_total"), 7);
         assert.equal(diff("vllm:e2e_request_latency_seconds"), 1);
         assert.equal(diff("vllm:inter_token_latency_seconds"), 6);
+        // 7 tokens take at least 7 steps (the prompt in one or more, then one per token after the first)
+        assert.ok(diff("batchwise_engine_steps_total") >= 7, `steps ${diff("batchwise_engine_steps_total")}`);
+        const stepS = diff("batchwise_engine_step_seconds_total"), decodeS = diff("batchwise_engine_decode_seconds_total");
+        assert.ok(decodeS > 0 && decodeS <= stepS, `decode ${decodeS} s within steps ${stepS} s`);
         assert.equal(metricValue(m1, "batchwise_ready"), 1);
         // warm-up traffic is not counted: the coder model's prompt tokens are exactly what the tests sent
         assert.ok(metricValue(m1, "vllm:prompt_tokens_total", { model_name: "coder" }) < 200);

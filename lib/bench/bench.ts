@@ -27,9 +27,21 @@ export interface BenchOptions {
     /** A GGUF file, or a shape name from SHAPES (made once, cached). Default "7b". */
     model: string;
     gpuLayers: number;
-    /** KV cache tokens, shared by all sequences on both servers. */
+    /** KV cache tokens on both servers (llama-server with per-slot KV: contextSize / parallel per slot). */
     contextSize: number;
     parallel: number;
+    /**
+     * llama-server's KV layout: "slots" (as it comes with -np: contextSize / parallel tokens per slot,
+     * each attended alone) or "unified" (-kvu, one pool). The head-of-line workload's 32K prompts do not
+     * fit a slot, so with "slots" llama-server is restarted with -kvu for it.
+     */
+    llamaKv: "slots" | "unified";
+    /** Concurrencies of the throughput workload (default 1, 16, 64). */
+    concurrency?: number[];
+    /** Multi-GPU: how both servers (and the bound) spread the model; unset: each one's default (layer). */
+    splitMode?: "none" | "layer" | "row" | "tensor";
+    /** With splitMode "none": the GPU. */
+    mainGpu?: number;
     flashAttention: "on" | "off" | "auto";
     servers: ServerKind[];
     workloads: WorkloadName[];
@@ -74,16 +86,24 @@ interface Running {
     output: () => string;
 }
 
-async function startServer(kind: ServerKind, o: BenchOptions, model: string, bin: string): Promise<Running> {
+/** A server's command line (the port left out), as the report records it. */
+function serverArgs(kind: ServerKind, o: BenchOptions, model: string, unified: boolean): string[] {
+    const split = (sm: string, mg: string) => [...(o.splitMode ? [sm, o.splitMode] : []), ...(o.mainGpu !== undefined ? [mg, String(o.mainGpu)] : [])];
+    return kind === "batchwise"
+        ? ["serve", "--model", `bench=${model}`, "--gpu-layers", String(o.gpuLayers), ...split("--split-mode", "--main-gpu"),
+            "--ctx-size", String(o.contextSize), "--parallel", String(o.parallel), "--flash-attn", o.flashAttention, "--batch-tokens", "2048", "--ubatch", "512",
+            "--max-queued", "100000", "--log-level", "warn", ...(o.batchwiseArgs ?? [])]
+        : ["-m", model, "-ngl", String(o.gpuLayers), ...split("-sm", "-mg"), "-c", String(o.contextSize), "-np", String(o.parallel),
+            "-fa", o.flashAttention, ...(unified ? ["-kvu"] : []), "-b", "2048", "-ub", "512", "--no-webui", ...(kind === "llama-server -bs" ? ["-bs"] : [])];
+}
+
+async function startServer(kind: ServerKind, args: string[], bin: string): Promise<Running> {
     const port = await freePort();
     const url = `http://127.0.0.1:${port}`;
     const t0 = performance.now();
-    const args = kind === "batchwise"
-        ? [join(packageRoot, "dist", "lib", "cli", "main.js"), "serve", "--model", `bench=${model}`, "--port", String(port), "--gpu-layers", String(o.gpuLayers),
-            "--ctx-size", String(o.contextSize), "--parallel", String(o.parallel), "--flash-attn", o.flashAttention, "--batch-tokens", "2048", "--ubatch", "512",
-            "--max-queued", "100000", "--log-level", "warn", ...(o.batchwiseArgs ?? [])]
-        : ["-m", model, "--host", "127.0.0.1", "--port", String(port), "-ngl", String(o.gpuLayers), "-c", String(o.contextSize), "-np", String(o.parallel),
-            "-fa", o.flashAttention, "-kvu", "-b", "2048", "-ub", "512", "--no-webui", ...(kind === "llama-server -bs" ? ["-bs"] : [])];
+    args = kind === "batchwise"
+        ? [join(packageRoot, "dist", "lib", "cli", "main.js"), ...args, "--port", String(port)]
+        : [...args, "--host", "127.0.0.1", "--port", String(port)];
     const proc = spawn(kind === "batchwise" ? process.execPath : join(bin, "llama-server"), args, { stdio: ["ignore", "pipe", "pipe"] });
     let out = "";
     const keep = (d: Buffer) => {
@@ -136,8 +156,9 @@ function sizes(quick: boolean): Sizes {
 const req = (n: number, seed: number, out: number): BenchRequest => ({ prompt: randomTokens(n, seed), maxTokens: out });
 
 /** Short requests at concurrency 8 while long prompts arrive one a second: TTFT of the short ones. */
-async function headOfLine(url: string, z: Sizes, seed: number): Promise<{ stats: RunStats; extra: Record<string, number> }> {
+async function headOfLine(url: string, z: Sizes, seed: number, mark: () => Promise<void>): Promise<{ stats: RunStats; extra: Record<string, number> }> {
     const idle = await closedLoop(url, undefined, Array.from({ length: z.idleShorts }, (_, i) => req(z.shortIn, seed + i, z.shortOut)), 8);
+    await mark();
     const t0 = performance.now();
     let longsLeft = z.longs;
     const longs = Array.from({ length: z.longs }, (_, i) =>
@@ -162,58 +183,127 @@ async function headOfLine(url: string, z: Sizes, seed: number): Promise<{ stats:
     };
 }
 
-async function runServer(kind: ServerKind, o: BenchOptions, model: string, bin: string, z: Sizes, results: CaseResult[]): Promise<void> {
-    o.log(`${kind}: starting`);
-    const s = await startServer(kind, o, model, bin);
-    o.log(`${kind}: ready after ${(s.readyMs / 1000).toFixed(1)} s`);
+const ENGINE_COUNTERS = {
+    steps: "batchwise_engine_steps_total", stepS: "batchwise_engine_step_seconds_total", decodeS: "batchwise_engine_decode_seconds_total",
+    generated: "vllm:generation_tokens_total", computed: "batchwise_prompt_tokens_computed_total",
+} as const;
+type EngineCounters = Record<keyof typeof ENGINE_COUNTERS, number>;
+
+/** batchwise's engine counters, read from /metrics (null when a scrape fails: the figures are left out, not guessed). */
+export async function engineCounters(url: string): Promise<EngineCounters | null> {
     try {
-        const add = (workload: WorkloadName, label: string, stats: RunStats, extra?: Record<string, number>) => {
-            results.push({ workload, label, server: kind, stats, ...(extra && { extra }) });
-            o.log(`  ${label}: ${stats.outputTokensPerS.toFixed(0)} out tok/s, TTFT p50 ${stats.ttftMs.p50.toFixed(0)} ms p99 ${stats.ttftMs.p99.toFixed(0)} ms, ` +
-                `ITL p50 ${stats.itlMs.p50.toFixed(1)} ms, errors ${stats.errors}${stats.firstError ? ` (${stats.firstError})` : ""}`);
+        const text = await (await fetch(url + "/metrics")).text();
+        const read = (name: string) => {
+            const line = text.split("\n").find((l) => l.startsWith(name + "{") || l.startsWith(name + " "));
+            return line ? Number(line.slice(line.lastIndexOf(" ") + 1)) : NaN;
         };
-        if (o.workloads.includes("cold")) {
-            // the client's connection is opened first: only the server's cold start is timed
-            await (await fetch(`${s.url}/health`)).text();
-            const first = await closedLoop(s.url, undefined, [req(z.in, 1, 16)], 1);
-            const steady = await closedLoop(s.url, undefined, Array.from({ length: z.steady }, (_, i) => req(z.in, 10 + i, 16)), 1);
-            add("cold", `cold start (${z.in} in / 16 out)`, first.stats, {
-                "start to ready s": s.readyMs / 1000, "first TTFT ms": first.stats.ttftMs.p50, "steady TTFT p50 ms": steady.stats.ttftMs.p50,
-                "first / steady": first.stats.ttftMs.p50 / steady.stats.ttftMs.p50,
-            });
+        const c = Object.fromEntries(Object.entries(ENGINE_COUNTERS).map(([k, name]) => [k, read(name)])) as EngineCounters;
+        return Object.values(c).every(Number.isFinite) ? c : null;
+    } catch {
+        return null;
+    }
+}
+
+/** Where batchwise's time went during one case: how busy the engine loop was, the model's share, tokens per step. */
+export function engineFigures(a: EngineCounters | null, b: EngineCounters | null, wallS: number): Record<string, number> {
+    if (!a || !b || b.steps <= a.steps) return {};
+    const steps = b.steps - a.steps, stepS = b.stepS - a.stepS, decodeS = b.decodeS - a.decodeS;
+    return {
+        "engine steps": steps,
+        "engine busy %": (100 * stepS) / wallS,
+        "native decode % of steps": (100 * decodeS) / stepS,
+        "ms per step": (1000 * stepS) / steps,
+        "tokens per step": (b.generated - a.generated + b.computed - a.computed) / steps,
+    };
+}
+
+interface Phase {
+    /** llama-server with -kvu */
+    unified: boolean;
+    workloads: WorkloadName[];
+}
+
+/** One server process per phase: llama-server with per-slot KV cannot hold the head-of-line workload's long prompts. */
+function phases(kind: ServerKind, o: BenchOptions): Phase[] {
+    if (kind === "batchwise" || o.llamaKv === "unified") return [{ unified: kind !== "batchwise", workloads: o.workloads }];
+    return [
+        { unified: false, workloads: o.workloads.filter((w) => w !== "hol") },
+        { unified: true, workloads: o.workloads.filter((w) => w === "hol") },
+    ].filter((p) => p.workloads.length > 0);
+}
+
+async function runServer(kind: ServerKind, o: BenchOptions, model: string, bin: string, z: Sizes, report: Report): Promise<void> {
+    for (const phase of phases(kind, o)) {
+        const args = serverArgs(kind, o, model, phase.unified);
+        report.servers.push({ server: kind, workloads: phase.workloads, args });
+        o.log(`${kind}: starting (${phase.workloads.join(", ")}): ${args.join(" ")}`);
+        const s = await startServer(kind, args, bin);
+        o.log(`${kind}: ready after ${(s.readyMs / 1000).toFixed(1)} s`);
+        try {
+            await runWorkloads(kind, o, z, s, phase.workloads, report.results);
+        } finally {
+            await stopServer(s);
         }
-        if (o.workloads.includes("throughput")) {
-            for (const [c, n] of [[1, z.c1], [16, z.c16], [64, z.c64]] as const) {
-                const r = await closedLoop(s.url, undefined, Array.from({ length: n }, (_, i) => req(z.in, 100 * c + i, z.out)), c);
-                add("throughput", `${z.in} in / ${z.out} out, concurrency ${c}`, r.stats);
-            }
+    }
+}
+
+async function runWorkloads(kind: ServerKind, o: BenchOptions, z: Sizes, s: Running, workloads: WorkloadName[], results: CaseResult[]): Promise<void> {
+    let before: EngineCounters | null = null;
+    const mark = async () => {
+        if (kind === "batchwise") before = await engineCounters(s.url);
+    };
+    const add = async (workload: WorkloadName, label: string, stats: RunStats, extra?: Record<string, number>) => {
+        const figures = kind === "batchwise" ? engineFigures(before, await engineCounters(s.url), stats.wallS) : {};
+        const all = { ...extra, ...figures };
+        results.push({ workload, label, server: kind, stats, ...(Object.keys(all).length > 0 && { extra: all }) });
+        o.log(`  ${label}: ${stats.outputTokensPerS.toFixed(0)} out tok/s, TTFT p50 ${stats.ttftMs.p50.toFixed(0)} ms p99 ${stats.ttftMs.p99.toFixed(0)} ms, ` +
+            `ITL p50 ${stats.itlMs.p50.toFixed(1)} ms, errors ${stats.errors}${stats.firstError ? ` (${stats.firstError})` : ""}` +
+            (Object.keys(figures).length > 0 ? `; ${Object.entries(figures).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(", ")}` : ""));
+    };
+    if (workloads.includes("cold")) {
+        // the client's connection is opened first: only the server's cold start is timed
+        await (await fetch(`${s.url}/health`)).text();
+        const first = await closedLoop(s.url, undefined, [req(z.in, 1, 16)], 1);
+        const steady = await closedLoop(s.url, undefined, Array.from({ length: z.steady }, (_, i) => req(z.in, 10 + i, 16)), 1);
+        await add("cold", `cold start (${z.in} in / 16 out)`, first.stats, {
+            "start to ready s": s.readyMs / 1000, "first TTFT ms": first.stats.ttftMs.p50, "steady TTFT p50 ms": steady.stats.ttftMs.p50,
+            "first / steady": first.stats.ttftMs.p50 / steady.stats.ttftMs.p50,
+        });
+    }
+    if (workloads.includes("throughput")) {
+        const counts: Record<number, number> = { 1: z.c1, 16: z.c16, 64: z.c64 };
+        for (const c of o.concurrency ?? [1, 16, 64]) {
+            const n = counts[c] ?? 3 * c;
+            await mark();
+            const r = await closedLoop(s.url, undefined, Array.from({ length: n }, (_, i) => req(z.in, 100 * c + i, z.out)), c);
+            await add("throughput", `${z.in} in / ${z.out} out, concurrency ${c}`, r.stats);
         }
-        if (o.workloads.includes("prefix")) {
-            const common = randomTokens(z.prefix, 777);
-            const reqs = Array.from({ length: z.prefixN }, (_, i) => ({ prompt: [...common, ...randomTokens(z.unique, 5000 + i)], maxTokens: z.out }));
-            const r = await closedLoop(s.url, undefined, reqs, 16);
-            add("prefix", `shared prefix ${z.prefix} + ${z.unique} in / ${z.out} out, concurrency 16`, r.stats);
-        }
-        if (o.workloads.includes("hol")) {
-            const r = await headOfLine(s.url, z, 9000);
-            add("hol", `head-of-line: ${z.shortIn}-token requests at concurrency 8, ${z.longs} prompts of ${z.longIn} arriving`, r.stats, r.extra);
-        }
-    } finally {
-        await stopServer(s);
+    }
+    if (workloads.includes("prefix")) {
+        const common = randomTokens(z.prefix, 777);
+        const reqs = Array.from({ length: z.prefixN }, (_, i) => ({ prompt: [...common, ...randomTokens(z.unique, 5000 + i)], maxTokens: z.out }));
+        await mark();
+        const r = await closedLoop(s.url, undefined, reqs, 16);
+        await add("prefix", `shared prefix ${z.prefix} + ${z.unique} in / ${z.out} out, concurrency 16`, r.stats);
+    }
+    if (workloads.includes("hol")) {
+        const r = await headOfLine(s.url, z, 9000, mark);
+        await add("hol", `head-of-line: ${z.shortIn}-token requests at concurrency 8, ${z.longs} prompts of ${z.longIn} arriving`, r.stats, r.extra);
     }
 }
 
 function batchedBenchBounds(o: BenchOptions, model: string, bin: string, z: Sizes): BoundResult[] {
     const run = (extra: string[]) => {
         const out = execFileSync(join(bin, "llama-batched-bench"), [
-            "-m", model, "-ngl", String(o.gpuLayers), "-fa", o.flashAttention, "-c", String(o.contextSize), "-b", "2048", "-ub", "512",
+            "-m", model, "-ngl", String(o.gpuLayers), ...(o.splitMode ? ["-sm", o.splitMode] : []), ...(o.mainGpu !== undefined ? ["-mg", String(o.mainGpu)] : []),
+            "-fa", o.flashAttention, "-c", String(o.contextSize), "-b", "2048", "-ub", "512",
             "--output-format", "jsonl", ...extra,
         ], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"], maxBuffer: 64 * 2 ** 20 });
         return out.split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l) as Record<string, number>);
     };
     const bounds: BoundResult[] = [];
     if (o.workloads.includes("throughput")) {
-        for (const row of run(["-npp", String(z.in), "-ntg", String(z.out), "-npl", "1,16,64"])) {
+        for (const row of run(["-npp", String(z.in), "-ntg", String(z.out), "-npl", (o.concurrency ?? [1, 16, 64]).join(",")])) {
             bounds.push({ label: `${z.in} in / ${z.out} out, concurrency ${row.pl}`, outputTokensPerS: (row.pl * row.tg) / row.t, raw: row });
         }
     }
@@ -236,6 +326,14 @@ function gpuInfo(): { device: string; driver?: string } {
     }
 }
 
+function gpuCount(): number {
+    try {
+        return execFileSync("nvidia-smi", ["-L"], { encoding: "utf8" }).trim().split("\n").filter(Boolean).length;
+    } catch {
+        return 0;
+    }
+}
+
 export async function runBench(o: BenchOptions, command: string): Promise<Report> {
     const z = sizes(o.quick);
     const { path, shape } = await resolveModel(o.model, o.log);
@@ -253,8 +351,11 @@ export async function runBench(o: BenchOptions, command: string): Promise<Report
     const report: Report = {
         date: new Date().toISOString().slice(0, 10), command, ...gpuInfo(), llamaTag: systemInfo().llamaTag,
         model: { path, shape, parameters: meta.parameters, sizeBytes: meta.sizeBytes },
-        settings: { gpuLayers: o.gpuLayers, contextSize: o.contextSize, parallel: o.parallel, flashAttention: o.flashAttention, quick: o.quick, batchwiseArgs: o.batchwiseArgs ?? [], sizes: z },
-        results: [], bounds: [],
+        settings: {
+            gpuLayers: o.gpuLayers, contextSize: o.contextSize, parallel: o.parallel, flashAttention: o.flashAttention, llamaKv: o.llamaKv,
+            splitMode: o.splitMode ?? "default", mainGpu: o.mainGpu, gpus: gpuCount(), quick: o.quick, batchwiseArgs: o.batchwiseArgs ?? [], sizes: z,
+        },
+        servers: [], results: [], bounds: [],
     };
     mkdirSync(o.out, { recursive: true });
     // written after each part, so a run cut short keeps what it measured
@@ -270,7 +371,7 @@ export async function runBench(o: BenchOptions, command: string): Promise<Report
         save();
     }
     for (const kind of o.servers) {
-        await runServer(kind, o, path, bin ?? "", z, report.results);
+        await runServer(kind, o, path, bin ?? "", z, report);
         save();
     }
     return report;

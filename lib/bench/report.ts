@@ -27,6 +27,8 @@ export interface Report {
     llamaTag: string;
     model: { path: string; shape: string; parameters: number; sizeBytes: number };
     settings: Record<string, unknown>;
+    /** Each server process: which workloads it ran, and its command line (the port left out). */
+    servers: { server: string; workloads: string[]; args: string[] }[];
     results: CaseResult[];
     bounds: BoundResult[];
 }
@@ -38,19 +40,25 @@ export function markdown(r: Report, reference = "llama-server"): string {
     lines.push(`Run ${r.date} on ${r.device}${r.driver ? ` (driver ${r.driver})` : ""}, llama.cpp ${r.llamaTag}, model ${r.model.shape} ` +
         `(${(r.model.parameters / 1e9).toFixed(2)}B parameters, ${(r.model.sizeBytes / 2 ** 30).toFixed(1)} GiB, random weights).`);
     lines.push("", "```sh", r.command, "```", "");
+    if (r.servers?.length) {
+        lines.push("Server processes (port left out):", "");
+        for (const p of r.servers) lines.push(`- ${p.server} (${p.workloads.join(", ")}): \`${p.args.join(" ")}\``);
+        lines.push("");
+    }
     const labels = [...new Set(r.results.map((c) => c.label))];
-    lines.push("| workload | server | out tok/s | vs " + reference + " | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | errors |");
-    lines.push("|---|---|---|---|---|---|---|---|---|");
+    lines.push("| workload | server | out tok/s | vs " + reference + " | of bound | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | errors |");
+    lines.push("|---|---|---|---|---|---|---|---|---|---|");
     for (const label of labels) {
         const rows = r.results.filter((c) => c.label === label);
         const ref = rows.find((c) => c.server === reference);
+        const bound = r.bounds.find((b) => b.label === label);
         for (const c of rows) {
             const ratio = ref && ref.stats.outputTokensPerS > 0 ? `${(c.stats.outputTokensPerS / ref.stats.outputTokensPerS).toFixed(2)}x` : "";
-            lines.push(`| ${label} | ${c.server} | ${f(c.stats.outputTokensPerS)} | ${ratio} | ${f(c.stats.ttftMs.p50)} | ${f(c.stats.ttftMs.p99)} | ` +
+            const ofBound = bound && bound.outputTokensPerS > 0 ? `${f((100 * c.stats.outputTokensPerS) / bound.outputTokensPerS)}%` : "";
+            lines.push(`| ${label} | ${c.server} | ${f(c.stats.outputTokensPerS)} | ${ratio} | ${ofBound} | ${f(c.stats.ttftMs.p50)} | ${f(c.stats.ttftMs.p99)} | ` +
                 `${f(c.stats.itlMs.p50, 1)} | ${f(c.stats.itlMs.p99, 1)} | ${c.stats.errors} |`);
         }
-        const bound = r.bounds.find((b) => b.label === label);
-        if (bound) lines.push(`| ${label} | llama-batched-bench (raw engine bound) | ${f(bound.outputTokensPerS)} | ${ref ? `${(bound.outputTokensPerS / ref.stats.outputTokensPerS).toFixed(2)}x` : ""} | | | | | |`);
+        if (bound) lines.push(`| ${label} | llama-batched-bench (raw engine bound) | ${f(bound.outputTokensPerS)} | ${ref ? `${(bound.outputTokensPerS / ref.stats.outputTokensPerS).toFixed(2)}x` : ""} | 100% | | | | | |`);
     }
     const extras = r.results.filter((c) => c.extra);
     if (extras.length > 0) {

@@ -56,6 +56,7 @@ interface ServeFlags {
     prefillChunk?: number;
     blockSize?: number;
     prefixCache: boolean;
+    pagedKv: boolean;
     preemption?: "recompute" | "swap";
     maxQueued?: number;
     flashAttn?: "on" | "off" | "auto";
@@ -73,7 +74,7 @@ async function serve(flags: ServeFlags): Promise<void> {
     const options: Omit<EngineOptions, "model"> = {
         gpuLayers: flags.gpuLayers, splitMode: flags.splitMode, tensorSplit: flags.tensorSplit, mainGpu: flags.mainGpu,
         contextSize: flags.ctxSize, maxSequences: flags.parallel, batchTokens: flags.batchTokens, ubatchSize: flags.ubatch, prefillChunk: flags.prefillChunk,
-        blockSize: flags.blockSize, prefixCache: flags.prefixCache, preemption: flags.preemption, maxQueued: flags.maxQueued,
+        blockSize: flags.blockSize, prefixCache: flags.prefixCache, ...(!flags.pagedKv && { pagedKv: false }), preemption: flags.preemption, maxQueued: flags.maxQueued,
         flashAttention: flags.flashAttn, kvCacheTypeK: flags.cacheTypeK, kvCacheTypeV: flags.cacheTypeV, threads: flags.threads,
     };
     for (const k of Object.keys(options) as (keyof typeof options)[]) if (options[k] === undefined) delete options[k];
@@ -200,6 +201,10 @@ interface BenchFlags {
     ctxSize: number;
     parallel: number;
     flashAttn: "on" | "off" | "auto";
+    llamaKv: "slots" | "unified";
+    concurrency?: number[];
+    splitMode?: "none" | "layer" | "row" | "tensor";
+    mainGpu?: number;
     servers: string;
     workloads: string;
     llamaBin?: string;
@@ -214,11 +219,12 @@ async function bench(flags: BenchFlags): Promise<void> {
     const workloads = flags.workloads.split(",").map((s) => s.trim()) as WorkloadName[];
     for (const s of servers) if (!["batchwise", "llama-server", "llama-server -bs"].includes(s)) throw new InvalidArgumentError(`unknown server '${s}'`);
     for (const w of workloads) if (!["throughput", "prefix", "hol", "cold"].includes(w)) throw new InvalidArgumentError(`unknown workload '${w}'`);
+    for (const c of flags.concurrency ?? []) if (!Number.isInteger(c) || c < 1) throw new InvalidArgumentError(`--concurrency: ${c} is not a whole number >= 1`);
     if (!SHAPES[flags.model] && !existsSync(flags.model)) throw new InvalidArgumentError(`--model: no such file or shape '${flags.model}' (shapes: ${Object.keys(SHAPES).join(", ")})`);
     const t0 = performance.now();
     const report = await runBench({
         model: flags.model, gpuLayers: flags.gpuLayers, contextSize: flags.ctxSize, parallel: flags.parallel, flashAttention: flags.flashAttn,
-        servers, workloads, llamaBin: flags.llamaBin, quick: flags.quick === true, out: resolve(flags.out),
+        llamaKv: flags.llamaKv, concurrency: flags.concurrency, splitMode: flags.splitMode, mainGpu: flags.mainGpu, servers, workloads, llamaBin: flags.llamaBin, quick: flags.quick === true, out: resolve(flags.out),
         batchwiseArgs: flags.batchwiseArgs ? flags.batchwiseArgs.split(/\s+/).filter(Boolean) : [], skipBound: !flags.bound,
         log: (line) => process.stderr.write(`[bench] ${line}\n`),
     }, `npx batchwise bench ${process.argv.slice(3).map((a) => (/[\s,]/.test(a) ? JSON.stringify(a) : a)).join(" ")}`.trim());
@@ -245,8 +251,9 @@ function program(): Command {
         .option("--batch-tokens <n>", "tokens per scheduling step (default 2048)", int(1))
         .option("--ubatch <n>", "tokens per graph run (default 512)", int(1))
         .option("--prefill-chunk <n>", "most prompt tokens one request computes in a step while others run or wait (default: --ubatch)", int(1))
-        .option("--block-size <tokens>", "tokens per KV block (default 16)", int(1))
+        .option("--block-size <tokens>", "tokens per KV block (default 128 with the paged KV cache, else 16)", int(1))
         .option("--no-prefix-cache", "do not keep and reuse computed prompt prefixes")
+        .option("--no-paged-kv", "llama.cpp's unified KV pool instead of the paged KV cache (the default where the GPU kernel supports the model)")
         .addOption(new Option("--preemption <mode>", "what a preempted request does").choices(["recompute", "swap"]))
         .option("--max-queued <n>", "requests waiting at most before 429 (default 1024)", int(1))
         .addOption(new Option("--flash-attn <mode>", "flash attention").choices(["on", "off", "auto"]))
@@ -280,9 +287,14 @@ function program(): Command {
         .description("side-by-side serving benchmark: batchwise against llama.cpp's llama-server on this machine, with the llama-batched-bench bound")
         .option("--model <shape|path>", `a GGUF file, or a random-weight shape: ${Object.keys(SHAPES).join(", ")}`, "7b")
         .option("--gpu-layers <n>", "layers on the GPU, both servers", int(-1), -1)
-        .option("--ctx-size <tokens>", "KV cache tokens shared by all sequences, both servers", int(1), 147456)
+        .option("--ctx-size <tokens>", "KV cache tokens, both servers (llama-server: ctx-size / parallel per slot)", int(1), 262144)
         .option("--parallel <n>", "sequences at once, both servers", int(1), 64)
         .addOption(new Option("--flash-attn <mode>", "flash attention, both servers").choices(["on", "off", "auto"]).default("on"))
+        .addOption(new Option("--llama-kv <layout>", "llama-server's KV: per-slot as it comes, or one unified pool (-kvu); head-of-line always runs with -kvu")
+            .choices(["slots", "unified"]).default("slots"))
+        .option("--concurrency <list>", "concurrencies of the throughput workload (default 1,16,64)", numList)
+        .addOption(new Option("--split-mode <mode>", "multi-GPU split, both servers and the bound (default: each one's, layer)").choices(["none", "layer", "row", "tensor"]))
+        .option("--main-gpu <n>", "with --split-mode none: the GPU", int(0))
         .option("--servers <list>", "which servers, in order", "batchwise,llama-server,llama-server -bs")
         .option("--workloads <list>", "which workloads: throughput, prefix, hol, cold", "cold,throughput,prefix,hol")
         .option("--llama-bin <dir>", "folder with llama-server and llama-batched-bench (default: build them from the pinned source)")

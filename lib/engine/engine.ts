@@ -149,6 +149,13 @@ export interface EngineStats {
     prefixCache: { queries: number; hits: number; hitRate: number; evictions: number };
     preemptions: number;
     steps: number;
+    /**
+     * Where the engine loop's time went since load, in ms: `stepMs` from planning a step to taking its
+     * tokens back, `planMs` the scheduler's planning within it, `decodeMs` the native decode and sampling
+     * (llama_decode, the wait for the GPU, the sampler). stepMs over wall time is how busy the loop is;
+     * decodeMs over stepMs is the share the model itself took.
+     */
+    time: { stepMs: number; planMs: number; decodeMs: number };
     /** Generated and prompt tokens per second over the last 10 s. */
     tokensPerSecond: number;
     promptTokensPerSecond: number;
@@ -295,6 +302,7 @@ export class Engine {
     private broken: unknown = null;
     private pendingAdmissions = 0;
     private lastProgress = now();
+    private readonly time = { stepMs: 0, planMs: 0, decodeMs: 0 };
     private readonly chatFormatter: ChatFormatter;
     private readonly window: { t: number; gen: number; prompt: number }[] = [];
     private readonly totals = {
@@ -485,7 +493,7 @@ export class Engine {
                 usage: s.kv.used / s.kv.numBlocks, slots: s.kv.slots, parkedSlots: s.kv.parkedSlots,
             },
             prefixCache: { queries: s.kv.queries, hits: s.kv.hits, hitRate: s.kv.queries > 0 ? s.kv.hits / s.kv.queries : 0, evictions: s.kv.evictions },
-            preemptions: s.preemptions, steps: s.steps,
+            preemptions: s.preemptions, steps: s.steps, time: { ...this.time },
             tokensPerSecond: gen / span, promptTokensPerSecond: prompt / span,
             totals: { ...this.totals, finished: { ...this.totals.finished } },
             healthy: this.broken === null, closing: this.closing,
@@ -661,6 +669,7 @@ export class Engine {
         await Promise.resolve();
         try {
             for (;;) {
+                const t0 = now();
                 const step = await this.scheduler.plan();
                 const events = this.scheduler.takeEvents();
                 if (!step) {
@@ -675,17 +684,21 @@ export class Engine {
                     }
                     continue;
                 }
+                const t1 = now();
                 const decoding = this.context.decode(step.batch);
                 decoding.catch(() => {});
                 // the decode runs off the JS thread: hand out the last step's tokens meanwhile
                 this.dispatch(events);
                 try {
                     const result = await decoding;
+                    this.time.decodeMs += result.decodeMs + result.sampleMs;
                     this.scheduler.complete(step, result);
                 } catch (e) {
                     this.scheduler.fail(step, e);
                 }
                 this.lastProgress = now();
+                this.time.planMs += t1 - t0;
+                this.time.stepMs += this.lastProgress - t0;
                 this.totals.computedPromptTokens += step.promptTokens;
                 this.window.push({ t: now(), gen: step.decodeTokens, prompt: step.promptTokens });
                 if (this.window.length > 4096) this.window.splice(0, 2048);

@@ -71,6 +71,11 @@ export class ServerMetrics {
         counter("vllm:prompt_tokens_total", "Prompt tokens of finished and running requests.", since("promptTokens"));
         counter("vllm:generation_tokens_total", "Tokens generated.", since("generatedTokens"));
         counter("batchwise_prompt_tokens_computed_total", "Prompt tokens computed (cache misses and recomputation after preemption).", since("computedPromptTokens"));
+        counter("batchwise_engine_steps_total", "Engine steps (one decode of the batch each).", (s, b) => s.steps - b.steps);
+        counter("batchwise_engine_step_seconds_total", "Time the engine loop spent in steps (planning, decode, taking tokens back); over wall time, how busy the engine is.",
+            (s, b) => (s.time.stepMs - b.time.stepMs) / 1000);
+        counter("batchwise_engine_decode_seconds_total", "Time in the native decode and sampling (the model on the GPU, and the wait for it).",
+            (s, b) => (s.time.decodeMs - b.time.decodeMs) / 1000);
         gauge("batchwise_kv_blocks", "KV-cache blocks in the pool.", (s) => s.kv.blocks);
         gauge("batchwise_kv_blocks_used", "KV-cache blocks held by running requests.", (s) => s.kv.used);
         gauge("batchwise_kv_blocks_cached", "Free KV-cache blocks that still hold a reusable prefix.", (s) => s.kv.cachedFree);

@@ -1,0 +1,41 @@
+#!/bin/bash
+# On the GPU machine: the serving benchmark. Builds the CUDA addon with llama-server and llama-batched-bench
+# from the same objects (scripts/build-llama-tools.mjs), makes the random-weight models named in MODELS
+# (default: none; a bench run makes its own), then runs `batchwise bench` once per argument NAME=ARGS:
+#   npm run build && bash scripts/device/prepare.sh
+#   then, there: bash scripts/device/gpu-bench.sh full="--model 7b" tensor="--model 32b --split-mode tensor"
+# Each run's report.{json,md}, chart.svg and log go to $WORK/NAME; everything is packed into $OUT/results.tgz
+# (the device tool brings back few files), with runs.txt (each run's exit code and time) beside it.
+set -uo pipefail
+OUT=${OUT:-/tmp/out}
+WORK=${WORK:-/tmp/bench-work}
+mkdir -p "$OUT" "$WORK"
+source .carry/env.sh
+[ -d node_modules ] || tar xJf .carry/node_modules.tar.xz
+[ -d dist ] || tar xJf .carry/dist.tar.xz
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$WORK/gpu.txt"
+export BATCHWISE_CUDA=1 BATCHWISE_CUDA_ARCHITECTURES=${BATCHWISE_CUDA_ARCHITECTURES:-90a}
+pack() { tar czf "$OUT/results.tgz" -C "$WORK" . && cp "$WORK/runs.txt" "$OUT/" 2>/dev/null; }
+t0=$(date +%s)
+bindir=$(node scripts/build-llama-tools.mjs 2> "$WORK/build.log")
+rc=$?
+echo "build (addon, llama-server, llama-batched-bench): rc=$rc, $(( $(date +%s) - t0 )) s" | tee -a "$WORK/runs.txt"
+[ $rc -eq 0 ] || { tail -30 "$WORK/build.log"; pack; exit $rc; }
+for m in ${MODELS:-}; do
+    t=$(date +%s)
+    node --input-type=module -e "const { resolveModel } = await import('./dist/lib/bench/bench.js'); await resolveModel('$m', console.log);" 2>&1 | tail -2
+    echo "model $m: $(( $(date +%s) - t )) s" | tee -a "$WORK/runs.txt"
+done
+[ -n "${PRE:-}" ] && { t=$(date +%s); bash -c "$PRE" > "$WORK/pre.log" 2>&1; echo "pre: rc=$?, $(( $(date +%s) - t )) s" | tee -a "$WORK/runs.txt"; tail -25 "$WORK/pre.log"; }
+for spec in "$@"; do
+    name=${spec%%=*}
+    args=${spec#*=}
+    t=$(date +%s)
+    # shellcheck disable=SC2086 # ARGS are words
+    node dist/lib/cli/main.js bench $args --llama-bin "$bindir" --out "$WORK/$name" > /dev/null 2> "$WORK/$name.log"
+    rc=$?
+    echo "$name ($args): rc=$rc, $(( $(date +%s) - t )) s" | tee -a "$WORK/runs.txt"
+    grep -E "^\[bench\]   |error|Error" "$WORK/$name.log" | cut -c1-400 | tail -30
+    pack
+done
+pack
