@@ -1,7 +1,7 @@
 // Decoding: determinism, batching equivalence, KV prefix sharing, sequence state, sampling.
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { BatchwiseError, ErrorCode, LlamaContext, LlamaModel } from "../lib/index.js";
+import { BatchwiseError, ErrorCode, LlamaContext, LlamaModel, LogLevel, setLogger } from "../lib/index.js";
 import { contextOptions, generate, generateBatched, gpu, loadModel, prefill, randomPrompt, tinyQwen } from "./helpers.js";
 
 describe("decode", () => {
@@ -143,6 +143,55 @@ describe("decode", () => {
             ctx.setSampler(2, null);
             ctx.seqRemove(2);
             assert.deepEqual(await generate(ctx, 2, prompt, 8), greedy);
+        });
+    });
+
+    it("attaches and detaches samplers on more sequences without rebuilding the compute graph each time (patch 0003)", async () => {
+        // llama.cpp re-reserved its scheduler on every llama_set_sampler: a stall in every server request that
+        // lands on a sequence with another sampler (on a GPU, tens of ms growing with the context)
+        const prompt = randomPrompt(12, 3);
+        const lines: string[] = [];
+        const reserves = async () => {
+            await new Promise((r) => setTimeout(r, 20)); // log lines arrive through the event loop
+            return lines.filter((l) => /sched_reserve: reserving/.test(l)).length;
+        };
+        await withContext({ maxSequences: 8 }, async (ctx) => {
+            setLogger((_, text) => lines.push(text), LogLevel.Info);
+            try {
+                const greedy = await generate(ctx, 0, prompt, 4);
+                ctx.seqRemove(0);
+                assert.equal(await reserves(), 0);
+                ctx.setSampler(0, { temperature: 0 });
+                assert.deepEqual(await generate(ctx, 0, prompt, 4), greedy);
+                const first = await reserves();
+                assert.equal(first, 1, "the first sampler in the graph needs room made for it");
+                for (let s = 1; s < 8; s++) {
+                    assert.equal(ctx.setSampler(s, { temperature: 0 }).backend, true);
+                    assert.deepEqual(await generate(ctx, s, prompt, 4), greedy);
+                }
+                ctx.setSampler(1, null);
+                ctx.seqRemove(1);
+                assert.deepEqual(await generate(ctx, 1, prompt, 4), greedy);
+                ctx.setSampler(2, { temperature: 0, backend: false });
+                ctx.seqRemove(2);
+                assert.deepEqual(await generate(ctx, 2, prompt, 4), greedy);
+                assert.equal(await reserves(), first, "the same chain on other sequences, and detaching, reuse the reserve");
+                // a larger chain makes room once, for every sequence
+                const chain = (seed: number) => ({ temperature: 0.8, topK: 40, topP: 0.9, seed });
+                ctx.setSampler(3, chain(1));
+                ctx.seqRemove(3);
+                const a = await generate(ctx, 3, prompt, 6);
+                const larger = await reserves();
+                assert.ok(larger <= first + 1, `${larger - first} more reserves for a larger chain`);
+                for (let s = 4; s < 8; s++) {
+                    ctx.setSampler(s, chain(1));
+                    ctx.seqRemove(s);
+                    assert.deepEqual(await generate(ctx, s, prompt, 6), a, "a seeded chain repeats itself on any sequence");
+                }
+                assert.equal(await reserves(), larger);
+            } finally {
+                setLogger(null);
+            }
         });
     });
 

@@ -125,7 +125,10 @@ async function startServer(kind: ServerKind, args: string[], bin: string): Promi
         } catch {
             // not listening yet
         }
-        if (performance.now() - t0 > 900_000) throw new Error(`${kind} was not ready after 15 minutes`);
+        if (performance.now() - t0 > 900_000) {
+            proc.kill("SIGKILL");
+            throw new Error(`${kind} was not ready after 15 minutes:\n${out.slice(-3000)}`);
+        }
         await new Promise((r) => setTimeout(r, 25));
     }
     return { proc, url, readyMs: performance.now() - t0, output: () => out };
@@ -355,7 +358,7 @@ export async function runBench(o: BenchOptions, command: string): Promise<Report
             gpuLayers: o.gpuLayers, contextSize: o.contextSize, parallel: o.parallel, flashAttention: o.flashAttention, llamaKv: o.llamaKv,
             splitMode: o.splitMode ?? "default", mainGpu: o.mainGpu, gpus: gpuCount(), quick: o.quick, batchwiseArgs: o.batchwiseArgs ?? [], sizes: z,
         },
-        servers: [], results: [], bounds: [],
+        servers: [], results: [], bounds: [], failures: [],
     };
     mkdirSync(o.out, { recursive: true });
     // written after each part, so a run cut short keeps what it measured
@@ -371,7 +374,14 @@ export async function runBench(o: BenchOptions, command: string): Promise<Report
         save();
     }
     for (const kind of o.servers) {
-        await runServer(kind, o, path, bin ?? "", z, report);
+        try {
+            await runServer(kind, o, path, bin ?? "", z, report);
+        } catch (e) {
+            // a server that does not start or dies is a finding: recorded, and the other servers still run
+            const error = (e as Error).message;
+            (report.failures ??= []).push({ server: kind, error });
+            o.log(`${kind}: failed: ${error.split("\n").slice(0, 1).join("")}`);
+        }
         save();
     }
     return report;

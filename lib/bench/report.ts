@@ -31,6 +31,8 @@ export interface Report {
     servers: { server: string; workloads: string[]; args: string[] }[];
     results: CaseResult[];
     bounds: BoundResult[];
+    /** Servers that did not start or stopped mid-run, with the error (the rest of the run went on). */
+    failures?: { server: string; error: string }[];
 }
 
 const f = (x: number, d = 0) => (Number.isFinite(x) ? x.toFixed(d) : "n/a");
@@ -60,6 +62,7 @@ export function markdown(r: Report, reference = "llama-server"): string {
         }
         if (bound) lines.push(`| ${label} | llama-batched-bench (raw engine bound) | ${f(bound.outputTokensPerS)} | ${ref ? `${(bound.outputTokensPerS / ref.stats.outputTokensPerS).toFixed(2)}x` : ""} | 100% | | | | | |`);
     }
+    for (const x of r.failures ?? []) lines.push("", `**${x.server} failed:** ${x.error.split("\n").slice(0, 3).join(" / ").slice(0, 600)}`);
     const extras = r.results.filter((c) => c.extra);
     if (extras.length > 0) {
         lines.push("", "| workload | server | figures |", "|---|---|---|");
