@@ -235,7 +235,7 @@ function phases(kind: ServerKind, o: BenchOptions): Phase[] {
     ].filter((p) => p.workloads.length > 0);
 }
 
-async function runServer(kind: ServerKind, o: BenchOptions, model: string, bin: string, z: Sizes, report: Report): Promise<void> {
+async function runServer(kind: ServerKind, o: BenchOptions, model: string, bin: string, z: Sizes, report: Report, save: () => void): Promise<void> {
     for (const phase of phases(kind, o)) {
         const args = serverArgs(kind, o, model, phase.unified);
         report.servers.push({ server: kind, workloads: phase.workloads, args });
@@ -243,14 +243,14 @@ async function runServer(kind: ServerKind, o: BenchOptions, model: string, bin: 
         const s = await startServer(kind, args, bin);
         o.log(`${kind}: ready after ${(s.readyMs / 1000).toFixed(1)} s`);
         try {
-            await runWorkloads(kind, o, z, s, phase.workloads, report.results);
+            await runWorkloads(kind, o, z, s, phase.workloads, report.results, save);
         } finally {
             await stopServer(s);
         }
     }
 }
 
-async function runWorkloads(kind: ServerKind, o: BenchOptions, z: Sizes, s: Running, workloads: WorkloadName[], results: CaseResult[]): Promise<void> {
+async function runWorkloads(kind: ServerKind, o: BenchOptions, z: Sizes, s: Running, workloads: WorkloadName[], results: CaseResult[], save: () => void): Promise<void> {
     let before: EngineCounters | null = null;
     const mark = async () => {
         if (kind === "batchwise") before = await engineCounters(s.url);
@@ -259,6 +259,7 @@ async function runWorkloads(kind: ServerKind, o: BenchOptions, z: Sizes, s: Runn
         const figures = kind === "batchwise" ? engineFigures(before, await engineCounters(s.url), stats.wallS) : {};
         const all = { ...extra, ...figures };
         results.push({ workload, label, server: kind, stats, ...(Object.keys(all).length > 0 && { extra: all }) });
+        save(); // after each case: a run cut short keeps what it measured
         o.log(`  ${label}: ${stats.outputTokensPerS.toFixed(0)} out tok/s, TTFT p50 ${stats.ttftMs.p50.toFixed(0)} ms p99 ${stats.ttftMs.p99.toFixed(0)} ms, ` +
             `ITL p50 ${stats.itlMs.p50.toFixed(1)} ms, errors ${stats.errors}${stats.firstError ? ` (${stats.firstError})` : ""}` +
             (Object.keys(figures).length > 0 ? `; ${Object.entries(figures).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(", ")}` : ""));
@@ -361,7 +362,7 @@ export async function runBench(o: BenchOptions, command: string): Promise<Report
         servers: [], results: [], bounds: [], failures: [],
     };
     mkdirSync(o.out, { recursive: true });
-    // written after each part, so a run cut short keeps what it measured
+    // written after each case, so a run cut short keeps what it measured
     const save = () => {
         writeFileSync(join(o.out, "report.json"), JSON.stringify(report, null, 2));
         writeFileSync(join(o.out, "report.md"), markdown(report));
@@ -375,7 +376,7 @@ export async function runBench(o: BenchOptions, command: string): Promise<Report
     }
     for (const kind of o.servers) {
         try {
-            await runServer(kind, o, path, bin ?? "", z, report);
+            await runServer(kind, o, path, bin ?? "", z, report, save);
         } catch (e) {
             // a server that does not start or dies is a finding: recorded, and the other servers still run
             const error = (e as Error).message;
