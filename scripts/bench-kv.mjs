@@ -94,8 +94,7 @@ const npl = int("npl", args.npl, 1);
 const B = int("block-size", args["block-size"], 1);
 const gpuLayers = int("gpu-layers", args["gpu-layers"], -1);
 const seed = int("seed", args.seed, 0);
-const splitMode = args["split-mode"];
-if (splitMode !== undefined && !["none", "layer", "row", "tensor"].includes(splitMode)) throw new Error("--split-mode must be none, layer, row or tensor");
+const splitMode = args["split-mode"]; // checked by the binding (ERR_INVALID_ARGUMENT) when the model loads
 const loadOptions = { gpuLayers, ...(splitMode && { splitMode }) };
 const modes = args.modes.split(",").filter(Boolean);
 for (const m of modes) if (!MODES.includes(m)) throw new Error(`unknown mode '${m}' (modes: ${MODES.join(", ")})`);

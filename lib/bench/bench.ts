@@ -86,14 +86,18 @@ interface Running {
     output: () => string;
 }
 
+/** The multi-GPU options, under each program's names for them (unset: each program's default). */
+function splitArgs(o: BenchOptions, splitFlag: string, mainGpuFlag: string): string[] {
+    return [...(o.splitMode ? [splitFlag, o.splitMode] : []), ...(o.mainGpu !== undefined ? [mainGpuFlag, String(o.mainGpu)] : [])];
+}
+
 /** A server's command line (the port left out), as the report records it. */
 function serverArgs(kind: ServerKind, o: BenchOptions, model: string, unified: boolean): string[] {
-    const split = (sm: string, mg: string) => [...(o.splitMode ? [sm, o.splitMode] : []), ...(o.mainGpu !== undefined ? [mg, String(o.mainGpu)] : [])];
     return kind === "batchwise"
-        ? ["serve", "--model", `bench=${model}`, "--gpu-layers", String(o.gpuLayers), ...split("--split-mode", "--main-gpu"),
+        ? ["serve", "--model", `bench=${model}`, "--gpu-layers", String(o.gpuLayers), ...splitArgs(o, "--split-mode", "--main-gpu"),
             "--ctx-size", String(o.contextSize), "--parallel", String(o.parallel), "--flash-attn", o.flashAttention, "--batch-tokens", "2048", "--ubatch", "512",
             "--max-queued", "100000", "--log-level", "warn", ...(o.batchwiseArgs ?? [])]
-        : ["-m", model, "-ngl", String(o.gpuLayers), ...split("-sm", "-mg"), "-c", String(o.contextSize), "-np", String(o.parallel),
+        : ["-m", model, "-ngl", String(o.gpuLayers), ...splitArgs(o, "-sm", "-mg"), "-c", String(o.contextSize), "-np", String(o.parallel),
             "-fa", o.flashAttention, ...(unified ? ["-kvu"] : []), "-b", "2048", "-ub", "512", "--no-webui", ...(kind === "llama-server -bs" ? ["-bs"] : [])];
 }
 
@@ -195,9 +199,9 @@ type EngineCounters = Record<keyof typeof ENGINE_COUNTERS, number>;
 /** batchwise's engine counters, read from /metrics (null when a scrape fails: the figures are left out, not guessed). */
 export async function engineCounters(url: string): Promise<EngineCounters | null> {
     try {
-        const text = await (await fetch(url + "/metrics")).text();
+        const lines = (await (await fetch(url + "/metrics")).text()).split("\n");
         const read = (name: string) => {
-            const line = text.split("\n").find((l) => l.startsWith(name + "{") || l.startsWith(name + " "));
+            const line = lines.find((l) => l.startsWith(name + "{") || l.startsWith(name + " "));
             return line ? Number(line.slice(line.lastIndexOf(" ") + 1)) : NaN;
         };
         const c = Object.fromEntries(Object.entries(ENGINE_COUNTERS).map(([k, name]) => [k, read(name)])) as EngineCounters;
@@ -299,7 +303,7 @@ async function runWorkloads(kind: ServerKind, o: BenchOptions, z: Sizes, s: Runn
 function batchedBenchBounds(o: BenchOptions, model: string, bin: string, z: Sizes): BoundResult[] {
     const run = (extra: string[]) => {
         const out = execFileSync(join(bin, "llama-batched-bench"), [
-            "-m", model, "-ngl", String(o.gpuLayers), ...(o.splitMode ? ["-sm", o.splitMode] : []), ...(o.mainGpu !== undefined ? ["-mg", String(o.mainGpu)] : []),
+            "-m", model, "-ngl", String(o.gpuLayers), ...splitArgs(o, "-sm", "-mg"),
             "-fa", o.flashAttention, "-c", String(o.contextSize), "-b", "2048", "-ub", "512",
             "--output-format", "jsonl", ...extra,
         ], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"], maxBuffer: 64 * 2 ** 20 });
@@ -320,21 +324,14 @@ function batchedBenchBounds(o: BenchOptions, model: string, bin: string, z: Size
     return bounds;
 }
 
-function gpuInfo(): { device: string; driver?: string } {
+/** The first GPU's name and driver, and how many GPUs there are (one nvidia-smi line each). */
+function gpuInfo(): { device: string; driver?: string; gpus: number } {
     try {
-        const line = execFileSync("nvidia-smi", ["--query-gpu=name,driver_version", "--format=csv,noheader"], { encoding: "utf8" }).trim().split("\n")[0];
-        const [name, driver] = line.split(",").map((x) => x.trim());
-        return { device: name, driver };
+        const lines = execFileSync("nvidia-smi", ["--query-gpu=name,driver_version", "--format=csv,noheader"], { encoding: "utf8" }).trim().split("\n").filter(Boolean);
+        const [name, driver] = lines[0].split(",").map((x) => x.trim());
+        return { device: name, driver, gpus: lines.length };
     } catch {
-        return { device: "CPU (no nvidia-smi)" };
-    }
-}
-
-function gpuCount(): number {
-    try {
-        return execFileSync("nvidia-smi", ["-L"], { encoding: "utf8" }).trim().split("\n").filter(Boolean).length;
-    } catch {
-        return 0;
+        return { device: "CPU (no nvidia-smi)", gpus: 0 };
     }
 }
 
@@ -352,14 +349,15 @@ export async function runBench(o: BenchOptions, command: string): Promise<Report
         m.dispose();
         return md;
     });
+    const { gpus, ...gpu } = gpuInfo();
     const report: Report = {
-        date: new Date().toISOString().slice(0, 10), command, ...gpuInfo(), llamaTag: systemInfo().llamaTag,
+        date: new Date().toISOString().slice(0, 10), command, ...gpu, llamaTag: systemInfo().llamaTag,
         model: { path, shape, parameters: meta.parameters, sizeBytes: meta.sizeBytes },
         settings: {
             gpuLayers: o.gpuLayers, contextSize: o.contextSize, parallel: o.parallel, flashAttention: o.flashAttention, llamaKv: o.llamaKv,
-            splitMode: o.splitMode ?? "default", mainGpu: o.mainGpu, gpus: gpuCount(), quick: o.quick, batchwiseArgs: o.batchwiseArgs ?? [], sizes: z,
+            splitMode: o.splitMode ?? "default", mainGpu: o.mainGpu, gpus, quick: o.quick, batchwiseArgs: o.batchwiseArgs ?? [], sizes: z,
         },
-        servers: [], results: [], bounds: [], failures: [],
+        servers: [], results: [], bounds: [],
     };
     mkdirSync(o.out, { recursive: true });
     // written after each case, so a run cut short keeps what it measured

@@ -42,7 +42,7 @@ export function markdown(r: Report, reference = "llama-server"): string {
     lines.push(`Run ${r.date} on ${r.device}${r.driver ? ` (driver ${r.driver})` : ""}, llama.cpp ${r.llamaTag}, model ${r.model.shape} ` +
         `(${(r.model.parameters / 1e9).toFixed(2)}B parameters, ${(r.model.sizeBytes / 2 ** 30).toFixed(1)} GiB, random weights).`);
     lines.push("", "```sh", r.command, "```", "");
-    if (r.servers?.length) {
+    if (r.servers.length > 0) {
         lines.push("Server processes (port left out):", "");
         for (const p of r.servers) lines.push(`- ${p.server} (${p.workloads.join(", ")}): \`${p.args.join(" ")}\``);
         lines.push("");
