@@ -1,6 +1,7 @@
 // JSON schemas of the request bodies, checked by fastify (Ajv) before a handler runs. Fields follow
 // OpenAI's API; the extras (top_k, min_p, ignore_eos, priority, cache_salt, ...) follow vLLM's names.
-// Unknown fields are let through, as OpenAI-compatible servers do.
+// Unknown fields are let through, as OpenAI-compatible servers do. A `description` is what a validation
+// error says a field must be, where the schema alone would say it badly (the alternatives of a prompt).
 
 import { MAX_CHOICES, MAX_LOGIT_BIAS, MAX_LOGPROBS, MAX_STOP_LENGTH, MAX_STOPS } from "../engine/request.js";
 
@@ -16,6 +17,7 @@ const sampling = {
     top_p: num({ exclusiveMinimum: 0, maximum: 1 }),
     n: int(1, MAX_CHOICES),
     stop: nullable({
+        description: `a non-empty string of at most ${MAX_STOP_LENGTH} characters or an array of up to ${MAX_STOPS} such strings`,
         anyOf: [
             { type: "string", minLength: 1, maxLength: MAX_STOP_LENGTH },
             { type: "array", maxItems: MAX_STOPS, items: { type: "string", minLength: 1, maxLength: MAX_STOP_LENGTH } },
@@ -28,7 +30,7 @@ const sampling = {
     repetition_penalty: num({ exclusiveMinimum: 0, maximum: 10 }),
     logit_bias: nullable({
         type: "object", maxProperties: MAX_LOGIT_BIAS,
-        propertyNames: { pattern: "^(0|[1-9][0-9]*)$" },
+        propertyNames: { pattern: "^(0|[1-9][0-9]*)$", description: "a token id" },
         additionalProperties: { type: "number", minimum: -100, maximum: 100 },
     }),
     stream: nullable({ type: "boolean" }),
@@ -41,7 +43,7 @@ const sampling = {
     cache_salt: nullable({ type: "string", maxLength: 256 }),
 };
 
-const tokenArray = { type: "array", minItems: 1, items: { type: "integer", minimum: 0 } };
+const tokenArray = { type: "array", minItems: 1, items: { type: "integer", minimum: 0 }, description: "a non-empty array of token ids" };
 
 export const completionBody = {
     type: "object",
@@ -49,6 +51,7 @@ export const completionBody = {
     properties: {
         ...sampling,
         prompt: {
+            description: "a string, an array of strings, an array of token ids or an array of token-id arrays",
             anyOf: [
                 { type: "string" },
                 { type: "array", minItems: 1, maxItems: 256, items: { type: "string" } },
@@ -82,7 +85,7 @@ export const chatBody = {
                 required: ["role"],
                 properties: {
                     role: { type: "string", minLength: 1 },
-                    content: nullable({ anyOf: [{ type: "string" }, { type: "array", items: contentPart }] }),
+                    content: nullable({ anyOf: [{ type: "string" }, { type: "array", items: contentPart }], description: "a string or an array of content parts" }),
                     name: { type: "string" },
                 },
             },
