@@ -1,5 +1,7 @@
-// The server's HTTP layer, below and around the routes: the validation messages.
+// The server's HTTP layer, below and around the routes: requests node's parser refuses (sent over raw
+// sockets, as a client that means harm would), the content type, and the validation messages.
 import assert from "node:assert/strict";
+import { connect, type Socket } from "node:net";
 import { after, before, describe, it } from "node:test";
 import { createServer, type BatchwiseServer, type ServerOptions } from "../lib/server/server.js";
 import { gpu, gpuLayers, modelPath, tinyQwen } from "./helpers.js";
@@ -11,6 +13,72 @@ async function start(o: Partial<ServerOptions> = {}): Promise<BatchwiseServer> {
     await server.ready();
     return server;
 }
+
+interface RawResponse { status: number; headers: Record<string, string>; text: string; body: any; ms: number; closed: boolean }
+
+/**
+ * Sends bytes on a fresh TCP connection (all at once, or by a function that writes them over time) and
+ * reads the first response, until the server closes the connection or the response is whole.
+ */
+function raw(url: string, send: string | Buffer | ((s: Socket) => Promise<void>), timeoutMs = 15_000): Promise<RawResponse> {
+    const { hostname, port } = new URL(url);
+    return new Promise((resolve, reject) => {
+        const t0 = performance.now();
+        const s = connect(Number(port), hostname);
+        let buf = Buffer.alloc(0);
+        let done = false;
+        const finish = (closed: boolean) => {
+            if (done) return;
+            const text = buf.toString("latin1");
+            const head = text.indexOf("\r\n\r\n");
+            if (head < 0) {
+                if (closed) {
+                    done = true;
+                    clearTimeout(timer);
+                    reject(new Error(`the connection closed without a response (got ${JSON.stringify(text)})`));
+                }
+                return;
+            }
+            const [statusLine, ...lines] = text.slice(0, head).split("\r\n");
+            const headers: Record<string, string> = {};
+            for (const l of lines) {
+                const i = l.indexOf(":");
+                headers[l.slice(0, i).trim().toLowerCase()] = l.slice(i + 1).trim();
+            }
+            const body = buf.subarray(head + 4);
+            const length = headers["content-length"] === undefined ? undefined : Number(headers["content-length"]);
+            if (!closed && (length === undefined || body.length < length)) return;
+            done = true;
+            clearTimeout(timer);
+            const bodyText = body.subarray(0, length ?? body.length).toString("utf8");
+            let parsed: unknown;
+            try {
+                parsed = JSON.parse(bodyText);
+            } catch {
+                parsed = undefined;
+            }
+            s.destroy();
+            resolve({ status: Number(statusLine.split(" ")[1]), headers, text: bodyText, body: parsed, ms: performance.now() - t0, closed });
+        };
+        const timer = setTimeout(() => {
+            done = true;
+            s.destroy();
+            reject(new Error(`no response in ${timeoutMs} ms (got ${JSON.stringify(buf.toString("latin1").slice(0, 200))})`));
+        }, timeoutMs);
+        s.on("data", (d) => {
+            buf = Buffer.concat([buf, d]);
+            finish(false);
+        });
+        s.on("close", () => finish(true));
+        s.on("error", () => {}); // a reset after the response is fine; none before it is caught by 'close'
+        s.on("connect", () => {
+            if (typeof send === "function") send(s).catch(() => {});
+            else s.write(send);
+        });
+    });
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 function assertShaped(r: { status: number; body: any; text: string; headers: Record<string, string> | Headers }, status: number, code?: string | null): void {
     assert.equal(r.status, status, r.text);
@@ -48,6 +116,65 @@ describe("server HTTP layer", () => {
     });
     after(async () => {
         await server?.close();
+    });
+
+    it("answers requests node's HTTP parser refuses in the API's shape, with an x-request-id", async () => {
+        const cases: [string, string, number, string][] = [
+            ["a Content-Length that is not a number", "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1x\r\n\r\n{}", 400, "malformed_request"],
+            ["two different Content-Lengths", "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}", 400, "malformed_request"],
+            ["a CR inside a header value", "GET /health HTTP/1.1\r\nHost: x\r\nX-Note: a\rb\r\n\r\n", 400, "malformed_request"],
+            ["a bare LF inside a header line", "GET /health HTTP/1.1\r\nHost: x\r\nX-Note: a\nX-Other b\r\n\r\n", 400, "malformed_request"],
+            ["chunked together with Content-Length", "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n2\r\n{}\r\n0\r\n\r\n", 400, "malformed_request"],
+            ["a NUL in Content-Type", "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\0\r\nContent-Length: 2\r\n\r\n{}", 400, "malformed_request"],
+            ["a broken chunk size mid-body", "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\nzz\r\n", 400, "malformed_request"],
+            ["a space in the URL", "GET /v1/mo dels HTTP/1.1\r\nHost: x\r\n\r\n", 400, "malformed_request"],
+            ["an unknown HTTP version", "GET /health HTTP/7.1\r\nHost: x\r\n\r\n", 400, "malformed_request"],
+            ["headers over 16 KiB", `GET /health HTTP/1.1\r\nHost: x\r\nX-Big: ${"a".repeat(20_000)}\r\n\r\n`, 431, "headers_too_large"],
+            ["Expect other than 100-continue", "POST /v1/completions HTTP/1.1\r\nHost: x\r\nExpect: 200-ok\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}", 417, "expectation_failed"],
+            ["a path that does not percent-decode", "GET /v1/models/%E0%A4%A HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 400, "invalid_url"],
+            ["an HTTP/1.1 request without Host", "GET /health HTTP/1.1\r\nConnection: close\r\n\r\n", 400, "malformed_request"],
+        ];
+        for (const [what, bytes, status, code] of cases) {
+            const r = await raw(url, bytes);
+            assertShaped(r, status, code);
+            assert.equal(r.body.error.type, "invalid_request_error", what);
+            assert.match(r.headers["content-type"] ?? "", /^application\/json/, what);
+        }
+        // the request's own id comes back when it is sane, even from a request the parser refused
+        const mine = await raw(url, "GET /health HTTP/1.1\r\nHost: x\r\nX-Request-Id: mine-1\r\nX-Note: a\rb\r\n\r\n");
+        assertShaped(mine, 400);
+        assert.equal(mine.headers["x-request-id"], "mine-1");
+        const expect = await raw(url, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nX-Request-Id: mine-2\r\nExpect: nope\r\nContent-Length: 0\r\n\r\n");
+        assert.equal(expect.headers["x-request-id"], "mine-2");
+        const injected = await raw(url, "GET /health HTTP/1.1\r\nHost: x\r\nX-Request-Id: a b<c>\r\nX-Note: a\rb\r\n\r\n");
+        assert.match(injected.headers["x-request-id"], /^[0-9a-f-]{36}$/, "an id that is not sane is replaced");
+        // and the server is fine after all of that
+        assert.equal((await fetch(`${url}/health`)).status, 200);
+    });
+
+    it("takes only application/json bodies: 415 for forms, text, other types and a body with none", async () => {
+        const body = JSON.stringify({ prompt: "hi", max_tokens: 1 });
+        for (const type of ["application/x-www-form-urlencoded", "text/plain", "text/plain;charset=UTF-8", "multipart/form-data; boundary=x", "application/jsonx", "application/xml"]) {
+            const r = await post(url, "/v1/completions", body, { "content-type": type });
+            assertShaped(r, 415, "unsupported_media_type");
+            assert.match(r.body.error.message, /application\/json/);
+            assert.ok(r.body.error.message.includes(type), r.body.error.message);
+        }
+        // a body with no content type at all (what curl -d sends without -H is a form; a raw client may send none)
+        const none = await raw(url, `POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: ${body.length}\r\n\r\n${body}`);
+        assertShaped(none, 415, "unsupported_media_type");
+        assert.match(none.body.error.message, /got none/);
+        assert.match(none.body.error.message, /-H 'content-type: application\/json'/);
+        for (const type of ["application/json", "application/json; charset=utf-8", "Application/JSON"]) {
+            const r = await post(url, "/v1/completions", body, { "content-type": type });
+            assert.equal(r.status, 200, `${type}: ${r.text}`);
+        }
+        // what the JSON parser refuses is a 400 in the same shape
+        assertShaped(await post(url, "/v1/completions", "{nope"), 400);
+        assertShaped(await post(url, "/v1/completions", ""), 400);
+        assertShaped(await post(url, "/v1/completions", '{"prompt":"x","__proto__":{"polluted":1}}'), 400);
+        // a body-less GET needs no content type
+        assert.equal((await fetch(`${url}/v1/models`)).status, 200);
     });
 
     it("says what is wrong with each bad field, naming the first in param", async () => {
@@ -93,4 +220,3 @@ describe("server HTTP layer", () => {
             "'n' must be an integer between 1 and 128 (got 0)");
     });
 });
-

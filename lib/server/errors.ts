@@ -78,13 +78,38 @@ export function toApiError(e: unknown, promptField = "prompt", retryAfter = 1): 
                 return new ApiError(500, `internal error (${e.code}): ${e.message}`, "server_error", null, e.code);
         }
     }
-    const fe = e as { statusCode?: number; code?: string; message?: string; validation?: unknown };
+    const fe = e as { statusCode?: number; code?: string; message?: string };
     if (fe && typeof fe === "object" && typeof fe.statusCode === "number" && fe.statusCode >= 400 && fe.statusCode < 500) {
-        // fastify's own: malformed JSON, body too large, unsupported media type, ...
-        if (fe.statusCode === 413) {
-            return new ApiError(413, `the request body is larger than the server accepts (${fe.message ?? ""})`, "invalid_request_error", null, "request_too_large");
+        // fastify's own, told apart by code (never by message text): the body, the URL, the media type
+        switch (fe.code) {
+            case "FST_ERR_CTP_BODY_TOO_LARGE":
+                return new ApiError(413, `the request body is larger than the server accepts (${fe.message ?? ""})`, "invalid_request_error", null, "request_too_large");
+            case "FST_ERR_CTP_INVALID_MEDIA_TYPE":
+                return unsupportedMediaType();
+            case "FST_ERR_CTP_INVALID_JSON_BODY":
+                // also a body with a __proto__ or constructor.prototype key, which the parser refuses
+                return badRequest("the request body is not valid JSON");
+            case "FST_ERR_CTP_EMPTY_JSON_BODY":
+                return badRequest("the request body is empty: send a JSON object");
+            case "FST_ERR_CTP_INVALID_CONTENT_LENGTH":
+                return badRequest("the request body's length does not match its Content-Length", null, "malformed_request");
+            case "FST_ERR_BAD_URL":
+                return badRequest(`the URL is malformed (${fe.message ?? ""})`, null, "invalid_url");
+            case "FST_ERR_MAX_PARAM_LENGTH":
+                return new ApiError(414, "a path segment of the URL is too long", "invalid_request_error", null, "uri_too_long");
         }
         return new ApiError(fe.statusCode, fe.message ?? "bad request", "invalid_request_error", null, fe.code ?? null);
     }
     return new ApiError(500, `internal error: ${e instanceof Error ? e.message : String(e)}`, "server_error");
+}
+
+/**
+ * 415 for a body that is not application/json, naming the Content-Type it came with ("" for none).
+ * Only JSON is taken: a form or text/plain body is what a browser posts cross-site without a
+ * preflight, so parsing those would let any web page drive the server.
+ */
+export function unsupportedMediaType(contentType?: string): ApiError {
+    const got = contentType === undefined ? "" : ` (got ${contentType.trim() === "" ? "none" : `'${contentType.slice(0, 100)}'`})`;
+    return new ApiError(415, `the request body must be JSON with Content-Type: application/json${got}; with curl, pass -H 'content-type: application/json'`,
+        "invalid_request_error", null, "unsupported_media_type");
 }

@@ -3,12 +3,13 @@
 // when every model is loaded and warmed, and back to 503 when draining starts.
 import { createHash, randomUUID, timingSafeEqual } from "node:crypto";
 import { setMaxListeners } from "node:events";
-import type { ServerResponse } from "node:http";
+import { STATUS_CODES, type IncomingMessage, type ServerResponse } from "node:http";
+import type { Duplex } from "node:stream";
 import { basename } from "node:path";
 import Fastify, { LogController, type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
 import type { Logger } from "pino";
 import { BatchwiseError, Engine, ErrorCode, type EngineOptions, type GenerateEvent, type GenerateResult, type Generation } from "../index.js";
-import { ApiError, badRequest, toApiError } from "./errors.js";
+import { ApiError, badRequest, toApiError, unsupportedMediaType } from "./errors.js";
 import { ServerMetrics } from "./metrics.js";
 import {
     chatLogprobs, chatRequest, completionLogprobs, completionRequests, usage,
@@ -63,6 +64,8 @@ interface ModelEntry {
 }
 
 const PROTECTED = /^\/(v1\/|tokenize|detokenize)/;
+/** A client's x-request-id is echoed when it is this sane (no header injection, no log spam). */
+const SANE_ID = /^[\w.:-]{1,128}$/;
 const PROBES = new Set(["/health", "/ready", "/metrics"]);
 
 interface RequestInfo {
@@ -88,6 +91,11 @@ export class BatchwiseServer {
     private startup!: Promise<void>;
     private stopping: Promise<void> | null = null;
     private readonly info = new WeakMap<FastifyRequest, RequestInfo>();
+    /** The response in flight on each socket, so that an error the HTTP parser raises mid-request answers with its id. */
+    private readonly inFlight = new WeakMap<Duplex, { id: string; res: ServerResponse }>();
+    /** Responses written straight on the socket (a parse error mid-body), with their status, for the log line. */
+    private readonly rawStatus = new WeakMap<ServerResponse, number>();
+    private readonly answered = new WeakSet<Duplex>();
     url = "";
 
     private constructor(private readonly options: ServerOptions) {
@@ -222,39 +230,61 @@ export class BatchwiseServer {
             logController: new LogController({ disableRequestLogging: true }), // one line a request, from onResponse
             bodyLimit: this.options.bodyLimit ?? 16 * 2 ** 20,
             requestIdHeader: false,
-            genReqId: (req: { headers: Record<string, string | string[] | undefined> }) => {
-                const h = req.headers["x-request-id"];
-                return typeof h === "string" && /^[\w.:-]{1,128}$/.test(h) ? h : randomUUID();
-            },
+            genReqId: (req: IncomingMessage) => requestId(req.headers["x-request-id"]),
             ajv: { customOptions: { allErrors: true, coerceTypes: false, removeAdditional: false, useDefaults: false, verbose: true } },
             return503OnClosing: false,
+            http: {
+                // node answers a missing Host with a bare 400; the onRequest hook answers it in our shape
+                requireHostHeader: false,
+            },
+            // what node's HTTP parser refuses (bad Content-Length, CR/LF or NUL in a header, chunked plus
+            // Content-Length, headers too large, a headers timeout) never reaches a route: answer it here
+            clientErrorHandler: (err: Error, socket: Duplex) => this.onClientError(err, socket),
+            // a URL that does not decode, or too long a path segment
+            frameworkErrors: (err: Error, req: FastifyRequest, reply: FastifyReply) => {
+                const e = toApiError(err);
+                this.metrics.httpRequest("unknown", e.status);
+                req.log.info({ method: req.method, url: req.url, status: e.status }, "request");
+                void reply.code(e.status).header("x-request-id", req.id).send(e.body());
+            },
         } as Parameters<typeof Fastify>[0]) as unknown as FastifyInstance;
 
-        // curl -d sends form content type; every body here is JSON
-        app.addContentTypeParser("*", { parseAs: "string" }, (req, body, done) => {
-            try {
-                done(null, body === "" ? undefined : JSON.parse(body as string));
-            } catch {
-                done(badRequest("the request body is not valid JSON"), undefined);
-            }
+        // only JSON bodies (fastify's parser, which also refuses __proto__ keys): a form or text/plain body
+        // is what any web page can make a browser post here cross-site, with no preflight; those get 415
+        app.removeContentTypeParser("text/plain");
+        // an Expect other than 100-continue: node would answer a bare 417
+        app.server.on("checkExpectation", (req: IncomingMessage, res: ServerResponse) => {
+            const e = new ApiError(417, `the server does not support 'Expect: ${String(req.headers.expect).slice(0, 100)}' (only 100-continue)`,
+                "invalid_request_error", null, "expectation_failed");
+            this.metrics.httpRequest("unknown", 417);
+            const body = JSON.stringify(e.body());
+            res.writeHead(417, { "content-type": "application/json; charset=utf-8", "content-length": Buffer.byteLength(body), "x-request-id": requestId(req.headers["x-request-id"]), connection: "close" });
+            res.end(body);
         });
 
         app.addHook("onRequest", async (req, reply) => {
             (req as unknown as { bwStart: number }).bwStart = performance.now();
             reply.header("x-request-id", req.id);
+            this.inFlight.set(req.raw.socket, { id: req.id, res: reply.raw });
+            // a client that goes away before the response ends gets its line too (status 499, as nginx logs
+            // it), unless the server answered it on the socket itself (a parse error mid-body)
+            reply.raw.once("close", () => {
+                if (this.inFlight.get(req.raw.socket)?.res === reply.raw) this.inFlight.delete(req.raw.socket);
+                if (!reply.raw.writableFinished) this.logRequest(req, this.rawStatus.get(reply.raw) ?? 499);
+            });
+            if (req.raw.httpVersion === "1.1" && req.headers.host === undefined) {
+                throw badRequest("an HTTP/1.1 request needs a Host header", null, "malformed_request");
+            }
             // the route fastify matched (after decoding the path), not the raw URL: /%761/completions is /v1/completions
             if (this.keyDigests.length > 0 && PROTECTED.test(req.routeOptions.url ?? req.url)) this.authorize(req);
-            // a client that goes away before the response ends gets its line too (status 499, as nginx logs it)
-            reply.raw.once("close", () => {
-                if (!reply.raw.writableFinished) this.logRequest(req, 499);
-            });
         });
         app.addHook("onResponse", async (req, reply) => this.logRequest(req, reply.statusCode));
 
         app.setErrorHandler((err, req, reply) => {
-            const e = (err as { validation?: unknown }).validation
-                ? validationError(err as unknown as ValidationFailure)
-                : toApiError(err, req.routeOptions.url === "/v1/chat/completions" ? "messages" : "prompt", this.retryAfter);
+            let e: ApiError;
+            if ((err as { validation?: unknown }).validation) e = validationError(err as unknown as ValidationFailure);
+            else if ((err as { code?: string }).code === "FST_ERR_CTP_INVALID_MEDIA_TYPE") e = unsupportedMediaType(req.headers["content-type"] ?? "");
+            else e = toApiError(err, req.routeOptions.url === "/v1/chat/completions" ? "messages" : "prompt", this.retryAfter);
             if (e.status >= 500) req.log.error({ err }, "request failed");
             if (e.retryAfter !== undefined) reply.header("retry-after", String(e.retryAfter));
             void reply.code(e.status).send(e.body());
@@ -335,6 +365,43 @@ export class BatchwiseServer {
             throw new ApiError(401, m ? "Incorrect API key provided." : "You didn't provide an API key: send it as 'Authorization: Bearer KEY'.",
                 "authentication_error", null, "invalid_api_key");
         }
+    }
+
+    /**
+     * An error node's HTTP parser raised ('clientError'): a malformed request, headers too large, a
+     * headers timeout. No route saw it, so it is answered here, in raw HTTP on the socket, in the API's
+     * shape with an x-request-id (the request's own when one was in flight on the socket).
+     */
+    private onClientError(err: Error & { code?: string; reason?: string; rawPacket?: Buffer }, socket: Duplex): void {
+        if (err.code === "ECONNRESET" || socket.destroyed) return;
+        const live = this.inFlight.get(socket);
+        // a response already under way: nothing can be written in its middle (node does the same)
+        if (live?.res.headersSent) {
+            socket.destroy();
+            return;
+        }
+        const e = clientError(err, this.app.server.headersTimeout);
+        const id = live?.id ?? idFromRawRequest(err.rawPacket) ?? randomUUID();
+        if (live) this.rawStatus.set(live.res, e.status); // logged and counted when its response closes
+        else this.metrics.httpRequest("unknown", e.status);
+        // the request's own line comes when its response closes; one that never reached a route gets this one
+        if (!live) this.log()?.info({ reqId: id, status: e.status, code: err.code, reason: err.reason }, "request refused by the HTTP parser");
+        this.answerOnSocket(socket, e, id);
+    }
+
+    /** Writes `e` as a whole HTTP response on the socket and closes it. */
+    private answerOnSocket(socket: Duplex, e: ApiError, id: string): void {
+        if (this.answered.has(socket)) return; // the parser reports every later chunk of a broken request again
+        this.answered.add(socket);
+        if (!socket.writable) {
+            socket.destroy();
+            return;
+        }
+        const body = JSON.stringify(e.body());
+        socket.end(`HTTP/1.1 ${e.status} ${STATUS_CODES[e.status] ?? ""}\r\ncontent-type: application/json; charset=utf-8\r\n` +
+            `content-length: ${Buffer.byteLength(body)}\r\nx-request-id: ${id}\r\nconnection: close\r\n\r\n${body}`, () => socket.destroy());
+        // a client that does not read must not hold the socket either
+        setTimeout(() => socket.destroy(), 2000).unref();
     }
 
     private readonly logged = new WeakSet<FastifyRequest>();
@@ -529,6 +596,35 @@ export function createServer(options: ServerOptions): Promise<BatchwiseServer> {
 }
 
 // ---- helpers ------------------------------------------------------------------------------------
+
+/** The client's x-request-id when it is sane, else a new UUID. */
+function requestId(header: string | string[] | undefined): string {
+    return typeof header === "string" && SANE_ID.test(header) ? header : randomUUID();
+}
+
+/** The x-request-id of a request the HTTP parser refused, read from its raw bytes, when sane. */
+function idFromRawRequest(raw: Buffer | undefined): string | undefined {
+    if (!raw) return undefined;
+    const m = /\r\nx-request-id:[ \t]*([^\r\n]*?)[ \t]*\r\n/i.exec(raw.toString("latin1"));
+    return m && SANE_ID.test(m[1]) ? m[1] : undefined;
+}
+
+/** What a 'clientError' from node's HTTP server means, in the API's shape. */
+function clientError(err: Error & { code?: string; reason?: string }, headersTimeoutMs: number): ApiError {
+    switch (err.code) {
+        case "ERR_HTTP_REQUEST_TIMEOUT":
+            return new ApiError(408, `the request's headers did not arrive within ${headersTimeoutMs / 1000} s`, "invalid_request_error", null, "request_timeout");
+        case "HPE_HEADER_OVERFLOW":
+            return new ApiError(431, "the request's headers are larger than the server accepts (16 KiB in all)", "invalid_request_error", null, "headers_too_large");
+        case "HPE_CHUNK_EXTENSIONS_OVERFLOW":
+            return new ApiError(413, "the request's chunk extensions are too large", "invalid_request_error", null, "request_too_large");
+        default: {
+            // llhttp's reason is a fixed text ("Invalid header value char", "Content-Length can't be present with Transfer-Encoding", ...)
+            const why = typeof err.reason === "string" ? err.reason : err.message;
+            return badRequest(`malformed HTTP request: ${why}${err.code ? ` (${err.code})` : ""}`, null, "malformed_request");
+        }
+    }
+}
 
 function modelNotFound(model: string, served: string[]): ApiError {
     return new ApiError(404, `The model '${model}' does not exist (this server has: ${served.join(", ")})`, "not_found_error", "model", "model_not_found");
