@@ -1,12 +1,16 @@
 // The server's HTTP layer, below and around the routes: requests node's parser refuses (sent over raw
-// sockets, as a client that means harm would), the content type, and the validation messages.
+// sockets, as a client that means harm would), timeouts for slow headers and bodies (and none for long
+// responses), the content type, CORS, and the validation messages.
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
 import { connect, type Socket } from "node:net";
 import { after, before, describe, it } from "node:test";
 import { createServer, type BatchwiseServer, type ServerOptions } from "../lib/server/server.js";
 import { gpu, gpuLayers, modelPath, tinyQwen } from "./helpers.js";
 
+const KEY = "test-key-http";
 const engineOptions = { gpuLayers, contextSize: 2048, maxSequences: 4, batchTokens: 512, flashAttention: gpu ? "on" as const : "auto" as const };
+const cli = new URL("../lib/cli/main.js", import.meta.url).pathname;
 
 async function start(o: Partial<ServerOptions> = {}): Promise<BatchwiseServer> {
     const server = await createServer({ models: [{ name: "q", path: await modelPath(tinyQwen), options: engineOptions }], port: 0, logger: false, warmup: false, ...o });
@@ -218,5 +222,255 @@ describe("server HTTP layer", () => {
         assert.equal(two.body.error.param, "max_tokens");
         assert.equal(two.body.error.message, "'max_tokens' must be an integer >= 1 (got \"ten\"); 'temperature' must be a number between 0 and 2 (got \"hot\"); " +
             "'n' must be an integer between 1 and 128 (got 0)");
+    });
+});
+
+describe("server timeouts", () => {
+    let server: BatchwiseServer;
+    let url: string;
+    const bodyTimeoutMs = 800, headersTimeoutMs = 600;
+
+    before(async () => {
+        server = await start({ bodyTimeoutMs, headersTimeoutMs, bodyMinRate: 2000 });
+        url = server.url;
+    });
+    after(async () => {
+        await server?.close();
+    });
+
+    it("answers a body that trickles (a byte every 200 ms) with a 408 within the bound", async () => {
+        const body = JSON.stringify({ prompt: "hello", max_tokens: 1 });
+        const r = await raw(url, async (s) => {
+            s.write(`POST /v1/completions HTTP/1.1\r\nHost: x\r\nX-Request-Id: slow-1\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n`);
+            for (const ch of body) {
+                if (s.destroyed) return;
+                s.write(ch);
+                await sleep(200);
+            }
+        });
+        assertShaped(r, 408, "request_timeout");
+        assert.equal(r.headers["x-request-id"], "slow-1");
+        assert.match(r.body.error.message, /did not arrive in time/);
+        // the bound: the base time, a little for the few bytes sent, and timer slack (generous: CI machines are busy)
+        assert.ok(r.ms >= bodyTimeoutMs - 50 && r.ms < bodyTimeoutMs + 3000, `cut after ${Math.round(r.ms)} ms`);
+        assert.equal(r.headers.connection, "close");
+    });
+
+    it("closes the connection of a body that trickles after an early answer (415)", async () => {
+        const { hostname, port } = new URL(url);
+        const s = connect(Number(port), hostname);
+        let text = "";
+        const t0 = performance.now();
+        let answeredAt = 0;
+        s.on("data", (d) => {
+            text += d;
+            answeredAt ||= performance.now() - t0;
+        });
+        s.on("error", () => {});
+        const closed = new Promise<number>((r) => s.on("close", () => r(performance.now() - t0)));
+        s.write("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n");
+        const trickle = (async () => {
+            for (let i = 0; i < 100 && !s.destroyed; i++) {
+                s.write("a");
+                await sleep(200);
+            }
+        })();
+        const ms = await closed;
+        await trickle;
+        assert.match(text, /^HTTP\/1\.1 415 /);
+        assert.ok(answeredAt < bodyTimeoutMs, "answered at once");
+        assert.ok(ms >= bodyTimeoutMs - 50 && ms < bodyTimeoutMs + 3000, `closed after ${Math.round(ms)} ms`);
+    });
+
+    it("lets a slow but steady upload finish past the base time", async () => {
+        // 3000 bytes at about 3000 B/s: 1 s, past the 0.8 s base, above the 2000 B/s minimum rate
+        const body = JSON.stringify({ prompt: "hello", max_tokens: 1 }).padEnd(3000, " ");
+        const t0 = performance.now();
+        const r = await raw(url, async (s) => {
+            s.write(`POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n`);
+            for (let i = 0; i < body.length; i += 150) {
+                s.write(body.slice(i, i + 150));
+                await sleep(50);
+            }
+        });
+        assert.equal(r.status, 200, r.text);
+        assert.ok(performance.now() - t0 > bodyTimeoutMs, "the upload took longer than the base time");
+        assert.equal(r.body.object, "text_completion");
+    });
+
+    it("answers headers that trickle, and a connection that sends nothing, with a 408", async () => {
+        const r = await raw(url, async (s) => {
+            for (const ch of "POST /v1/completions HTTP/1.1\r\nHost: x\r\nX-Long-Header: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa") {
+                if (s.destroyed) return;
+                s.write(ch);
+                await sleep(50);
+            }
+        });
+        assertShaped(r, 408, "request_timeout");
+        assert.match(r.body.error.message, /headers did not arrive/);
+        assert.ok(r.ms < headersTimeoutMs + 3000, `cut after ${Math.round(r.ms)} ms`);
+        const idle = await raw(url, async () => {});
+        assertShaped(idle, 408, "request_timeout");
+        assert.ok(idle.ms >= headersTimeoutMs - 50 && idle.ms < headersTimeoutMs + 3000, `cut after ${Math.round(idle.ms)} ms`);
+    });
+
+    it("leaves an idle keep-alive connection alone between requests", async () => {
+        const { hostname, port } = new URL(url);
+        const s = connect(Number(port), hostname);
+        let text = "";
+        s.on("data", (d) => (text += d));
+        const closed = new Promise((r) => s.on("close", r));
+        s.write("GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+        await sleep(headersTimeoutMs + 1000); // idle past the headers timeout, the first response read
+        s.write("GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        await closed;
+        // both answered on the one connection, and nothing in between
+        assert.deepEqual([...text.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => m[1]), ["200", "200"], text);
+    });
+
+    it("never cuts a response: a generation that streams for longer than both timeouts completes", async () => {
+        const ctx = server.engine("q")!.context;
+        const real = ctx.decode.bind(ctx);
+        // each step takes 100 ms more: 20 tokens take over 2 s, past both timeouts
+        ctx.decode = (batch) => sleep(100).then(() => real(batch));
+        try {
+            const t0 = performance.now();
+            const res = await fetch(`${url}/v1/completions`, {
+                method: "POST", headers: { "content-type": "application/json" },
+                body: JSON.stringify({ prompt: "count:", max_tokens: 20, ignore_eos: true, stream: true }),
+            });
+            assert.equal(res.status, 200);
+            const text = await res.text();
+            const ms = performance.now() - t0;
+            assert.ok(ms > bodyTimeoutMs + headersTimeoutMs, `the stream lasted ${Math.round(ms)} ms`);
+            const events = text.split("\n\n").filter((b) => b.startsWith("data: ")).map((b) => b.slice(6));
+            assert.equal(events.at(-1), "[DONE]");
+            const finish = events.slice(0, -1).map((e) => JSON.parse(e)).flatMap((e) => e.choices).find((c: any) => c.finish_reason);
+            assert.equal(finish.finish_reason, "length");
+            // and one that is not streamed
+            const plain = await post(url, "/v1/completions", { prompt: "count:", max_tokens: 15, ignore_eos: true });
+            assert.equal(plain.status, 200, plain.text);
+            assert.equal(plain.body.usage.completion_tokens, 15);
+        } finally {
+            ctx.decode = real;
+        }
+    });
+});
+
+describe("server CORS", () => {
+    const origin = "http://app.example:3000";
+
+    it("sends no CORS headers and answers no preflight without corsOrigins", async () => {
+        const server = await start({ apiKeys: [KEY] });
+        try {
+            const pre = await fetch(`${server.url}/v1/chat/completions`, { method: "OPTIONS", headers: { origin, "access-control-request-method": "POST" } });
+            assert.ok(pre.status === 401 || pre.status === 404, `status ${pre.status}`);
+            const get = await fetch(`${server.url}/v1/models`, { headers: { origin, authorization: `Bearer ${KEY}` } });
+            assert.equal(get.status, 200);
+            for (const r of [pre, get]) assert.deepEqual([...r.headers.keys()].filter((h) => h.startsWith("access-control-")), []);
+        } finally {
+            await server.close();
+        }
+    });
+
+    it("answers preflights from allowed origins before the API key, and marks their responses", async () => {
+        const server = await start({ apiKeys: [KEY], corsOrigins: [`${origin}/`, "https://other.example"] });
+        try {
+            const pre = await fetch(`${server.url}/v1/chat/completions`, {
+                method: "OPTIONS",
+                headers: { origin, "access-control-request-method": "POST", "access-control-request-headers": "Authorization, Content-Type, X-Stainless-OS" },
+            });
+            assert.equal(pre.status, 204);
+            assert.equal(pre.headers.get("access-control-allow-origin"), origin);
+            assert.match(pre.headers.get("access-control-allow-methods") ?? "", /POST/);
+            const allowed = (pre.headers.get("access-control-allow-headers") ?? "").split(", ");
+            for (const h of ["authorization", "content-type", "x-stainless-os"]) assert.ok(allowed.includes(h), `allows ${h}: ${allowed}`);
+            assert.ok(pre.headers.get("x-request-id"));
+            // the request itself, with the key: answered, and readable by the page
+            const body = JSON.stringify({ messages: [{ role: "user", content: "hi" }], max_tokens: 2 });
+            const ok = await fetch(`${server.url}/v1/chat/completions`, { method: "POST", headers: { origin, authorization: `Bearer ${KEY}`, "content-type": "application/json" }, body });
+            assert.equal(ok.status, 200);
+            assert.equal(ok.headers.get("access-control-allow-origin"), origin);
+            assert.match(ok.headers.get("access-control-expose-headers") ?? "", /x-request-id/);
+            assert.match(ok.headers.get("vary") ?? "", /Origin/);
+            // a stream too (its headers are written by hand)
+            const stream = await fetch(`${server.url}/v1/completions`, {
+                method: "POST", headers: { origin, authorization: `Bearer ${KEY}`, "content-type": "application/json" }, body: JSON.stringify({ prompt: "x", max_tokens: 2, stream: true }),
+            });
+            assert.equal(stream.headers.get("access-control-allow-origin"), origin);
+            await stream.text();
+            // an error too, so the page can read why
+            const denied = await fetch(`${server.url}/v1/models`, { headers: { origin } });
+            assert.equal(denied.status, 401);
+            assert.equal(denied.headers.get("access-control-allow-origin"), origin);
+            // another origin: no CORS header, and its preflight refused
+            const evil = "http://evil.example";
+            const other = await fetch(`${server.url}/v1/models`, { headers: { origin: evil, authorization: `Bearer ${KEY}` } });
+            assert.equal(other.status, 200);
+            assert.equal(other.headers.get("access-control-allow-origin"), null);
+            const pre2 = await fetch(`${server.url}/v1/completions`, { method: "OPTIONS", headers: { origin: evil, "access-control-request-method": "POST" } });
+            assert.equal(pre2.status, 403);
+            assert.equal(pre2.headers.get("access-control-allow-origin"), null);
+            assert.equal((await pre2.json()).error.code, "origin_not_allowed");
+        } finally {
+            await server.close();
+        }
+    });
+
+    it("allows any origin with '*', and refuses a corsOrigins entry that is not an origin", async () => {
+        const server = await start({ corsOrigins: ["*"] });
+        try {
+            const pre = await fetch(`${server.url}/v1/completions`, { method: "OPTIONS", headers: { origin: "https://anywhere.example", "access-control-request-method": "POST" } });
+            assert.equal(pre.status, 204);
+            assert.equal(pre.headers.get("access-control-allow-origin"), "*");
+            const r = await fetch(`${server.url}/health`, { headers: { origin: "https://anywhere.example" } });
+            assert.equal(r.headers.get("access-control-allow-origin"), "*");
+        } finally {
+            await server.close();
+        }
+        for (const bad of ["localhost:3000", "http://a.example/path", "null", ""]) {
+            await assert.rejects(start({ corsOrigins: [bad] }), /not an origin/, bad);
+        }
+    });
+
+    it("takes --cors-origin and the timeouts on the command line", async () => {
+        const run = (args: string[]) => new Promise<{ code: number | null; out: string }>((r) => {
+            const p = spawn(process.execPath, [cli, ...args]);
+            let out = "";
+            p.stdout.on("data", (d) => (out += d));
+            p.stderr.on("data", (d) => (out += d));
+            p.on("exit", (code) => r({ code, out }));
+        });
+        const help = await run(["serve", "--help"]);
+        for (const o of ["--cors-origin", "--headers-timeout", "--body-timeout", "--body-min-rate"]) assert.ok(help.out.includes(o), o);
+        const bad = await run(["serve", "--cors-origin", "http://a.example,not an origin"]);
+        assert.notEqual(bad.code, 0);
+        assert.match(bad.out, /not an origin/);
+        const badTimeout = await run(["serve", "--body-timeout", "soon"]);
+        assert.notEqual(badTimeout.code, 0);
+        assert.match(badTimeout.out, /body-timeout/);
+        const proc = spawn(process.execPath, [cli, "serve", "--model", `q=${await modelPath(tinyQwen)}`, "--port", "0", "--ctx-size", "1024", "--parallel", "2",
+            "--gpu-layers", String(gpuLayers), "--no-warmup", "--log-level", "silent", "--cors-origin", "http://a.example", "--cors-origin", "http://b.example,http://c.example",
+            "--headers-timeout", "0.5"], { stdio: ["ignore", "ignore", "pipe"] });
+        try {
+            let stderr = "";
+            proc.stderr.on("data", (d) => (stderr += d));
+            const t0 = Date.now();
+            while (!/ready on (http:\/\/\S+)/.test(stderr)) {
+                if (Date.now() - t0 > 60_000) throw new Error(`the CLI did not get ready: ${stderr}`);
+                await sleep(20);
+            }
+            const base = /ready on (http:\/\/\S+)/.exec(stderr)![1];
+            for (const o of ["http://a.example", "http://c.example"]) {
+                const pre = await fetch(`${base}/v1/completions`, { method: "OPTIONS", headers: { origin: o, "access-control-request-method": "POST" } });
+                assert.equal(pre.status, 204);
+                assert.equal(pre.headers.get("access-control-allow-origin"), o);
+            }
+            const idle = await raw(base, async () => {});
+            assertShaped(idle, 408, "request_timeout");
+            assert.ok(idle.ms < 4000, `cut after ${Math.round(idle.ms)} ms`);
+        } finally {
+            proc.kill("SIGKILL");
+        }
     });
 });

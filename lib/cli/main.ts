@@ -8,7 +8,7 @@ import { Command, InvalidArgumentError, Option } from "commander";
 import cliProgress from "cli-progress";
 import { pino } from "pino";
 import { cachedRandomModel, createRandomModel, getDevices, resolveVocab, systemInfo, type EngineOptions, type KvCacheType, type RandomModelOptions, type SplitMode } from "../index.js";
-import { createServer, type BatchwiseServer, type ServedModel } from "../server/server.js";
+import { createServer, parseOrigin, type BatchwiseServer, type ServedModel } from "../server/server.js";
 import { runBench, SHAPES, type ServerKind, type WorkloadName } from "../bench/bench.js";
 import { markdown } from "../bench/report.js";
 
@@ -24,6 +24,21 @@ const numList = (v: string): number[] => {
     const l = v.split(",").map(Number);
     if (l.length === 0 || l.some((x) => !Number.isFinite(x) || x < 0)) throw new InvalidArgumentError("expected numbers separated by commas, e.g. 3,1");
     return l;
+};
+/** --cors-origin: repeatable, each a comma list of origins or "*". */
+const collectOrigins = (v: string, acc: string[]) => {
+    const list = v.split(",").map((s) => s.trim()).filter(Boolean);
+    if (list.length === 0) throw new InvalidArgumentError("expected an origin such as http://localhost:3000, or '*'");
+    try {
+        return [...acc, ...list.map(parseOrigin)];
+    } catch (e) {
+        throw new InvalidArgumentError((e as Error).message);
+    }
+};
+const seconds = (v: string): number => {
+    const n = Number(v);
+    if (v.trim() === "" || !Number.isFinite(n) || n < 0) throw new InvalidArgumentError("expected a number of seconds >= 0 (0: no limit)");
+    return n;
 };
 const KV_TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl"];
 
@@ -66,6 +81,10 @@ interface ServeFlags {
     warmup: boolean;
     drainTimeout: number;
     bodyLimit?: number;
+    headersTimeout?: number;
+    bodyTimeout?: number;
+    bodyMinRate?: number;
+    corsOrigin: string[];
     logLevel: string;
 }
 
@@ -101,7 +120,9 @@ async function serve(flags: ServeFlags): Promise<void> {
     try {
         server = await createServer({
             models, host: flags.host, port: flags.port, apiKeys, logger: log, warmup: flags.warmup,
-            drainTimeoutMs: flags.drainTimeout * 1000, bodyLimit: flags.bodyLimit,
+            drainTimeoutMs: flags.drainTimeout * 1000, bodyLimit: flags.bodyLimit, corsOrigins: flags.corsOrigin,
+            headersTimeoutMs: flags.headersTimeout === undefined ? undefined : flags.headersTimeout * 1000,
+            bodyTimeoutMs: flags.bodyTimeout === undefined ? undefined : flags.bodyTimeout * 1000, bodyMinRate: flags.bodyMinRate,
             onLoadProgress: (name, p) => {
                 if (!bars) return;
                 let b = barFor.get(name);
@@ -263,6 +284,10 @@ function program(): Command {
         .option("--no-warmup", "skip the warm-up before ready")
         .option("--drain-timeout <seconds>", "on SIGTERM, how long requests in flight may finish", int(0), 30)
         .option("--body-limit <bytes>", "largest request body (default 16 MiB)", int(1))
+        .option("--headers-timeout <seconds>", "a request's headers must arrive within this, else 408 (default 15; 0: no limit)", seconds)
+        .option("--body-timeout <seconds>", "a request body must arrive within this plus 1 s per --body-min-rate bytes sent, else 408; responses and streams are never cut (default 30; 0: no limit)", seconds)
+        .option("--body-min-rate <bytes>", "bytes a second that extend a body's time past --body-timeout (default 4096)", int(1))
+        .addOption(new Option("--cors-origin <origin>", "let browsers on ORIGIN call the API (CORS): repeatable or a comma list; '*' for any (default: no CORS headers)").default([]).argParser(collectOrigins))
         .addOption(new Option("--log-level <level>", "log level").choices(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"))
         .action((flags: ServeFlags) => serve(flags));
     p.command("devices")

@@ -3,7 +3,7 @@
 // when every model is loaded and warmed, and back to 503 when draining starts.
 import { createHash, randomUUID, timingSafeEqual } from "node:crypto";
 import { setMaxListeners } from "node:events";
-import { STATUS_CODES, type IncomingMessage, type ServerResponse } from "node:http";
+import { STATUS_CODES, type IncomingMessage, type OutgoingHttpHeaders, type ServerResponse } from "node:http";
 import type { Duplex } from "node:stream";
 import { basename } from "node:path";
 import Fastify, { LogController, type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
@@ -39,6 +39,24 @@ export interface ServerOptions {
     apiKeys?: string[];
     /** Largest request body in bytes. Default 16 MiB. */
     bodyLimit?: number;
+    /**
+     * A request's headers must all arrive within this many ms of its first byte, or it gets 408 (a
+     * connection that sends nothing is cut the same way). Default 15 s; 0: no limit.
+     */
+    headersTimeoutMs?: number;
+    /**
+     * A request body must arrive within this many ms, plus one second per `bodyMinRate` bytes received,
+     * or it gets 408: a slow link is never cut while it keeps up that rate, a body that trickles is.
+     * Only the upload is timed: a response, a long stream included, is never cut. Default 30 s; 0: no limit.
+     */
+    bodyTimeoutMs?: number;
+    /** Bytes per second that extend a body's time past `bodyTimeoutMs`. Default 4096 (32 kbit/s). */
+    bodyMinRate?: number;
+    /**
+     * Origins that browsers may call the API from (CORS), e.g. "http://localhost:3000", or "*" for any.
+     * Preflights are answered before the API key is checked. Default: none, and no CORS headers at all.
+     */
+    corsOrigins?: string[];
     /** How long SIGTERM-style draining waits for requests in flight. Default 30 s. */
     drainTimeoutMs?: number;
     /** Warm-up before ready (default on). */
@@ -93,14 +111,26 @@ export class BatchwiseServer {
     private readonly info = new WeakMap<FastifyRequest, RequestInfo>();
     /** The response in flight on each socket, so that an error the HTTP parser raises mid-request answers with its id. */
     private readonly inFlight = new WeakMap<Duplex, { id: string; res: ServerResponse }>();
-    /** Responses written straight on the socket (a parse error mid-body), with their status, for the log line. */
+    /** Responses written straight on the socket (a body timeout, a parse error mid-body), with their status, for the log line. */
     private readonly rawStatus = new WeakMap<ServerResponse, number>();
     private readonly answered = new WeakSet<Duplex>();
+    private readonly cors: Set<string> | "*" | null;
+    private readonly headersTimeoutMs: number;
+    private readonly bodyTimeoutMs: number;
+    private readonly bodyMinRate: number;
     url = "";
 
     private constructor(private readonly options: ServerOptions) {
         this.retryAfter = options.retryAfterSeconds ?? 1;
         this.keyDigests = (options.apiKeys ?? []).map((k) => createHash("sha256").update(k).digest());
+        const origins = (options.corsOrigins ?? []).map(parseOrigin);
+        this.cors = origins.length === 0 ? null : origins.includes("*") ? "*" : new Set(origins);
+        this.headersTimeoutMs = timeoutOption("headersTimeoutMs", options.headersTimeoutMs, 15_000);
+        this.bodyTimeoutMs = timeoutOption("bodyTimeoutMs", options.bodyTimeoutMs, 30_000);
+        this.bodyMinRate = options.bodyMinRate ?? 4096;
+        if (!(this.bodyMinRate > 0 && Number.isFinite(this.bodyMinRate))) {
+            throw new BatchwiseError(ErrorCode.InvalidArgument, `bodyMinRate must be a positive number of bytes per second (got ${options.bodyMinRate})`);
+        }
         for (const spec of options.models) {
             const name = spec.name ?? (spec.path ? basename(spec.path).replace(/\.gguf$/i, "") : undefined);
             if (!name) throw new BatchwiseError(ErrorCode.InvalidArgument, "a served model needs a name or a path");
@@ -234,6 +264,12 @@ export class BatchwiseServer {
             ajv: { customOptions: { allErrors: true, coerceTypes: false, removeAdditional: false, useDefaults: false, verbose: true } },
             return503OnClosing: false,
             http: {
+                // node's own clock for the headers (it also cuts a connection that sends nothing); the body's
+                // is ours (watchBody), as node's requestTimeout is one fixed bound that a slow link would hit
+                headersTimeout: this.headersTimeoutMs,
+                requestTimeout: 0,
+                // how often node looks for expired headers: the cut comes at most this late
+                connectionsCheckingInterval: Math.max(50, Math.min(1000, Math.floor((this.headersTimeoutMs || 10_000) / 10))),
                 // node answers a missing Host with a bare 400; the onRequest hook answers it in our shape
                 requireHostHeader: false,
             },
@@ -267,14 +303,16 @@ export class BatchwiseServer {
             reply.header("x-request-id", req.id);
             this.inFlight.set(req.raw.socket, { id: req.id, res: reply.raw });
             // a client that goes away before the response ends gets its line too (status 499, as nginx logs
-            // it), unless the server answered it on the socket itself (a parse error mid-body)
+            // it), unless the server cut it off itself (408 for a body that trickled)
             reply.raw.once("close", () => {
                 if (this.inFlight.get(req.raw.socket)?.res === reply.raw) this.inFlight.delete(req.raw.socket);
                 if (!reply.raw.writableFinished) this.logRequest(req, this.rawStatus.get(reply.raw) ?? 499);
             });
+            if (this.bodyTimeoutMs > 0) this.watchBody(req, reply);
             if (req.raw.httpVersion === "1.1" && req.headers.host === undefined) {
                 throw badRequest("an HTTP/1.1 request needs a Host header", null, "malformed_request");
             }
+            if (this.cors && this.corsHeaders(req, reply)) return reply; // a preflight, answered
             // the route fastify matched (after decoding the path), not the raw URL: /%761/completions is /v1/completions
             if (this.keyDigests.length > 0 && PROTECTED.test(req.routeOptions.url ?? req.url)) this.authorize(req);
         });
@@ -380,7 +418,7 @@ export class BatchwiseServer {
             socket.destroy();
             return;
         }
-        const e = clientError(err, this.app.server.headersTimeout);
+        const e = clientError(err, this.headersTimeoutMs);
         const id = live?.id ?? idFromRawRequest(err.rawPacket) ?? randomUUID();
         if (live) this.rawStatus.set(live.res, e.status); // logged and counted when its response closes
         else this.metrics.httpRequest("unknown", e.status);
@@ -402,6 +440,76 @@ export class BatchwiseServer {
             `content-length: ${Buffer.byteLength(body)}\r\nx-request-id: ${id}\r\nconnection: close\r\n\r\n${body}`, () => socket.destroy());
         // a client that does not read must not hold the socket either
         setTimeout(() => socket.destroy(), 2000).unref();
+    }
+
+    /**
+     * The body timeout: `bodyTimeoutMs` for the whole body, plus a second per `bodyMinRate` bytes it
+     * has sent, so that a slow but steady upload is never cut and a trickle (slowloris) is. Only the
+     * upload is timed: once the body is in, the response may take as long as it takes. A request
+     * answered before its body was read (401, 415) keeps the clock: node reads the rest of that body
+     * to get to the next request, and a trickle must not hold the connection that way either.
+     */
+    private watchBody(req: FastifyRequest, reply: FastifyReply): void {
+        const raw = req.raw;
+        const length = req.headers["content-length"];
+        if (raw.complete || (req.headers["transfer-encoding"] === undefined && (length === undefined || length === "0"))) return;
+        const socket = raw.socket;
+        const start = performance.now();
+        const read0 = socket.bytesRead;
+        let timer: NodeJS.Timeout | undefined;
+        const check = () => {
+            if (raw.complete || socket.destroyed) return;
+            const deadline = start + this.bodyTimeoutMs + ((socket.bytesRead - read0) / this.bodyMinRate) * 1000;
+            const now = performance.now();
+            if (now < deadline) {
+                timer = setTimeout(check, deadline - now + 1);
+                return;
+            }
+            if (reply.raw.headersSent) {
+                // answered already (a 401, a 415), its body still coming: only the connection is left to close
+                socket.destroy();
+                return;
+            }
+            const e = new ApiError(408, `the request body did not arrive in time: a body gets ${this.bodyTimeoutMs / 1000} s plus 1 s per ${this.bodyMinRate} bytes sent ` +
+                `(${socket.bytesRead - read0} bytes came in ${((now - start) / 1000).toFixed(1)} s)`, "invalid_request_error", null, "request_timeout");
+            this.rawStatus.set(reply.raw, 408);
+            req.log.info({ bytes: socket.bytesRead - read0, ms: Math.round(now - start) }, "request body timed out");
+            this.answerOnSocket(socket, e, req.id);
+        };
+        timer = setTimeout(check, this.bodyTimeoutMs);
+        const stop = () => clearTimeout(timer);
+        raw.once("end", stop);
+        socket.once("close", stop);
+    }
+
+    /**
+     * CORS, when `corsOrigins` is set: an allowed Origin gets Access-Control-Allow-Origin on every
+     * response, and its preflight (OPTIONS with Access-Control-Request-Method) a 204 with the methods and
+     * headers allowed. Returns true when it answered a preflight. A preflight is answered before the API
+     * key is checked: browsers never send credentials on one.
+     */
+    private corsHeaders(req: FastifyRequest, reply: FastifyReply): boolean {
+        const origin = req.headers.origin;
+        const preflight = req.method === "OPTIONS" && req.headers["access-control-request-method"] !== undefined;
+        if (this.cors !== "*") reply.header("vary", "Origin");
+        const allowed = typeof origin === "string" && (this.cors === "*" || this.cors!.has(canonicalOrigin(origin) ?? ""));
+        if (allowed) {
+            reply.header("access-control-allow-origin", this.cors === "*" ? "*" : origin);
+            reply.header("access-control-expose-headers", "x-request-id, retry-after");
+        }
+        if (!preflight || typeof origin !== "string") return false;
+        if (!allowed) {
+            throw new ApiError(403, `origin '${origin.slice(0, 200)}' is not allowed to call this server (allowed: --cors-origin)`, "invalid_request_error", null, "origin_not_allowed");
+        }
+        // the headers it asked for (the openai SDK sends x-stainless-* ones), and ours
+        const asked = String(req.headers["access-control-request-headers"] ?? "").split(",").map((h) => h.trim().toLowerCase()).filter((h) => /^[!#$%&'*+.^_`|~0-9a-z-]{1,100}$/.test(h));
+        const headers = [...new Set(["authorization", "content-type", "x-request-id", ...asked])];
+        void reply.code(204)
+            .header("access-control-allow-methods", "GET, POST, OPTIONS")
+            .header("access-control-allow-headers", headers.join(", "))
+            .header("access-control-max-age", "600")
+            .send();
+        return true;
     }
 
     private readonly logged = new WeakSet<FastifyRequest>();
@@ -626,6 +734,34 @@ function clientError(err: Error & { code?: string; reason?: string }, headersTim
     }
 }
 
+/** An origin as browsers send it (scheme://host[:port], no default port), or undefined for what is not one. */
+function canonicalOrigin(s: string): string | undefined {
+    let u: URL;
+    try {
+        u = new URL(s);
+    } catch {
+        return undefined;
+    }
+    if (!u.host || (u.pathname !== "" && u.pathname !== "/") || u.search || u.hash || u.username || u.password) return undefined;
+    // URL.origin is "null" for schemes it does not know (chrome-extension://, vscode-webview://)
+    return u.origin !== "null" ? u.origin : `${u.protocol}//${u.host}`;
+}
+
+/** A `corsOrigins` entry: "*", or an origin such as http://localhost:3000 (a trailing slash is dropped). */
+export function parseOrigin(s: string): string {
+    const t = typeof s === "string" ? s.trim() : "";
+    if (t === "*") return t;
+    const o = canonicalOrigin(t);
+    if (!o) throw new BatchwiseError(ErrorCode.InvalidArgument, `'${s}' is not an origin: expected '*' or scheme://host[:port], such as http://localhost:3000`);
+    return o;
+}
+
+function timeoutOption(name: string, v: number | undefined, fallback: number): number {
+    if (v === undefined) return fallback;
+    if (!(Number.isFinite(v) && v >= 0)) throw new BatchwiseError(ErrorCode.InvalidArgument, `${name} must be a number of milliseconds >= 0 (got ${v})`);
+    return Math.floor(v);
+}
+
 function modelNotFound(model: string, served: string[]): ApiError {
     return new ApiError(404, `The model '${model}' does not exist (this server has: ${served.join(", ")})`, "not_found_error", "model", "model_not_found");
 }
@@ -662,6 +798,7 @@ class Sse {
         reply.hijack();
         this.res = reply.raw;
         this.res.writeHead(200, {
+            ...(reply.getHeaders() as OutgoingHttpHeaders), // the hooks' (CORS)
             "content-type": "text/event-stream; charset=utf-8",
             "cache-control": "no-cache",
             connection: "keep-alive",
