@@ -13,7 +13,7 @@
 // Each configuration keeps its own build folder under build-native/ (cpu, cuda-<archs>), so switching
 // between CPU and CUDA does not rebuild llama.cpp, and after a change in native/ only the addon is recompiled.
 import { execFileSync } from "node:child_process";
-import { copyFileSync, existsSync, mkdirSync, readFileSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, readFileSync, renameSync } from "node:fs";
 import { cpus } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -65,5 +65,8 @@ if (!existsSync(built)) {
     process.exit(1);
 }
 mkdirSync(dirname(out), { recursive: true });
-copyFileSync(built, out);
+// copy, then rename over the old file: a process that has the old addon loaded keeps its (unlinked) file
+// instead of seeing it rewritten under it
+copyFileSync(built, `${out}.tmp-${process.pid}`);
+renameSync(`${out}.tmp-${process.pid}`, out);
 process.stderr.write(`[batchwise] built ${out} in ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
