@@ -354,6 +354,9 @@ static std::vector<llama_logit_bias> parse_logit_bias(const Napi::Value & v, con
     return out;
 }
 
+// the candidates llama.cpp's backend-sampler probe graph holds (llama_sampler_backend_probe_graph in llama-sampler.cpp)
+static constexpr int32_t backend_top_k_max = 128 * 1024;
+
 // setSampler(seqId, params | null): the sampler chain used for this sequence's outputs.
 // params: { temperature = 1, topK = 0, topP = 1, minP = 0, repeatPenalty = 1, presencePenalty = 0,
 //           frequencyPenalty = 0, penaltyLastN = 64, logitBias, seed, logprobs, backend = true,
@@ -416,17 +419,21 @@ Napi::Value context_wrap::set_sampler(const Napi::CallbackInfo & info) {
 
         llama_sampler * chain = llama_sampler_chain_init(llama_sampler_chain_default_params());
         const int32_t n_vocab = model_->n_vocab();
+        // top_k at or above the vocabulary keeps every token: no top-k step at all (ggml_top_k asserts k <= n)
+        const int32_t top_k_eff = top_k >= n_vocab ? 0 : top_k;
         if (!bias.empty()) {
             llama_sampler_chain_add(chain, llama_sampler_init_logit_bias(n_vocab, (int32_t) bias.size(), bias.data()));
         }
         if (rep != 1.0 || pres != 0.0 || freq != 0.0) {
-            int32_t n = last_n == -1 ? (int32_t) llama_n_ctx(c) : last_n;
+            // the window is a ring buffer of that many tokens: one longer than the context adds nothing but memory
+            const int32_t n_ctx = (int32_t) llama_n_ctx(c);
+            const int32_t n = last_n == -1 || last_n > n_ctx ? n_ctx : last_n;
             llama_sampler_chain_add(chain, llama_sampler_init_penalties(n_vocab, n, (float) rep, (float) freq, (float) pres));
         }
         if (temp <= 0) {
             llama_sampler_chain_add(chain, llama_sampler_init_greedy());
         } else {
-            if (top_k > 0)   llama_sampler_chain_add(chain, llama_sampler_init_top_k(top_k));
+            if (top_k_eff > 0) llama_sampler_chain_add(chain, llama_sampler_init_top_k(top_k_eff));
             if (top_p < 1.0) llama_sampler_chain_add(chain, llama_sampler_init_top_p((float) top_p, 1));
             if (min_p > 0.0) llama_sampler_chain_add(chain, llama_sampler_init_min_p((float) min_p, 1));
             llama_sampler_chain_add(chain, llama_sampler_init_temp((float) temp));
@@ -463,7 +470,9 @@ Napi::Value context_wrap::set_sampler(const Napi::CallbackInfo & info) {
         s.grammar = g;
         s.logprobs = logprobs;
         // logprobs are computed from the raw logits, which a backend-sampled sequence does not produce
-        if (want_backend && logprobs < 0 && grammar.empty()) {
+        // llama.cpp probes a backend chain on a graph of 128K candidates, where ggml_top_k asserts k <= 128K:
+        // a larger top_k (a vocabulary above 128K tokens) samples on the CPU
+        if (want_backend && logprobs < 0 && grammar.empty() && top_k_eff <= backend_top_k_max) {
             s.backend = llama_set_sampler(c, seq, chain);
         }
         Napi::Object r = Napi::Object::New(env);
@@ -577,7 +586,8 @@ static void row_logprobs(const float * logits, int32_t n_vocab, llama_token chos
 // decode({ tokens: Int32Array, positions: Int32Array, seqIds: Int32Array, outputs: Uint8Array })
 //   -> Promise<{ tokens: Int32Array, logprobs: Float32Array | null, topK, topIds, topLogprobs, decodeMs, sampleMs }>
 // One result row per token with outputs[i] != 0, in batch order: the token sampled with that sequence's sampler,
-// or -1 where its grammar and sampler allow no token (that sequence cannot go on; the others are unaffected).
+// -1 where its grammar and sampler allow no token, or -2 where llama.cpp's sampler gave no valid token id (an internal
+// error); either way that sequence cannot go on, and the others are unaffected.
 Napi::Value context_wrap::decode(const Napi::CallbackInfo & info) {
     Napi::Env env = info.Env();
     return guard(env, [&]() -> Napi::Value {
@@ -688,6 +698,11 @@ Napi::Value context_wrap::decode(const Napi::CallbackInfo & info) {
                             throw bw_error(code::decode_failed, "no logits for batch row " + std::to_string(i));
                         }
                         t = (llama_token) (std::max_element(logits, logits + n_vocab) - logits);
+                    }
+                    if (t < -1 || t >= n_vocab) {
+                        // what llama.cpp sampled is not a token id: a defect below us, never the request's doing.
+                        // That row alone reports it (-2); the batch's other sequences go on
+                        t = -2;
                     }
                     job->sampled[row] = t;
                     if (s.logprobs >= 0 && t >= 0) {

@@ -43,7 +43,7 @@ const numBlocks = Math.ceil((sequences * (promptLen + maxTokens)) / blockSize) +
 const sched = new Scheduler(backend, {
     numBlocks, blockSize, maxRunning: sequences, numSlots: sequences * 2, batchTokens: 2048,
     maxContext: 8192, prefixCache: true, preemption: "recompute", swapSpaceBytes: 0, watermark: 0.01,
-    isEog: () => false,
+    isEog: () => false, vocabSize: 32000,
 });
 
 const prefixes = Array.from({ length: 16 }, (_, f) => Array.from({ length: promptLen / 2 }, (_, i) => 100 + ((f * 7919 + i * 31) % 30000)));

@@ -195,6 +195,44 @@ describe("decode", () => {
         });
     });
 
+    it("a sampler replaced twice between two decodes of the same shape is the one that samples (no stale graph, patch 0003)", async () => {
+        // llama.cpp reuses the last graph when the sampler map compares equal, by pointer. Set twice between two
+        // decodes, a sequence's second chain lands where the first one of the last graph was freed, and the old
+        // graph ran with inputs the new chain never set: an abort (a logit bias's missing input), stale draws,
+        // and under a server's mixed load token ids that were float bits ("token 1194250240 is outside the vocabulary")
+        const prompt = randomPrompt(8, 5);
+        await withContext({ maxSequences: 2 }, async (ctx) => {
+            await prefill(ctx, 0, prompt);
+            let pos = prompt.length;
+            const got: number[] = [], want: number[] = [];
+            for (let i = 0; i < 16; i++) {
+                const target = 1000 + 37 * i;
+                ctx.setSampler(0, { temperature: 0.9, seed: 100 + i, topK: 50 }); // a request that left before its first step
+                ctx.setSampler(0, i % 2 === 0 ? { temperature: 1, seed: i, logitBias: [[target, 100]] } : { temperature: 0, logitBias: [[target, 100]] });
+                const r = await ctx.decode({ tokens: Int32Array.of(want.at(-1) ?? prompt[0]), positions: Int32Array.of(pos++), seqIds: Int32Array.of(0), outputs: Uint8Array.of(1) });
+                got.push(r.tokens[0]);
+                want.push(target);
+            }
+            assert.deepEqual(got, want);
+        });
+    });
+
+    it("samples with any top k up to 2^31-1: at and above the vocabulary it keeps every token", async () => {
+        // top_k 151664 aborted the process (ggml_top_k asserts k <= n: llama.cpp probes a backend chain on 128K candidates)
+        const V = model.metadata.vocabSize;
+        const prompt = randomPrompt(6, 9);
+        await withContext({ maxSequences: 2 }, async (ctx) => {
+            const greedy = await prefill(ctx, 0, prompt);
+            for (const topK of [1, 100_000, 128 * 1024, 128 * 1024 + 1, V - 272, V - 1, V, V + 1, 2 ** 31 - 1]) {
+                ctx.seqRemove(1);
+                ctx.setSampler(1, { temperature: 0.8, topK, seed: 3 });
+                const t = await prefill(ctx, 1, prompt);
+                assert.ok(t >= 0 && t < V, `topK ${topK}: token ${t}`);
+                if (topK === 1) assert.equal(t, greedy, "top k 1 is greedy");
+            }
+        });
+    });
+
     it("returns logprobs of the sampled token and the top k", async () => {
         const prompt = randomPrompt(10, 10);
         await withContext({ maxSequences: 2 }, async (ctx) => {

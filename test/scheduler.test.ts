@@ -21,7 +21,7 @@ interface Run {
 function setup(o: Partial<SchedulerOptions> & { capacity?: number } = {}): Run {
     const opts: SchedulerOptions = {
         numBlocks: 32, blockSize: 4, maxRunning: 4, numSlots: 8, batchTokens: 32, maxContext: 128, prefixCache: true,
-        preemption: "recompute", swapSpaceBytes: 1 << 20, watermark: 0, isEog: (t) => t === FAKE_EOS, ...o,
+        preemption: "recompute", swapSpaceBytes: 1 << 20, watermark: 0, isEog: (t) => t === FAKE_EOS, vocabSize: VOCAB, ...o,
     };
     const fake = new FakeBackend(o.capacity ?? opts.numBlocks * opts.blockSize, opts.numSlots, VOCAB);
     return { sched: new Scheduler(fake, opts), fake, opts, outputs: new Map() };

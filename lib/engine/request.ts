@@ -95,7 +95,9 @@ export function validateRequest(req: RequestOptions, vocabSize: number): ValidRe
     const n = num(o, "n", (v) => isInt(v) && v >= 1 && v <= MAX_CHOICES, `must be an integer from 1 to ${MAX_CHOICES}`) ?? 1;
     const maxTokens = num(o, "maxTokens", (v) => isInt(v) && v >= 1, "must be a positive integer");
     const temperature = num(o, "temperature", (v) => v >= 0 && Number.isFinite(v), "must be a number >= 0") ?? 1;
-    const topK = num(o, "topK", (v) => isInt(v) && v >= 0 && v < 2 ** 31, "must be an integer from 0 to 2147483647");
+    // a top k at or above the vocabulary keeps every token, as 0 does (vLLM clamps it the same way)
+    const topKAsked = num(o, "topK", (v) => isInt(v) && v >= 0 && v < 2 ** 31, "must be an integer from 0 to 2147483647");
+    const topK = topKAsked !== undefined && topKAsked >= vocabSize ? 0 : topKAsked;
     const topP = num(o, "topP", (v) => v > 0 && v <= 1, "must be in (0, 1]");
     const minP = num(o, "minP", (v) => v >= 0 && v <= 1, "must be in [0, 1]");
     const repeatPenalty = num(o, "repeatPenalty", (v) => v > 0 && Number.isFinite(v), "must be a number > 0");

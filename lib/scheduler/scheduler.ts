@@ -52,6 +52,8 @@ export interface SchedulerOptions {
     watermark: number;
     /** Whether a token ends generation (EOS, EOT, ...). */
     isEog: (token: number) => boolean;
+    /** Token ids are in [0, vocabSize): a sampled id outside it ends its sequence with ERR_DECODE_FAILED. */
+    vocabSize: number;
     now?: () => number;
 }
 
@@ -204,9 +206,10 @@ export class Scheduler {
     }
 
     /** Requests waiting for admission (not counting preempted sequences). */
-    get waitingRequests(): number {
+    /** Sequences submitted and not yet admitted (every choice of every prompt counts): what the intake bound counts. */
+    get waitingSequences(): number {
         let n = 0;
-        for (const s of this.waiting) if (!s.admitted && s.index === 0) n++;
+        for (const s of this.waiting) if (!s.admitted) n++;
         return n;
     }
 
@@ -341,9 +344,14 @@ export class Scheduler {
             const r = row++;
             if (seq.pendingFinish) continue;
             const token = result.tokens[r];
-            if (token < 0) {
+            if (token === -1) {
                 this.end(seq, "error", new BatchwiseError(ErrorCode.SamplerInvalid,
                     "the grammar and the sampler (a logit bias of -Infinity) leave no token to sample"));
+                continue;
+            }
+            if (!(token >= 0 && token < o.vocabSize)) {
+                // never trusted: a bad id ends its own sequence, not the step (isEog and the detokenizer would throw)
+                this.end(seq, "error", new BatchwiseError(ErrorCode.DecodeFailed, `the sampler returned no valid token id (${token})`));
                 continue;
             }
             seq.sampled++;
