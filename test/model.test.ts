@@ -83,6 +83,39 @@ describe("model", () => {
         assert.equal(await qwen.detokenize(parsed, { special: false }), "user");
     });
 
+    // the timeout guards against the quadratic splitter (100000 specials took minutes), with a wide margin over the
+    // linear one (well under a second here)
+    it("splits text at special tokens exactly as tokenizing the pieces between them (patch 0004)", { timeout: 20_000 }, async () => {
+        // the splitter now carries the fragment before the one it splits instead of walking the list from its head
+        const specials: [string, number][] = [["<|im_start|>", 151644], ["<|im_end|>", 151645], ["<|endoftext|>", 151643]];
+        const words = ["hello", " world", "\n", "def f(x):", "  ", "é", "日本", " <", "|", ">"];
+        let x = 7;
+        const rnd = (n: number) => ((x = (x * 1103515245 + 12345) >>> 0), x % n);
+        for (let trial = 0; trial < 40; trial++) {
+            const parts: (string | number)[] = [];
+            for (let i = 0, n = 1 + rnd(12); i < n; i++) parts.push(rnd(3) === 0 ? specials[rnd(3)][1] : words[rnd(words.length)] + words[rnd(words.length)]);
+            const text = parts.map((p) => (typeof p === "number" ? specials.find((s) => s[1] === p)![0] : p)).join("");
+            const want: number[] = [];
+            let run = "";
+            const flush = async () => {
+                if (run) want.push(...(await qwen.tokenize(run, { addSpecial: false, parseSpecial: false })));
+                run = "";
+            };
+            for (const p of parts) {
+                if (typeof p === "number") {
+                    await flush();
+                    want.push(p);
+                } else run += p;
+            }
+            await flush();
+            assert.deepEqual(Array.from(await qwen.tokenize(text, { addSpecial: false, parseSpecial: true })), want, JSON.stringify(text));
+        }
+        // many special tokens: one per repeat
+        const many = await qwen.tokenize("<|im_start|>".repeat(100_000) + "x", { addSpecial: false, parseSpecial: true });
+        assert.equal(many.length, 100_001);
+        assert.ok(many.subarray(0, 100_000).every((t) => t === 151644));
+    });
+
     it("gives token pieces as bytes that concatenate to the text, even inside a UTF-8 character", async () => {
         const text = "naïve 🚀 déjà vu 你好";
         const toks = await qwen.tokenize(text);
