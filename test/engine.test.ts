@@ -323,6 +323,36 @@ describe("engine", () => {
         });
     });
 
+    it("bounds the queue in sequences (prompts x n), not requests", async () => {
+        await withEngine({ maxSequences: 1, maxQueued: 4 }, async (e) => {
+            const refused = async (p: Promise<unknown>, code: string, pattern: RegExp) =>
+                assert.rejects(p, (err: BatchwiseError) => err.code === code && pattern.test(err.message));
+            // one request that alone asks for more than the queue holds can never run: a bad request, not a full queue
+            await refused(e.complete({ prompt: "x", n: 5, maxTokens: 1 }), ErrorCode.InvalidArgument, /'n' \(5\).*maxQueued 4/);
+            const running = e.generate({ prompt: randomPrompt(8, 1), maxTokens: 200, temperature: 0, ignoreEos: true });
+            await running[Symbol.asyncIterator]().next(); // its first delta: it holds the one running place (a break would abort it)
+            const waiting = e.generate({ prompt: randomPrompt(8, 2), n: 3, maxTokens: 2, temperature: 0, ignoreEos: true });
+            await waiting.queued();
+            assert.equal(e.stats().waiting, 3, "three sequences wait");
+            await refused(e.complete({ prompt: "y", n: 2, maxTokens: 1 }), ErrorCode.QueueFull, /3 sequences waiting, at most 4/);
+            const one = e.complete({ prompt: "z", maxTokens: 1, temperature: 0, ignoreEos: true }); // 3 + 1 fits
+            running.abort();
+            assert.equal((await waiting.result()).choices.length, 3);
+            assert.equal((await one).tokens.length, 1);
+        });
+    });
+
+    it("refuses prompts longer than maxPromptLength before tokenizing them", async () => {
+        await withEngine({ maxPromptLength: 100 }, async (e) => {
+            const tooLong = (err: BatchwiseError) => err.code === ErrorCode.ContextLength && /101 characters long.*\(100,/.test(err.message);
+            await assert.rejects(e.complete({ prompt: "a".repeat(101), maxTokens: 1 }), tooLong);
+            await assert.rejects(e.chat({ messages: [{ role: "system", content: "a".repeat(51) }, { role: "user", content: "b".repeat(50) }], maxTokens: 1 }).result(), tooLong);
+            await assert.rejects(e.tokenize("<|im_start|>".repeat(9)), (err: BatchwiseError) => err.code === ErrorCode.ContextLength);
+            assert.equal((await e.complete({ prompt: "a".repeat(100), maxTokens: 1, temperature: 0, ignoreEos: true })).tokens.length, 1);
+        });
+        await assert.rejects(engine({ maxPromptLength: 0 }), (err: BatchwiseError) => err.code === ErrorCode.InvalidArgument && err.message.includes("'maxPromptLength'"));
+    });
+
     it("runs lower priority values first", async () => {
         await withEngine({ maxSequences: 1 }, async (e) => {
             const order: string[] = [];
@@ -388,7 +418,7 @@ describe("engine", () => {
             assert.equal(e.chatTemplateKind, "jinja");
             assert.deepEqual(e.settings, {
                 maxSequences: 16, cacheSlots: 16, batchTokens: 512, prefillChunk: 512, longPrefills: 1, blockSize: BS,
-                pagedKv: paged, prefixCache: true, preemption: "recompute", maxQueued: 1024,
+                pagedKv: paged, prefixCache: true, preemption: "recompute", maxQueued: 1024, maxPromptLength: 16 * e.maxContext,
             }, "load() resolved every default");
             const messages = [{ role: "user", content: "Write a haiku about GPUs." }];
             const r = await e.chat({ messages, maxTokens: 4, temperature: 0, ignoreEos: true }).result();

@@ -56,8 +56,17 @@ export interface EngineOptions {
     swapSpaceBytes?: number;
     /** Share of KV blocks kept free at admission, for running sequences to grow into. Default 0.01. */
     watermark?: number;
-    /** Requests waiting at most; past it generate() rejects with ERR_QUEUE_FULL. Default 1024. */
+    /**
+     * Sequences (prompts x n) waiting at most; past it generate() rejects with ERR_QUEUE_FULL, and a request
+     * that alone asks for more with ERR_INVALID_ARGUMENT. Default 1024.
+     */
     maxQueued?: number;
+    /**
+     * Longest prompt text, in characters (UTF-16 code units), taken for tokenizing: longer prompts and chats are
+     * refused before the tokenizer sees them. Default 16 per token of the context (a prompt that fits the context
+     * averages far fewer; tokens of natural text and code are 3-5 characters).
+     */
+    maxPromptLength?: number;
     flashAttention?: ContextOptions["flashAttention"];
     kvCacheTypeK?: KvCacheType;
     kvCacheTypeV?: KvCacheType;
@@ -77,6 +86,7 @@ export interface EngineSettings {
     prefixCache: boolean;
     preemption: PreemptionMode;
     maxQueued: number;
+    maxPromptLength: number;
 }
 
 export interface TokenLogprob {
@@ -142,6 +152,7 @@ export interface ChatRequest extends RequestOptions {
 }
 
 export interface EngineStats {
+    /** Sequences (choices) running, waiting (queued or still tokenizing) and swapped out. */
     running: number;
     waiting: number;
     swapped: number;
@@ -301,6 +312,10 @@ export class Engine {
     private closed = false;
     private broken: unknown = null;
     private pendingAdmissions = 0;
+    /** Sequences of requests in intake that passed the queue check. */
+    private intakeSequences = 0;
+    private tokenizing = 0;
+    private readonly tokenizeWaiters: (() => void)[] = [];
     private lastProgress = now();
     private readonly time = { stepMs: 0, planMs: 0, decodeMs: 0 };
     private readonly chatFormatter: ChatFormatter;
@@ -311,19 +326,22 @@ export class Engine {
     };
     readonly maxContext: number;
     readonly maxQueued: number;
+    readonly maxPromptLength: number;
     /** The settings in force, defaults resolved: what load() made of the options. */
     readonly settings: Readonly<EngineSettings>;
 
     private constructor(readonly model: LlamaModel, readonly context: LlamaContext, readonly options: Readonly<EngineOptions>,
-        scheduling: Omit<SchedulerOptions, "isEog">, maxQueued: number) {
+        scheduling: Omit<SchedulerOptions, "isEog" | "vocabSize">, intake: { maxQueued: number; maxPromptLength: number }) {
         this.maxContext = scheduling.maxContext;
-        this.maxQueued = maxQueued;
+        this.maxQueued = intake.maxQueued;
+        this.maxPromptLength = intake.maxPromptLength;
         this.settings = {
             maxSequences: scheduling.maxRunning, cacheSlots: scheduling.numSlots - scheduling.maxRunning, batchTokens: scheduling.batchTokens,
             prefillChunk: scheduling.prefillChunk ?? scheduling.batchTokens, longPrefills: scheduling.longPrefills ?? Infinity,
-            blockSize: scheduling.blockSize, pagedKv: scheduling.pagedKv ?? false, prefixCache: scheduling.prefixCache, preemption: scheduling.preemption, maxQueued,
+            blockSize: scheduling.blockSize, pagedKv: scheduling.pagedKv ?? false, prefixCache: scheduling.prefixCache, preemption: scheduling.preemption,
+            ...intake,
         };
-        this.scheduler = new Scheduler(context, { ...scheduling, isEog: (t) => model.isEog(t) });
+        this.scheduler = new Scheduler(context, { ...scheduling, isEog: (t) => model.isEog(t), vocabSize: model.metadata.vocabSize });
         this.chatFormatter = new ChatFormatter(model);
         this.loopDone = this.loop();
     }
@@ -349,6 +367,7 @@ export class Engine {
         const prefillChunk = int("prefillChunk", ubatchSize, 1, batchTokens);
         const longPrefills = int("longPrefills", 1, 1);
         const maxQueued = int("maxQueued", 1024, 1);
+        if (options.maxPromptLength !== undefined) int("maxPromptLength", 1, 1);
         int("contextSize", 0, 0);
         const preemption = options.preemption ?? "recompute";
         if (preemption !== "recompute" && preemption !== "swap") {
@@ -393,10 +412,12 @@ export class Engine {
             }
             const numBlocks = Math.floor(context.info.contextSize / blockSize);
             const pool = numBlocks * blockSize;
+            const maxContext = Math.min(pool, trained > 0 ? trained : pool);
+            const maxPromptLength = int("maxPromptLength", 16 * maxContext, 1);
             return new Engine(model, context, { ...options }, {
                 numBlocks, blockSize, maxRunning: maxSequences, numSlots: maxSequences + cacheSlots, batchTokens, prefillChunk, longPrefills,
-                maxContext: Math.min(pool, trained > 0 ? trained : pool), pagedKv: paged, prefixCache, preemption, swapSpaceBytes, watermark,
-            }, maxQueued);
+                maxContext, pagedKv: paged, prefixCache, preemption, swapSpaceBytes, watermark,
+            }, { maxQueued, maxPromptLength });
         } catch (e) {
             context?.dispose();
             model.dispose();
@@ -429,6 +450,11 @@ export class Engine {
         try {
             if (request === null || typeof request !== "object") throw new BatchwiseError(ErrorCode.InvalidArgument, "the request must be an object");
             const { messages, template, templateVariables, ...others } = request;
+            if (Array.isArray(messages)) {
+                let length = 0;
+                for (const m of messages) if (typeof m?.content === "string") length += m.content.length;
+                this.checkPromptLength(length, "'messages'");
+            }
             prompt = this.formatChat(messages, { template, variables: templateVariables });
             rest = others;
         } catch (e) {
@@ -452,7 +478,8 @@ export class Engine {
     /** Text to token ids, as a prompt is tokenized (addSpecial adds BOS where the model asks; parseSpecial reads "<|im_start|>" as one token). */
     async tokenize(text: string, options: { addSpecial?: boolean; parseSpecial?: boolean } = {}): Promise<number[]> {
         if (typeof text !== "string") throw new BatchwiseError(ErrorCode.InvalidArgument, "the text to tokenize must be a string");
-        return Array.from(await this.model.tokenize(text, { addSpecial: options.addSpecial ?? true, parseSpecial: options.parseSpecial ?? true }));
+        this.checkPromptLength(text.length, "the text");
+        return Array.from(await this.tokenizeText(text, { addSpecial: options.addSpecial ?? true, parseSpecial: options.parseSpecial ?? true }));
     }
 
     /** Token ids to text (special tokens written out unless special is false). */
@@ -487,7 +514,7 @@ export class Engine {
         }
         const span = this.window.length > 0 ? Math.max(1, Math.min(10_000, t - this.window[0].t)) / 1000 : 1;
         return {
-            running: s.running, waiting: s.waiting + this.pendingAdmissions, swapped: s.swapped,
+            running: s.running, waiting: s.waiting + this.intakeSequences, swapped: s.swapped,
             kv: {
                 blocks: s.kv.numBlocks, blockSize: s.kv.blockSize, used: s.kv.used, free: s.kv.free, cachedFree: s.kv.cachedFree,
                 usage: s.kv.used / s.kv.numBlocks, slots: s.kv.slots, parkedSlots: s.kv.parkedSlots,
@@ -533,9 +560,37 @@ export class Engine {
         if (this.broken !== null) throw new BatchwiseError(ErrorCode.Internal, `the engine stopped after an internal error: ${String(this.broken)}`, { cause: this.broken });
     }
 
-    private checkQueue(): void {
-        if (this.scheduler.waitingRequests >= this.maxQueued) {
-            throw new BatchwiseError(ErrorCode.QueueFull, `the queue is full (${this.maxQueued} requests waiting); retry later`);
+    /** Sequences waiting, with those of requests still in intake (tokenizing) that passed this check. */
+    private checkQueue(n: number): void {
+        if (n > this.maxQueued) {
+            throw new BatchwiseError(ErrorCode.InvalidArgument, `'n' (${n}) asks for more sequences than the queue holds (maxQueued ${this.maxQueued})`);
+        }
+        const waiting = this.scheduler.waitingSequences + this.intakeSequences;
+        if (waiting + n > this.maxQueued) {
+            throw new BatchwiseError(ErrorCode.QueueFull, `the queue is full (${waiting} sequences waiting, at most ${this.maxQueued}); retry later`);
+        }
+    }
+
+    private checkPromptLength(length: number, what: string): void {
+        if (length > this.maxPromptLength) {
+            throw new BatchwiseError(ErrorCode.ContextLength,
+                `${what} is ${length} characters long, more than this server tokenizes (${this.maxPromptLength}, 16 per token of its ${this.maxContext}-token context)`);
+        }
+    }
+
+    /**
+     * Tokenizes on the libuv pool, at most two texts at once: decodes share that pool (4 threads by default),
+     * and must find a thread free whatever the prompts in intake.
+     */
+    private async tokenizeText(text: string, options: { addSpecial: boolean; parseSpecial: boolean }): Promise<Int32Array> {
+        if (this.tokenizing >= 2) await new Promise<void>((r) => this.tokenizeWaiters.push(r));
+        else this.tokenizing++;
+        try {
+            return await this.model.tokenize(text, options);
+        } finally {
+            const next = this.tokenizeWaiters.shift();
+            if (next) next(); // the slot passes to the next waiter
+            else this.tokenizing--;
         }
     }
 
@@ -546,8 +601,14 @@ export class Engine {
             const meta = this.model.metadata;
             const valid = validateRequest(request, meta.vocabSize);
             this.resolveGrammar(request, valid);
-            this.checkQueue();
-            const prompt = await this.promptTokens(request);
+            this.checkQueue(valid.n);
+            this.intakeSequences += valid.n;
+            let prompt: number[];
+            try {
+                prompt = await this.promptTokens(request);
+            } finally {
+                this.intakeSequences -= valid.n;
+            }
             // a request that arrived before close() began is served (or aborted) like the others
             if (this.closed) throw new BatchwiseError(ErrorCode.EngineClosed, "the engine closed while the request was being tokenized");
             if (this.broken !== null) this.refuseIfClosed();
@@ -560,7 +621,6 @@ export class Engine {
                     `the prompt (${prompt.length} tokens) plus maxTokens (${valid.maxTokens}) is ${prompt.length + valid.maxTokens} tokens, ` +
                     `more than the context holds (${this.maxContext})`);
             }
-            this.checkQueue();
             const signal = request.signal;
             const sched = this.scheduler.submit({
                 prompt, n: valid.n, maxTokens: valid.maxTokens ?? this.maxContext - prompt.length, priority: valid.priority,
@@ -623,7 +683,8 @@ export class Engine {
         if (typeof prefix !== "string") throw new BatchwiseError(ErrorCode.InvalidArgument, "'prompt' must be a string when 'suffix' is given");
         if (typeof suffix !== "string") throw new BatchwiseError(ErrorCode.InvalidArgument, "'suffix' must be a string");
         const plain = { addSpecial: false, parseSpecial: false };
-        const [pre, suf] = await Promise.all([this.model.tokenize(prefix, plain), this.model.tokenize(suffix, plain)]);
+        this.checkPromptLength(prefix.length + suffix.length, "'prompt' and 'suffix'");
+        const [pre, suf] = await Promise.all([this.tokenizeText(prefix, plain), this.tokenizeText(suffix, plain)]);
         // prefix-suffix-middle order, as the FIM-trained code models (Qwen2.5-Coder, DeepSeek-Coder, StarCoder, CodeLlama) expect
         const out: number[] = [];
         if (this.model.metadata.addBos && t.bos >= 0) out.push(t.bos);
@@ -637,7 +698,8 @@ export class Engine {
         if (request.suffix !== undefined && request.suffix !== null) return this.infillPrompt(p, request.suffix);
         if (typeof p === "string") {
             if (p.length === 0) throw new BatchwiseError(ErrorCode.InvalidArgument, "'prompt' must not be empty");
-            const t = Array.from(await this.model.tokenize(p, { addSpecial: request.addSpecial ?? true, parseSpecial: request.parseSpecial ?? true }));
+            this.checkPromptLength(p.length, "'prompt'");
+            const t = Array.from(await this.tokenizeText(p, { addSpecial: request.addSpecial ?? true, parseSpecial: request.parseSpecial ?? true }));
             const bos = this.model.metadata.tokens.bos;
             // a chat template that writes BOS itself, plus the tokenizer's BOS, would give two
             if (t.length > 1 && bos >= 0 && t[0] === bos && t[1] === bos) t.shift();
