@@ -22,6 +22,8 @@ interface WorkerTask {
     config: ChildConfig;
     /** Install a logger in the worker and report how many lines it got. */
     logger?: boolean;
+    /** "busy": the worker ends itself with process.exit(3) instead of waiting to be terminated. */
+    exitSelf?: boolean;
 }
 
 const contextOptions = { contextSize: 512, maxSequences: 1, batchSize: 256, threads: 1 };
@@ -37,11 +39,11 @@ async function generateOnce(config: ChildConfig): Promise<number[]> {
 
 // ---- worker side -----------------------------------------------------------------------------
 
-function bigBatch(n: number, pos0 = 0): Parameters<LlamaContext["decode"]>[0] {
+function bigBatch(n: number, seq = 0): Parameters<LlamaContext["decode"]>[0] {
     return {
-        tokens: Int32Array.from({ length: n }, (_, i) => 100 + (((pos0 + i) * 7919) % 20000)),
-        positions: Int32Array.from({ length: n }, (_, i) => pos0 + i),
-        seqIds: new Int32Array(n),
+        tokens: Int32Array.from({ length: n }, (_, i) => 100 + ((i * 7919) % 20000)),
+        positions: Int32Array.from({ length: n }, (_, i) => i),
+        seqIds: new Int32Array(n).fill(seq),
         outputs: Uint8Array.from({ length: n }, (_, i) => (i === n - 1 ? 1 : 0)),
     };
 }
@@ -54,19 +56,24 @@ async function workerMain(w: WorkerTask): Promise<void> {
         parentPort!.postMessage({ tokens, lines });
         return;
     }
-    // "busy": start a long prefill, more decodes queued behind it on the same context, a second context's
-    // prefill and a long tokenization, and tell the parent while all of them are in flight. The parent
+    // "busy": start a long tokenization, two long prefills on two contexts, more decodes queued behind one of
+    // them, and tell the parent while all of them are in flight. With libuv's 4 pool threads, the first three
+    // run and the first queued decode waits for its context; the rest wait in libuv's queue. The parent
     // terminates this worker then; nothing here is ever awaited.
     const model = await LlamaModel.load(w.config.path, { gpuLayers: 0 });
-    const big = { contextSize: 4096, maxSequences: 1, batchSize: 4096, ubatchSize: 512, threads: 1 };
+    const big = { contextSize: 4096, maxSequences: 8, batchSize: 4096, ubatchSize: 512, threads: 1 };
     const ctxs = [await model.createContext(big), await model.createContext(big)];
     let settled = 0;
     const track = (p: Promise<unknown>) => p.then(() => { settled++; }, () => { settled++; });
-    track(ctxs[0].decode(bigBatch(2048)));
-    for (let i = 0; i < 6; i++) track(ctxs[0].decode(bigBatch(256, 2048 + 256 * i))); // queued behind it
-    track(ctxs[1].decode(bigBatch(4096)));
     track(model.tokenize("<|im_start|>".repeat(16000), { parseSpecial: true }));
-    setTimeout(() => parentPort!.postMessage({ busy: true, settled }), 20);
+    track(ctxs[1].decode(bigBatch(4096)));
+    track(ctxs[0].decode(bigBatch(2048)));
+    // queued behind it (decodes on one context run one at a time, in no set order: each has its own sequence)
+    for (let i = 1; i <= 6; i++) track(ctxs[0].decode(bigBatch(256, i)));
+    setTimeout(() => {
+        parentPort!.postMessage({ busy: true, settled });
+        if (w.exitSelf) process.exit(3);
+    }, 20);
 }
 
 if (!isMainThread) {
@@ -120,7 +127,8 @@ const scenarios: Record<string, (config: ChildConfig) => Promise<unknown>> = {
     },
 
     // a worker is terminated while decodes (running and queued) and a tokenization are in flight on the
-    // libuv pool, and while the main thread decodes; then the main thread and a new worker decode
+    // libuv pool, and while the main thread decodes; another one ends itself with process.exit() in the same
+    // state; then the main thread and a new worker decode
     async terminate(config) {
         const model = await LlamaModel.load(config.path, { gpuLayers: 0 });
         const ctx = await model.createContext(contextOptions);
@@ -131,13 +139,20 @@ const scenarios: Record<string, (config: ChildConfig) => Promise<unknown>> = {
         const terminated = await busy.worker.terminate();
         const terminateMs = performance.now() - t0;
         const main = await during;
+        // a worker that ends itself (process.exit) with its work in flight
+        const quits = startWorker({ task: "busy", config, exitSelf: true });
+        const quitState = await quits.message;
+        const exitedWith = await quits.exit;
         ctx.clear();
         const after = await generate(ctx, 0, config.prompt, config.n);
         const fresh = await generateOnce(config);
         const worker = (await runWorker({ task: "generate", config })).tokens;
         ctx.dispose();
         model.dispose();
-        return { settledBeforeTerminate: state.settled, terminated, terminateMs, main, after, fresh, worker };
+        return {
+            settledBeforeTerminate: state.settled! + quitState.settled!, terminated, terminateMs, exitedWith,
+            main, after, fresh, worker,
+        };
     },
 
     // loggers: each thread's logger gets the lines of its own work; the main thread's gets none of the workers'

@@ -53,11 +53,12 @@ describe("threads", () => {
         assert.deepEqual(r.fresh, expected, "main thread after the worker, on a fresh load");
     });
 
-    it("a worker terminated with decodes and a tokenization in flight leaves the process working", () => {
+    it("a worker terminated (or exiting) with decodes and a tokenization in flight leaves the process working", () => {
         const r = runChild("terminate", config);
         // the work was still running when terminate() was called (else the scenario tests nothing)
         assert.equal(r.settledBeforeTerminate, 0, "the worker's work finished before it was terminated");
         assert.equal(r.terminated, 1, "worker.terminate() resolves with exit code 1");
+        assert.equal(r.exitedWith, 3, "the worker that called process.exit(3) exits with 3");
         assert.deepEqual(r.main, expected, "main-thread decoding while the worker was torn down");
         assert.deepEqual(r.after, expected, "main thread after the worker was terminated");
         assert.deepEqual(r.fresh, expected, "a fresh load on the main thread");
