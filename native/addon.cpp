@@ -1,17 +1,16 @@
 // batchwise native addon: module entry. Exports the Model and Context classes and the free functions.
+// Runs once per environment that loads the addon (the main thread, each worker_thread): see env.h.
 #include "common.h"
 #include "context.h"
 #include "devices.h"
+#include "env.h"
 #include "grammar.h"
 #include "log.h"
 #include "model.h"
 #include "random_model.h"
 
-#include "llama.h"
-
 static Napi::Object init(Napi::Env env, Napi::Object exports) {
-    llama_backend_init();
-    bw::log_init(env);
+    bw::env_init(env);
     exports.Set("Model", bw::model_wrap::define(env));
     exports.Set("Context", bw::context_wrap::define(env));
     exports.Set("getDevices", Napi::Function::New(env, bw::get_devices, "getDevices"));

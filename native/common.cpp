@@ -1,4 +1,6 @@
 #include "common.h"
+#include "env.h"
+#include "log.h"
 
 #include <cmath>
 
@@ -23,32 +25,82 @@ Napi::Promise promise_worker::run(Napi::Env env, const char * name, exec_fn exec
 
 promise_worker::promise_worker(Napi::Env env, const char * name, exec_fn execute, resolve_fn resolve, done_fn done)
     : Napi::AsyncWorker(env, name),
+      shared(env_of(env).shared),
       deferred(Napi::Promise::Deferred::New(env)),
       execute(std::move(execute)),
       resolve(std::move(resolve)),
       done(std::move(done)) {}
 
 void promise_worker::Execute() {
+    if (shared->stopping.load()) { // queued before its environment began to go: nobody waits for it
+        failed   = true;
+        err_code = code::disposed;
+        err_msg  = "the thread that started this work has exited";
+        return;
+    }
+    log_origin origin(shared->id);
     try {
         execute();
     } catch (const bw_error & e) {
+        failed   = true;
         err_code = e.code;
         err_msg  = e.what();
-        SetError(err_msg);
     } catch (const std::exception & e) {
+        failed   = true;
         err_code = "ERR_INTERNAL";
         err_msg  = e.what();
-        SetError(err_msg);
     } catch (...) {
+        failed   = true;
         err_code = "ERR_INTERNAL";
         err_msg  = "unknown native error";
-        SetError(err_msg);
     }
 }
 
-void promise_worker::OnOK() {
-    Napi::Env env = Env();
+void promise_worker::run_done() noexcept {
+    if (!done) {
+        return;
+    }
+    done_fn fn = std::move(done);
+    done = nullptr;
+    try {
+        fn();
+    } catch (...) {
+        // it only releases; there is nobody to tell
+    }
+}
+
+// Whether JS may run in this environment. Node-API calls that may run JS fail once the environment is being
+// torn down; on a fresh object, nothing else makes this one fail.
+static bool js_allowed(napi_env env) {
+    napi_value obj = nullptr;
+    bool has = false;
+    return napi_create_object(env, &obj) == napi_ok && napi_has_named_property(env, obj, "x", &has) == napi_ok;
+}
+
+// On the environment's JS thread, once `execute` has run (or was skipped). Replaces node-addon-api's
+// completion, which turns an exception thrown while settling into a JS exception, and aborts the process
+// when that cannot be thrown (an environment being torn down).
+void promise_worker::OnWorkComplete(Napi::Env env, napi_status status) {
+    if (status != napi_cancelled && js_allowed(env)) {
+        try {
+            settle(env);
+        } catch (...) {
+            // the environment stopped while settling (a worker terminated just now): nobody left to tell
+        }
+    } else if (status != napi_cancelled) {
+        shared->stopping.store(true); // the environment is going away: skip its work that has not started
+    }
+    run_done(); // if settle did not get to it
+    Destroy();
+}
+
+void promise_worker::settle(Napi::Env env) {
     Napi::HandleScope scope(env);
+    if (failed) {
+        run_done();
+        deferred.Reject(make_error(env, err_code.empty() ? "ERR_INTERNAL" : err_code, err_msg).Value());
+        return;
+    }
     try {
         deferred.Resolve(resolve ? resolve(env) : env.Undefined());
     } catch (const bw_error & e) {
@@ -58,18 +110,7 @@ void promise_worker::OnOK() {
     } catch (const std::exception & e) {
         deferred.Reject(make_error(env, "ERR_INTERNAL", e.what()).Value());
     }
-    if (done) {
-        done(); // after resolve: it may release what resolve handed over
-    }
-}
-
-void promise_worker::OnError(const Napi::Error &) {
-    Napi::Env env = Env();
-    Napi::HandleScope scope(env);
-    if (done) {
-        done();
-    }
-    deferred.Reject(make_error(env, err_code.empty() ? "ERR_INTERNAL" : err_code, err_msg).Value());
+    run_done(); // after resolve: it may release what resolve handed over
 }
 
 static Napi::Value field(const Napi::Object & o, const char * key) {

@@ -62,9 +62,16 @@ auto guard(Napi::Env env, F && fn) -> decltype(fn()) {
     }
 }
 
+struct env_shared;
+
 // A worker that runs `execute` on the libuv thread pool and settles a promise.
 // `execute` may throw bw_error; `resolve` builds the JS value on the main thread.
 // `done` (optional) runs on the main thread after either outcome, after `resolve` (release what is left).
+//
+// Environment teardown (a worker_thread that ends or is terminated, the main thread at exit): Node runs
+// every queued and running piece of work to its end and then calls its completion, with JS no longer
+// allowed. The completion then settles nothing and only runs `done`, and work of that environment that has
+// not started yet is skipped (`execute` does not run).
 class promise_worker : public Napi::AsyncWorker {
 public:
     using exec_fn    = std::function<void()>;
@@ -75,16 +82,20 @@ public:
                              done_fn done = nullptr, Napi::Object keep_alive = Napi::Object());
 
     void Execute() override;
-    void OnOK() override;
-    void OnError(const Napi::Error & e) override;
+    void OnWorkComplete(Napi::Env env, napi_status status) override;
 
 private:
     promise_worker(Napi::Env env, const char * name, exec_fn execute, resolve_fn resolve, done_fn done);
 
+    void settle(Napi::Env env);
+    void run_done() noexcept;
+
+    std::shared_ptr<env_shared> shared; // read on the pool thread: outlives the environment if need be
     Napi::Promise::Deferred deferred;
     exec_fn    execute;
     resolve_fn resolve;
     done_fn    done;
+    bool        failed = false;
     std::string err_code;
     std::string err_msg;
     Napi::ObjectReference keep;

@@ -14,8 +14,6 @@ int32_t common_cpu_get_num_math();
 
 namespace bw {
 
-static Napi::FunctionReference g_context_ctor;
-
 Napi::Function context_wrap::define(Napi::Env env) {
     Napi::Function fn = DefineClass(env, "Context", {
         StaticMethod<&context_wrap::create>("create"),
@@ -34,8 +32,7 @@ Napi::Function context_wrap::define(Napi::Env env) {
         InstanceMethod<&context_wrap::dispose>("dispose"),
         InstanceAccessor<&context_wrap::get_disposed>("disposed"),
     });
-    g_context_ctor = Napi::Persistent(fn);
-    g_context_ctor.SuppressDestruct();
+    env_of(env).context_ctor = Napi::Persistent(fn); // per environment: each thread has its own class
     return fn;
 }
 
@@ -157,7 +154,7 @@ Napi::Value context_wrap::create(const Napi::CallbackInfo & info) {
                 }
             },
             [st, model_keep](Napi::Env env) -> Napi::Value {
-                Napi::Value c = g_context_ctor.New({ model_keep->Value(), Napi::External<llama_context>::New(env, st->ctx),
+                Napi::Value c = env_of(env).context_ctor.New({ model_keep->Value(), Napi::External<llama_context>::New(env, st->ctx),
                                                      Napi::Number::New(env, st->params.kv_unified),
                                                      Napi::Number::New(env, (int) st->params.flash_attn_type),
                                                      Napi::Number::New(env, st->kv_block_size) });
@@ -207,10 +204,23 @@ context_wrap::context_wrap(const Napi::CallbackInfo & info) : Napi::ObjectWrap<c
     if (threadpool_) {
         llama_attach_threadpool(ctx_, threadpool_, threadpool_batch_);
     }
+    env_ = &env_of(env);
+    env_->contexts.insert(this);
 }
 
 context_wrap::~context_wrap() {
+    if (env_ != nullptr) {
+        env_->contexts.erase(this);
+    }
     free_context();
+}
+
+void context_wrap::teardown() {
+    env_ = nullptr;
+    disposed_ = true;
+    if (n_pending_ == 0) {
+        free_context();
+    }
 }
 
 void context_wrap::free_context() {

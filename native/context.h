@@ -28,6 +28,9 @@ public:
     explicit context_wrap(const Napi::CallbackInfo & info);
     ~context_wrap() override;
 
+    // Its environment is torn down: free the context now, or when the work still on it ends.
+    void teardown();
+
 private:
     static Napi::Value create(const Napi::CallbackInfo & info);
 
@@ -55,6 +58,7 @@ private:
     void            clear_sampler(int32_t seq);
     llama_token     sample_constrained(seq_sampler & s, int32_t row, int32_t n_vocab, std::vector<llama_token_data> & cand);
 
+    addon_env     * env_    = nullptr;      // registered there while alive; null after teardown
     llama_context * ctx_    = nullptr;
     model_wrap    * model_  = nullptr;      // valid while model_ref_ holds the JS object
     Napi::ObjectReference model_ref_;

@@ -12,8 +12,6 @@
 
 namespace bw {
 
-static Napi::FunctionReference g_model_ctor;
-
 Napi::Function model_wrap::define(Napi::Env env) {
     Napi::Function fn = DefineClass(env, "Model", {
         StaticMethod<&model_wrap::load>("load"),
@@ -27,13 +25,12 @@ Napi::Function model_wrap::define(Napi::Env env) {
         InstanceMethod<&model_wrap::dispose>("dispose"),
         InstanceAccessor<&model_wrap::get_disposed>("disposed"),
     });
-    g_model_ctor = Napi::Persistent(fn);
-    g_model_ctor.SuppressDestruct();
+    env_of(env).model_ctor = Napi::Persistent(fn); // per environment: each thread has its own class
     return fn;
 }
 
 model_wrap * model_wrap::unwrap(const Napi::Value & v) {
-    if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(g_model_ctor.Value())) {
+    if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(env_of(v.Env()).model_ctor.Value())) {
         throw bw_error(code::invalid_argument, "expected a Model");
     }
     model_wrap * m = Napi::ObjectWrap<model_wrap>::Unwrap(v.As<Napi::Object>());
@@ -136,9 +133,20 @@ model_wrap::model_wrap(const Napi::CallbackInfo & info) : Napi::ObjectWrap<model
     }
     m.Set("gguf", kv);
     meta_ = Napi::Persistent(m);
+    env_ = &env_of(env);
+    env_->models.insert(this);
 }
 
-model_wrap::~model_wrap() = default;
+model_wrap::~model_wrap() {
+    if (env_ != nullptr) {
+        env_->models.erase(this);
+    }
+}
+
+void model_wrap::teardown() {
+    env_ = nullptr;
+    handle_.reset();
+}
 
 // ---- load ------------------------------------------------------------------------------------
 
@@ -272,7 +280,7 @@ Napi::Value model_wrap::load(const Napi::CallbackInfo & info) {
                 }
             },
             [st](Napi::Env env) -> Napi::Value {
-                Napi::Value m = g_model_ctor.New({ Napi::External<llama_model>::New(env, st->model),
+                Napi::Value m = env_of(env).model_ctor.New({ Napi::External<llama_model>::New(env, st->model),
                                                    Napi::Boolean::New(env, st->params.vocab_only) });
                 st->model = nullptr; // owned by the Model now
                 return m;

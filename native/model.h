@@ -1,6 +1,7 @@
 #pragma once
 
 #include "common.h"
+#include "env.h"
 
 #include "llama.h"
 
@@ -35,6 +36,9 @@ public:
 
     void check_token(int32_t token, const char * what) const;
 
+    // Its environment is torn down: let go of the weights (freed once its contexts and work let go too).
+    void teardown();
+
 private:
     static Napi::Value load(const Napi::CallbackInfo & info);
 
@@ -48,6 +52,7 @@ private:
     Napi::Value dispose(const Napi::CallbackInfo & info);
     Napi::Value get_disposed(const Napi::CallbackInfo & info);
 
+    addon_env * env_ = nullptr;            // registered there while alive; null after teardown
     std::shared_ptr<model_handle> handle_; // null once disposed
     const llama_vocab * vocab_   = nullptr;
     int32_t             n_vocab_ = 0;

@@ -1,0 +1,68 @@
+// Per-environment instance data and its teardown (see env.h).
+#include "env.h"
+
+#include "context.h"
+#include "log.h"
+#include "model.h"
+
+#include "llama.h"
+
+#include <mutex>
+#include <vector>
+
+namespace bw {
+
+addon_env & env_of(Napi::Env env) {
+    return *env.GetInstanceData<addon_env>();
+}
+
+// Runs from the environment's cleanup hook: the main thread at exit, a worker when it ends or is terminated.
+//
+// By then Node has finished every piece of async work this environment queued: it spins the loop until
+// the thread pool requests are done before it runs any cleanup hook, and each of those completions found the
+// environment unable to run JS and only released what it held (promise_worker::OnOK). So nothing on the
+// pool uses these contexts or models any more, and they are freed here, contexts first, before the
+// environment and its objects go. Were a piece of work still pending (an embedder that tears down in
+// another order), its context would be freed by that work's completion, as after dispose(), and its model
+// when the last work holding the weights lets go.
+static void teardown(addon_env & e) noexcept {
+    e.shared->stopping.store(true);
+    e.torn_down = true;
+    log_env_teardown(e);
+    std::vector<context_wrap *> contexts(e.contexts.begin(), e.contexts.end());
+    e.contexts.clear();
+    for (context_wrap * c : contexts) {
+        try {
+            c->teardown();
+        } catch (...) {
+            // a hook must not throw; freeing a context does not
+        }
+    }
+    std::vector<model_wrap *> models(e.models.begin(), e.models.end());
+    e.models.clear();
+    for (model_wrap * m : models) {
+        try {
+            m->teardown();
+        } catch (...) {
+        }
+    }
+}
+
+void env_init(Napi::Env env) {
+    // llama.cpp's process-wide setup, once whichever thread loads the addon first: backend init (ggml's
+    // tables) and the log callback, which log.cpp fans out to the environments that set a logger
+    static std::once_flag once;
+    std::call_once(once, []() {
+        llama_backend_init();
+        log_install();
+    });
+    static std::atomic<uint64_t> next_id{1};
+
+    auto * e = new addon_env();
+    e->shared = std::make_shared<env_shared>(next_id.fetch_add(1));
+    env.SetInstanceData<addon_env>(e); // deleted with the environment, after its objects' finalizers
+    log_bind_thread(e->shared->id);    // what this JS thread logs belongs to this environment
+    env.AddCleanupHook([e]() { teardown(*e); });
+}
+
+} // namespace bw
