@@ -3,7 +3,7 @@
 // when every model is loaded and warmed, and back to 503 when draining starts.
 import { createHash, randomUUID, timingSafeEqual } from "node:crypto";
 import { setMaxListeners } from "node:events";
-import { STATUS_CODES, type IncomingMessage, type OutgoingHttpHeaders, type ServerResponse } from "node:http";
+import { maxHeaderSize, STATUS_CODES, type IncomingMessage, type OutgoingHttpHeaders, type ServerResponse } from "node:http";
 import type { Duplex } from "node:stream";
 import { basename } from "node:path";
 import Fastify, { LogController, type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
@@ -723,7 +723,7 @@ function clientError(err: Error & { code?: string; reason?: string }, headersTim
         case "ERR_HTTP_REQUEST_TIMEOUT":
             return new ApiError(408, `the request's headers did not arrive within ${headersTimeoutMs / 1000} s`, "invalid_request_error", null, "request_timeout");
         case "HPE_HEADER_OVERFLOW":
-            return new ApiError(431, "the request's headers are larger than the server accepts (16 KiB in all)", "invalid_request_error", null, "headers_too_large");
+            return new ApiError(431, `the request's headers are larger than the server accepts (${Math.round(maxHeaderSize / 1024)} KiB in all)`, "invalid_request_error", null, "headers_too_large");
         case "HPE_CHUNK_EXTENSIONS_OVERFLOW":
             return new ApiError(413, "the request's chunk extensions are too large", "invalid_request_error", null, "request_too_large");
         default: {
