@@ -74,6 +74,7 @@ interface ServeFlags {
     pagedKv: boolean;
     preemption?: "recompute" | "swap";
     maxQueued?: number;
+    maxPromptLength?: number;
     flashAttn?: "on" | "off" | "auto";
     cacheTypeK?: KvCacheType;
     cacheTypeV?: KvCacheType;
@@ -94,6 +95,7 @@ async function serve(flags: ServeFlags): Promise<void> {
         gpuLayers: flags.gpuLayers, splitMode: flags.splitMode, tensorSplit: flags.tensorSplit, mainGpu: flags.mainGpu,
         contextSize: flags.ctxSize, maxSequences: flags.parallel, batchTokens: flags.batchTokens, ubatchSize: flags.ubatch, prefillChunk: flags.prefillChunk,
         blockSize: flags.blockSize, prefixCache: flags.prefixCache, ...(!flags.pagedKv && { pagedKv: false }), preemption: flags.preemption, maxQueued: flags.maxQueued,
+        maxPromptLength: flags.maxPromptLength,
         flashAttention: flags.flashAttn, kvCacheTypeK: flags.cacheTypeK, kvCacheTypeV: flags.cacheTypeV, threads: flags.threads,
     };
     for (const k of Object.keys(options) as (keyof typeof options)[]) if (options[k] === undefined) delete options[k];
@@ -276,7 +278,8 @@ function program(): Command {
         .option("--no-prefix-cache", "do not keep and reuse computed prompt prefixes")
         .option("--no-paged-kv", "llama.cpp's unified KV pool instead of the paged KV cache (the default where the GPU kernel supports the model)")
         .addOption(new Option("--preemption <mode>", "what a preempted request does").choices(["recompute", "swap"]))
-        .option("--max-queued <n>", "requests waiting at most before 429 (default 1024)", int(1))
+        .option("--max-queued <n>", "sequences (prompts x n) waiting at most before 429; a request asking for more alone gets 400 (default 1024)", int(1))
+        .option("--max-prompt-length <chars>", "longest prompt text taken for tokenizing, in characters (default 16 per context token)", int(1))
         .addOption(new Option("--flash-attn <mode>", "flash attention").choices(["on", "off", "auto"]))
         .addOption(new Option("--cache-type-k <type>", "KV cache type for K").choices(KV_TYPES))
         .addOption(new Option("--cache-type-v <type>", "KV cache type for V").choices(KV_TYPES))

@@ -234,7 +234,15 @@ export class BatchwiseServer {
             const hard = performance.now() + 10_000;
             while (this.inflight > 0 && performance.now() < hard) await new Promise((r) => setTimeout(r, 5));
             await this.startup?.catch(() => {});
-            await this.app.close();
+            // close() ends the connections idle at that moment; one whose request was in flight goes idle later and
+            // would hold the listener open for the keep-alive timeout (72 s), past any drain deadline: end those too
+            const closing = this.app.close();
+            const idle = setInterval(() => this.app.server.closeIdleConnections(), 50);
+            try {
+                await closing;
+            } finally {
+                clearInterval(idle);
+            }
             await this.closeEngines();
             this.stateValue = "stopped";
         })();
@@ -634,6 +642,10 @@ export class BatchwiseServer {
         let requests: ReturnType<typeof completionRequests>;
         return this.serve(req, reply, b.model, (engine, signal) => {
             requests = completionRequests(b);
+            // every prompt's choices wait in the engine's queue together: a request the queue can never hold is a 400
+            if (requests.length * n > engine.maxQueued) {
+                throw badRequest(`${requests.length} prompts x 'n' ${n} is ${requests.length * n} sequences, more than the server queues at once (${engine.maxQueued})`, "n");
+            }
             return requests.map((r) => engine.generate({ ...r, signal }));
         }, async (name, engine, gens) => {
             const echoes = b.echo
