@@ -1,5 +1,5 @@
 // Request validation: every field checked before anything is queued, each error naming its field.
-import { BatchwiseError, ErrorCode, type SamplerParams } from "../binding/index.js";
+import { BatchwiseError, ErrorCode, fitsFloat32, type SamplerParams } from "../binding/index.js";
 
 /**
  * The sampler of a request: the binding's SamplerParams (temperature, topK, topP, minP, penalties,
@@ -94,13 +94,14 @@ export function validateRequest(req: RequestOptions, vocabSize: number): ValidRe
     const o = req as unknown as Record<string, unknown>;
     const n = num(o, "n", (v) => isInt(v) && v >= 1 && v <= MAX_CHOICES, `must be an integer from 1 to ${MAX_CHOICES}`) ?? 1;
     const maxTokens = num(o, "maxTokens", (v) => isInt(v) && v >= 1, "must be a positive integer");
-    const temperature = num(o, "temperature", (v) => v >= 0 && Number.isFinite(v), "must be a number >= 0") ?? 1;
+    // sampler numbers are 32-bit floats natively: beyond their range they turn into Infinity, and the logits into NaN
+    const temperature = num(o, "temperature", (v) => v >= 0 && fitsFloat32(v), "must be a number from 0 to 3.4e38") ?? 1;
     // a top k at or above the vocabulary keeps every token, as 0 does (vLLM clamps it the same way)
     const topKAsked = num(o, "topK", (v) => isInt(v) && v >= 0 && v < 2 ** 31, "must be an integer from 0 to 2147483647");
     const topK = topKAsked !== undefined && topKAsked >= vocabSize ? 0 : topKAsked;
     const topP = num(o, "topP", (v) => v > 0 && v <= 1, "must be in (0, 1]");
     const minP = num(o, "minP", (v) => v >= 0 && v <= 1, "must be in [0, 1]");
-    const repeatPenalty = num(o, "repeatPenalty", (v) => v > 0 && Number.isFinite(v), "must be a number > 0");
+    const repeatPenalty = num(o, "repeatPenalty", (v) => v > 0 && fitsFloat32(v), "must be a number > 0 and at most 3.4e38");
     const presencePenalty = num(o, "presencePenalty", (v) => v >= -2 && v <= 2, "must be in [-2, 2]");
     const frequencyPenalty = num(o, "frequencyPenalty", (v) => v >= -2 && v <= 2, "must be in [-2, 2]");
     const penaltyLastN = num(o, "penaltyLastN", (v) => isInt(v) && v >= -1 && v < 2 ** 31, "must be an integer from -1 to 2147483647");
@@ -159,7 +160,7 @@ export function validateRequest(req: RequestOptions, vocabSize: number): ValidRe
         for (const [k, v] of entries) {
             const t = typeof k === "string" ? (/^(0|[1-9][0-9]*)$/.test(k) ? Number(k) : NaN) : k;
             if (typeof t !== "number" || !isInt(t) || t < 0 || t >= vocabSize) throw bad("logitBias", `has a token id ${String(k)} outside [0, ${vocabSize})`);
-            if (typeof v !== "number" || Number.isNaN(v) || v === Infinity) throw bad("logitBias", `has a bias for token ${t} that is not a finite number or -Infinity`);
+            if (typeof v !== "number" || (v !== -Infinity && !fitsFloat32(v))) throw bad("logitBias", `has a bias for token ${t} that is not a finite number (up to 3.4e38) or -Infinity`);
             pairs.push([t, v]);
         }
         logitBias = pairs;
