@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <numeric>
@@ -712,6 +713,11 @@ Napi::Value context_wrap::decode(const Napi::CallbackInfo & info) {
                     if (t < -1 || t >= n_vocab) {
                         // what llama.cpp sampled is not a token id: a defect below us, never the request's doing.
                         // That row alone reports it (-2); the batch's other sequences go on
+                        float as_float;
+                        std::memcpy(&as_float, &t, sizeof(t));
+                        std::fprintf(stderr, "batchwise: internal: sequence %d (batch row %d of %d, %zu outputs) sampled %d (as float %g) "
+                                     "with %s\n", job->seq[i], i, n, n_outputs, t, (double) as_float,
+                                     s.grammar ? "a grammar" : !s.chain ? "greedy" : s.backend ? "an in-graph chain" : "a CPU chain");
                         t = -2;
                     }
                     job->sampled[row] = t;

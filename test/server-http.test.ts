@@ -238,6 +238,33 @@ describe("server timeouts", () => {
         await server?.close();
     });
 
+    it("adds no listener per request to a keep-alive socket (they piled up, with each request's closures)", async () => {
+        const sockets: import("node:net").Socket[] = [];
+        const onConnection = (s: import("node:net").Socket) => sockets.push(s);
+        server.app.server.on("connection", onConnection);
+        const { Agent, request } = await import("node:http");
+        const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+        try {
+            for (let i = 0; i < 30; i++) {
+                await new Promise<void>((resolve, reject) => {
+                    const q = request(`${url}/tokenize`, { method: "POST", agent, headers: { "content-type": "application/json" } }, (res) => {
+                        res.resume();
+                        res.on("end", resolve);
+                    });
+                    q.on("error", reject);
+                    q.end(JSON.stringify({ prompt: `hello ${i}` }));
+                });
+            }
+            assert.equal(sockets.length, 1, "one keep-alive connection carried every request");
+            for (const ev of ["close", "end", "error", "data", "timeout"]) {
+                assert.ok(sockets[0].listenerCount(ev) < 6, `${sockets[0].listenerCount(ev)} '${ev}' listeners on the socket after 30 requests`);
+            }
+        } finally {
+            agent.destroy();
+            server.app.server.off("connection", onConnection);
+        }
+    });
+
     it("answers a body that trickles (a byte every 200 ms) with a 408 within the bound", async () => {
         const body = JSON.stringify({ prompt: "hello", max_tokens: 1 });
         const r = await raw(url, async (s) => {

@@ -485,9 +485,11 @@ export class BatchwiseServer {
             this.answerOnSocket(socket, e, req.id);
         };
         timer = setTimeout(check, this.bodyTimeoutMs);
+        // listeners on the request, not the socket: a keep-alive socket outlives its requests, and one listener
+        // per request on it piled up (and held every request's closures) for as long as the client stayed
         const stop = () => clearTimeout(timer);
         raw.once("end", stop);
-        socket.once("close", stop);
+        raw.once("close", stop);
     }
 
     /**
