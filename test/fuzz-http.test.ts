@@ -8,12 +8,12 @@
 // with the server's last output.
 // Long run: BATCHWISE_FUZZ_SECONDS=600 node --test dist/test/fuzz-http.test.js (see test/fuzz-common.ts).
 import assert from "node:assert/strict";
-import { spawn, type ChildProcess } from "node:child_process";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import fc from "fast-check";
+import { spawnSupervised, type Supervised } from "../lib/bench/supervise.js";
 import { LlamaModel } from "../lib/index.js";
-import { deepJsonText, deepSchemaText, fuzz, intAround, longFuzz, loneSurrogate, nastyText, oddSchema, SPECIAL_TOKENS, testTimeoutMs, wrongType } from "./fuzz-common.js";
+import { deepJsonText, deepSchemaText, fuzz, grammarish, intAround, longFuzz, loneSurrogate, nastyText, oddSchema, SPECIAL_TOKENS, testTimeoutMs, wrongType } from "./fuzz-common.js";
 import { gpuLayers, modelPath, tinyQwen } from "./helpers.js";
 
 const root = join(import.meta.dirname, "..", "..");
@@ -69,7 +69,7 @@ interface Answer {
 describe("fuzz: HTTP routes", { timeout: testTimeoutMs(90, 5) }, () => {
     let vocab = 0;
     let model: string;
-    let proc: ChildProcess | null = null;
+    let proc: Supervised | null = null;
     let base = "";
     let output = "";
     let exited: { code: number | null; signal: NodeJS.Signals | null } | null = null;
@@ -78,16 +78,18 @@ describe("fuzz: HTTP routes", { timeout: testTimeoutMs(90, 5) }, () => {
     async function startServer(): Promise<void> {
         output = "";
         exited = null;
-        const p = spawn(process.execPath, [cli, "serve", "--model", `tiny=${model}`, "--port", "0", "--ctx-size", String(CTX), "--parallel", "8",
-            "--gpu-layers", String(gpuLayers), "--threads", "1", "--no-warmup", "--drain-timeout", "2", "--log-level", "warn"], { stdio: ["ignore", "pipe", "pipe"] });
-        proc = p;
+        // supervised: if this test process dies (a crash, a timeout), the server goes with it
+        const sup = spawnSupervised([cli, "serve", "--model", `tiny=${model}`, "--port", "0", "--ctx-size", String(CTX), "--parallel", "8",
+            "--gpu-layers", String(gpuLayers), "--threads", "1", "--no-warmup", "--drain-timeout", "2", "--log-level", "warn"]);
+        const p = sup.proc;
+        proc = sup;
         const keep = (d: Buffer) => {
             output = (output + d.toString()).slice(-64 * 1024);
         };
         p.stdout!.on("data", keep);
         p.stderr!.on("data", keep);
         p.on("exit", (code, signal) => {
-            if (proc === p) exited = { code, signal };
+            if (proc === sup) exited = { code, signal };
         });
         const t0 = Date.now();
         while (!/ready on (http:\/\/\S+)/.test(output)) {
@@ -99,12 +101,13 @@ describe("fuzz: HTTP routes", { timeout: testTimeoutMs(90, 5) }, () => {
     }
 
     async function stopServer(): Promise<void> {
-        const p = proc;
+        const sup = proc;
         proc = null;
-        if (!p || p.exitCode !== null || p.signalCode !== null) return;
+        const p = sup?.proc;
+        if (!sup || !p || p.exitCode !== null || p.signalCode !== null) return;
         const gone = new Promise((r) => p.once("exit", r));
         p.kill("SIGTERM");
-        const t = setTimeout(() => p.kill("SIGKILL"), 10_000);
+        const t = setTimeout(() => sup.kill(), 10_000);
         await gone;
         clearTimeout(t);
     }
@@ -322,6 +325,10 @@ describe("fuzz: HTTP routes", { timeout: testTimeoutMs(90, 5) }, () => {
         ignore_eos: maybe(value(fc.boolean()), 10),
         priority: maybe(value(fc.integer({ min: -5, max: 5 }), -(2 ** 31), 2 ** 31), 10),
         cache_salt: maybe(fc.oneof(nastyText(100), fc.constant("s".repeat(257)), W()), 10),
+        // other servers' grammar fields (llama-server's, vLLM's): not ours, so they must be ignored, whatever they hold
+        grammar: maybe(grammarish(), 5),
+        guided_json: maybe(oddSchema(), 3),
+        guided_regex: maybe(fc.constantFrom("(a|b)*", "[", "((((((((((a))))))))))", ".*"), 3),
     });
 
     /** A prompt: text, token ids (with lengths around the context), lists of either, or something else. */
