@@ -207,6 +207,13 @@ describe("fuzz: binding", { timeout: testTimeoutMs(90, 7) }, () => {
         };
     }
 
+    /** With the paged cache: each sequence its own share of the pool's blocks, in order. */
+    function giveBlocks(c: LlamaContext): void {
+        const pool = Math.floor(c.info.contextSize / c.info.kvBlockSize);
+        const each = Math.max(1, Math.floor(pool / SEQS));
+        for (let s = 0; s < SEQS && (s + 1) * each <= pool; s++) c.setBlockTable(s, Int32Array.from({ length: each }, (_, i) => s * each + i));
+    }
+
     /** Every sequence back to greedy sampling. */
     function resetSamplers(c: LlamaContext): void {
         for (let s = 0; s < c.info.maxSequences; s++) c.setSampler(s, null);
@@ -215,7 +222,7 @@ describe("fuzz: binding", { timeout: testTimeoutMs(90, 7) }, () => {
     /** The context still decodes after whatever the case did to it. */
     async function stillWorks(c: LlamaContext): Promise<void> {
         c.clear();
-        if (c === paged) c.setBlockTable(0, Int32Array.of(0, 1, 2, 3));
+        if (c === paged) giveBlocks(c);
         c.setSampler(0, null);
         const r = await c.decode(batchFor(0, prompt.subarray(0, 8), 0));
         assert.equal(r.tokens.length, 1);
@@ -392,7 +399,7 @@ describe("fuzz: binding", { timeout: testTimeoutMs(90, 7) }, () => {
             if (clear) c.clear();
             if (c === paged) {
                 // each sequence its own 4 blocks, then the fuzzed tables over them
-                for (let s = 0; s < SEQS; s++) c.setBlockTable(s, Int32Array.from({ length: 4 }, (_, i) => s * 4 + i));
+                giveBlocks(c);
                 for (const [s, t] of tbl) await call("paged.setBlockTable", [s, t], () => c.setBlockTable(s, Int32Array.from(t, (x) => x | 0)));
             }
             const r = await call("ctx.decode", b, () => c.decode(b as never));
@@ -430,7 +437,7 @@ describe("fuzz: binding", { timeout: testTimeoutMs(90, 7) }, () => {
             const c = list[which % list.length];
             // something in the cache to act on
             c.clear();
-            if (c === paged) c.setBlockTable(0, Int32Array.of(0, 1, 2, 3));
+            if (c === paged) giveBlocks(c);
             await c.decode(batchFor(0, prompt, 0));
             for (const o of ops) {
                 let args: unknown[] = o.a as unknown[];
