@@ -232,7 +232,7 @@ describe("fuzz: binding", { timeout: testTimeoutMs(90, 7) }, () => {
 
     const tokenId = () => intAround(0, vocab - 1, vocab, 151643, 151645);
 
-    it("model calls: tokenize, detokenize, tokenToPiece, isEog, applyChatTemplate", { timeout: testTimeoutMs(12) }, async () => {
+    it("model calls: tokenize, detokenize, tokenToPiece, isEog, applyChatTemplate", { timeout: testTimeoutMs(6) }, async () => {
         const special = options({ addSpecial: fc.boolean(), parseSpecial: fc.boolean(), special: fc.boolean() });
         const messageFields = { role: fc.oneof(fc.constantFrom("user", "system", "assistant", "tool", ""), nastyText(8)), content: nastyText(200) };
         const message = mostly(fc.record(messageFields), options(messageFields));
@@ -265,10 +265,10 @@ describe("fuzz: binding", { timeout: testTimeoutMs(90, 7) }, () => {
             } else {
                 assert.equal(typeof v, "boolean");
             }
-        }, 250, 12);
+        }, 250, 6);
     });
 
-    it("grammars: checkGrammar and jsonSchemaToGrammar", { timeout: testTimeoutMs(12) }, async () => {
+    it("grammars: checkGrammar and jsonSchemaToGrammar", { timeout: testTimeoutMs(6) }, async () => {
         const op = fc.oneof(
             { weight: 3, arbitrary: fc.record({ op: fc.constant("checkGrammar"), grammar: fc.oneof({ weight: 8, arbitrary: grammarish() }, { weight: 1, arbitrary: wrongType }), root: fc.oneof(fc.constantFrom(undefined, "root", "r", "", "x ::= y"), wrongType) }) },
             { weight: 3, arbitrary: fc.record({ op: fc.constant("jsonSchemaToGrammar"), schema: fc.oneof({ weight: 6, arbitrary: oddSchema() }, { weight: 1, arbitrary: deepSchemaText() }, { weight: 1, arbitrary: nastyText(50) }, { weight: 1, arbitrary: wrongType }), asText: fc.boolean() }) },
@@ -291,7 +291,7 @@ describe("fuzz: binding", { timeout: testTimeoutMs(90, 7) }, () => {
             assert.equal(typeof r.value, "string");
             // what the converter makes, the grammar parser takes (or refuses with a code, never a crash)
             await call("model.checkGrammar(converted)", { schema, grammar: r.value }, () => model.checkGrammar(r.value));
-        }, 200, 12);
+        }, 200, 6);
     });
 
     /** In range (8 in 9), or at and around the limits. */
@@ -323,7 +323,7 @@ describe("fuzz: binding", { timeout: testTimeoutMs(90, 7) }, () => {
         history: inRange(fc.array(fc.integer({ min: 0, max: vocab - 1 }), { maxLength: 64 }).map((a) => Int32Array.from(a)), arrayOf(tokenId(), 64)),
     });
 
-    it("setSampler at and around each limit, then a decode with that sampler", { timeout: testTimeoutMs(15) }, async () => {
+    it("setSampler at and around each limit, then a decode with that sampler", { timeout: testTimeoutMs(8) }, async () => {
         const seq = mostly(fc.integer({ min: 0, max: SEQS - 1 }), intAround(0, SEQS - 1, SEQS, 256));
         await fuzz("setSampler", fc.tuple(seq, samplerParams(), fc.boolean()), async ([s, params, detach]) => {
             ctx.clear();
@@ -346,11 +346,11 @@ describe("fuzz: binding", { timeout: testTimeoutMs(90, 7) }, () => {
             } finally {
                 ctx.setSampler(s, null);
             }
-        }, 250, 15);
+        }, 250, 8);
         await stillWorks(ctx);
     });
 
-    it("decode with bad token ids, positions, sequence ids, lengths and array kinds", { timeout: testTimeoutMs(12) }, async () => {
+    it("decode with bad token ids, positions, sequence ids, lengths and array kinds", { timeout: testTimeoutMs(8) }, async () => {
         const contexts = () => [ctx, split, ...(paged ? [paged] : [])];
         const field = (elem: fc.Arbitrary<number>) => arrayOf(elem, BATCH + 2);
         // a batch llama.cpp takes on a cleared context: each sequence's tokens at consecutive positions from 0
@@ -407,11 +407,11 @@ describe("fuzz: binding", { timeout: testTimeoutMs(90, 7) }, () => {
             const outs = Array.from((b as { outputs: ArrayLike<number> }).outputs).filter((x) => x !== 0).length;
             assert.equal(r.value.tokens.length, outs, `one token per output row for ${show(b)}`);
             for (const t of r.value.tokens) assert.ok(t >= -1 && t < vocab, `decode gave token ${t}`);
-        }, 300, 12);
+        }, 300, 8);
         for (const c of contexts()) await stillWorks(c);
     });
 
-    it("KV memory calls and sequence state, real states mutated", { timeout: testTimeoutMs(12) }, async () => {
+    it("KV memory calls and sequence state, real states mutated", { timeout: testTimeoutMs(8) }, async () => {
         const seq = mostly(fc.integer({ min: 0, max: SEQS - 1 }), intAround(-1, 0, SEQS - 1, SEQS, 256));
         const pos = fc.oneof(intAround(-1, 0, 7, CTX), wrongType as fc.Arbitrary<number>);
         const state = fc.oneof(
@@ -464,11 +464,11 @@ describe("fuzz: binding", { timeout: testTimeoutMs(90, 7) }, () => {
                     if (max >= 0 && max + 1 < CTX) await call("ctx.decode(after restore)", [s, max + 1], () => c.decode(batchFor(s, [prompt[0]], max + 1)));
                 }
             }
-        }, 200, 12);
+        }, 200, 8);
         for (const c of contexts()) await stillWorks(c);
     });
 
-    it("LlamaModel.load and createContext options", { timeout: testTimeoutMs(12) }, async () => {
+    it("LlamaModel.load and createContext options", { timeout: testTimeoutMs(8) }, async () => {
         const loadFields = {
             gpuLayers: intAround(-1, 0, 2, 1000, 2 ** 31), splitMode: fc.constantFrom("none", "layer", "row", "tensor", "", "LAYER"),
             tensorSplit: fc.array(fc.oneof(fc.double(), fc.constantFrom(-1, 0, 1, NaN, Infinity)), { maxLength: 20 }), mainGpu: intAround(-1, 0, 1, 16, 2 ** 31),
@@ -546,10 +546,10 @@ describe("fuzz: binding", { timeout: testTimeoutMs(90, 7) }, () => {
                     r.value.dispose();
                 }
             }
-        }, 60, 12);
+        }, 60, 8);
     });
 
-    it("disposal and busy contexts: calls during a decode, after dispose, model dispose with contexts alive", { timeout: testTimeoutMs(10) }, async () => {
+    it("disposal and busy contexts: calls during a decode, after dispose, model dispose with contexts alive", { timeout: testTimeoutMs(5) }, async () => {
         const op = fc.constantFrom("seqRemove", "seqCopy", "seqKeep", "seqPosMax", "clear", "setSampler", "saveSequence", "decode", "dispose", "modelDispose", "tokenize", "info");
         await fuzz("disposal and busy contexts", fc.tuple(fc.array(op, { minLength: 1, maxLength: 5 }), fc.boolean()), async ([ops, disposeFirst]) => {
             const c = await model.createContext(contextOptions({ contextSize: 64, maxSequences: 2, batchSize: 16 }));
@@ -580,6 +580,6 @@ describe("fuzz: binding", { timeout: testTimeoutMs(90, 7) }, () => {
                 c.dispose();
             }
             assert.equal(model.disposed, false);
-        }, 40, 10);
+        }, 40, 5);
     });
 });

@@ -450,14 +450,14 @@ describe("fuzz: HTTP routes", { timeout: testTimeoutMs(90, 5) }, () => {
         await fuzz("tokenize, detokenize, models, odd", fc.oneof(postCase("/tokenize", both(tokenizeBody)), postCase("/detokenize", both(detokenizeBody)), oddCase), runOne, 150, 6);
     });
 
-    it("bursts of concurrent mixed requests, some abandoned by their clients", { timeout: testTimeoutMs(10) }, async () => {
+    it("bursts of concurrent mixed requests, some abandoned by their clients", { timeout: testTimeoutMs(8) }, async () => {
         await fuzz("concurrent bursts", fc.array(anyCase(), { minLength: 2, maxLength: 8 }), async (cases) => {
             const answers = await Promise.all(cases.map((c) => send(c)));
             cases.forEach((c, i) => tally(c, answers[i]));
             await checkAlive(cases.map((c) => c.shown ?? c));
             cases.forEach((c, i) => check(c, answers[i]));
             await assertSettled(cases.map((c) => c.shown ?? c));
-        }, 25, 10);
+        }, 25, 8);
     });
 
     it("the server is alive and idle at the end", async () => {
