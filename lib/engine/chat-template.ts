@@ -64,6 +64,8 @@ export class ChatFormatter {
             } catch {
                 t = null; // a template the renderer cannot parse: llama.cpp's built-in formats may know it
             }
+            // requests may carry templates of their own: keep the most recent few (Map order is insertion order)
+            if (this.compiled.size >= 16) this.compiled.delete(this.compiled.keys().next().value!);
             this.compiled.set(source, t);
         }
         return t;
