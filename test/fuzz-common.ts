@@ -43,15 +43,24 @@ export async function fuzz<T>(label: string, arb: fc.Arbitrary<T>, predicate: (v
     extra: fc.Parameters<[T]> = {}): Promise<void> {
     let inflight: Promise<unknown> = Promise.resolve();
     let cases = 0;
+    let firstFailure: unknown = undefined;
     const t0 = performance.now();
     const property = fc.asyncProperty(arb, (v) => {
         cases++;
         const p = predicate(v);
         inflight = p.catch(() => {});
-        return p;
+        return p.catch((e) => {
+            firstFailure ??= e;
+            throw e;
+        });
     });
     try {
         await fc.assert(property, fuzzParameters<[T]>(defaultRuns, capSeconds, extra));
+    } catch (e) {
+        // fast-check writes the counterexample into its report, and a deeply nested one overflows the stack
+        // there: the property's own failure is what says what went wrong
+        if (e instanceof RangeError && firstFailure !== undefined) throw firstFailure;
+        throw e;
     } finally {
         await inflight;
         process.stderr.write(`fuzz: ${label}: ${cases} cases in ${((performance.now() - t0) / 1000).toFixed(1)} s\n`);

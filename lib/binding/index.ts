@@ -302,7 +302,8 @@ export class LlamaContext {
         const { maxSequences: seqs = 1, contextSize = 0, batchSize = 2048 } = options ?? {};
         if ([seqs, contextSize, batchSize].every((v) => typeof v === "number" && Number.isInteger(v) && v >= 0) && batchSize > 0) {
             const rows = Math.min(contextSize || model.metadata.trainedContext, batchSize);
-            if (seqs > rows) {
+            // rows 0: no context size known (a vocabulary-only model), which the addon refuses with its own reason
+            if (rows > 0 && seqs > rows) {
                 throw new BatchwiseError(ErrorCode.InvalidArgument,
                     `option 'maxSequences' (${seqs}) must not exceed the context's batch of min(contextSize, batchSize) = ${rows} tokens`);
             }
