@@ -50,7 +50,7 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import { basename, dirname, relative } from "node:path";
 import { parseArgs } from "node:util";
 import { LlamaModel, getDevices, systemInfo } from "../dist/lib/binding/index.js";
-import { randomTokens } from "../dist/lib/bench/loadgen.js";
+import { randomTokens, seededRandom } from "../dist/lib/bench/loadgen.js";
 
 const MODES = ["streams", "unified", "paged", "paged-shared"];
 const BATCH = 2048;
@@ -106,18 +106,6 @@ const command = ["node", "scripts/bench-kv.mjs", ...process.argv.slice(2)]
 const log = (line) => console.error(line);
 
 // ---- helpers ----
-
-/** A small seeded PRNG (mulberry32): same seed, same prompts and block placement in every run. */
-function rng(s) {
-    let a = s >>> 0;
-    return () => {
-        a = (a + 0x6d2b79f5) >>> 0;
-        let t = a;
-        t = Math.imul(t ^ (t >>> 15), t | 1);
-        t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-        return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-    };
-}
 
 function shuffled(n, rand) {
     const a = Array.from({ length: n }, (_, i) => i);
@@ -229,7 +217,7 @@ async function runMode(model, mode, npp, contextSize) {
             const pool = Math.floor(info.contextSize / B);
             const held = shared + npl * (perSeqBlocks - shared);
             if (held > pool) throw new Error(`${held} blocks needed, the pool has ${pool}`);
-            const perm = shuffled(pool, rng(seed * 7919 + npp));
+            const perm = shuffled(pool, seededRandom(seed * 7919 + npp));
             const common = perm.slice(0, shared);
             let next = shared;
             const tables = [];

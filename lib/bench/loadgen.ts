@@ -133,6 +133,18 @@ export async function closedLoop(baseUrl: string, model: string | undefined, req
     return { records, stats: summarize(records, wall) };
 }
 
+/** mulberry32: a small seeded PRNG in [0, 1), so that a run's random choices can be replayed from its seed. */
+export function seededRandom(seed: number): () => number {
+    let a = seed >>> 0;
+    return () => {
+        a = (a + 0x6d2b79f5) >>> 0;
+        let t = a;
+        t = Math.imul(t ^ (t >>> 15), t | 1);
+        t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+        return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+    };
+}
+
 /** Deterministic pseudo-random token ids in [lo, hi). */
 export function randomTokens(n: number, seed: number, lo = 1000, hi = 30000): number[] {
     let x = (seed * 2654435761 + 12345) >>> 0;

@@ -14,7 +14,7 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
-import { percentile } from "./loadgen.js";
+import { percentile, seededRandom } from "./loadgen.js";
 import { spawnSupervised, type Supervised } from "./supervise.js";
 
 export interface SoakOptions {
@@ -108,18 +108,6 @@ export interface SoakReport {
 }
 
 // ---- the load ------------------------------------------------------------------------------------
-
-/** mulberry32: a small seeded PRNG, so that a run's choices can be replayed with --seed. */
-function prng(seed: number): () => number {
-    let a = seed >>> 0;
-    return () => {
-        a = (a + 0x6d2b79f5) >>> 0;
-        let t = a;
-        t = Math.imul(t ^ (t >>> 15), t | 1);
-        t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-        return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-    };
-}
 
 const WORDS = ("a river runs past the old mill where seven ravens watch the slow boats carry grain and copper to the city " +
     "while children count clouds and the baker sings about bread tea and the weather of the coming week").split(" ");
@@ -470,7 +458,7 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
         process.once("SIGINT", () => process.exit(130));
     };
     process.once("SIGINT", interrupt);
-    const rnd = prng(o.seed);
+    const rnd = seededRandom(o.seed);
     const record = (x: Outcome) => {
         outcomes.push(x);
         byResult[x.result] = (byResult[x.result] ?? 0) + 1;
