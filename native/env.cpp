@@ -16,6 +16,20 @@ addon_env & env_of(Napi::Env env) {
     return *env.GetInstanceData<addon_env>();
 }
 
+// Frees every object of one kind (a copy of the set first: teardown() unregisters it). A hook must not throw;
+// freeing an object does not.
+template <typename T>
+static void teardown_all(std::unordered_set<T *> & live) noexcept {
+    std::vector<T *> objects(live.begin(), live.end());
+    live.clear();
+    for (T * o : objects) {
+        try {
+            o->teardown();
+        } catch (...) {
+        }
+    }
+}
+
 // Runs from the environment's cleanup hook: the main thread at exit, a worker when it ends or is terminated.
 //
 // By then Node has finished every piece of async work this environment queued: it spins the loop until
@@ -29,23 +43,8 @@ static void teardown(addon_env & e) noexcept {
     e.shared->stopping.store(true);
     e.torn_down = true;
     log_env_teardown(e);
-    std::vector<context_wrap *> contexts(e.contexts.begin(), e.contexts.end());
-    e.contexts.clear();
-    for (context_wrap * c : contexts) {
-        try {
-            c->teardown();
-        } catch (...) {
-            // a hook must not throw; freeing a context does not
-        }
-    }
-    std::vector<model_wrap *> models(e.models.begin(), e.models.end());
-    e.models.clear();
-    for (model_wrap * m : models) {
-        try {
-            m->teardown();
-        } catch (...) {
-        }
-    }
+    teardown_all(e.contexts); // contexts first: they hold their model's weights
+    teardown_all(e.models);
 }
 
 void env_init(Napi::Env env) {
