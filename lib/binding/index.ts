@@ -20,7 +20,7 @@ import {
     type SystemInfo,
 } from "./native.js";
 
-export { BatchwiseError, ErrorCode } from "./errors.js";
+export { BatchwiseError, ErrorCode, fieldError, type ErrorDetails } from "./errors.js";
 export type {
     ChatMessage, ContextInfo, DeviceInfo, ModelMetadata, SamplerParams, SystemInfo,
     NativeDecodeBatch as DecodeBatch, NativeDecodeResult as DecodeResult,
