@@ -19,7 +19,7 @@ describe("bench", () => {
 
     it("drives a server in a closed loop and counts exactly the work it asked for", async () => {
         const server = await createServer({
-            models: [{ path: await modelPath(tinyQwen), options: { gpuLayers, contextSize: 2048, maxSequences: 8 } }],
+            models: [{ path: await modelPath(tinyQwen), options: { gpuLayers, contextSize: 2048, maxRunning: 8 } }],
             port: 0, logger: false, warmup: false,
         });
         try {

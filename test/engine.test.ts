@@ -23,7 +23,7 @@ const BS = 16;
 const paged = !gpu;
 
 async function engine(o: Partial<EngineOptions> = {}): Promise<Engine> {
-    return Engine.load({ model: path, gpuLayers, contextSize: 4096, maxSequences: 16, batchTokens: 512, blockSize: BS, ...numerics, ...o });
+    return Engine.load({ model: path, gpuLayers, contextSize: 4096, maxRunning: 16, batchTokens: 512, blockSize: BS, ...numerics, ...o });
 }
 
 async function withEngine<T>(o: Partial<EngineOptions>, fn: (e: Engine) => Promise<T>): Promise<T> {
@@ -84,7 +84,7 @@ describe("engine", () => {
         const alone: Reference = { tokens: [], gaps: [] };
 
         before(async () => {
-            await withEngine({ maxSequences: 1, prefixCache: false }, async (e) => {
+            await withEngine({ maxRunning: 1, prefixCache: false }, async (e) => {
                 for (const p of prompts) {
                     const r = await e.complete(greedy(p, 2));
                     alone.tokens.push(r.tokens);
@@ -95,24 +95,24 @@ describe("engine", () => {
         });
 
         const cases: [string, Partial<EngineOptions>, (e: Engine) => void][] = [
-            ["in a batch of 64 with the prefix cache", { maxSequences: 64, batchTokens: 2048 }, (e) => {
+            ["in a batch of 64 with the prefix cache", { maxRunning: 64, batchTokens: 2048 }, (e) => {
                 assert.ok(e.stats().prefixCache.hits > 0, "the shared prefixes were found in the cache");
                 assert.equal(e.settings.pagedKv, paged, "the paged KV cache is the default");
             }],
-            ["in a batch of 64 on llama.cpp's unified pool (pagedKv: false)", { maxSequences: 64, batchTokens: 2048, pagedKv: false }, (e) => {
+            ["in a batch of 64 on llama.cpp's unified pool (pagedKv: false)", { maxRunning: 64, batchTokens: 2048, pagedKv: false }, (e) => {
                 assert.equal(e.settings.pagedKv, false);
                 assert.ok(e.stats().prefixCache.hits > 0);
             }],
-            ["in a batch of 64 without the prefix cache", { maxSequences: 64, batchTokens: 2048, prefixCache: false }, (e) => {
+            ["in a batch of 64 without the prefix cache", { maxRunning: 64, batchTokens: 2048, prefixCache: false }, (e) => {
                 assert.equal(e.stats().prefixCache.hits, 0);
             }],
-            ["preempted by recompute (a pool of 40 blocks)", { maxSequences: 64, contextSize: 40 * BS, preemption: "recompute" }, (e) => {
+            ["preempted by recompute (a pool of 40 blocks)", { maxRunning: 64, contextSize: 40 * BS, preemption: "recompute" }, (e) => {
                 assert.ok(e.stats().preemptions > 0, "the pool was too small: sequences were preempted");
             }],
-            ["preempted by swap (a pool of 40 blocks)", { maxSequences: 64, contextSize: 40 * BS, preemption: "swap" }, (e) => {
+            ["preempted by swap (a pool of 40 blocks)", { maxRunning: 64, contextSize: 40 * BS, preemption: "swap" }, (e) => {
                 assert.ok(e.stats().preemptions > 0, "the pool was too small: sequences were preempted");
             }],
-            ["with prompts chunked 24 tokens a step", { maxSequences: 8, batchTokens: 24 }, (e) => {
+            ["with prompts chunked 24 tokens a step", { maxRunning: 8, batchTokens: 24 }, (e) => {
                 assert.ok(e.stats().steps > 64, "prompts took several steps");
             }],
         ];
@@ -135,7 +135,7 @@ describe("engine", () => {
         const prompts = workload().map((p, i) => i % 4 === 3 ? p : [...randomPrompt(bs, 600 + (i % 3)), ...p]);
         const load = (o: Partial<EngineOptions>) => Engine.load({ model: wide, gpuLayers, contextSize: 8192, batchTokens: 2048, blockSize: bs, ...numerics, ...o });
         const alone: Reference = { tokens: [], gaps: [] };
-        let e = await load({ maxSequences: 1, prefixCache: false });
+        let e = await load({ maxRunning: 1, prefixCache: false });
         try {
             assert.equal(e.settings.pagedKv, true);
             for (const p of prompts) {
@@ -146,7 +146,7 @@ describe("engine", () => {
         } finally {
             await e.close();
         }
-        e = await load({ maxSequences: 64 });
+        e = await load({ maxRunning: 64 });
         try {
             assert.equal(e.settings.pagedKv, true);
             assertSameTokens(await runAll(e, prompts, true), alone);
@@ -164,7 +164,7 @@ describe("engine", () => {
         const shared = Math.floor(2000 / BS);
         const pool = shared + 64 * 3 + 16;
         assert.ok(pool * 20 < 64 * Math.ceil(2018 / BS), "the pool is a twentieth of what copies would take");
-        await withEngine({ maxSequences: 64, batchTokens: 2048, contextSize: pool * BS }, async (e) => {
+        await withEngine({ maxRunning: 64, batchTokens: 2048, contextSize: pool * BS }, async (e) => {
             const ref = await e.complete(greedy(prompts[0]));
             let peak = 0, running = 0;
             await Promise.all(prompts.map(async (p, i) => {
@@ -313,7 +313,7 @@ describe("engine", () => {
     });
 
     it("bounds the queue: past maxQueued requests are refused with ERR_QUEUE_FULL", async () => {
-        await withEngine({ maxSequences: 1, maxQueued: 2 }, async (e) => {
+        await withEngine({ maxRunning: 1, maxQueued: 2 }, async (e) => {
             const gens = Array.from({ length: 10 }, (_, i) => e.complete({ prompt: randomPrompt(20, i), maxTokens: 4, temperature: 0, ignoreEos: true }));
             const settled = await Promise.allSettled(gens);
             const ok = settled.filter((s) => s.status === "fulfilled").length;
@@ -324,7 +324,7 @@ describe("engine", () => {
     });
 
     it("bounds the queue in sequences (prompts x n), not requests", async () => {
-        await withEngine({ maxSequences: 1, maxQueued: 4 }, async (e) => {
+        await withEngine({ maxRunning: 1, maxQueued: 4 }, async (e) => {
             const refused = async (p: Promise<unknown>, code: string, pattern: RegExp) =>
                 assert.rejects(p, (err: BatchwiseError) => err.code === code && pattern.test(err.message));
             // one request that alone asks for more than the queue holds can never run: a bad request, not a full queue
@@ -354,7 +354,7 @@ describe("engine", () => {
     });
 
     it("runs lower priority values first", async () => {
-        await withEngine({ maxSequences: 1 }, async (e) => {
+        await withEngine({ maxRunning: 1 }, async (e) => {
             const order: string[] = [];
             const run = (name: string, priority: number) =>
                 e.complete({ prompt: randomPrompt(30, name.length), maxTokens: 6, temperature: 0, ignoreEos: true, priority }).then(() => order.push(name));
@@ -413,12 +413,42 @@ describe("engine", () => {
         });
     });
 
+    it("resolves its options once, before loading: one name per quantity, each bad option named as the field at fault", async () => {
+        // refused before the model is read: a path that does not exist would otherwise give ERR_MODEL_NOT_FOUND
+        const nowhere = "/nonexistent/model.gguf";
+        const refused = async (o: Partial<EngineOptions>, field: string) => {
+            await assert.rejects(Engine.load({ model: nowhere, ...o }), (e: BatchwiseError) => {
+                assert.equal(e.code, ErrorCode.InvalidArgument, e.message);
+                assert.equal(e.field, field, e.message);
+                assert.ok(e.reason && e.message.includes(e.reason), e.message);
+                return true;
+            });
+        };
+        await refused({ maxRunning: 0 }, "maxRunning");
+        await refused({ maxRunning: 100000 }, "maxRunning");
+        await refused({ maxRunning: 8, maxSequences: 9 }, "maxRunning");
+        await refused({ cacheSeqIds: 4, cacheSlots: 5 }, "cacheSeqIds");
+        await refused({ batchTokens: 8, maxRunning: 16 }, "batchTokens");
+        await refused({ blockSize: 24 }, "blockSize");
+        await refused({ pagedKv: true, flashAttention: "off" }, "pagedKv");
+        await refused({ preemption: "never" as never }, "preemption");
+        await refused({ watermark: 1 }, "watermark");
+        // the old names still work, forward to the new ones
+        await withEngine({ maxRunning: undefined, maxSequences: 3, cacheSlots: 2 }, async (e) => {
+            assert.equal(e.settings.maxRunning, 3);
+            assert.equal(e.settings.cacheSeqIds, 2);
+            assert.equal(e.settings.seqIds, 5);
+        });
+    });
+
     it("applies the model's Jinja chat template", async () => {
         await withEngine({}, async (e) => {
             assert.equal(e.chatTemplateKind, "jinja");
             assert.deepEqual(e.settings, {
-                maxSequences: 16, cacheSlots: 16, batchTokens: 512, prefillChunk: 512, longPrefills: 1, blockSize: BS,
-                pagedKv: paged, prefixCache: true, preemption: "recompute", maxQueued: 1024, maxPromptLength: 16 * e.maxContext,
+                maxRunning: 16, seqIds: 32, cacheSeqIds: 16, numBlocks: 4096 / BS, blockSize: BS, maxContext: e.maxContext,
+                batchTokens: 512, ubatchSize: 512, prefillChunk: 512, longPrefills: 1,
+                pagedKv: paged, prefixCache: true, preemption: "recompute", swapSpaceBytes: 4 * 2 ** 30, watermark: 0.01,
+                maxQueued: 1024, maxPromptLength: 16 * e.maxContext,
             }, "load() resolved every default");
             const messages = [{ role: "user", content: "Write a haiku about GPUs." }];
             const r = await e.chat({ messages, maxTokens: 4, temperature: 0, ignoreEos: true }).result();
@@ -442,7 +472,7 @@ describe("engine", () => {
     it("constrains output with a grammar, and keeps the grammar's state when a sequence is preempted and recomputed", async () => {
         // a pool of 16 blocks for 12 requests that each want about 6: they preempt each other, and a
         // resumed sequence's grammar must go on from what it already generated, not from the start
-        const e = await Engine.load({ model: await modelPath(tinyLlama), gpuLayers, contextSize: 16 * BS, maxSequences: 12, batchTokens: 256, blockSize: BS, ...numerics });
+        const e = await Engine.load({ model: await modelPath(tinyLlama), gpuLayers, contextSize: 16 * BS, maxRunning: 12, batchTokens: 256, blockSize: BS, ...numerics });
         try {
             const schema = { type: "object", properties: { ok: { type: "boolean" }, s: { type: "string", minLength: 48, maxLength: 64 } }, required: ["ok", "s"], additionalProperties: false };
             const results = await Promise.all(Array.from({ length: 12 }, (_, i) => e.complete({

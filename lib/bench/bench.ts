@@ -95,7 +95,7 @@ function splitArgs(o: BenchOptions, splitFlag: string, mainGpuFlag: string): str
 function serverArgs(kind: ServerKind, o: BenchOptions, model: string, unified: boolean): string[] {
     return kind === "batchwise"
         ? ["serve", "--model", `bench=${model}`, "--gpu-layers", String(o.gpuLayers), ...splitArgs(o, "--split-mode", "--main-gpu"),
-            "--ctx-size", String(o.contextSize), "--parallel", String(o.parallel), "--flash-attn", o.flashAttention, "--batch-tokens", "2048", "--ubatch", "512",
+            "--ctx-size", String(o.contextSize), "--max-running", String(o.parallel), "--flash-attn", o.flashAttention, "--batch-tokens", "2048", "--ubatch", "512",
             "--max-queued", "100000", "--log-level", "warn", ...(o.batchwiseArgs ?? [])]
         : ["-m", model, "-ngl", String(o.gpuLayers), ...splitArgs(o, "-sm", "-mg"), "-c", String(o.contextSize), "-np", String(o.parallel),
             "-fa", o.flashAttention, ...(unified ? ["-kvu"] : []), "-b", "2048", "-ub", "512", "--no-webui", ...(kind === "llama-server -bs" ? ["-bs"] : [])];

@@ -65,6 +65,7 @@ interface ServeFlags {
     tensorSplit?: number[];
     mainGpu?: number;
     ctxSize?: number;
+    maxRunning?: number;
     parallel?: number;
     batchTokens?: number;
     ubatch?: number;
@@ -93,7 +94,7 @@ async function serve(flags: ServeFlags): Promise<void> {
     const log = pino({ level: flags.logLevel });
     const options: Omit<EngineOptions, "model"> = {
         gpuLayers: flags.gpuLayers, splitMode: flags.splitMode, tensorSplit: flags.tensorSplit, mainGpu: flags.mainGpu,
-        contextSize: flags.ctxSize, maxSequences: flags.parallel, batchTokens: flags.batchTokens, ubatchSize: flags.ubatch, prefillChunk: flags.prefillChunk,
+        contextSize: flags.ctxSize, maxRunning: flags.maxRunning ?? flags.parallel, batchTokens: flags.batchTokens, ubatchSize: flags.ubatch, prefillChunk: flags.prefillChunk,
         blockSize: flags.blockSize, prefixCache: flags.prefixCache, ...(!flags.pagedKv && { pagedKv: false }), preemption: flags.preemption, maxQueued: flags.maxQueued,
         maxPromptLength: flags.maxPromptLength,
         flashAttention: flags.flashAttn, kvCacheTypeK: flags.cacheTypeK, kvCacheTypeV: flags.cacheTypeV, threads: flags.threads,
@@ -188,7 +189,7 @@ function summary(server: BatchwiseServer, auth: boolean): string {
         const s = engine.stats();
         lines.push(`  model '${name}': ${m.architecture}, ${(m.parameters / 1e9).toFixed(m.parameters < 1e9 ? 3 : 1)}B parameters, ${gib(m.sizeBytes)}`);
         lines.push(`    context ${engine.maxContext} tokens per request; KV cache ${s.kv.blocks} blocks of ${s.kv.blockSize} tokens; ` +
-            `${engine.settings.maxSequences} sequences at once; ${engine.settings.batchTokens} tokens a step; ` +
+            `${engine.settings.maxRunning} sequences at once; ${engine.settings.batchTokens} tokens a step; ` +
             `prefix cache ${engine.settings.prefixCache ? "on" : "off"}; chat template ${engine.chatTemplateKind}; ` +
             `fill-in-the-middle ${engine.supportsInfill ? "yes" : "no"}; warm-up ${Math.round(warmupMs)} ms`);
     }
@@ -270,7 +271,8 @@ function program(): Command {
         .option("--tensor-split <shares>", "share of the model per GPU, e.g. 3,1", numList)
         .option("--main-gpu <n>", "GPU for the whole model with --split-mode none", int(0))
         .option("-c, --ctx-size <tokens>", "KV cache size in tokens, shared by all sequences (default: the model's trained context)", int(1))
-        .option("--parallel <n>", "sequences decoded at once (default 64)", int(1))
+        .option("--max-running <n>", "sequences running (decoded) at once (default 64)", int(1))
+        .addOption(new Option("--parallel <n>", "the same as --max-running (llama-server's name)").argParser(int(1)).hideHelp())
         .option("--batch-tokens <n>", "tokens per scheduling step (default 2048)", int(1))
         .option("--ubatch <n>", "tokens per graph run (default 512)", int(1))
         .option("--prefill-chunk <n>", "most prompt tokens one request computes in a step while others run or wait (default: --ubatch)", int(1))

@@ -3,7 +3,7 @@
 // that this renderer cannot parse falls back to llama.cpp's built-in formats, which recognise the common
 // templates by their text; so do built-in names such as "chatml" or "llama3".
 import { Template } from "@huggingface/jinja";
-import { BatchwiseError, ErrorCode, type LlamaModel } from "../binding/index.js";
+import { BatchwiseError, ErrorCode, fieldError, type LlamaModel } from "../binding/index.js";
 
 /** A chat message. Fields other than role and content (name, tool_calls, ...) reach the template as they are. */
 export interface ChatMessage {
@@ -25,16 +25,16 @@ const isJinja = (t: string) => t.includes("{%") || t.includes("{{");
 
 function checkMessages(messages: unknown): asserts messages is ChatMessage[] {
     if (!Array.isArray(messages) || messages.length === 0) {
-        throw new BatchwiseError(ErrorCode.InvalidArgument, "'messages' must be a non-empty array of { role, content }");
+        throw fieldError(ErrorCode.InvalidArgument, "messages", "must be a non-empty array of { role, content }");
     }
     messages.forEach((m, i) => {
-        if (m === null || typeof m !== "object") throw new BatchwiseError(ErrorCode.InvalidArgument, `'messages[${i}]' must be an object`);
+        if (m === null || typeof m !== "object") throw fieldError(ErrorCode.InvalidArgument, `messages[${i}]`, "must be an object");
         const { role, content } = m as Record<string, unknown>;
         if (typeof role !== "string" || role.length === 0) {
-            throw new BatchwiseError(ErrorCode.InvalidArgument, `'messages[${i}].role' must be a non-empty string`);
+            throw fieldError(ErrorCode.InvalidArgument, `messages[${i}].role`, "must be a non-empty string");
         }
         if (content !== null && content !== undefined && typeof content !== "string") {
-            throw new BatchwiseError(ErrorCode.InvalidArgument, `'messages[${i}].content' must be a string`);
+            throw fieldError(ErrorCode.InvalidArgument, `messages[${i}].content`, "must be a string");
         }
     });
 }

@@ -1,5 +1,5 @@
 // Request validation: every field checked before anything is queued, each error naming its field.
-import { BatchwiseError, ErrorCode, fitsFloat32, type SamplerParams } from "../binding/index.js";
+import { BatchwiseError, ErrorCode, fieldError, fitsFloat32, type SamplerParams } from "../binding/index.js";
 
 /**
  * The sampler of a request: the binding's SamplerParams (temperature, topK, topP, minP, penalties,
@@ -70,7 +70,7 @@ export interface ValidRequest {
 }
 
 function bad(field: string, what: string): BatchwiseError {
-    return new BatchwiseError(ErrorCode.InvalidArgument, `'${field}' ${what}`);
+    return fieldError(ErrorCode.InvalidArgument, field, what);
 }
 
 function num(o: Record<string, unknown>, k: string, ok: (v: number) => boolean, what: string): number | undefined {

@@ -1,0 +1,193 @@
+// The engine's public types: its options, the settings they resolve to, the events and results of a
+// request, and its stats.
+import type { ContextOptions, KvCacheType, SplitMode } from "../binding/index.js";
+import type { FinishReason, PreemptionMode } from "../scheduler/scheduler.js";
+import type { ChatMessage } from "./chat-template.js";
+import type { RequestOptions } from "./request.js";
+
+export interface EngineOptions {
+    /** Path of a GGUF model. */
+    model: string;
+    gpuLayers?: number;
+    splitMode?: SplitMode;
+    tensorSplit?: number[];
+    mainGpu?: number;
+    useMmap?: boolean;
+    /** KV cache size in tokens, shared by all sequences. Default: the model's trained context. */
+    contextSize?: number;
+    /** Sequences running (decoded) at once. Default 64; at most the sequence ids llama.cpp has (systemInfo().maxSequences). */
+    maxRunning?: number;
+    /** @deprecated the old name of maxRunning. */
+    maxSequences?: number;
+    /** Tokens per step: every running decode, then prompt chunks. Default 2048. */
+    batchTokens?: number;
+    /** Tokens per graph run inside a step. Default 512. */
+    ubatchSize?: number;
+    /**
+     * Most prompt tokens one request computes in a step while others run or wait, so a long prompt
+     * cannot stall their tokens and admissions. Default: ubatchSize.
+     */
+    prefillChunk?: number;
+    /** Long prompts (more than prefillChunk left) that prefill at once while others run or wait; shorter ones go past the rest. Default 1. */
+    longPrefills?: number;
+    /**
+     * Tokens per KV block (the unit of allocation and of prefix caching). Default 128 with the paged KV cache,
+     * else 16. With the paged cache it must be a power of two (on CUDA a multiple of 128).
+     */
+    blockSize?: number;
+    /**
+     * The paged KV cache: each token is written into its sequence's block and each sequence's attention reads
+     * only its own blocks, so decode speed does not fall with what other sequences (or cached prefixes) hold.
+     * Needs flash attention, and on CUDA f16 K/V, a head size of 64-256 and blocks of 128 or more. Default: on where
+     * llama.cpp can page this model (else the unified pool, whose attention reads every cell in use).
+     */
+    pagedKv?: boolean;
+    /** Keep and reuse computed prompt prefixes. Default true. */
+    prefixCache?: boolean;
+    /**
+     * Unified KV pool only: extra sequence ids that keep ended requests' prefixes in KV (the paged cache keeps
+     * them in its blocks). Default min(maxRunning, the ids llama.cpp has - maxRunning).
+     */
+    cacheSeqIds?: number;
+    /** @deprecated the old name of cacheSeqIds. */
+    cacheSlots?: number;
+    /** What a preempted sequence does: recompute its KV later (default) or swap it to host memory. */
+    preemption?: PreemptionMode;
+    /** Host memory for swapped sequences. Default 4 GiB. */
+    swapSpaceBytes?: number;
+    /** Share of KV blocks kept free at admission, for running sequences to grow into. Default 0.01. */
+    watermark?: number;
+    /**
+     * Sequences (prompts x n) waiting at most; past it generate() rejects with ERR_QUEUE_FULL, and a request
+     * that alone asks for more with ERR_INVALID_ARGUMENT. Default 1024.
+     */
+    maxQueued?: number;
+    /**
+     * Longest prompt text, in characters (UTF-16 code units), taken for tokenizing: longer prompts and chats are
+     * refused before the tokenizer sees them. Default 16 per token of the context (a prompt that fits the context
+     * averages far fewer; tokens of natural text and code are 3-5 characters).
+     */
+    maxPromptLength?: number;
+    flashAttention?: ContextOptions["flashAttention"];
+    kvCacheTypeK?: KvCacheType;
+    kvCacheTypeV?: KvCacheType;
+    threads?: number;
+    threadsBatch?: number;
+    onProgress?: (progress: number) => void;
+}
+
+/** The settings in force: every option resolved once, at load, from the options, the model and the context made. */
+export interface EngineSettings {
+    /** Sequences running at once. */
+    maxRunning: number;
+    /** Sequence ids the context has: maxRunning, plus cacheSeqIds with the unified pool. */
+    seqIds: number;
+    /** Unified pool: the ids that keep ended prefixes (0 with the paged cache, or without the prefix cache). */
+    cacheSeqIds: number;
+    /** KV blocks in the pool and tokens per block. */
+    numBlocks: number;
+    blockSize: number;
+    /** Most tokens (prompt + generated) one sequence may hold. */
+    maxContext: number;
+    batchTokens: number;
+    ubatchSize: number;
+    prefillChunk: number;
+    longPrefills: number;
+    pagedKv: boolean;
+    prefixCache: boolean;
+    preemption: PreemptionMode;
+    swapSpaceBytes: number;
+    watermark: number;
+    maxQueued: number;
+    maxPromptLength: number;
+}
+
+export interface TokenLogprob {
+    token: number;
+    logprob: number;
+    /** The most likely tokens at this position, best first (when logprobs > 0). */
+    top?: { token: number; logprob: number }[];
+}
+
+export type GenerateEvent =
+    | { type: "delta"; index: number; text: string; tokens: number[]; logprobs?: TokenLogprob[] }
+    | { type: "finish"; index: number; finishReason: FinishReason; error?: unknown }
+    | ({ type: "done" } & GenerateResult);
+
+export interface Choice {
+    index: number;
+    text: string;
+    tokens: number[];
+    finishReason: FinishReason;
+    error?: unknown;
+    logprobs?: TokenLogprob[];
+}
+
+export interface Usage {
+    promptTokens: number;
+    /** Prompt tokens whose KV came from the prefix cache. */
+    cachedTokens: number;
+    completionTokens: number;
+    totalTokens: number;
+}
+
+export interface Timings {
+    /** From the call to the first step that computed the request. */
+    queueMs: number;
+    /** From the call to the first token out. */
+    ttftMs: number;
+    /** Time between successive tokens of each choice. */
+    interTokenMs: number[];
+    /** From the call to the end. */
+    e2eMs: number;
+}
+
+export interface GenerateResult {
+    id: number;
+    /** Choice 0's text, tokens and finish reason. */
+    text: string;
+    tokens: number[];
+    finishReason: FinishReason;
+    error?: unknown;
+    logprobs?: TokenLogprob[];
+    choices: Choice[];
+    usage: Usage;
+    timings: Timings;
+    preemptions: number;
+}
+
+export interface ChatRequest extends RequestOptions {
+    messages: readonly ChatMessage[];
+    /** A Jinja template, or a built-in template name ("chatml", "llama3", ...), instead of the model's own. */
+    template?: string;
+    /** Extra variables for the template (tools, enable_thinking, ...). */
+    templateVariables?: Record<string, unknown>;
+}
+
+export interface EngineStats {
+    /** Sequences (choices) running, waiting (queued or still tokenizing) and swapped out. */
+    running: number;
+    waiting: number;
+    swapped: number;
+    kv: { blocks: number; blockSize: number; used: number; free: number; cachedFree: number; usage: number; slots: number; parkedSlots: number };
+    prefixCache: { queries: number; hits: number; hitRate: number; evictions: number };
+    preemptions: number;
+    steps: number;
+    /**
+     * Where the engine loop's time went since load, in ms: `stepMs` from planning a step to taking its
+     * tokens back, `planMs` the scheduler's planning within it, `decodeMs` the native decode and sampling
+     * (llama_decode, the wait for the GPU, the sampler). stepMs over wall time is how busy the loop is;
+     * decodeMs over stepMs is the share the model itself took.
+     */
+    time: { stepMs: number; planMs: number; decodeMs: number };
+    /** Generated and prompt tokens per second over the last 10 s. */
+    tokensPerSecond: number;
+    promptTokensPerSecond: number;
+    /** Since load: requests taken, how they ended, prompt tokens asked for, found in the cache and computed (recomputation included), tokens generated. */
+    totals: { requests: number; finished: Record<FinishReason, number>; promptTokens: number; cachedTokens: number; computedPromptTokens: number; generatedTokens: number };
+    /** False after an internal failure stopped the loop. */
+    healthy: boolean;
+    /** With work to do, ms since the loop last finished a step (or took the work); 0 when idle. A large value means a stuck decode. */
+    stalledMs: number;
+    closing: boolean;
+}
