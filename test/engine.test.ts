@@ -428,6 +428,7 @@ describe("engine", () => {
         await refused({ maxRunning: 100000 }, "maxRunning");
         await refused({ maxRunning: 8, maxSequences: 9 }, "maxRunning");
         await refused({ cacheSeqIds: 4, cacheSlots: 5 }, "cacheSeqIds");
+        await refused({ maxRunning: 64, batchTokens: 100, cacheSeqIds: 40 }, "cacheSeqIds");
         await refused({ batchTokens: 8, maxRunning: 16 }, "batchTokens");
         await refused({ blockSize: 24 }, "blockSize");
         await refused({ pagedKv: true, flashAttention: "off" }, "pagedKv");
@@ -438,6 +439,11 @@ describe("engine", () => {
             assert.equal(e.settings.maxRunning, 3);
             assert.equal(e.settings.cacheSeqIds, 2);
             assert.equal(e.settings.seqIds, 5);
+        });
+        // the default spare ids fit the batch (a context has at most as many ids as batch rows)
+        await withEngine({ maxRunning: 64, batchTokens: 100 }, async (e) => {
+            assert.equal(e.settings.cacheSeqIds, 36);
+            assert.equal(e.settings.seqIds, 100);
         });
     });
 

@@ -48,8 +48,8 @@ export class Intake {
                 `has ${prompt.length} tokens; the context holds ${maxContext}, which leaves no room to generate`);
         }
         if (valid.maxTokens !== undefined && prompt.length + valid.maxTokens > maxContext) {
-            throw fieldError(ErrorCode.ContextLength, "maxTokens",
-                `(${valid.maxTokens}) plus the prompt (${prompt.length} tokens) is ${prompt.length + valid.maxTokens} tokens, more than the context holds (${maxContext})`);
+            throw fieldError(ErrorCode.ContextLength, "prompt",
+                `(${prompt.length} tokens) plus maxTokens (${valid.maxTokens}) is ${prompt.length + valid.maxTokens} tokens, more than the context holds (${maxContext})`);
         }
         return { valid, prompt };
     }

@@ -67,8 +67,10 @@ export function resolveOptions(options: EngineOptions): ResolvedOptions {
     const maxRunning = int("maxRunning", 64, 1, ids - 1, alias("maxRunning", "maxSequences"))!;
     const prefixCache = o.prefixCache ?? true;
     if (typeof prefixCache !== "boolean") throw optionError("prefixCache", "must be a boolean");
-    const cacheSeqIds = prefixCache ? int("cacheSeqIds", Math.min(maxRunning, ids - maxRunning), 0, ids - maxRunning, alias("cacheSeqIds", "cacheSlots"))! : 0;
     const batchTokens = int("batchTokens", 2048, maxRunning)!;
+    // a context holds at most as many sequence ids as its batch has rows (llama.cpp sizes its outputs by them)
+    const spareIds = Math.min(ids, batchTokens) - maxRunning;
+    const cacheSeqIds = prefixCache ? int("cacheSeqIds", Math.min(maxRunning, spareIds), 0, spareIds, alias("cacheSeqIds", "cacheSlots"))! : 0;
     const ubatchSize = int("ubatchSize", Math.min(512, batchTokens), 1, batchTokens)!;
     const prefillChunk = int("prefillChunk", ubatchSize, 1, batchTokens)!;
     const longPrefills = int("longPrefills", 1, 1)!;
