@@ -9,14 +9,26 @@ import { basename } from "node:path";
 import Fastify, { LogController, type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
 import type { Logger } from "pino";
 import { BatchwiseError, Engine, ErrorCode, type EngineOptions, type GenerateEvent, type GenerateResult, type Generation } from "../index.js";
-import { ApiError, badRequest, toApiError, unsupportedMediaType } from "./errors.js";
+import { ApiError, badRequest, toApiError, unsupportedMediaType, type ErrorScope, type RouteApi } from "./errors.js";
 import { ServerMetrics } from "./metrics.js";
 import {
-    chatLogprobs, chatRequest, completionLogprobs, completionRequests, usage,
+    chatApi, chatLogprobs, chatRequest, completionApi, completionLogprobs, completionRequests, tokenizeApi, usage,
     type ChatBody, type CompletionBody,
 } from "./openai.js";
 import { chatBody, completionBody, detokenizeBody, tokenizeBody } from "./schemas.js";
 import { warmUp, type WarmupOptions } from "./warmup.js";
+
+declare module "fastify" {
+    interface FastifyContextConfig {
+        /** The API a route speaks (its request's names for the engine's fields), read by the error handler. */
+        api?: RouteApi;
+    }
+}
+
+/** The error of a request in its route's terms: its API's field names (from the route's registration), its body. */
+function scopeOf(req: FastifyRequest): ErrorScope {
+    return { api: req.routeOptions?.config?.api, body: req.body };
+}
 
 export interface ServedModel {
     /** The name clients put in "model". Default: the file name without .gguf. */
@@ -330,7 +342,7 @@ export class BatchwiseServer {
             let e: ApiError;
             if ((err as { validation?: unknown }).validation) e = validationError(err as unknown as ValidationFailure);
             else if ((err as { code?: string }).code === "FST_ERR_CTP_INVALID_MEDIA_TYPE") e = unsupportedMediaType(req.headers["content-type"] ?? "");
-            else e = toApiError(err, req.routeOptions.url === "/v1/chat/completions" ? "messages" : "prompt", this.retryAfter);
+            else e = toApiError(err, scopeOf(req), this.retryAfter);
             if (e.status >= 500) req.log.error({ err }, "request failed");
             if (e.retryAfter !== undefined) reply.header("retry-after", String(e.retryAfter));
             void reply.code(e.status).send(e.body());
@@ -374,10 +386,10 @@ export class BatchwiseServer {
             if (!e) throw modelNotFound(req.params.id, this.modelNames);
             return { id: e.name, object: "model", created: e.created, owned_by: "batchwise", max_model_len: e.engine?.maxContext ?? null };
         });
-        app.post<{ Body: CompletionBody }>("/v1/completions", { schema: { body: completionBody } }, (req, reply) => this.completions(req, reply));
-        app.post<{ Body: ChatBody }>("/v1/chat/completions", { schema: { body: chatBody } }, (req, reply) => this.chat(req, reply));
+        app.post<{ Body: CompletionBody }>("/v1/completions", { schema: { body: completionBody }, config: { api: completionApi } }, (req, reply) => this.completions(req, reply));
+        app.post<{ Body: ChatBody }>("/v1/chat/completions", { schema: { body: chatBody }, config: { api: chatApi } }, (req, reply) => this.chat(req, reply));
         app.post<{ Body: { model?: string; prompt?: string; messages?: ChatBody["messages"]; add_special_tokens?: boolean; add_generation_prompt?: boolean } }>(
-            "/tokenize", { schema: { body: tokenizeBody } }, async (req) => {
+            "/tokenize", { schema: { body: tokenizeBody }, config: { api: tokenizeApi } }, async (req) => {
                 const { name, engine } = this.pick(req.body.model, false);
                 let text: string;
                 let addSpecial = req.body.add_special_tokens ?? true;
@@ -391,7 +403,7 @@ export class BatchwiseServer {
                 const tokens = await engine.tokenize(text, { addSpecial });
                 return { model: name, tokens, count: tokens.length, max_model_len: engine.maxContext };
             });
-        app.post<{ Body: { model?: string; tokens: number[] } }>("/detokenize", { schema: { body: detokenizeBody } }, async (req) => {
+        app.post<{ Body: { model?: string; tokens: number[] } }>("/detokenize", { schema: { body: detokenizeBody }, config: { api: tokenizeApi } }, async (req) => {
             const { engine } = this.pick(req.body.model, false);
             return { prompt: await engine.detokenize(req.body.tokens) };
         });
@@ -582,7 +594,10 @@ export class BatchwiseServer {
             try {
                 const gens = start(picked.engine, ac.signal);
                 try {
-                    await Promise.all(gens.map((g) => g.queued()));
+                    // a generation that fails to queue names its field in the route's terms (the index: which prompt)
+                    await Promise.all(gens.map((g, index) => g.queued().catch((e: unknown) => {
+                        throw toApiError(e, { ...scopeOf(req), index }, this.retryAfter);
+                    })));
                 } catch (e) {
                     ac.abort();
                     throw e;
@@ -597,7 +612,7 @@ export class BatchwiseServer {
             }
         } catch (e) {
             if (!queued) {
-                const api = e instanceof ApiError ? e : toApiError(e);
+                const api = e instanceof ApiError ? e : toApiError(e, scopeOf(req));
                 this.metrics.reject(name, api.code ?? String(api.status));
             }
             throw e;
@@ -622,11 +637,12 @@ export class BatchwiseServer {
     private stream(req: FastifyRequest, reply: FastifyReply, name: string, head: { id: string; object: string; created: number },
         gens: Generation[], includeUsage: boolean, choices: (prompt: number, ev: StreamEvent) => unknown[] | null, opening: unknown[][] = []): Promise<unknown> {
         const sse = new Sse(reply, req.id);
-        return sse.guard(req, async () => {
+        const scope = scopeOf(req);
+        return sse.guard(req, scope, async () => {
             const chunk = (cs: unknown[]) => ({ ...head, model: name, choices: cs, ...(includeUsage && { usage: null }) });
             for (const cs of opening) sse.send(chunk(cs));
             const results = await Promise.all(gens.map((g, p) => pump(g, (ev) => {
-                if (ev.type === "finish" && ev.finishReason === "error") return sse.send(choiceError(ev.error).body());
+                if (ev.type === "finish" && ev.finishReason === "error") return sse.send(choiceError(ev.error, { ...scope, index: p }).body());
                 const cs = choices(p, ev);
                 if (cs) sse.send(chunk(cs));
             })));
@@ -667,7 +683,7 @@ export class BatchwiseServer {
             }
             const results = await Promise.all(gens.map((g) => g.result()));
             this.record(req, name, results, false);
-            failIfErrored(results);
+            failIfErrored(results, scopeOf(req));
             return {
                 id, object: "text_completion", created, model: name,
                 choices: results.flatMap((r, p) => r.choices.map((c) => ({
@@ -697,7 +713,7 @@ export class BatchwiseServer {
             }
             const result = await gen.result();
             this.record(req, name, [result], false);
-            failIfErrored([result]);
+            failIfErrored([result], scopeOf(req));
             return {
                 id, object: "chat.completion", created, model: name,
                 choices: result.choices.map((c) => ({
@@ -781,15 +797,15 @@ function modelNotFound(model: string, served: string[]): ApiError {
 }
 
 /** The error a failed choice answers with: a sampler the native side refused is the request's fault, anything else the server's. */
-function choiceError(error: unknown): ApiError {
-    if (error instanceof BatchwiseError && (error.code === ErrorCode.SamplerInvalid || error.code === ErrorCode.InvalidArgument)) return toApiError(error);
+function choiceError(error: unknown, scope: ErrorScope): ApiError {
+    if (error instanceof BatchwiseError && (error.code === ErrorCode.SamplerInvalid || error.code === ErrorCode.InvalidArgument)) return toApiError(error, scope);
     return new ApiError(500, `generation failed: ${error instanceof Error ? error.message : String(error)}`, "server_error");
 }
 
-function failIfErrored(results: GenerateResult[]): void {
-    for (const r of results) {
+function failIfErrored(results: GenerateResult[], scope: ErrorScope): void {
+    for (const [index, r] of results.entries()) {
         const c = r.choices.find((x) => x.finishReason === "error");
-        if (c) throw choiceError(c.error);
+        if (c) throw choiceError(c.error, { ...scope, index });
     }
 }
 
@@ -830,12 +846,12 @@ class Sse {
     }
 
     /** Runs the stream's body; a failure after the headers went out ends the stream with an error event. */
-    async guard<T>(req: FastifyRequest, body: () => Promise<T>): Promise<T | undefined> {
+    async guard<T>(req: FastifyRequest, scope: ErrorScope, body: () => Promise<T>): Promise<T | undefined> {
         try {
             return await body();
         } catch (e) {
             req.log.error({ err: e }, "stream failed");
-            this.send(toApiError(e).body());
+            this.send(toApiError(e, scope).body());
             this.end();
             return undefined;
         }
