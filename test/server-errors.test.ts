@@ -1,11 +1,15 @@
 // How the server names the field at fault, without a model: an engine error that carries `field` and
 // `reason` (BatchwiseError) is answered with the request's name for that field, from the route's API
-// table; one that carries none gets param null (no message text is read).
+// table; one that carries none gets param null (no message text is read); and a route's API comes from
+// its registration, not from its URL.
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
+import Fastify from "fastify";
 import { BatchwiseError, ErrorCode, fieldError } from "../lib/binding/errors.js";
-import { ApiError, requestField, toApiError } from "../lib/server/errors.js";
+import type { ServerContext } from "../lib/server/context.js";
+import { ApiError, requestField, toApiError, type RouteApi } from "../lib/server/errors.js";
 import { chatApi, completionApi, tokenizeApi } from "../lib/server/openai.js";
+import { errorHandling } from "../lib/server/plugins/errors.js";
 
 const bad = (field: string, reason = "is wrong") => fieldError(ErrorCode.InvalidArgument, field, reason);
 
@@ -88,5 +92,28 @@ describe("server errors by structure", () => {
         assert.equal(toApiError(new Error("boom")).status, 500);
         const api = new ApiError(418, "teapot");
         assert.equal(toApiError(api), api);
+    });
+
+    it("takes a route's API from its registration, not from its URL", async () => {
+        const ctx = { settings: { retryAfter: 1 } } as unknown as ServerContext;
+        const app = Fastify();
+        await app.register(errorHandling, { ctx });
+        const contextLength = () => {
+            throw new BatchwiseError(ErrorCode.ContextLength, "too long");
+        };
+        const topK = () => {
+            throw bad("topK");
+        };
+        // a chat route whose URL says nothing of chat, and a completion route whose URL says chat
+        app.post("/a", { config: { api: chatApi } }, contextLength);
+        app.post("/v1/chat/x", { config: { api: completionApi } }, contextLength);
+        app.post("/b", { config: { api: { fields: { topK: "k" }, promptField: "p" } satisfies RouteApi } }, topK);
+        app.post("/c", topK);
+        const param = async (url: string) => (await app.inject({ method: "POST", url, payload: {} })).json().error.param;
+        assert.equal(await param("/a"), "messages");
+        assert.equal(await param("/v1/chat/x"), "prompt");
+        assert.equal(await param("/b"), "k");
+        assert.equal(await param("/c"), "topK");
+        await app.close();
     });
 });
