@@ -275,13 +275,17 @@ describe("server", () => {
         }), { numRuns: 60 });
     });
 
-    it("needs the API key on /v1 but not on the probes and /metrics", async () => {
+    it("needs the API key on every route but the probes and /metrics", async () => {
         assertOpenAIError(await send(url, "/v1/models"), 401, null, "invalid_api_key");
         assertOpenAIError(await send(url, "/v1/models", undefined, { authorization: "Bearer wrong" }), 401, null, "invalid_api_key");
         assertOpenAIError(await send(url, "/tokenize", { prompt: "x" }), 401);
         // a percent-encoded path reaches the same route: it needs the key as well
         assertOpenAIError(await send(url, "/%761/completions", { model: "qwen", prompt: "x", max_tokens: 1 }), 401);
         assertOpenAIError(await send(url, "/%74okenize", { model: "qwen", prompt: "x" }), 401);
+        // a route that does not exist needs the key too: a client without one learns nothing of the routes
+        assertOpenAIError(await send(url, "/v1/nothing"), 401, null, "invalid_api_key");
+        assertOpenAIError(await send(url, "/nothing"), 401, null, "invalid_api_key");
+        assertOpenAIError(await send(url, "/nothing", undefined, auth), 404, null, "not_found");
         assert.equal((await send(url, "/v1/models", undefined, auth)).status, 200);
         assert.equal((await send(url, "/health")).status, 200);
         assert.equal((await send(url, "/ready")).status, 200);

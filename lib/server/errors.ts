@@ -33,49 +33,99 @@ export class ApiError extends Error {
 export const badRequest = (message: string, param: string | null = null, code: string | null = null) =>
     new ApiError(400, message, "invalid_request_error", param, code);
 
-/** The engine's option names, and the OpenAI request fields they come from. */
-const FIELD_NAMES: Record<string, string> = {
-    maxTokens: "max_tokens", topK: "top_k", topP: "top_p", minP: "min_p", repeatPenalty: "repetition_penalty",
-    presencePenalty: "presence_penalty", frequencyPenalty: "frequency_penalty", logitBias: "logit_bias",
-    ignoreEos: "ignore_eos", cacheSalt: "cache_salt", responseFormat: "response_format", logprobs: "logprobs",
-    penaltyLastN: "penalty_last_n", "responseFormat.schema": "response_format.json_schema.schema",
-};
-
-/** Rewrites the engine's field names in a message to the request's, and finds the first one named. */
-function openaiFields(message: string): { message: string; param: string | null } {
-    let param: string | null = null;
-    const out = message.replace(/'([A-Za-z_.]+)(\[\d+\])?'/g, (m, name: string, index: string | undefined) => {
-        const api = FIELD_NAMES[name] ?? name;
-        param ??= api;
-        return `'${api}${index ?? ""}'`;
-    });
-    return { message: out, param };
+/** Where a request is, for naming a field: its body, and which of its generations failed (a prompt of a list). */
+export interface FieldContext {
+    body: unknown;
+    /** The generation (for /v1/completions, the prompt of the list) the error came from, when known. */
+    index?: number;
 }
 
 /**
- * Any error thrown while serving a request, as an ApiError. `promptField` names the field a context-length
- * error points at ("prompt" or "messages").
+ * How one engine field is written in an API's request: a name that replaces the path's head (the rest,
+ * an index or a sub-field, is kept), or a function of the rest of the path and the request.
  */
-export function toApiError(e: unknown, promptField = "prompt", retryAfter = 1): ApiError {
+export type FieldRule = string | ((rest: string, at: FieldContext) => string);
+
+/**
+ * What an API route tells the error mapping about itself, at its registration: its request's names
+ * for the engine's fields ("topK" is "top_k"), and the field a prompt-too-long error points at.
+ */
+export interface RouteApi {
+    /** Engine field paths ("topK", "responseFormat.schema") to this API's; a field not listed keeps its name. */
+    fields: Readonly<Record<string, FieldRule>>;
+    /** The field a context-length error names: "prompt", "messages". */
+    promptField: string;
+}
+
+/** A route with no table: engine field names pass as they are, a context-length error names 'prompt'. */
+export const PLAIN_API: RouteApi = { fields: {}, promptField: "prompt" };
+
+/** Where an error happened: the route's API and the request, so that a field is named in the request's terms. */
+export interface ErrorScope extends Partial<FieldContext> {
+    api?: RouteApi;
+}
+
+/**
+ * An engine field path in a request's terms: the longest head of the path ("responseFormat.schema",
+ * else "responseFormat") that the table names is replaced, the rest kept ("stop[2]" stays "stop[2]",
+ * "topK" becomes "top_k"). A path the table does not know is the request's own name already.
+ */
+export function requestField(path: string, api: RouteApi, at: FieldContext): string {
+    // the heads of the path, longest first: "a.b[2]" has "a.b[2]", "a.b" and "a"
+    const cuts = [path.length];
+    for (let i = path.length - 1; i > 0; i--) if (path[i] === "." || path[i] === "[") cuts.push(i);
+    for (const cut of cuts) {
+        const head = path.slice(0, cut);
+        if (!Object.hasOwn(api.fields, head)) continue;
+        const rule = api.fields[head];
+        const rest = path.slice(cut);
+        return typeof rule === "string" ? rule + rest : rule(rest, at);
+    }
+    return path;
+}
+
+/** The index a path's rest starts with ("[3].x" is 3), and what follows it; undefined for a rest without one. */
+export function leadingIndex(rest: string): { index: number; after: string } | undefined {
+    if (!rest.startsWith("[")) return undefined;
+    const close = rest.indexOf("]");
+    const index = Number(rest.slice(1, close));
+    return close > 1 && Number.isInteger(index) && index >= 0 ? { index, after: rest.slice(close + 1) } : undefined;
+}
+
+/**
+ * An engine error that names its argument (`field`, `reason`; see BatchwiseError) as a 400 naming the
+ * request's field: the param is that field in the route's terms, the message `'param' reason`. One that
+ * names none is passed as it is, with param null: no message text is read for a name.
+ */
+function fieldBadRequest(e: BatchwiseError, scope: ErrorScope, param: string | null = null, code: string | null = null): ApiError {
+    if (e.field === undefined) return badRequest(e.message, param, code);
+    const field = requestField(e.field, scope.api ?? PLAIN_API, { body: scope.body, index: scope.index });
+    const message = e.reason !== undefined ? `'${field}' ${e.reason}` : e.message;
+    return badRequest(message, param ?? field, code);
+}
+
+/**
+ * Any error thrown while serving a request, as an ApiError. `scope` says which API's names a field gets
+ * and which field a context-length error points at (the route's, from its registration).
+ */
+export function toApiError(e: unknown, scope: ErrorScope = {}, retryAfter = 1): ApiError {
     if (e instanceof ApiError) return e;
     if (e instanceof BatchwiseError) {
         switch (e.code) {
             case ErrorCode.InvalidArgument:
             case ErrorCode.TokenRange:
-            case ErrorCode.SamplerInvalid: {
-                const { message, param } = openaiFields(e.message);
-                return badRequest(message, param);
-            }
+            case ErrorCode.SamplerInvalid:
+                return fieldBadRequest(e, scope);
             case ErrorCode.ChatTemplate:
                 return badRequest(e.message, "messages", "chat_template_error");
             case ErrorCode.ContextLength:
-                return badRequest(openaiFields(e.message).message, promptField, "context_length_exceeded");
+                return fieldBadRequest(e, scope, (scope.api ?? PLAIN_API).promptField, "context_length_exceeded");
             case ErrorCode.QueueFull:
                 return new ApiError(429, e.message, "rate_limit_error", null, "queue_full", retryAfter);
             case ErrorCode.EngineClosed:
                 return new ApiError(503, "the server is shutting down and takes no new requests", "service_unavailable_error", null, "draining", retryAfter);
             default:
-                return new ApiError(500, `internal error (${e.code}): ${e.message}`, "server_error", null, e.code);
+                return withCause(new ApiError(500, `internal error (${e.code}): ${e.message}`, "server_error", null, e.code), e);
         }
     }
     const fe = e as { statusCode?: number; code?: string; message?: string };
@@ -100,7 +150,13 @@ export function toApiError(e: unknown, promptField = "prompt", retryAfter = 1): 
         }
         return new ApiError(fe.statusCode, fe.message ?? "bad request", "invalid_request_error", null, fe.code ?? null);
     }
-    return new ApiError(500, `internal error: ${e instanceof Error ? e.message : String(e)}`, "server_error");
+    return withCause(new ApiError(500, `internal error: ${e instanceof Error ? e.message : String(e)}`, "server_error"), e);
+}
+
+/** A 500 keeps what caused it, for the log. */
+function withCause(api: ApiError, cause: unknown): ApiError {
+    api.cause = cause;
+    return api;
 }
 
 /**

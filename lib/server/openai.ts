@@ -1,7 +1,7 @@
 // OpenAI request bodies to engine requests, and engine results to OpenAI responses and stream chunks.
 import type { ChatMessage, ChatRequest, Engine, GenerateRequest, GenerateResult, RequestOptions, ResponseFormat, TokenLogprob } from "../index.js";
 import { MAX_STOPS } from "../engine/request.js";
-import { badRequest } from "./errors.js";
+import { badRequest, leadingIndex, type FieldContext, type FieldRule, type RouteApi } from "./errors.js";
 
 export interface SamplingBody {
     model?: string;
@@ -82,9 +82,7 @@ export function completionRequests(b: CompletionBody): GenerateRequest[] {
     if (b.best_of != null && b.best_of !== (b.n ?? 1)) {
         throw badRequest("'best_of' other than 'n' is not supported", "best_of");
     }
-    const p = b.prompt;
-    const prompts: (string | number[])[] =
-        typeof p === "string" ? [p] : p.length > 0 && typeof p[0] === "number" ? [p as number[]] : (p as (string | number[])[]);
+    const prompts = promptList(b.prompt);
     if (prompts.length > 1 && b.suffix != null) throw badRequest("'suffix' takes a single prompt", "suffix");
     // OpenAI's default for the completions API is 16 tokens
     const base = samplingOptions(b, 16);
@@ -95,6 +93,11 @@ export function completionRequests(b: CompletionBody): GenerateRequest[] {
         if (b.suffix != null) r.suffix = b.suffix;
         return r;
     });
+}
+
+/** A completions body's prompts: one string or token-id array, or a list of them. */
+function promptList(p: CompletionBody["prompt"]): (string | number[])[] {
+    return typeof p === "string" ? [p] : p.length > 0 && typeof p[0] === "number" ? [p as number[]] : (p as (string | number[])[]);
 }
 
 /** The engine's chat request for a /v1/chat/completions body. */
@@ -136,6 +139,59 @@ export function chatRequest(b: ChatBody): ChatRequest {
     if (Object.keys(vars).length > 0) r.templateVariables = vars;
     return r;
 }
+
+// ---- field names ------------------------------------------------------------------------------
+// Each route's table from the engine's field names to its request's (errors.ts: RouteApi), so that an
+// engine error that names its field (BatchwiseError.field) is answered with the request's name for it.
+
+/** The engine's stop list is 'stop' then 'stop_token_ids' (samplingOptions): an index into it is one of those. */
+function stopField(rest: string, at: FieldContext): string {
+    const stop = (at.body as SamplingBody | undefined)?.stop;
+    const i = leadingIndex(rest);
+    if (!i) return "stop" + rest;
+    const strings = typeof stop === "string" ? 1 : Array.isArray(stop) ? stop.length : 0;
+    if (i.index >= strings) return `stop_token_ids[${i.index - strings}]${i.after}`;
+    return typeof stop === "string" ? "stop" + i.after : `stop[${i.index}]${i.after}`;
+}
+
+const SAMPLING_FIELDS: Record<string, FieldRule> = {
+    maxTokens: "max_tokens", topK: "top_k", topP: "top_p", minP: "min_p", repeatPenalty: "repetition_penalty",
+    presencePenalty: "presence_penalty", frequencyPenalty: "frequency_penalty", logitBias: "logit_bias",
+    ignoreEos: "ignore_eos", cacheSalt: "cache_salt", penaltyLastN: "penalty_last_n", stop: stopField,
+};
+
+/** /v1/completions: each prompt of a list is its own generation, so its fields are 'prompt[i]...'. */
+export const completionApi: RouteApi = {
+    promptField: "prompt",
+    fields: {
+        ...SAMPLING_FIELDS,
+        prompt: (rest, at) => {
+            const p = (at.body as CompletionBody | undefined)?.prompt;
+            const list = p !== undefined && p !== null && typeof p !== "string" && p.length > 0 && typeof p[0] !== "number";
+            return list && at.index !== undefined ? `prompt[${at.index}]${rest}` : `prompt${rest}`;
+        },
+    },
+};
+
+/** /v1/chat/completions: the prompt is the messages through the chat template, logprobs come from top_logprobs. */
+export const chatApi: RouteApi = {
+    promptField: "messages",
+    fields: {
+        ...SAMPLING_FIELDS,
+        maxTokens: (rest, at) => ((at.body as ChatBody | undefined)?.max_completion_tokens != null ? "max_completion_tokens" : "max_tokens") + rest,
+        logprobs: "top_logprobs",
+        // a position in the templated prompt is no position in the request
+        prompt: () => "messages",
+        responseFormat: "response_format",
+        "responseFormat.schema": "response_format.json_schema.schema",
+        // a chat's grammar is the one its response_format becomes
+        grammar: (rest, at) => ((at.body as ChatBody | undefined)?.response_format?.type === "json_schema" ? "response_format.json_schema.schema" : "response_format") + rest,
+        templateVariables: "chat_template_kwargs",
+    },
+};
+
+/** /tokenize and /detokenize: the engine's own names (prompt, messages, tokens) are the request's. */
+export const tokenizeApi: RouteApi = { fields: {}, promptField: "prompt" };
 
 // ---- responses --------------------------------------------------------------------------------
 

@@ -1,0 +1,130 @@
+// Serving generations for an HTTP request, shared by every generation route (completions, chat, and
+// the API dialects to come): the model lookup and the 503 while not ready, the abort when the client
+// goes, the count a drain waits for, the metrics and log line of the results, and the SSE stream.
+// A route brings its request's mapping (openai.ts) and its response's shape.
+import { setMaxListeners } from "node:events";
+import type { FastifyReply, FastifyRequest } from "fastify";
+import { BatchwiseError, ErrorCode, type Engine, type GenerateEvent, type GenerateResult, type Generation } from "../index.js";
+import type { ServerContext } from "./context.js";
+import { ApiError, toApiError, type ErrorScope } from "./errors.js";
+import { usage } from "./openai.js";
+import { scopeOf } from "./plugins/errors.js";
+import { Sse } from "./sse.js";
+
+export type StreamEvent = Exclude<GenerateEvent, { type: "done" }>;
+
+/**
+ * Runs generations for one HTTP request: `start` makes them on the model's engine; once all are queued,
+ * `respond` answers. They count as in flight for a drain, and are aborted when the response ends
+ * (done, failed, or the client gone). A generation that fails before it is queued fails the request,
+ * its error naming the request's field as the route's API writes it (the index says which prompt).
+ */
+export async function serve(ctx: ServerContext, req: FastifyRequest, reply: FastifyReply, model: string | undefined,
+    start: (engine: Engine, signal: AbortSignal) => Generation[],
+    respond: (name: string, engine: Engine, gens: Generation[]) => Promise<unknown>): Promise<unknown> {
+    const scope = scopeOf(req);
+    // a model name the server does not have is not a label value: clients could mint series at will
+    let name = model !== undefined && ctx.models.has(model) ? model : "unknown";
+    let queued = false;
+    try {
+        ctx.lifecycle.admit();
+        const picked = ctx.models.lookup(model);
+        name = picked.name;
+        ctx.requests.note(req, { model: name });
+        const ac = new AbortController();
+        setMaxListeners(0, ac.signal); // one listener per generation: a list of prompts has many
+        ctx.lifecycle.begin(ac);
+        reply.raw.on("close", () => {
+            if (!reply.raw.writableFinished && !ac.signal.aborted) {
+                ctx.metrics.disconnect(name);
+                ac.abort();
+            }
+        });
+        try {
+            const gens = start(picked.engine, ac.signal);
+            try {
+                await Promise.all(gens.map((g, index) => g.queued().catch((e: unknown) => {
+                    throw toApiError(e, { ...scope, index }, ctx.settings.retryAfter);
+                })));
+            } catch (e) {
+                ac.abort();
+                throw e;
+            }
+            queued = true;
+            return await respond(name, picked.engine, gens);
+        } finally {
+            // whatever ended the response (done, error, disconnect), nothing of it runs on unread
+            ac.abort();
+            ctx.lifecycle.end(ac);
+        }
+    } catch (e) {
+        if (!queued) {
+            const api = e instanceof ApiError ? e : toApiError(e, scope);
+            ctx.metrics.reject(name, api.code ?? String(api.status));
+        }
+        throw e;
+    }
+}
+
+/** The results' metrics, and what the request's log line says of them. */
+export function record(ctx: ServerContext, req: FastifyRequest, name: string, results: GenerateResult[], stream: boolean): void {
+    for (const r of results) ctx.metrics.observe(name, r);
+    const u = usage(results);
+    const ttft = results.map((r) => r.timings.ttftMs).filter((t) => t >= 0); // -1: ended before a token
+    ctx.requests.note(req, {
+        model: name, stream, promptTokens: u.prompt_tokens, completionTokens: u.completion_tokens, cachedTokens: u.prompt_tokens_details.cached_tokens,
+        ttftMs: ttft.length > 0 ? Math.round(Math.min(...ttft)) : undefined,
+        finishReasons: results.flatMap((r) => r.choices.map((c) => c.finishReason)),
+    });
+}
+
+/** The error a failed choice answers with: a sampler the native side refused is the request's fault, anything else the server's. */
+export function choiceError(error: unknown, scope: ErrorScope): ApiError {
+    if (error instanceof BatchwiseError && (error.code === ErrorCode.SamplerInvalid || error.code === ErrorCode.InvalidArgument)) return toApiError(error, scope);
+    return new ApiError(500, `generation failed: ${error instanceof Error ? error.message : String(error)}`, "server_error");
+}
+
+/** Throws the error of the first choice that failed (the index of its generation says which prompt). */
+export function failIfErrored(req: FastifyRequest, results: GenerateResult[]): void {
+    for (const [index, r] of results.entries()) {
+        const c = r.choices.find((x) => x.finishReason === "error");
+        if (c) throw choiceError(c.error, { ...scopeOf(req), index });
+    }
+}
+
+/** Feeds a generation's events to `on` and resolves with its result. */
+async function pump(gen: Generation, on: (ev: StreamEvent) => void): Promise<GenerateResult> {
+    for await (const ev of gen) {
+        if (ev.type === "done") return ev;
+        on(ev);
+    }
+    return gen.result();
+}
+
+export interface StreamHead {
+    id: string;
+    object: string;
+    created: number;
+}
+
+/**
+ * Streams generations as server-sent events: `opening` chunks, then each event's choices (null: none),
+ * an error event for a choice that failed, the usage chunk when asked for, and [DONE].
+ */
+export function stream(ctx: ServerContext, req: FastifyRequest, reply: FastifyReply, name: string, head: StreamHead,
+    gens: Generation[], includeUsage: boolean, choices: (prompt: number, ev: StreamEvent) => unknown[] | null, opening: unknown[][] = []): Promise<unknown> {
+    const sse = new Sse(reply, req.id);
+    const scope = scopeOf(req);
+    return sse.guard(req, scope, async () => {
+        const chunk = (cs: unknown[]) => ({ ...head, model: name, choices: cs, ...(includeUsage && { usage: null }) });
+        for (const cs of opening) sse.send(chunk(cs));
+        const results = await Promise.all(gens.map((g, p) => pump(g, (ev) => {
+            if (ev.type === "finish" && ev.finishReason === "error") return sse.send(choiceError(ev.error, { ...scope, index: p }).body());
+            const cs = choices(p, ev);
+            if (cs) sse.send(chunk(cs));
+        })));
+        record(ctx, req, name, results, true);
+        if (includeUsage) sse.send({ ...head, model: name, choices: [], usage: usage(results) });
+        sse.end();
+    });
+}

@@ -1,0 +1,30 @@
+// The infrastructure endpoints, registered as probes (no API key, logged at debug level): /health
+// (liveness), /ready (readiness: loaded, warmed, not draining) and /metrics (Prometheus).
+import type { ServerPlugin } from "../context.js";
+
+export const probeRoutes: ServerPlugin = async (app, { ctx }) => {
+    const probe = { config: { probe: true } };
+    app.get("/health", probe, async (_req, reply) => {
+        const failed: { model: string; reason: string }[] = [];
+        for (const e of ctx.models.list()) {
+            const s = e.engine?.stats();
+            if (!s) continue;
+            if (!s.healthy) failed.push({ model: e.name, reason: "the engine loop stopped after an internal error" });
+            else if (s.stalledMs > ctx.settings.livenessTimeoutMs) failed.push({ model: e.name, reason: `no step finished for ${Math.round(s.stalledMs / 1000)} s with work waiting` });
+        }
+        if (failed.length > 0 || ctx.lifecycle.state === "failed") {
+            const failure = ctx.lifecycle.failure;
+            return reply.code(503).send({ status: "error", failed, error: failure ? String(failure) : undefined });
+        }
+        return { status: "ok", state: ctx.lifecycle.state };
+    });
+    app.get("/ready", probe, async (_req, reply) => {
+        if (ctx.lifecycle.state === "ready") return { status: "ready", models: ctx.models.names };
+        void reply.header("retry-after", String(ctx.settings.retryAfter));
+        return reply.code(503).send({ status: ctx.lifecycle.state });
+    });
+    app.get("/metrics", probe, async (_req, reply) => {
+        const text = await ctx.metrics.text();
+        return reply.header("content-type", ctx.metrics.registry.contentType).send(text);
+    });
+};
