@@ -7,7 +7,6 @@
 #include <cstdio>
 #include <cstring>
 #include <memory>
-#include <numeric>
 #include <thread>
 
 // from llama.cpp's common library (common.h is not included: its name clashes with ours)
@@ -239,16 +238,7 @@ void context_wrap::free_context() {
         ggml_threadpool_free(threadpool_batch_);
         threadpool_batch_ = nullptr;
     }
-    for (auto & s : samplers_) {
-        if (s.chain) {
-            llama_sampler_free(s.chain);
-            s.chain = nullptr;
-        }
-        if (s.grammar) {
-            llama_sampler_free(s.grammar);
-            s.grammar = nullptr;
-        }
-    }
+    samplers_.clear(); // after llama_free: the context held the chains sampled in its graph
     llama_batch_free(batch_);
     batch_ = {};
     weights_->n_contexts--;
@@ -313,60 +303,8 @@ void context_wrap::clear_sampler(int32_t seq) {
     if (s.backend) {
         llama_set_sampler(ctx_, seq, nullptr);
     }
-    if (s.chain) {
-        llama_sampler_free(s.chain);
-    }
-    if (s.grammar) {
-        llama_sampler_free(s.grammar);
-    }
     s = seq_sampler{};
 }
-
-static std::vector<llama_logit_bias> parse_logit_bias(const Napi::Value & v, const model_wrap & m) {
-    std::vector<llama_logit_bias> out;
-    auto add = [&](double tok, const Napi::Value & b) {
-        if (tok != (double) (int32_t) tok) {
-            throw bw_error(code::token_range, "logitBias token " + std::to_string(tok) + " is not a token id");
-        }
-        m.check_token((int32_t) tok, "logitBias token");
-        if (!b.IsNumber()) {
-            throw bw_error(code::invalid_argument, "logitBias values must be numbers");
-        }
-        double bias = b.As<Napi::Number>().DoubleValue();
-        if (std::isnan(bias)) {
-            throw bw_error(code::invalid_argument, "logitBias values must not be NaN");
-        }
-        out.push_back({ (llama_token) tok, (float) bias });
-    };
-    if (v.IsArray()) { // [[token, bias], ...]
-        Napi::Array a = v.As<Napi::Array>();
-        for (uint32_t i = 0; i < a.Length(); i++) {
-            Napi::Value e = a.Get(i);
-            if (!e.IsArray() || e.As<Napi::Array>().Length() != 2 || !e.As<Napi::Array>().Get(0u).IsNumber()) {
-                throw bw_error(code::invalid_argument, "logitBias must be [[token, bias], ...] or { token: bias }");
-            }
-            add(e.As<Napi::Array>().Get(0u).As<Napi::Number>().DoubleValue(), e.As<Napi::Array>().Get(1u));
-        }
-    } else if (v.IsObject()) { // { "123": -100 }
-        Napi::Object o = v.As<Napi::Object>();
-        Napi::Array keys = o.GetPropertyNames();
-        for (uint32_t i = 0; i < keys.Length(); i++) {
-            std::string k = keys.Get(i).ToString().Utf8Value();
-            char * end = nullptr;
-            double tok = std::strtod(k.c_str(), &end);
-            if (end == k.c_str() || *end != '\0') {
-                throw bw_error(code::token_range, "logitBias key '" + k + "' is not a token id");
-            }
-            add(tok, o.Get(k));
-        }
-    } else {
-        throw bw_error(code::invalid_argument, "logitBias must be [[token, bias], ...] or { token: bias }");
-    }
-    return out;
-}
-
-// the candidates llama.cpp's backend-sampler probe graph holds (llama_sampler_backend_probe_graph in llama-sampler.cpp)
-static constexpr int32_t backend_top_k_max = 128 * 1024;
 
 // setSampler(seqId, params | null): the sampler chain used for this sequence's outputs.
 // params: { temperature = 1, topK = 0, topP = 1, minP = 0, repeatPenalty = 1, presencePenalty = 0,
@@ -389,102 +327,14 @@ Napi::Value context_wrap::set_sampler(const Napi::CallbackInfo & info) {
             r.Set("backend", false);
             return r;
         }
-        Napi::Object o = opt_object(info, 1, "sampler params");
-        const double temp   = get_num(o, "temperature", 1.0);
-        const int32_t top_k = get_int(o, "topK", 0);
-        const double top_p  = get_num(o, "topP", 1.0);
-        const double min_p  = get_num(o, "minP", 0.0);
-        const double rep    = get_num(o, "repeatPenalty", 1.0);
-        const double pres   = get_num(o, "presencePenalty", 0.0);
-        const double freq   = get_num(o, "frequencyPenalty", 0.0);
-        const int32_t last_n = get_int(o, "penaltyLastN", 64);
-        const int64_t seed  = get_int64(o, "seed", -1);
-        const int32_t logprobs = get_int(o, "logprobs", -1);
-        const bool want_backend = get_bool(o, "backend", true);
-        if (temp < 0)                   throw bw_error(code::sampler_invalid, "temperature must be >= 0");
-        if (top_k < 0)                  throw bw_error(code::sampler_invalid, "topK must be >= 0");
-        if (top_p <= 0 || top_p > 1)    throw bw_error(code::sampler_invalid, "topP must be in (0, 1]");
-        if (min_p < 0 || min_p > 1)     throw bw_error(code::sampler_invalid, "minP must be in [0, 1]");
-        if (rep <= 0)                   throw bw_error(code::sampler_invalid, "repeatPenalty must be > 0");
-        if (last_n < -1)                throw bw_error(code::sampler_invalid, "penaltyLastN must be >= -1");
-        if (logprobs < -1 || logprobs > 100) throw bw_error(code::sampler_invalid, "logprobs must be between 0 and 100");
-        if (seed < -1 || seed > (int64_t) UINT32_MAX) throw bw_error(code::sampler_invalid, "seed must be an unsigned 32-bit integer");
-        std::vector<llama_logit_bias> bias;
-        if (has(o, "logitBias")) {
-            bias = parse_logit_bias(o.Get("logitBias"), *model_);
-        }
-        const std::string grammar = get_str(o, "grammar", "");
-        const std::string grammar_root = get_str(o, "grammarRoot", "root");
-        std::vector<int32_t> history;
-        if (has(o, "history")) {
-            Napi::Value h = o.Get("history");
-            if (!h.IsTypedArray() || h.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array) {
-                throw bw_error(code::invalid_argument, "history must be an Int32Array");
-            }
-            Napi::Int32Array a = h.As<Napi::Int32Array>();
-            history.assign(a.Data(), a.Data() + a.ElementLength());
-            for (int32_t t : history) {
-                model_->check_token(t, "history token");
-            }
-        }
-
-        llama_sampler * chain = llama_sampler_chain_init(llama_sampler_chain_default_params());
+        const sampler_params p = parse_sampler_params(opt_object(info, 1, "sampler params"), *model_);
         const int32_t n_vocab = model_->n_vocab();
-        // top_k at or above the vocabulary keeps every token: no top-k step at all (ggml_top_k asserts k <= n)
-        const int32_t top_k_eff = top_k >= n_vocab ? 0 : top_k;
-        if (!bias.empty()) {
-            llama_sampler_chain_add(chain, llama_sampler_init_logit_bias(n_vocab, (int32_t) bias.size(), bias.data()));
-        }
-        if (rep != 1.0 || pres != 0.0 || freq != 0.0) {
-            // the window is a ring buffer of that many tokens: one longer than the context adds nothing but memory
-            const int32_t n_ctx = (int32_t) llama_n_ctx(c);
-            const int32_t n = last_n == -1 || last_n > n_ctx ? n_ctx : last_n;
-            llama_sampler_chain_add(chain, llama_sampler_init_penalties(n_vocab, n, (float) rep, (float) freq, (float) pres));
-        }
-        if (temp <= 0) {
-            llama_sampler_chain_add(chain, llama_sampler_init_greedy());
-        } else {
-            if (top_k_eff > 0) llama_sampler_chain_add(chain, llama_sampler_init_top_k(top_k_eff));
-            if (top_p < 1.0) llama_sampler_chain_add(chain, llama_sampler_init_top_p((float) top_p, 1));
-            if (min_p > 0.0) llama_sampler_chain_add(chain, llama_sampler_init_min_p((float) min_p, 1));
-            llama_sampler_chain_add(chain, llama_sampler_init_temp((float) temp));
-            llama_sampler_chain_add(chain, llama_sampler_init_dist(seed < 0 ? LLAMA_DEFAULT_SEED : (uint32_t) seed));
-        }
-        llama_sampler * g = nullptr;
-        if (!grammar.empty()) {
-            log_capture_begin();
-            g = llama_sampler_init_grammar(model_->vocab(), grammar.c_str(), grammar_root.c_str());
-            std::string why = log_capture_end();
-            if (!g) {
-                llama_sampler_free(chain);
-                throw bw_error(code::sampler_invalid, "the grammar does not parse" + (why.empty() ? std::string() : ": " + why));
-            }
-        }
-        try {
-            for (int32_t t : history) {
-                if (g) {
-                    llama_sampler_accept(g, t);
-                }
-                llama_sampler_accept(chain, t);
-            }
-        } catch (const std::exception & e) {
-            llama_sampler_free(chain);
-            if (g) {
-                llama_sampler_free(g);
-            }
-            throw bw_error(code::sampler_invalid, std::string("the history does not fit the grammar: ") + e.what());
-        }
-
-        clear_sampler(seq);
+        seq_sampler built = build_sampler(p, model_->vocab(), n_vocab, (int32_t) llama_n_ctx(c));
+        clear_sampler(seq); // the old chain goes after the new one is made, so the two never share an address
         seq_sampler & s = samplers_[seq];
-        s.chain = chain;
-        s.grammar = g;
-        s.logprobs = logprobs;
-        // logprobs are computed from the raw logits, which a backend-sampled sequence does not produce
-        // llama.cpp probes a backend chain on a graph of 128K candidates, where ggml_top_k asserts k <= 128K:
-        // a larger top_k (a vocabulary above 128K tokens) samples on the CPU
-        if (want_backend && logprobs < 0 && grammar.empty() && top_k_eff <= backend_top_k_max) {
-            s.backend = llama_set_sampler(c, seq, chain);
+        s = std::move(built);
+        if (backend_allowed(p, n_vocab)) {
+            s.backend = llama_set_sampler(c, seq, s.chain.get());
         }
         Napi::Object r = Napi::Object::New(env);
         r.Set("backend", s.backend);
@@ -493,44 +343,6 @@ Napi::Value context_wrap::set_sampler(const Napi::CallbackInfo & info) {
 }
 
 // ---- decode ----------------------------------------------------------------------------------
-
-// Samples with a grammar the way llama.cpp's common sampler does: the chain picks from the raw
-// candidates, and the grammar checks only that one token; the whole vocabulary goes through the
-// grammar (slow: every token's text is matched) only when the pick is refused. Returns -1, accepting
-// nothing, when no token is allowed.
-llama_token context_wrap::sample_constrained(seq_sampler & s, int32_t row, int32_t n_vocab, std::vector<llama_token_data> & cand) {
-    const float * logits = llama_get_logits_ith(ctx_, row);
-    if (!logits) {
-        throw bw_error(code::decode_failed, "no logits for batch row " + std::to_string(row));
-    }
-    auto fill = [&]() {
-        cand.resize(n_vocab);
-        for (int32_t j = 0; j < n_vocab; j++) {
-            cand[j] = { j, logits[j], 0.0f };
-        }
-        return llama_token_data_array{ cand.data(), (size_t) n_vocab, -1, false };
-    };
-    llama_token_data_array all = fill();
-    llama_sampler_apply(s.chain, &all);
-    llama_token t = all.data[all.selected].id;
-    llama_token_data one_tok = { t, 1.0f, 0.0f };
-    llama_token_data_array one = { &one_tok, 1, -1, false };
-    llama_sampler_apply(s.grammar, &one);
-    if (one_tok.logit == -INFINITY) {
-        all = fill();
-        llama_sampler_apply(s.grammar, &all);
-        llama_sampler_apply(s.chain, &all);
-        // the grammar and the chain (a logit bias of -inf) may leave nothing: accepting whatever was picked
-        // then would throw and fail the whole batch, or abort the process for an end-of-generation token
-        if (all.selected < 0 || all.data[all.selected].logit == -INFINITY) {
-            return -1;
-        }
-        t = all.data[all.selected].id;
-    }
-    llama_sampler_accept(s.grammar, t);
-    llama_sampler_accept(s.chain, t);
-    return t;
-}
 
 template <typename T>
 static const T * typed_field(const Napi::Object & o, const char * key, napi_typedarray_type type, const char * type_name,
@@ -565,33 +377,6 @@ struct decode_job {
 
 static double now_ms() {
     return (double) llama_time_us() / 1000.0;
-}
-
-// log-softmax of one row: the sampled token's logprob and the top k.
-static void row_logprobs(const float * logits, int32_t n_vocab, llama_token chosen, int32_t k,
-                         float & lp, llama_token * top_ids, float * top_lps, std::vector<int32_t> & scratch) {
-    float mx = -INFINITY;
-    for (int32_t i = 0; i < n_vocab; i++) {
-        mx = std::max(mx, logits[i]);
-    }
-    double sum = 0;
-    for (int32_t i = 0; i < n_vocab; i++) {
-        sum += std::exp((double) logits[i] - mx);
-    }
-    const double lse = mx + std::log(sum);
-    lp = (float) (logits[chosen] - lse);
-    if (k <= 0) {
-        return;
-    }
-    scratch.resize(n_vocab);
-    std::iota(scratch.begin(), scratch.end(), 0);
-    const int32_t kk = std::min(k, n_vocab);
-    std::partial_sort(scratch.begin(), scratch.begin() + kk, scratch.end(),
-                      [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); });
-    for (int32_t j = 0; j < kk; j++) {
-        top_ids[j] = scratch[j];
-        top_lps[j] = (float) (logits[scratch[j]] - lse);
-    }
 }
 
 // decode({ tokens: Int32Array, positions: Int32Array, seqIds: Int32Array, outputs: Uint8Array })
@@ -690,26 +475,14 @@ Napi::Value context_wrap::decode(const Napi::CallbackInfo & info) {
                     job->top_ids.assign(n_outputs * job->top_k, -1);
                     job->top_logprobs.assign(n_outputs * job->top_k, NAN);
                 }
-                std::vector<int32_t> scratch;
-                std::vector<llama_token_data> cand;
+                sampling_scratch scratch;
                 size_t row = 0;
                 for (int32_t i = 0; i < n; i++) {
                     if (!job->out[i]) {
                         continue;
                     }
                     seq_sampler & s = samplers_[job->seq[i]];
-                    llama_token t;
-                    if (s.grammar) {
-                        t = sample_constrained(s, i, n_vocab, cand);
-                    } else if (s.chain) {
-                        t = llama_sampler_sample(s.chain, ctx_, i);
-                    } else {
-                        const float * logits = llama_get_logits_ith(ctx_, i);
-                        if (!logits) {
-                            throw bw_error(code::decode_failed, "no logits for batch row " + std::to_string(i));
-                        }
-                        t = (llama_token) (std::max_element(logits, logits + n_vocab) - logits);
-                    }
+                    llama_token t = sample_row(s, ctx_, i, n_vocab, scratch);
                     if (t < -1 || t >= n_vocab) {
                         // what llama.cpp sampled is not a token id: a defect below us, never the request's doing.
                         // That row alone reports it (-2); the batch's other sequences go on
