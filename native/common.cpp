@@ -2,7 +2,10 @@
 #include "env.h"
 #include "log.h"
 
+#include <cfloat>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 
 namespace bw {
 
@@ -139,6 +142,37 @@ double get_num(const Napi::Object & o, const char * key, double def) {
     double d = v.As<Napi::Number>().DoubleValue();
     if (!std::isfinite(d)) {
         throw bw_error(code::invalid_argument, std::string("option '") + key + "' must be a finite number");
+    }
+    return d;
+}
+
+std::string format_num(double d) {
+    char buf[32];
+    for (int prec = 1; prec <= 17; prec++) { // the shortest text that reads back as d, as JS prints numbers
+        std::snprintf(buf, sizeof(buf), "%.*g", prec, d);
+        if (std::strtod(buf, nullptr) == d) {
+            break;
+        }
+    }
+    return buf;
+}
+
+// FLT_MAX plus half of its ulp: doubles below it round to at most FLT_MAX, the rest (ties to even) to inf
+static constexpr double float_round_limit = 3.4028235677973366e38;
+
+bool fits_float(double d) {
+    return std::fabs(d) < float_round_limit; // false for NaN too
+}
+
+float to_float(double d) {
+    return d > (double) FLT_MAX ? FLT_MAX : d < -(double) FLT_MAX ? -FLT_MAX : (float) d;
+}
+
+double get_float(const Napi::Object & o, const char * key, double def) {
+    double d = get_num(o, key, def);
+    if (!fits_float(d)) {
+        throw bw_error(code::invalid_argument, std::string("option '") + key + "' (" + format_num(d) +
+                       ") is beyond the range of a 32-bit float");
     }
     return d;
 }

@@ -117,10 +117,20 @@ void fill_growing(Buf & buf, size_t first_guess, F && fill) {
     buf.resize((size_t) std::max(n, 0));
 }
 
+// llama.cpp takes sampler numbers as 32-bit floats: a finite double beyond their range would become inf there
+// (and the logits NaN). fits_float says whether `d` rounds to a finite float (as JS's Math.fround does);
+// to_float converts one that does.
+bool  fits_float(double d);
+float to_float(double d);
+
+// The shortest text that reads back as `d` ("1e+300", "0.1"), for messages.
+std::string format_num(double d);
+
 // Argument helpers: they throw ERR_INVALID_ARGUMENT naming the field.
 int32_t     get_int  (const Napi::Object & o, const char * key, int32_t def);
 int64_t     get_int64(const Napi::Object & o, const char * key, int64_t def);
 double      get_num  (const Napi::Object & o, const char * key, double def);
+double      get_float(const Napi::Object & o, const char * key, double def); // a finite number that fits_float
 bool        get_bool (const Napi::Object & o, const char * key, bool def);
 std::string get_str  (const Napi::Object & o, const char * key, const std::string & def);
 bool        has      (const Napi::Object & o, const char * key);

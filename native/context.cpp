@@ -483,7 +483,12 @@ Napi::Value context_wrap::decode(const Napi::CallbackInfo & info) {
                     }
                     seq_sampler & s = samplers_[job->seq[i]];
                     llama_token t = sample_row(s, ctx_, i, n_vocab, scratch);
-                    if (t < -1 || t >= n_vocab) {
+                    if (t == token_failed) {
+                        std::fprintf(stderr, "batchwise: internal: sequence %d (batch row %d of %d, %zu outputs) failed to sample "
+                                     "with %s: %s\n", job->seq[i], i, n, n_outputs,
+                                     s.grammar ? "a grammar" : !s.chain ? "greedy" : s.backend ? "an in-graph chain" : "a CPU chain",
+                                     scratch.error.c_str());
+                    } else if (t < token_none || t >= n_vocab) {
                         // what llama.cpp sampled is not a token id: a defect below us, never the request's doing.
                         // That row alone reports it (-2); the batch's other sequences go on
                         float as_float;
@@ -491,7 +496,7 @@ Napi::Value context_wrap::decode(const Napi::CallbackInfo & info) {
                         std::fprintf(stderr, "batchwise: internal: sequence %d (batch row %d of %d, %zu outputs) sampled %d (as float %g) "
                                      "with %s\n", job->seq[i], i, n, n_outputs, t, (double) as_float,
                                      s.grammar ? "a grammar" : !s.chain ? "greedy" : s.backend ? "an in-graph chain" : "a CPU chain");
-                        t = -2;
+                        t = token_failed;
                     }
                     job->sampled[row] = t;
                     if (s.logprobs >= 0 && t >= 0) {

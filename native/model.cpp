@@ -249,10 +249,14 @@ Napi::Value model_wrap::load(const Napi::CallbackInfo & info) {
             st->tensor_split.assign(llama_max_devices(), 0.0f);
             for (uint32_t i = 0; i < arr.Length(); i++) {
                 Napi::Value x = arr.Get(i);
-                if (!x.IsNumber() || x.As<Napi::Number>().DoubleValue() < 0) {
+                const double d = x.IsNumber() ? x.As<Napi::Number>().DoubleValue() : -1.0;
+                if (!(d >= 0)) { // NaN too
                     throw bw_error(code::invalid_argument, "option 'tensorSplit' must hold non-negative numbers");
                 }
-                st->tensor_split[i] = x.As<Napi::Number>().FloatValue();
+                if (!fits_float(d)) {
+                    throw bw_error(code::invalid_argument, "option 'tensorSplit' holds " + format_num(d) + ", beyond the range of a 32-bit float");
+                }
+                st->tensor_split[i] = to_float(d);
             }
             st->params.tensor_split = st->tensor_split.data();
         }

@@ -25,7 +25,11 @@ static std::vector<llama_logit_bias> parse_logit_bias(const Napi::Value & v, con
         if (std::isnan(bias)) {
             throw bw_error(code::invalid_argument, "logitBias values must not be NaN");
         }
-        out.push_back({ (llama_token) tok, (float) bias });
+        // -inf bans a token; +inf, or a finite bias beyond a float (inf once cast), would make the logits NaN
+        if (bias != -INFINITY && !fits_float(bias)) {
+            throw bw_error(code::invalid_argument, "logitBias values must be 32-bit floats or -Infinity (got " + format_num(bias) + ")");
+        }
+        out.push_back({ (llama_token) tok, bias == -INFINITY ? -INFINITY : to_float(bias) });
     };
     if (v.IsArray()) { // [[token, bias], ...]
         Napi::Array a = v.As<Napi::Array>();
@@ -56,13 +60,14 @@ static std::vector<llama_logit_bias> parse_logit_bias(const Napi::Value & v, con
 
 sampler_params parse_sampler_params(const Napi::Object & o, const model_wrap & model) {
     sampler_params p;
-    p.temperature       = get_num(o, "temperature", 1.0);
+    // the numbers llama.cpp takes as floats are refused beyond a float's range, before they are cast
+    p.temperature       = get_float(o, "temperature", 1.0);
     p.top_k             = get_int(o, "topK", 0);
-    p.top_p             = get_num(o, "topP", 1.0);
-    p.min_p             = get_num(o, "minP", 0.0);
-    p.repeat_penalty    = get_num(o, "repeatPenalty", 1.0);
-    p.presence_penalty  = get_num(o, "presencePenalty", 0.0);
-    p.frequency_penalty = get_num(o, "frequencyPenalty", 0.0);
+    p.top_p             = get_float(o, "topP", 1.0);
+    p.min_p             = get_float(o, "minP", 0.0);
+    p.repeat_penalty    = get_float(o, "repeatPenalty", 1.0);
+    p.presence_penalty  = get_float(o, "presencePenalty", 0.0);
+    p.frequency_penalty = get_float(o, "frequencyPenalty", 0.0);
     p.penalty_last_n    = get_int(o, "penaltyLastN", 64);
     p.seed              = get_int64(o, "seed", -1);
     p.logprobs          = get_int(o, "logprobs", -1);
@@ -116,16 +121,16 @@ seq_sampler build_sampler(const sampler_params & p, const llama_vocab * vocab, i
     if (p.repeat_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0) {
         // the window is a ring buffer of that many tokens: one longer than the context adds nothing but memory
         const int32_t n = p.penalty_last_n == -1 || p.penalty_last_n > n_ctx ? n_ctx : p.penalty_last_n;
-        llama_sampler_chain_add(chain, llama_sampler_init_penalties(n_vocab, n, (float) p.repeat_penalty,
-                                                                    (float) p.frequency_penalty, (float) p.presence_penalty));
+        llama_sampler_chain_add(chain, llama_sampler_init_penalties(n_vocab, n, to_float(p.repeat_penalty),
+                                                                    to_float(p.frequency_penalty), to_float(p.presence_penalty)));
     }
     if (p.temperature <= 0) {
         llama_sampler_chain_add(chain, llama_sampler_init_greedy());
     } else {
         if (top_k > 0)          llama_sampler_chain_add(chain, llama_sampler_init_top_k(top_k));
-        if (p.top_p < 1.0)      llama_sampler_chain_add(chain, llama_sampler_init_top_p((float) p.top_p, 1));
-        if (p.min_p > 0.0)      llama_sampler_chain_add(chain, llama_sampler_init_min_p((float) p.min_p, 1));
-        llama_sampler_chain_add(chain, llama_sampler_init_temp((float) p.temperature));
+        if (p.top_p < 1.0)      llama_sampler_chain_add(chain, llama_sampler_init_top_p(to_float(p.top_p), 1));
+        if (p.min_p > 0.0)      llama_sampler_chain_add(chain, llama_sampler_init_min_p(to_float(p.min_p), 1));
+        llama_sampler_chain_add(chain, llama_sampler_init_temp(to_float(p.temperature)));
         llama_sampler_chain_add(chain, llama_sampler_init_dist(p.seed < 0 ? LLAMA_DEFAULT_SEED : (uint32_t) p.seed));
     }
     if (!p.grammar.empty()) {
@@ -166,10 +171,18 @@ static const float * row_logits(llama_context * ctx, int32_t row) {
     return logits;
 }
 
+// Whether the grammar, in its current state, allows `t` next (only that token's text is matched).
+static bool grammar_allows(llama_sampler * grammar, llama_token t) {
+    llama_token_data one_tok = { t, 1.0f, 0.0f };
+    llama_token_data_array one = { &one_tok, 1, -1, false };
+    llama_sampler_apply(grammar, &one);
+    return one_tok.logit != -INFINITY;
+}
+
 // Samples with a grammar the way llama.cpp's common sampler does: the chain picks from the raw
 // candidates, and the grammar checks only that one token; the whole vocabulary goes through the
-// grammar (slow: every token's text is matched) only when the pick is refused. Returns -1, accepting
-// nothing, when no token is allowed.
+// grammar (slow: every token's text is matched) only when the pick is refused. Returns token_none,
+// accepting nothing, when no token is allowed.
 static llama_token sample_constrained(seq_sampler & s, llama_context * ctx, int32_t row, int32_t n_vocab,
                                       std::vector<llama_token_data> & cand) {
     const float * logits = row_logits(ctx, row);
@@ -182,20 +195,22 @@ static llama_token sample_constrained(seq_sampler & s, llama_context * ctx, int3
     };
     llama_token_data_array all = fill();
     llama_sampler_apply(s.chain.get(), &all);
-    llama_token t = all.data[all.selected].id;
-    llama_token_data one_tok = { t, 1.0f, 0.0f };
-    llama_token_data_array one = { &one_tok, 1, -1, false };
-    llama_sampler_apply(s.grammar.get(), &one);
-    if (one_tok.logit == -INFINITY) {
+    llama_token t = all.selected >= 0 ? all.data[all.selected].id : token_none;
+    if (t == token_none || !grammar_allows(s.grammar.get(), t)) {
         all = fill();
         llama_sampler_apply(s.grammar.get(), &all);
         llama_sampler_apply(s.chain.get(), &all);
         // the grammar and the chain (a logit bias of -inf) may leave nothing: accepting whatever was picked
         // then would throw and fail the whole batch, or abort the process for an end-of-generation token
         if (all.selected < 0 || all.data[all.selected].logit == -INFINITY) {
-            return -1;
+            return token_none;
         }
         t = all.data[all.selected].id;
+        // so may a chain whose numbers overflow: a frequency penalty of -3e38 on a token seen twice takes a logit
+        // the grammar masked from -inf to -inf - -inf = NaN, which greedy picks. The grammar is asked again
+        if (!grammar_allows(s.grammar.get(), t)) {
+            return token_none;
+        }
     }
     llama_sampler_accept(s.grammar.get(), t);
     llama_sampler_accept(s.chain.get(), t);
@@ -203,14 +218,23 @@ static llama_token sample_constrained(seq_sampler & s, llama_context * ctx, int3
 }
 
 llama_token sample_row(seq_sampler & s, llama_context * ctx, int32_t row, int32_t n_vocab, sampling_scratch & scratch) {
-    if (s.grammar) {
-        return sample_constrained(s, ctx, row, n_vocab, scratch.cand);
+    scratch.error.clear();
+    try {
+        if (s.grammar) {
+            return sample_constrained(s, ctx, row, n_vocab, scratch.cand);
+        }
+        if (s.chain) {
+            return llama_sampler_sample(s.chain.get(), ctx, row);
+        }
+        const float * logits = row_logits(ctx, row);
+        return (llama_token) (std::max_element(logits, logits + n_vocab) - logits);
+    } catch (const bw_error &) {
+        throw; // the decode's own failure (no logits): the whole batch
+    } catch (const std::exception & e) {
+        // llama.cpp's grammar throws when it cannot accept what was picked: that sequence alone cannot go on
+        scratch.error = e.what();
+        return token_failed;
     }
-    if (s.chain) {
-        return llama_sampler_sample(s.chain.get(), ctx, row);
-    }
-    const float * logits = row_logits(ctx, row);
-    return (llama_token) (std::max_element(logits, logits + n_vocab) - logits);
 }
 
 void row_logprobs(const float * logits, int32_t n_vocab, llama_token chosen, int32_t k,

@@ -60,10 +60,16 @@ bool backend_allowed(const sampler_params & p, int32_t n_vocab);
 struct sampling_scratch {
     std::vector<llama_token_data> cand;
     std::vector<int32_t>          order;
+    std::string                   error; // why the last sample_row gave token_failed
 };
 
-// The token sampled for output row `row` of the last decode: -1 where the grammar and the chain allow no
-// token. Throws ERR_DECODE_FAILED when llama.cpp has no logits for the row.
+// What a row samples when it has no token (decode reports them as they are; the scheduler ends that sequence).
+constexpr llama_token token_none   = -1; // the grammar and the chain allow no token (the request's doing)
+constexpr llama_token token_failed = -2; // llama.cpp failed to sample (a defect below us)
+
+// The token sampled for output row `row` of the last decode: token_none where the grammar and the chain allow
+// no token, token_failed (with scratch.error) where llama.cpp threw while sampling or accepting; either ends only
+// that row. Throws ERR_DECODE_FAILED when llama.cpp has no logits for the row.
 llama_token sample_row(seq_sampler & s, llama_context * ctx, int32_t row, int32_t n_vocab, sampling_scratch & scratch);
 
 // log-softmax of one row of logits: the logprob of `chosen`, and the top k (ids and logprobs, k entries each).

@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { BatchwiseError, ErrorCode, jsonSchemaToGrammar, LlamaContext, LlamaModel } from "../lib/index.js";
 import { validateRequest } from "../lib/engine/request.js";
-import { contextOptions, loadModel, tinyQwen } from "./helpers.js";
+import { contextOptions, loadModel, modelPath, tinyQwen } from "./helpers.js";
 
 const invalid = (pattern?: RegExp) => (e: unknown) => {
     assert.ok(e instanceof BatchwiseError, `expected a BatchwiseError, got ${e}`);
@@ -109,5 +109,34 @@ describe("binding limits (fuzz findings)", () => {
         assert.throws(() => validateRequest({ repeatPenalty: 1e300 }, 1000), invalid(/'repeatPenalty'/));
         assert.throws(() => validateRequest({ logitBias: { 5: 1e300 } }, 1000), invalid(/'logitBias'/));
         assert.equal(validateRequest({ temperature: 1e30, logitBias: { 5: -Infinity } }, 1000).samplers.length, 1);
+    });
+
+    it("the addon itself refuses sampler numbers beyond a 32-bit float (it cast them to Infinity when the JS checks were passed by)", () => {
+        const raw = ctx.native; // no JS checks in front of it
+        const refused = (pattern: RegExp) => (e: unknown) => {
+            assert.equal((e as { code?: unknown }).code, ErrorCode.InvalidArgument, String(e));
+            assert.match((e as Error).message, pattern);
+            return true;
+        };
+        for (const k of ["temperature", "topP", "minP", "repeatPenalty", "presencePenalty", "frequencyPenalty"] as const) {
+            for (const v of [1e300, -1e300, 3.4028235677973366e38, 1e39]) {
+                assert.throws(() => raw.setSampler(0, { [k]: v }), refused(new RegExp(`'${k}' \\(${String(v).replace("+", "\\+")}\\) is beyond the range of a 32-bit float`)));
+            }
+        }
+        for (const bias of [1e300, -1e300, Infinity, 3.4028235677973366e38]) {
+            assert.throws(() => raw.setSampler(0, { logitBias: [[100, bias]] }), refused(/logitBias values must be 32-bit floats or -Infinity/));
+            assert.throws(() => raw.setSampler(0, { logitBias: { 100: bias } }), refused(/logitBias/));
+        }
+        // the largest float (and what rounds to it), and -Infinity as a bias, are taken
+        raw.setSampler(0, { temperature: 3.4028234663852886e38, frequencyPenalty: -3.4028235e38, logitBias: [[100, -Infinity], [101, 3.4028235e38]] });
+        raw.setSampler(0, null);
+    });
+
+    it("the addon refuses a tensorSplit entry that is NaN or beyond a 32-bit float", async () => {
+        const path = await modelPath(tinyQwen);
+        for (const v of [NaN, 1e300, Infinity]) {
+            await assert.rejects(LlamaModel.load(path, { gpuLayers: 0, vocabOnly: true, tensorSplit: [v] }), invalid(/tensorSplit/));
+        }
+        (await LlamaModel.load(path, { gpuLayers: 0, vocabOnly: true, tensorSplit: [3, 1] })).dispose();
     });
 });

@@ -259,6 +259,31 @@ describe("decode", () => {
         });
     });
 
+    it("a grammar row whose chain picks a token the grammar masks ends that row alone, not the batch", async () => {
+        // After the history "!!" the grammar wants a letter, so "!" (token 0) is masked to -Infinity. A frequency
+        // penalty of -3e38 on a token seen twice overflows to -Infinity, and the masked logit becomes
+        // -inf - -inf = NaN, which greedy picks. Accepting it in the grammar threw, and every sequence of the
+        // batch failed with ERR_INTERNAL; now that row reports -1 (no token) and the others get theirs
+        assert.equal(Buffer.from(model.tokenToPiece(0)).toString(), "!");
+        const a = randomPrompt(7, 13), b = randomPrompt(9, 14);
+        const alone = await withContext({}, (ctx) => prefill(ctx, 1, b));
+        await withContext({ maxSequences: 2 }, async (ctx) => {
+            ctx.setSampler(0, { temperature: 0, grammar: 'root ::= "!!" [a-z]+', history: Int32Array.of(0, 0), frequencyPenalty: -3e38 });
+            const r = await ctx.decode({
+                tokens: Int32Array.from([...a, ...b]),
+                positions: Int32Array.from([...a.keys(), ...b.keys()]),
+                seqIds: Int32Array.from([...a.map(() => 0), ...b.map(() => 1)]),
+                outputs: Uint8Array.from([...a.map((_, i) => (i === a.length - 1 ? 1 : 0)), ...b.map((_, i) => (i === b.length - 1 ? 1 : 0))]),
+            });
+            assert.equal(r.tokens[0], -1, "the grammar allows nothing the chain can pick");
+            assert.equal(r.tokens[1], alone, "the other sequence samples as it does alone");
+            // and the context goes on: the sequence takes a sane sampler again
+            ctx.setSampler(0, { temperature: 0, grammar: 'root ::= "!!" [a-z]+', history: Int32Array.of(0, 0) });
+            const next = await ctx.decode({ tokens: Int32Array.of(b[0]), positions: Int32Array.of(a.length), seqIds: Int32Array.of(0), outputs: Uint8Array.of(1) });
+            assert.match(Buffer.from(model.tokenToPiece(next.tokens[0])).toString(), /^[a-z]+$/);
+        });
+    });
+
     it("returns one output row per requested output, in batch order", async () => {
         const prompt = randomPrompt(6, 11);
         await withContext({}, async (ctx) => {
