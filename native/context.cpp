@@ -49,7 +49,7 @@ static ggml_type parse_cache_type(const std::string & s, const char * what) {
             return t.second;
         }
     }
-    throw bw_error(code::invalid_argument, std::string("option '") + what + "' must be one of f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl (got '" + s + "')");
+    throw option_error(code::invalid_argument, what, "must be one of f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl (got '" + s + "')");
 }
 
 static llama_flash_attn_type parse_flash_attn(const Napi::Object & o) {
@@ -64,7 +64,7 @@ static llama_flash_attn_type parse_flash_attn(const Napi::Object & o) {
     if (s == "auto") return LLAMA_FLASH_ATTN_TYPE_AUTO;
     if (s == "on")   return LLAMA_FLASH_ATTN_TYPE_ENABLED;
     if (s == "off")  return LLAMA_FLASH_ATTN_TYPE_DISABLED;
-    throw bw_error(code::invalid_argument, "option 'flashAttention' must be true, false, 'auto', 'on' or 'off'");
+    throw option_error(code::invalid_argument, "flashAttention", "must be true, false, 'auto', 'on' or 'off'");
 }
 
 struct create_state {
@@ -80,7 +80,7 @@ Napi::Value context_wrap::create(const Napi::CallbackInfo & info) {
     Napi::Env env = info.Env();
     return guard(env, [&]() -> Napi::Value {
         if (info.Length() < 1) {
-            throw bw_error(code::invalid_argument, "expected a Model");
+            throw bw_error(code::invalid_argument, "expected a Model", "model", "must be a Model");
         }
         model_wrap * m = model_wrap::unwrap(info[0]);
         Napi::Object o = opt_object(info, 1, "context options");
@@ -95,23 +95,25 @@ Napi::Value context_wrap::create(const Napi::CallbackInfo & info) {
         const int32_t n_ctx_train = llama_model_n_ctx_train(st->model);
         int64_t n_ctx = get_int64(o, "contextSize", 0);
         if (n_ctx < 0 || n_ctx > (int64_t) 16 * 1024 * 1024) {
-            throw bw_error(code::invalid_argument, "option 'contextSize' must be between 0 (the model's trained context) and 16M");
+            throw option_error(code::invalid_argument, "contextSize", "must be between 0 (the model's trained context) and 16M");
         }
         p.n_ctx = n_ctx == 0 ? (uint32_t) n_ctx_train : (uint32_t) n_ctx;
         int32_t n_seq = get_int(o, "maxSequences", 1);
         if (n_seq < 1 || (size_t) n_seq > llama_max_parallel_sequences()) {
-            throw bw_error(code::invalid_argument, "option 'maxSequences' must be between 1 and " +
-                           std::to_string(llama_max_parallel_sequences()));
+            throw option_error(code::invalid_argument, "maxSequences", "must be between 1 and " +
+                               std::to_string(llama_max_parallel_sequences()));
         }
         p.n_seq_max = (uint32_t) n_seq;
         int32_t n_batch = get_int(o, "batchSize", 2048);
         int32_t n_ubatch = get_int(o, "ubatchSize", std::min(512, n_batch));
         if (n_batch < 1 || n_ubatch < 1) {
-            throw bw_error(code::invalid_argument, "options 'batchSize' and 'ubatchSize' must be positive");
+            throw bw_error(code::invalid_argument, "options 'batchSize' and 'ubatchSize' must be positive",
+                           n_batch < 1 ? "batchSize" : "ubatchSize", "must be positive");
         }
         if (n_ubatch > n_batch) {
             throw bw_error(code::invalid_argument, "option 'ubatchSize' (" + std::to_string(n_ubatch) +
-                           ") must not exceed 'batchSize' (" + std::to_string(n_batch) + ")");
+                           ") must not exceed 'batchSize' (" + std::to_string(n_batch) + ")",
+                           "ubatchSize", "must not exceed 'batchSize' (" + std::to_string(n_batch) + ")");
         }
         p.n_batch  = (uint32_t) n_batch;
         p.n_ubatch = (uint32_t) n_ubatch;
@@ -121,10 +123,10 @@ Napi::Value context_wrap::create(const Napi::CallbackInfo & info) {
         p.kv_unified = get_bool(o, "kvUnified", true);
         int32_t kv_block_size = get_int(o, "kvBlockSize", 0);
         if (kv_block_size < 0 || kv_block_size > 4096 || (kv_block_size & (kv_block_size - 1)) != 0) {
-            throw bw_error(code::invalid_argument, "option 'kvBlockSize' must be 0 (llama.cpp places tokens) or a power of two up to 4096");
+            throw option_error(code::invalid_argument, "kvBlockSize", "must be 0 (llama.cpp places tokens) or a power of two up to 4096");
         }
         if (kv_block_size > 0 && !p.kv_unified) {
-            throw bw_error(code::invalid_argument, "option 'kvBlockSize' (a paged KV cache) needs kvUnified");
+            throw bw_error(code::invalid_argument, "option 'kvBlockSize' (a paged KV cache) needs kvUnified", "kvBlockSize", "needs kvUnified");
         }
         st->kv_block_size = kv_block_size;
         p.offload_kqv = get_bool(o, "offloadKqv", true);
@@ -136,7 +138,8 @@ Napi::Value context_wrap::create(const Napi::CallbackInfo & info) {
         p.n_threads = get_int(o, "threads", hw);
         p.n_threads_batch = get_int(o, "threadsBatch", p.n_threads);
         if (p.n_threads < 1 || p.n_threads_batch < 1) {
-            throw bw_error(code::invalid_argument, "options 'threads' and 'threadsBatch' must be positive");
+            throw bw_error(code::invalid_argument, "options 'threads' and 'threadsBatch' must be positive",
+                           p.n_threads < 1 ? "threads" : "threadsBatch", "must be positive");
         }
         weights->n_contexts++; // the model refuses dispose() from now on; undone if creation fails
         auto model_keep = std::make_shared<Napi::ObjectReference>(Napi::Persistent(info[0].As<Napi::Object>()));
@@ -273,8 +276,7 @@ void context_wrap::check_seq(int32_t seq, const char * what, bool allow_any) con
         return;
     }
     if (seq < 0 || seq >= n_seq_max_) {
-        throw bw_error(code::seq_id_range, std::string(what) + " " + std::to_string(seq) +
-                       " is out of range [0, " + std::to_string(n_seq_max_) + ")");
+        throw arg_error(code::seq_id_range, what, std::to_string(seq) + " is out of range [0, " + std::to_string(n_seq_max_) + ")");
     }
 }
 
@@ -327,7 +329,7 @@ Napi::Value context_wrap::set_sampler(const Napi::CallbackInfo & info) {
             r.Set("backend", false);
             return r;
         }
-        const sampler_params p = parse_sampler_params(opt_object(info, 1, "sampler params"), *model_);
+        const sampler_params p = parse_sampler_params(opt_object(info, 1, "sampler params", "params"), *model_);
         const int32_t n_vocab = model_->n_vocab();
         seq_sampler built = build_sampler(p, model_->vocab(), n_vocab, (int32_t) llama_n_ctx(c));
         clear_sampler(seq); // the old chain goes after the new one is made, so the two never share an address
@@ -348,11 +350,11 @@ template <typename T>
 static const T * typed_field(const Napi::Object & o, const char * key, napi_typedarray_type type, const char * type_name,
                              size_t & len) {
     if (!o.Has(key)) {
-        throw bw_error(code::invalid_argument, std::string("batch.") + key + " must be an " + type_name);
+        throw arg_error(code::invalid_argument, std::string("batch.") + key, std::string("must be an ") + type_name);
     }
     Napi::Value v = o.Get(key);
     if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != type) {
-        throw bw_error(code::invalid_argument, std::string("batch.") + key + " must be an " + type_name);
+        throw arg_error(code::invalid_argument, std::string("batch.") + key, std::string("must be an ") + type_name);
     }
     Napi::TypedArrayOf<T> a = v.As<Napi::TypedArrayOf<T>>();
     len = a.ElementLength();
@@ -389,7 +391,8 @@ Napi::Value context_wrap::decode(const Napi::CallbackInfo & info) {
     return guard(env, [&]() -> Napi::Value {
         get();
         if (info.Length() < 1 || !info[0].IsObject()) {
-            throw bw_error(code::invalid_argument, "decode expects a batch { tokens, positions, seqIds, outputs }");
+            throw bw_error(code::invalid_argument, "decode expects a batch { tokens, positions, seqIds, outputs }", "batch",
+                           "must be { tokens, positions, seqIds, outputs }");
         }
         Napi::Object b = info[0].As<Napi::Object>();
         size_t n_tok, n_pos, n_seq, n_out;
@@ -398,16 +401,18 @@ Napi::Value context_wrap::decode(const Napi::CallbackInfo & info) {
         const int32_t * sq  = typed_field<int32_t>(b, "seqIds", napi_int32_array, "Int32Array", n_seq);
         const uint8_t * out = typed_field<uint8_t>(b, "outputs", napi_uint8_array, "Uint8Array", n_out);
         if (n_pos != n_tok || n_seq != n_tok || n_out != n_tok) {
-            throw bw_error(code::invalid_argument, "batch arrays must have the same length (tokens " + std::to_string(n_tok) +
-                           ", positions " + std::to_string(n_pos) + ", seqIds " + std::to_string(n_seq) +
-                           ", outputs " + std::to_string(n_out) + ")");
+            const std::string lengths = "(tokens " + std::to_string(n_tok) + ", positions " + std::to_string(n_pos) +
+                                        ", seqIds " + std::to_string(n_seq) + ", outputs " + std::to_string(n_out) + ")";
+            throw bw_error(code::invalid_argument, "batch arrays must have the same length " + lengths, "batch",
+                           "arrays must have the same length " + lengths);
         }
         if (n_tok == 0) {
-            throw bw_error(code::invalid_argument, "the batch is empty");
+            throw bw_error(code::invalid_argument, "the batch is empty", "batch.tokens", "is empty");
         }
         if (n_tok > (size_t) n_batch_) {
-            throw bw_error(code::batch_too_large, "the batch holds " + std::to_string(n_tok) +
-                           " tokens, more than the context's batchSize " + std::to_string(n_batch_));
+            const std::string reason = "holds " + std::to_string(n_tok) + " tokens, more than the context's batchSize " +
+                                       std::to_string(n_batch_);
+            throw bw_error(code::batch_too_large, "the batch " + reason, "batch.tokens", reason);
         }
         auto job = std::make_shared<decode_job>();
         job->tokens.assign(tok, tok + n_tok);
@@ -427,7 +432,7 @@ Napi::Value context_wrap::decode(const Napi::CallbackInfo & info) {
                 check_seq(sq[i], ("batch.seqIds[" + std::to_string(i) + "]").c_str());
             }
             if (pos[i] < 0) {
-                throw bw_error(code::invalid_argument, "batch.positions[" + std::to_string(i) + "] must be >= 0");
+                throw arg_error(code::invalid_argument, "batch.positions[" + std::to_string(i) + "]", "must be >= 0");
             }
             job->out[i] = out[i] ? 1 : 0;
             if (job->out[i]) {
@@ -548,7 +553,7 @@ static llama_pos opt_pos(const Napi::CallbackInfo & info, size_t i, const char *
     }
     int32_t p = arg_int(info, i, what);
     if (p < -1) {
-        throw bw_error(code::invalid_argument, std::string(what) + " must be >= 0, or -1 for open-ended");
+        throw arg_error(code::invalid_argument, what, "must be >= 0, or -1 for open-ended");
     }
     return p;
 }
@@ -577,7 +582,8 @@ Napi::Value context_wrap::seq_copy(const Napi::CallbackInfo & info) {
         llama_pos p0 = opt_pos(info, 2, "p0"), p1 = opt_pos(info, 3, "p1");
         if (src != dst) {
             if (!kv_unified_ && (p0 > 0 || p1 >= 0)) {
-                throw bw_error(code::invalid_argument, "partial sequence copies need kvUnified: per-sequence streams copy whole sequences");
+                throw bw_error(code::invalid_argument, "partial sequence copies need kvUnified: per-sequence streams copy whole sequences",
+                               p0 > 0 ? "p0" : "p1", "must be open-ended without kvUnified: per-sequence streams copy whole sequences");
             }
             llama_memory_seq_cp(llama_get_memory(c), src, dst, p0, p1);
         }
@@ -690,11 +696,11 @@ Napi::Value context_wrap::restore_sequence(const Napi::CallbackInfo & info) {
         check_seq(seq, "seqId");
         if (info.Length() < 2 || !info[1].IsTypedArray() ||
             info[1].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
-            throw bw_error(code::invalid_argument, "state must be a Buffer or Uint8Array from saveSequence()");
+            throw arg_error(code::invalid_argument, "state", "must be a Buffer or Uint8Array from saveSequence()");
         }
         Napi::Uint8Array a = info[1].As<Napi::Uint8Array>();
         if (a.ElementLength() == 0) {
-            throw bw_error(code::invalid_argument, "state is empty");
+            throw arg_error(code::invalid_argument, "state", "is empty");
         }
         auto data = std::make_shared<std::vector<uint8_t>>(a.Data(), a.Data() + a.ElementLength());
         auto read = std::make_shared<size_t>(0);

@@ -45,10 +45,10 @@ const std::shared_ptr<model_handle> & model_wrap::handle() const {
     return handle_;
 }
 
-void model_wrap::check_token(int32_t token, const char * what) const {
+void model_wrap::check_token(int32_t token, const char * what, const char * field) const {
     if (token < 0 || token >= n_vocab_) {
-        throw bw_error(code::token_range, std::string(what) + " " + std::to_string(token) +
-                       " is outside the vocabulary [0, " + std::to_string(n_vocab_) + ")");
+        const std::string reason = std::to_string(token) + " is outside the vocabulary [0, " + std::to_string(n_vocab_) + ")";
+        throw bw_error(code::token_range, std::string(what) + " " + reason, field ? field : what, reason);
     }
 }
 
@@ -155,7 +155,7 @@ static llama_split_mode parse_split_mode(const std::string & s) {
     if (s == "layer")  return LLAMA_SPLIT_MODE_LAYER;
     if (s == "row")    return LLAMA_SPLIT_MODE_ROW;
     if (s == "tensor") return LLAMA_SPLIT_MODE_TENSOR;
-    throw bw_error(code::invalid_argument, "splitMode must be one of none, layer, row, tensor (got '" + s + "')");
+    throw arg_error(code::invalid_argument, "splitMode", "must be one of none, layer, row, tensor (got '" + s + "')");
 }
 
 // Checks the file before llama.cpp sees it, so that each kind of bad file gets its own error code.
@@ -227,7 +227,7 @@ Napi::Value model_wrap::load(const Napi::CallbackInfo & info) {
     Napi::Env env = info.Env();
     return guard(env, [&]() -> Napi::Value {
         auto st = std::make_shared<load_state>();
-        st->path = arg_string(info, 0, "model path");
+        st->path = arg_string(info, 0, "model path", "path");
         Napi::Object o = opt_object(info, 1, "load options");
         st->params = llama_model_default_params();
         st->params.n_gpu_layers = get_int(o, "gpuLayers", -1);
@@ -239,22 +239,22 @@ Napi::Value model_wrap::load(const Napi::CallbackInfo & info) {
         if (has(o, "tensorSplit")) {
             Napi::Value ts = o.Get("tensorSplit");
             if (!ts.IsArray()) {
-                throw bw_error(code::invalid_argument, "option 'tensorSplit' must be an array of numbers");
+                throw option_error(code::invalid_argument, "tensorSplit", "must be an array of numbers");
             }
             Napi::Array arr = ts.As<Napi::Array>();
             if (arr.Length() > llama_max_devices()) {
-                throw bw_error(code::invalid_argument, "option 'tensorSplit' has more entries than devices (" +
-                               std::to_string(llama_max_devices()) + ")");
+                throw option_error(code::invalid_argument, "tensorSplit", "has more entries than devices (" +
+                                   std::to_string(llama_max_devices()) + ")");
             }
             st->tensor_split.assign(llama_max_devices(), 0.0f);
             for (uint32_t i = 0; i < arr.Length(); i++) {
                 Napi::Value x = arr.Get(i);
                 const double d = x.IsNumber() ? x.As<Napi::Number>().DoubleValue() : -1.0;
                 if (!(d >= 0)) { // NaN too
-                    throw bw_error(code::invalid_argument, "option 'tensorSplit' must hold non-negative numbers");
+                    throw option_error(code::invalid_argument, "tensorSplit", "must hold non-negative numbers");
                 }
                 if (!fits_float(d)) {
-                    throw bw_error(code::invalid_argument, "option 'tensorSplit' holds " + format_num(d) + ", beyond the range of a 32-bit float");
+                    throw option_error(code::invalid_argument, "tensorSplit", "holds " + format_num(d) + ", beyond the range of a 32-bit float");
                 }
                 st->tensor_split[i] = to_float(d);
             }
@@ -264,7 +264,7 @@ Napi::Value model_wrap::load(const Napi::CallbackInfo & info) {
             st->progress = Napi::ThreadSafeFunction::New(env, info[2].As<Napi::Function>(), "batchwise.loadProgress", 0, 1);
             st->has_progress = true;
         } else if (info.Length() > 2 && !info[2].IsUndefined() && !info[2].IsNull()) {
-            throw bw_error(code::invalid_argument, "onProgress must be a function");
+            throw arg_error(code::invalid_argument, "onProgress", "must be a function");
         }
         st->params.progress_callback = on_load_progress;
         st->params.progress_callback_user_data = st.get();
@@ -322,19 +322,20 @@ static std::vector<llama_token> read_tokens(const Napi::Value & v, const model_w
         for (uint32_t i = 0; i < a.Length(); i++) {
             Napi::Value x = a.Get(i);
             if (!x.IsNumber()) {
-                throw bw_error(code::invalid_argument, "tokens must be integers");
+                throw arg_error(code::invalid_argument, "tokens", "must be integers");
             }
             double d = x.As<Napi::Number>().DoubleValue();
             if (d != (double) (int32_t) d) {
-                throw bw_error(code::token_range, "token " + std::to_string(d) + " is not a valid token id");
+                throw bw_error(code::token_range, "token " + std::to_string(d) + " is not a valid token id",
+                               "tokens[" + std::to_string(i) + "]", "is not a valid token id (got " + format_num(d) + ")");
             }
             out[i] = (int32_t) d;
         }
     } else {
-        throw bw_error(code::invalid_argument, "tokens must be an Int32Array or an array of integers");
+        throw arg_error(code::invalid_argument, "tokens", "must be an Int32Array or an array of integers");
     }
     for (llama_token t : out) {
-        m.check_token(t, "token");
+        m.check_token(t, "token", "tokens");
     }
     return out;
 }
@@ -354,7 +355,7 @@ Napi::Value model_wrap::tokenize(const Napi::CallbackInfo & info) {
         return promise_worker::run(env, "batchwise.Model.tokenize",
             [=]() {
                 if (text->size() > (size_t) INT32_MAX) {
-                    throw bw_error(code::invalid_argument, "text is too long to tokenize");
+                    throw arg_error(code::invalid_argument, "text", "is too long to tokenize");
                 }
                 fill_growing(*out, text->size() + 2, [&](llama_token * data, int32_t cap) {
                     return llama_tokenize(vocab, text->data(), (int32_t) text->size(), data, cap, add_special, parse_special);
@@ -376,7 +377,7 @@ Napi::Value model_wrap::detokenize(const Napi::CallbackInfo & info) {
     return guard(env, [&]() -> Napi::Value {
         get();
         if (info.Length() < 1) {
-            throw bw_error(code::invalid_argument, "tokens must be an Int32Array or an array of integers");
+            throw arg_error(code::invalid_argument, "tokens", "must be an Int32Array or an array of integers");
         }
         auto tokens = std::make_shared<std::vector<llama_token>>(read_tokens(info[0], *this));
         Napi::Object o = opt_object(info, 1, "detokenize options");
@@ -430,7 +431,7 @@ Napi::Value model_wrap::apply_chat_template(const Napi::CallbackInfo & info) {
     return guard(env, [&]() -> Napi::Value {
         get();
         if (info.Length() < 1 || !info[0].IsArray()) {
-            throw bw_error(code::invalid_argument, "messages must be an array of { role, content }");
+            throw arg_error(code::invalid_argument, "messages", "must be an array of { role, content }");
         }
         Napi::Array arr = info[0].As<Napi::Array>();
         Napi::Object o = opt_object(info, 1, "chat template options");
@@ -449,14 +450,23 @@ Napi::Value model_wrap::apply_chat_template(const Napi::CallbackInfo & info) {
         for (uint32_t i = 0; i < arr.Length(); i++) {
             Napi::Value v = arr.Get(i);
             if (!v.IsObject()) {
-                throw bw_error(code::invalid_argument, "messages[" + std::to_string(i) + "] must be an object");
+                throw arg_error(code::invalid_argument, "messages[" + std::to_string(i) + "]", "must be an object");
             }
             Napi::Object m = v.As<Napi::Object>();
-            roles[i] = get_str(m, "role", "");
+            const std::string path = "messages[" + std::to_string(i) + "]";
+            auto str = [&](const char * key) {
+                try {
+                    return get_str(m, key, "");
+                } catch (bw_error & e) { // the field in the caller's terms: messages[i].role
+                    e.field = path + "." + e.field;
+                    throw;
+                }
+            };
+            roles[i] = str("role");
             if (roles[i].empty()) {
-                throw bw_error(code::invalid_argument, "messages[" + std::to_string(i) + "].role must be a non-empty string");
+                throw arg_error(code::invalid_argument, path + ".role", "must be a non-empty string");
             }
-            contents[i] = get_str(m, "content", "");
+            contents[i] = str("content");
             msgs[i] = { roles[i].c_str(), contents[i].c_str() };
             total += roles[i].size() + contents[i].size();
         }
@@ -481,16 +491,17 @@ Napi::Value model_wrap::check_grammar(const Napi::CallbackInfo & info) {
         const std::string grammar = arg_string(info, 0, "grammar");
         std::string root = "root";
         if (info.Length() > 1 && !info[1].IsUndefined()) {
-            root = arg_string(info, 1, "grammar root");
+            root = arg_string(info, 1, "grammar root", "root");
         }
         if (grammar.empty()) {
-            throw bw_error(code::invalid_argument, "the grammar is empty");
+            throw bw_error(code::invalid_argument, "the grammar is empty", "grammar", "is empty");
         }
         log_capture_begin();
         llama_sampler * g = llama_sampler_init_grammar(vocab_, grammar.c_str(), root.c_str());
         std::string why = log_capture_end();
         if (!g) {
-            throw bw_error(code::invalid_argument, "the grammar does not parse" + (why.empty() ? std::string() : ": " + why));
+            const std::string reason = "does not parse" + (why.empty() ? std::string() : ": " + why);
+            throw bw_error(code::invalid_argument, "the grammar " + reason, "grammar", reason);
         }
         llama_sampler_free(g);
         return info.Env().Undefined();

@@ -15,19 +15,20 @@ static std::vector<llama_logit_bias> parse_logit_bias(const Napi::Value & v, con
     std::vector<llama_logit_bias> out;
     auto add = [&](double tok, const Napi::Value & b) {
         if (tok != (double) (int32_t) tok) {
-            throw bw_error(code::token_range, "logitBias token " + std::to_string(tok) + " is not a token id");
+            throw bw_error(code::token_range, "logitBias token " + std::to_string(tok) + " is not a token id", "logitBias",
+                           "has a token " + format_num(tok) + " that is not a token id");
         }
-        m.check_token((int32_t) tok, "logitBias token");
+        m.check_token((int32_t) tok, "logitBias token", "logitBias");
         if (!b.IsNumber()) {
-            throw bw_error(code::invalid_argument, "logitBias values must be numbers");
+            throw arg_error(code::invalid_argument, "logitBias", "values must be numbers");
         }
         double bias = b.As<Napi::Number>().DoubleValue();
         if (std::isnan(bias)) {
-            throw bw_error(code::invalid_argument, "logitBias values must not be NaN");
+            throw arg_error(code::invalid_argument, "logitBias", "values must not be NaN");
         }
         // -inf bans a token; +inf, or a finite bias beyond a float (inf once cast), would make the logits NaN
         if (bias != -INFINITY && !fits_float(bias)) {
-            throw bw_error(code::invalid_argument, "logitBias values must be 32-bit floats or -Infinity (got " + format_num(bias) + ")");
+            throw arg_error(code::invalid_argument, "logitBias", "values must be 32-bit floats or -Infinity (got " + format_num(bias) + ")");
         }
         out.push_back({ (llama_token) tok, bias == -INFINITY ? -INFINITY : to_float(bias) });
     };
@@ -36,7 +37,7 @@ static std::vector<llama_logit_bias> parse_logit_bias(const Napi::Value & v, con
         for (uint32_t i = 0; i < a.Length(); i++) {
             Napi::Value e = a.Get(i);
             if (!e.IsArray() || e.As<Napi::Array>().Length() != 2 || !e.As<Napi::Array>().Get(0u).IsNumber()) {
-                throw bw_error(code::invalid_argument, "logitBias must be [[token, bias], ...] or { token: bias }");
+                throw arg_error(code::invalid_argument, "logitBias", "must be [[token, bias], ...] or { token: bias }");
             }
             add(e.As<Napi::Array>().Get(0u).As<Napi::Number>().DoubleValue(), e.As<Napi::Array>().Get(1u));
         }
@@ -48,12 +49,13 @@ static std::vector<llama_logit_bias> parse_logit_bias(const Napi::Value & v, con
             char * end = nullptr;
             double tok = std::strtod(k.c_str(), &end);
             if (end == k.c_str() || *end != '\0') {
-                throw bw_error(code::token_range, "logitBias key '" + k + "' is not a token id");
+                throw bw_error(code::token_range, "logitBias key '" + k + "' is not a token id", "logitBias",
+                               "has a key '" + k + "' that is not a token id");
             }
             add(tok, o.Get(k));
         }
     } else {
-        throw bw_error(code::invalid_argument, "logitBias must be [[token, bias], ...] or { token: bias }");
+        throw arg_error(code::invalid_argument, "logitBias", "must be [[token, bias], ...] or { token: bias }");
     }
     return out;
 }
@@ -72,14 +74,14 @@ sampler_params parse_sampler_params(const Napi::Object & o, const model_wrap & m
     p.seed              = get_int64(o, "seed", -1);
     p.logprobs          = get_int(o, "logprobs", -1);
     p.backend           = get_bool(o, "backend", true);
-    if (p.temperature < 0)                      throw bw_error(code::sampler_invalid, "temperature must be >= 0");
-    if (p.top_k < 0)                            throw bw_error(code::sampler_invalid, "topK must be >= 0");
-    if (p.top_p <= 0 || p.top_p > 1)            throw bw_error(code::sampler_invalid, "topP must be in (0, 1]");
-    if (p.min_p < 0 || p.min_p > 1)             throw bw_error(code::sampler_invalid, "minP must be in [0, 1]");
-    if (p.repeat_penalty <= 0)                  throw bw_error(code::sampler_invalid, "repeatPenalty must be > 0");
-    if (p.penalty_last_n < -1)                  throw bw_error(code::sampler_invalid, "penaltyLastN must be >= -1");
-    if (p.logprobs < -1 || p.logprobs > 100)    throw bw_error(code::sampler_invalid, "logprobs must be between 0 and 100");
-    if (p.seed < -1 || p.seed > (int64_t) UINT32_MAX) throw bw_error(code::sampler_invalid, "seed must be an unsigned 32-bit integer");
+    if (p.temperature < 0)                      throw arg_error(code::sampler_invalid, "temperature", "must be >= 0");
+    if (p.top_k < 0)                            throw arg_error(code::sampler_invalid, "topK", "must be >= 0");
+    if (p.top_p <= 0 || p.top_p > 1)            throw arg_error(code::sampler_invalid, "topP", "must be in (0, 1]");
+    if (p.min_p < 0 || p.min_p > 1)             throw arg_error(code::sampler_invalid, "minP", "must be in [0, 1]");
+    if (p.repeat_penalty <= 0)                  throw arg_error(code::sampler_invalid, "repeatPenalty", "must be > 0");
+    if (p.penalty_last_n < -1)                  throw arg_error(code::sampler_invalid, "penaltyLastN", "must be >= -1");
+    if (p.logprobs < -1 || p.logprobs > 100)    throw arg_error(code::sampler_invalid, "logprobs", "must be between 0 and 100");
+    if (p.seed < -1 || p.seed > (int64_t) UINT32_MAX) throw arg_error(code::sampler_invalid, "seed", "must be an unsigned 32-bit integer");
     if (has(o, "logitBias")) {
         p.logit_bias = parse_logit_bias(o.Get("logitBias"), model);
     }
@@ -88,12 +90,12 @@ sampler_params parse_sampler_params(const Napi::Object & o, const model_wrap & m
     if (has(o, "history")) {
         Napi::Value h = o.Get("history");
         if (!h.IsTypedArray() || h.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array) {
-            throw bw_error(code::invalid_argument, "history must be an Int32Array");
+            throw arg_error(code::invalid_argument, "history", "must be an Int32Array");
         }
         Napi::Int32Array a = h.As<Napi::Int32Array>();
         p.history.assign(a.Data(), a.Data() + a.ElementLength());
         for (llama_token t : p.history) {
-            model.check_token(t, "history token");
+            model.check_token(t, "history token", "history");
         }
     }
     return p;
@@ -138,7 +140,8 @@ seq_sampler build_sampler(const sampler_params & p, const llama_vocab * vocab, i
         s.grammar.reset(llama_sampler_init_grammar(vocab, p.grammar.c_str(), p.grammar_root.c_str()));
         std::string why = log_capture_end();
         if (!s.grammar) {
-            throw bw_error(code::sampler_invalid, "the grammar does not parse" + (why.empty() ? std::string() : ": " + why));
+            const std::string reason = "does not parse" + (why.empty() ? std::string() : ": " + why);
+            throw bw_error(code::sampler_invalid, "the grammar " + reason, "grammar", reason);
         }
     }
     try {
@@ -149,7 +152,8 @@ seq_sampler build_sampler(const sampler_params & p, const llama_vocab * vocab, i
             llama_sampler_accept(chain, t);
         }
     } catch (const std::exception & e) {
-        throw bw_error(code::sampler_invalid, std::string("the history does not fit the grammar: ") + e.what());
+        throw bw_error(code::sampler_invalid, std::string("the history does not fit the grammar: ") + e.what(), "history",
+                       std::string("does not fit the grammar: ") + e.what());
     }
     return s;
 }

@@ -95,6 +95,45 @@ describe("errors", () => {
         await assert.rejects(async () => createRandomModel({ vocabFrom: "no-such-vocab", out: join(dir, "x.gguf") }), expectCode("ERR_MODEL_NOT_FOUND", /no-such-vocab/));
     });
 
+    it("names the argument at fault as field and reason, besides the code and the message", async () => {
+        const at = (code: string, field: string, reason: RegExp | string, message?: RegExp) => (e: unknown) => {
+            expectCode(code, message)(e);
+            const b = e as BatchwiseError;
+            assert.equal(b.field, field, b.message);
+            if (typeof reason === "string") assert.equal(b.reason, reason);
+            else assert.match(b.reason ?? "", reason);
+            return true;
+        };
+        // sampler options: a bad value, a wrong type, a token, a grammar
+        assert.throws(() => ctx.setSampler(0, { topK: -1 }), at("ERR_SAMPLER_INVALID", "topK", "must be >= 0", /^topK must be >= 0$/));
+        assert.throws(() => ctx.setSampler(0, { topP: 0 }), at("ERR_SAMPLER_INVALID", "topP", "must be in (0, 1]"));
+        assert.throws(() => ctx.setSampler(0, { temperature: "hot" as unknown as number }),
+            at("ERR_INVALID_ARGUMENT", "temperature", "must be a number", /^option 'temperature' must be a number$/));
+        assert.throws(() => ctx.setSampler(0, { seed: 2 ** 40 }), at("ERR_SAMPLER_INVALID", "seed", "must be an unsigned 32-bit integer"));
+        assert.throws(() => ctx.setSampler(0, { logitBias: [[99999, 1]] }), at("ERR_TOKEN_RANGE", "logitBias", "99999 is outside the vocabulary [0, 32000)"));
+        assert.throws(() => ctx.setSampler(0, { logitBias: [[5, "x" as unknown as number]] }), at("ERR_INVALID_ARGUMENT", "logitBias", "values must be numbers"));
+        assert.throws(() => ctx.setSampler(0, { grammar: "root ::= (" }), at("ERR_SAMPLER_INVALID", "grammar", /^does not parse/, /^the grammar does not parse/));
+        assert.throws(() => ctx.setSampler(0, { history: [1, 2] as unknown as Int32Array }), at("ERR_INVALID_ARGUMENT", "history", "must be an Int32Array"));
+        const xyz = await model.tokenize("xyz", { addSpecial: false });
+        assert.throws(() => ctx.setSampler(0, { grammar: 'root ::= "a"', history: xyz }), at("ERR_SAMPLER_INVALID", "history", /^does not fit the grammar/));
+        assert.throws(() => ctx.setSampler(7, null), at("ERR_SEQ_ID_RANGE", "seqId", "7 is out of range [0, 2)"));
+        // context options
+        await assert.rejects(model.createContext({ kvCacheTypeK: "f8" as never }), at("ERR_INVALID_ARGUMENT", "kvCacheTypeK", /^must be one of f32, /));
+        await assert.rejects(model.createContext({ batchSize: 64, ubatchSize: 128 }), at("ERR_INVALID_ARGUMENT", "ubatchSize", "must not exceed 'batchSize' (64)"));
+        await assert.rejects(model.createContext({ contextSize: -1 }), at("ERR_INVALID_ARGUMENT", "contextSize", /^must be between 0/));
+        await assert.rejects(model.createContext({ flashAttention: "maybe" as never }), at("ERR_INVALID_ARGUMENT", "flashAttention", /^must be true, false/));
+        await assert.rejects(model.createContext({ kvBlockSize: 24 }), at("ERR_INVALID_ARGUMENT", "kvBlockSize", /power of two/));
+        // a batch, and a method's argument
+        await assert.rejects(ctx.decode({ tokens: Int32Array.of(5), positions: Int32Array.of(0), seqIds: Int32Array.of(2), outputs: Uint8Array.of(1) }),
+            at("ERR_SEQ_ID_RANGE", "batch.seqIds[0]", "2 is out of range [0, 2)", /^batch\.seqIds\[0\] 2 is out of range/));
+        await assert.rejects(ctx.decode({ tokens: Int32Array.of(1, 32000), positions: Int32Array.of(0, 1), seqIds: new Int32Array(2), outputs: Uint8Array.of(0, 1) }),
+            at("ERR_TOKEN_RANGE", "batch.tokens[1]", "32000 is outside the vocabulary [0, 32000)"));
+        assert.throws(() => ctx.seqCopy(0, 9), at("ERR_SEQ_ID_RANGE", "dstSeqId", "9 is out of range [0, 2)"));
+        await assert.rejects(LlamaModel.load(await modelPath(tinyLlama), { gpuLayers: "all" as unknown as number }), at("ERR_INVALID_ARGUMENT", "gpuLayers", "must be a number"));
+        // an error that is not about an argument has neither
+        await assert.rejects(ctx.restoreSequence(0, Buffer.from("garbage state bytes")), (e: BatchwiseError) => e.code === "ERR_STATE_FAILED" && e.field === undefined && e.reason === undefined);
+    });
+
     it("rejects an out-of-range sequence id", async () => {
         await assert.rejects(ctx.decode({ tokens: Int32Array.of(5), positions: Int32Array.of(0), seqIds: Int32Array.of(2), outputs: Uint8Array.of(1) }),
             expectCode("ERR_SEQ_ID_RANGE", /2 is out of range \[0, 2\)/));

@@ -75,9 +75,14 @@ export interface ContextOptions {
     threadsBatch?: number;
 }
 
+/** An option's error: the message reads "option '<field>' <reason>", and both travel as properties. */
+function optionError(field: string, reason: string): BatchwiseError {
+    return new BatchwiseError(ErrorCode.InvalidArgument, `option '${field}' ${reason}`, { field, reason });
+}
+
 function checkOptions(o: unknown, what: string): asserts o is object | undefined {
     if (o !== undefined && (o === null || typeof o !== "object")) {
-        throw new BatchwiseError(ErrorCode.InvalidArgument, `${what} must be an object`);
+        throw new BatchwiseError(ErrorCode.InvalidArgument, `${what} must be an object`, { field: "options", reason: "must be an object" });
     }
 }
 
@@ -118,7 +123,8 @@ function checkSamplerFloats(p: SamplerParams): void {
     for (const k of SAMPLER_FLOATS) {
         const v = p[k];
         if (typeof v === "number" && Number.isFinite(v) && !fitsFloat32(v)) {
-            throw new BatchwiseError(ErrorCode.InvalidArgument, `option '${k}' (${v}) is beyond the range of a 32-bit float`);
+            throw new BatchwiseError(ErrorCode.InvalidArgument, `option '${k}' (${v}) is beyond the range of a 32-bit float`,
+                { field: k, reason: `is beyond the range of a 32-bit float (got ${v})` });
         }
     }
     const bias = p.logitBias;
@@ -126,7 +132,8 @@ function checkSamplerFloats(p: SamplerParams): void {
     const values = Array.isArray(bias) ? bias.map((e) => (Array.isArray(e) ? e[1] : undefined)) : Object.values(bias);
     for (const v of values) {
         if (typeof v === "number" && v !== -Infinity && !Number.isNaN(v) && !fitsFloat32(v)) {
-            throw new BatchwiseError(ErrorCode.InvalidArgument, `logitBias values must be 32-bit floats or -Infinity (got ${v})`);
+            throw new BatchwiseError(ErrorCode.InvalidArgument, `logitBias values must be 32-bit floats or -Infinity (got ${v})`,
+                { field: "logitBias", reason: `values must be 32-bit floats or -Infinity (got ${v})` });
         }
     }
 }
@@ -134,11 +141,12 @@ function checkSamplerFloats(p: SamplerParams): void {
 /** A bounded repetition {m,n} (llama.cpp's parser skips spaces and comments inside it). */
 const REPETITION = /^\{(?:\s|#[^\r\n]*)*(\d+)(?:\s|#[^\r\n]*)*,(?:\s|#[^\r\n]*)*(\d+)(?:\s|#[^\r\n]*)*\}/;
 
-/** Throws ERR_INVALID_ARGUMENT for a grammar over the size or nesting limits. Other types are left to the native check. */
-function checkGrammarLimits(grammar: unknown, field: string): void {
+/** Throws ERR_INVALID_ARGUMENT (field "grammar") for a grammar over the size or nesting limits. Other types are left to the native check. */
+function checkGrammarLimits(grammar: unknown, what: string): void {
     if (typeof grammar !== "string") return;
+    const fail = (reason: string) => new BatchwiseError(ErrorCode.InvalidArgument, `${what} ${reason}`, { field: "grammar", reason });
     if (grammar.length > MAX_GRAMMAR_BYTES || Buffer.byteLength(grammar) > MAX_GRAMMAR_BYTES) {
-        throw new BatchwiseError(ErrorCode.InvalidArgument, `${field} is ${Buffer.byteLength(grammar)} bytes long, more than the ${MAX_GRAMMAR_BYTES} allowed`);
+        throw fail(`is ${Buffer.byteLength(grammar)} bytes long, more than the ${MAX_GRAMMAR_BYTES} allowed`);
     }
     // group nesting, outside string literals, character classes and comments
     let depth = 0;
@@ -150,26 +158,23 @@ function checkGrammarLimits(grammar: unknown, field: string): void {
         } else if (c === 0x23 /* # */) {
             while (i < grammar.length && grammar.charCodeAt(i) !== 0x0a && grammar.charCodeAt(i) !== 0x0d) i++;
         } else if (c === 0x28 /* ( */) {
-            if (++depth > MAX_GRAMMAR_NESTING) {
-                throw new BatchwiseError(ErrorCode.InvalidArgument, `${field} nests groups more than ${MAX_GRAMMAR_NESTING} deep`);
-            }
+            if (++depth > MAX_GRAMMAR_NESTING) throw fail(`nests groups more than ${MAX_GRAMMAR_NESTING} deep`);
         } else if (c === 0x29 /* ) */ && depth > 0) {
             depth--;
         } else if (c === 0x7b /* { */) {
             // S{m,n} with n < m: llama.cpp counts n - m optional copies in an unsigned integer, so it
             // would try to make 2^64 rules (memory until the process is killed)
             const m = REPETITION.exec(grammar.slice(i, i + 4096));
-            if (m && BigInt(m[2]) < BigInt(m[1])) {
-                throw new BatchwiseError(ErrorCode.InvalidArgument, `${field} repeats something ${m[0]}: the most times is below the least`);
-            }
+            if (m && BigInt(m[2]) < BigInt(m[1])) throw fail(`repeats something ${m[0]}: the most times is below the least`);
         }
     }
 }
 
-/** Throws ERR_INVALID_ARGUMENT for JSON text over the schema size or depth limits (strings skipped). */
+/** Throws ERR_INVALID_ARGUMENT (field "schema") for JSON text over the schema size or depth limits (strings skipped). */
 function checkSchemaLimits(text: string): void {
+    const fail = (reason: string) => new BatchwiseError(ErrorCode.InvalidArgument, `the JSON schema ${reason}`, { field: "schema", reason });
     if (text.length > MAX_SCHEMA_BYTES || Buffer.byteLength(text) > MAX_SCHEMA_BYTES) {
-        throw new BatchwiseError(ErrorCode.InvalidArgument, `the JSON schema is ${Buffer.byteLength(text)} bytes long, more than the ${MAX_SCHEMA_BYTES} allowed`);
+        throw fail(`is ${Buffer.byteLength(text)} bytes long, more than the ${MAX_SCHEMA_BYTES} allowed`);
     }
     let depth = 0;
     for (let i = 0; i < text.length; i++) {
@@ -177,9 +182,7 @@ function checkSchemaLimits(text: string): void {
         if (c === 0x22) {
             for (i++; i < text.length && text.charCodeAt(i) !== 0x22; i++) if (text.charCodeAt(i) === 0x5c) i++;
         } else if (c === 0x7b || c === 0x5b) {
-            if (++depth > MAX_SCHEMA_DEPTH) {
-                throw new BatchwiseError(ErrorCode.InvalidArgument, `the JSON schema nests objects and arrays more than ${MAX_SCHEMA_DEPTH} deep`);
-            }
+            if (++depth > MAX_SCHEMA_DEPTH) throw fail(`nests objects and arrays more than ${MAX_SCHEMA_DEPTH} deep`);
         } else if ((c === 0x7d || c === 0x5d) && depth > 0) {
             depth--;
         }
@@ -204,8 +207,7 @@ function checkSchemaLimits(text: string): void {
             const optional = names.filter((k) => !required.has(k)).length;
             cost += optional * optional;
             if (cost > MAX_SCHEMA_OPTIONAL_PROPERTIES_SQUARED) {
-                throw new BatchwiseError(ErrorCode.InvalidArgument,
-                    `the JSON schema has too many optional properties (an object with ${optional}): at most ${Math.sqrt(MAX_SCHEMA_OPTIONAL_PROPERTIES_SQUARED)} in one object, fewer over several`);
+                throw fail(`has too many optional properties (an object with ${optional}): at most ${Math.sqrt(MAX_SCHEMA_OPTIONAL_PROPERTIES_SQUARED)} in one object, fewer over several`);
             }
         }
         for (const k in o) walk(o[k]);
@@ -226,7 +228,7 @@ export class LlamaModel {
         checkOptions(options, "load options");
         const { onProgress, ...rest } = options;
         if (onProgress !== undefined && typeof onProgress !== "function") {
-            throw new BatchwiseError(ErrorCode.InvalidArgument, "onProgress must be a function");
+            throw new BatchwiseError(ErrorCode.InvalidArgument, "onProgress must be a function", { field: "onProgress", reason: "must be a function" });
         }
         const m = await nativeAsync(() => loadNative().Model.load(path, rest, onProgress));
         return new LlamaModel(m);
@@ -293,9 +295,7 @@ export class LlamaContext {
         // ggml starts this many threads per context (and more than it can fail to allocate or start)
         for (const k of ["threads", "threadsBatch"] as const) {
             const v = options?.[k];
-            if (typeof v === "number" && v > MAX_THREADS) {
-                throw new BatchwiseError(ErrorCode.InvalidArgument, `option '${k}' must be between 1 and ${MAX_THREADS} (got ${v})`);
-            }
+            if (typeof v === "number" && v > MAX_THREADS) throw optionError(k, `must be between 1 and ${MAX_THREADS} (got ${v})`);
         }
         // llama.cpp keeps an output row per sequence within a batch of min(contextSize, batchSize) tokens,
         // and asserts (aborts the process) when there are more sequences than that
@@ -305,7 +305,8 @@ export class LlamaContext {
             // rows 0: no context size known (a vocabulary-only model), which the addon refuses with its own reason
             if (rows > 0 && seqs > rows) {
                 throw new BatchwiseError(ErrorCode.InvalidArgument,
-                    `option 'maxSequences' (${seqs}) must not exceed the context's batch of min(contextSize, batchSize) = ${rows} tokens`);
+                    `option 'maxSequences' (${seqs}) must not exceed the context's batch of min(contextSize, batchSize) = ${rows} tokens`,
+                    { field: "maxSequences", reason: `must not exceed the context's batch of min(contextSize, batchSize) = ${rows} tokens (got ${seqs})` });
             }
         }
         const c = await nativeAsync(() => loadNative().Context.create(model.native, options));
@@ -419,9 +420,10 @@ export function jsonSchemaToGrammar(schema: object | string): string {
         text = typeof schema === "string" ? schema : JSON.stringify(schema);
     } catch (e) {
         // a cycle, a BigInt, or nesting too deep for JSON.stringify's own stack
-        throw new BatchwiseError(ErrorCode.InvalidArgument, `the schema cannot be written as JSON: ${(e as Error).message}`, { cause: e });
+        const reason = `cannot be written as JSON: ${(e as Error).message}`;
+        throw new BatchwiseError(ErrorCode.InvalidArgument, `the schema ${reason}`, { cause: e, field: "schema", reason });
     }
-    if (typeof text !== "string") throw new BatchwiseError(ErrorCode.InvalidArgument, "the schema must be a JSON object");
+    if (typeof text !== "string") throw new BatchwiseError(ErrorCode.InvalidArgument, "the schema must be a JSON object", { field: "schema", reason: "must be a JSON object" });
     checkSchemaLimits(text);
     return native(() => loadNative().jsonSchemaToGrammar(text as string));
 }
@@ -467,7 +469,7 @@ export function resolveVocab(vocab: string): string {
 export function createRandomModel(options: RandomModelOptions): Promise<{ path: string; sizeBytes: number; vocabSize: number }> {
     checkOptions(options, "createRandomModel options");
     if (!options || typeof options.vocabFrom !== "string") {
-        throw new BatchwiseError(ErrorCode.InvalidArgument, "option 'vocabFrom' (a vocab-only GGUF or its name) is required");
+        throw optionError("vocabFrom", "(a vocab-only GGUF or its name) is required");
     }
     const vocabFrom = resolveVocab(options.vocabFrom);
     return nativeAsync(() => loadNative().createRandomModel({ ...options, vocabFrom }));
