@@ -1,6 +1,7 @@
 #include "model.h"
 
 #include "gguf.h"
+#include "llama-arch.h" // llama.cpp's architecture table (internal: the addon links llama statically)
 
 #include <sys/stat.h>
 
@@ -158,7 +159,9 @@ static llama_split_mode parse_split_mode(const std::string & s) {
     throw arg_error(code::invalid_argument, "splitMode", "must be one of none, layer, row, tensor (got '" + s + "')");
 }
 
-// Checks the file before llama.cpp sees it, so that each kind of bad file gets its own error code.
+// Checks the file before llama.cpp sees it, so that each kind of bad file gets its own error code: from the
+// file itself (its magic, header and size, and whether llama.cpp's architecture table knows the architecture
+// it names), never from the text llama.cpp logs.
 static void check_gguf_file(const std::string & path) {
     struct stat st;
     if (stat(path.c_str(), &st) != 0) {
@@ -189,10 +192,22 @@ static void check_gguf_file(const std::string & path) {
     for (int64_t i = 0; i < n_tensors; i++) {
         need = std::max<uint64_t>(need, gguf_get_data_offset(g) + gguf_get_tensor_offset(g, i) + gguf_get_tensor_size(g, i));
     }
+    // llama.cpp builds a model for every architecture its table names (llama_model_mapping has a case for each),
+    // and refuses one it does not know (llama_model_create: "unknown model architecture")
+    const int64_t arch_key = gguf_find_key(g, "general.architecture");
+    const bool has_arch = arch_key >= 0 && gguf_get_kv_type(g, arch_key) == GGUF_TYPE_STRING;
+    const std::string arch = has_arch ? gguf_get_val_str(g, arch_key) : "";
     gguf_free(g);
     if ((uint64_t) st.st_size < need) {
         throw bw_error(code::model_truncated, "truncated GGUF file " + path + ": " + std::to_string(st.st_size) +
                        " bytes, tensor data needs " + std::to_string(need));
+    }
+    if (!has_arch) {
+        throw bw_error(code::model_unsupported, "unsupported model in " + path + ": it names no architecture (general.architecture)");
+    }
+    if (llm_arch_from_string(arch) == LLM_ARCH_UNKNOWN) {
+        throw bw_error(code::model_unsupported, "unsupported model in " + path + ": unknown model architecture '" + arch +
+                       "' (llama.cpp " BATCHWISE_LLAMA_TAG " does not know it)");
     }
 }
 
@@ -275,11 +290,7 @@ Napi::Value model_wrap::load(const Napi::CallbackInfo & info) {
                 log_capture_begin();
                 st->model = llama_model_load_from_file(st->path.c_str(), st->params);
                 std::string why = log_capture_end();
-                if (!st->model) {
-                    if (why.find("unknown model architecture") != std::string::npos ||
-                        why.find("unsupported") != std::string::npos) {
-                        throw bw_error(code::model_unsupported, "unsupported model in " + st->path + ": " + why);
-                    }
+                if (!st->model) { // the file passed check_gguf_file: what is left is llama.cpp's to explain
                     throw bw_error(code::model_load_failed, "failed to load " + st->path + (why.empty() ? "" : ": " + why));
                 }
             },

@@ -72,6 +72,18 @@ describe("errors", () => {
         const p = join(dir, "bogus.gguf");
         writeFileSync(p, ggufWithKeys({ "general.architecture": "no-such-arch" }));
         await assert.rejects(LlamaModel.load(p), expectCode("ERR_MODEL_UNSUPPORTED", /no-such-arch/));
+        writeFileSync(p, ggufWithKeys({ "general.name": "no architecture at all" }));
+        await assert.rejects(LlamaModel.load(p), expectCode("ERR_MODEL_UNSUPPORTED", /general\.architecture/));
+    });
+
+    it("classifies a failed load by the file, not by words in llama.cpp's log", async () => {
+        // an architecture llama.cpp knows with a tokenizer it does not: llama.cpp fails with "unknown tokenizer: '<name>'",
+        // and a name that holds the word "unsupported" made that ERR_MODEL_UNSUPPORTED, any other name ERR_MODEL_LOAD_FAILED
+        for (const tokenizer of ["unsupported-tokenizer", "no-such-tokenizer"]) {
+            const p = join(dir, `${tokenizer}.gguf`);
+            writeFileSync(p, ggufWithKeys({ "general.architecture": "llama", "tokenizer.ggml.model": tokenizer }));
+            await assert.rejects(LlamaModel.load(p, { vocabOnly: true }), expectCode("ERR_MODEL_LOAD_FAILED", new RegExp(`unknown tokenizer: '${tokenizer}'`)));
+        }
     });
 
     it("rejects wrong argument types with the field named", async () => {
