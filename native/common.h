@@ -27,6 +27,7 @@ constexpr const char * model_unsupported  = "ERR_MODEL_UNSUPPORTED";
 constexpr const char * model_load_failed  = "ERR_MODEL_LOAD_FAILED";
 constexpr const char * model_in_use       = "ERR_MODEL_IN_USE";
 constexpr const char * context_failed     = "ERR_CONTEXT_CREATE_FAILED";
+constexpr const char * paged_kv_unsupported = "ERR_PAGED_KV_UNSUPPORTED"; // llama.cpp cannot page this model's KV here
 constexpr const char * context_busy       = "ERR_CONTEXT_BUSY";
 constexpr const char * disposed           = "ERR_DISPOSED";
 constexpr const char * seq_id_range       = "ERR_SEQ_ID_RANGE";

@@ -153,7 +153,11 @@ Napi::Value context_wrap::create(const Napi::CallbackInfo & info) {
                     throw bw_error(code::context_failed, "failed to create the context" + (why.empty() ? "" : ": " + why));
                 }
                 if (!paged) {
-                    throw bw_error(code::context_failed, "failed to set up the paged KV cache" + (why.empty() ? "" : ": " + why));
+                    // not the caller's mistake but a limit of llama.cpp for this model on this device (a sliding-window
+                    // or recurrent memory, flash attention off, no paged attention kernel): a code of its own, so the
+                    // engine can fall back to the unified pool without reading the message
+                    throw bw_error(code::paged_kv_unsupported, "failed to set up the paged KV cache" + (why.empty() ? "" : ": " + why),
+                                   "kvBlockSize", "cannot be used with this model and device" + (why.empty() ? "" : ": " + why));
                 }
             },
             [st, model_keep](Napi::Env env) -> Napi::Value {

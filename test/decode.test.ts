@@ -305,7 +305,7 @@ describe("decode", () => {
         // CUDA's paged kernel has no tiles for this model's head size (16), nor for blocks under 128
         for (const kvBlockSize of [16, 128]) {
             await assert.rejects(model.createContext(contextOptions({ kvBlockSize })),
-                (e: BatchwiseError) => e.code === ErrorCode.ContextCreateFailed && /paged attention/.test(e.message));
+                (e: BatchwiseError) => e.code === ErrorCode.PagedKvUnsupported && /paged attention/.test(e.message));
         }
     });
 
@@ -369,6 +369,14 @@ describe("decode", () => {
                 assert.throws(() => ctx.setBlockTable(0, table(0)), (e: BatchwiseError) => e.code === ErrorCode.InvalidArgument, "a context without kvBlockSize");
             });
             await assert.rejects(model.createContext(contextOptions({ kvBlockSize: 24 })), (e: BatchwiseError) => e.code === ErrorCode.InvalidArgument);
+            // llama.cpp's refusal has a code of its own (the engine falls back on it): here, paged KV without flash attention
+            await assert.rejects(model.createContext(contextOptions({ kvBlockSize: 16, flashAttention: "off" })), (e: BatchwiseError) => {
+                assert.equal(e.code, ErrorCode.PagedKvUnsupported, e.message);
+                assert.match(e.message, /paged KV needs flash attention/);
+                assert.equal(e.field, "kvBlockSize");
+                return true;
+            });
+            (await model.createContext(contextOptions({ kvBlockSize: 0, flashAttention: "off" }))).dispose();
             await assert.rejects(model.createContext(contextOptions({ kvBlockSize: 16, kvUnified: false })), (e: BatchwiseError) => e.code === ErrorCode.InvalidArgument);
         });
     });
