@@ -98,9 +98,15 @@ Napi::Value context_wrap::create(const Napi::CallbackInfo & info) {
             throw option_error(code::invalid_argument, "contextSize", "must be between 0 (the model's trained context) and 16M");
         }
         p.n_ctx = n_ctx == 0 ? (uint32_t) n_ctx_train : (uint32_t) n_ctx;
-        int32_t n_seq = get_int(o, "maxSequences", 1);
+        // seqIds: the sequence ids the context has (llama.cpp's n_seq_max); maxSequences is its old name, still taken
+        const char * seq_ids_name = has(o, "seqIds") ? "seqIds" : "maxSequences";
+        int32_t n_seq = get_int(o, seq_ids_name, 1);
+        if (has(o, "seqIds") && has(o, "maxSequences") && get_int(o, "maxSequences", n_seq) != n_seq) {
+            throw option_error(code::invalid_argument, "seqIds", "and its old name 'maxSequences' disagree (" + std::to_string(n_seq) +
+                               " and " + std::to_string(get_int(o, "maxSequences", n_seq)) + "): give only seqIds");
+        }
         if (n_seq < 1 || (size_t) n_seq > llama_max_parallel_sequences()) {
-            throw option_error(code::invalid_argument, "maxSequences", "must be between 1 and " +
+            throw option_error(code::invalid_argument, seq_ids_name, "must be between 1 and " +
                                std::to_string(llama_max_parallel_sequences()));
         }
         p.n_seq_max = (uint32_t) n_seq;
@@ -291,7 +297,8 @@ Napi::Value context_wrap::info(const Napi::CallbackInfo & info) {
         Napi::Object o = Napi::Object::New(env);
         o.Set("contextSize", llama_n_ctx(c));
         o.Set("sequenceContextSize", llama_n_ctx_seq(c));
-        o.Set("maxSequences", llama_n_seq_max(c));
+        o.Set("seqIds", llama_n_seq_max(c));
+        o.Set("maxSequences", llama_n_seq_max(c)); // the old name of seqIds, kept for now
         o.Set("batchSize", llama_n_batch(c));
         o.Set("ubatchSize", llama_n_ubatch(c));
         o.Set("kvUnified", kv_unified_);

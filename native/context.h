@@ -12,7 +12,7 @@
 
 namespace bw {
 
-// An inference context over a model: KV memory for up to maxSequences sequences, decode with sampling.
+// An inference context over a model: KV memory for the sequence ids 0..seqIds-1, decode with sampling.
 // JS: binding.Context, made by Context.create(model, options).
 class context_wrap : public Napi::ObjectWrap<context_wrap> {
 public:

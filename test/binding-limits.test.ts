@@ -31,7 +31,7 @@ describe("binding limits (fuzz findings)", () => {
 
     before(async () => {
         model = await loadModel(tinyQwen);
-        ctx = await model.createContext(contextOptions({ contextSize: 256, maxSequences: 2, batchSize: 64 }));
+        ctx = await model.createContext(contextOptions({ contextSize: 256, seqIds: 2, batchSize: 64 }));
     });
     after(() => {
         ctx.dispose();
@@ -86,9 +86,10 @@ describe("binding limits (fuzz findings)", () => {
     });
 
     it("more sequences than min(contextSize, batchSize) are refused (GGML_ASSERT(n_outputs_max <= cparams.n_outputs_max): abort)", async () => {
-        await assert.rejects(model.createContext({ contextSize: 256, maxSequences: 4, batchSize: 2 }), invalid(/maxSequences/));
-        await assert.rejects(model.createContext({ contextSize: 3, maxSequences: 4 }), invalid(/maxSequences/));
-        (await model.createContext({ contextSize: 4, maxSequences: 4, batchSize: 4 })).dispose();
+        await assert.rejects(model.createContext({ contextSize: 256, seqIds: 4, batchSize: 2 }), invalid(/seqIds/));
+        await assert.rejects(model.createContext({ contextSize: 3, seqIds: 4 }), invalid(/seqIds/));
+        await assert.rejects(model.createContext({ contextSize: 3, maxSequences: 4 }), invalid(/maxSequences/)); // named as given
+        (await model.createContext({ contextSize: 4, seqIds: 4, batchSize: 4 })).dispose();
     });
 
     it("more threads than ggml's 512 are refused (pthread_create failed: GGML_ASSERT(rc == 0), abort)", async () => {

@@ -35,7 +35,7 @@ describe("errors", () => {
     before(async () => {
         dir = mkdtempSync(join(tmpdir(), "batchwise-errors-"));
         model = await loadModel(tinyLlama);
-        ctx = await model.createContext(contextOptions({ contextSize: 256, maxSequences: 2, batchSize: 64 }));
+        ctx = await model.createContext(contextOptions({ contextSize: 256, seqIds: 2, batchSize: 64 }));
     });
     after(() => {
         ctx.dispose();
@@ -90,6 +90,7 @@ describe("errors", () => {
         await assert.rejects(LlamaModel.load(42 as unknown as string), expectCode("ERR_INVALID_ARGUMENT", /model path/));
         await assert.rejects(LlamaModel.load(await modelPath(tinyLlama), { gpuLayers: "all" as unknown as number }), expectCode("ERR_INVALID_ARGUMENT", /gpuLayers/));
         await assert.rejects(LlamaModel.load(await modelPath(tinyLlama), { splitMode: "diagonal" as never }), expectCode("ERR_INVALID_ARGUMENT", /splitMode/));
+        await assert.rejects(model.createContext({ seqIds: 0 }), expectCode("ERR_INVALID_ARGUMENT", /seqIds/));
         await assert.rejects(model.createContext({ maxSequences: 0 }), expectCode("ERR_INVALID_ARGUMENT", /maxSequences/));
         await assert.rejects(model.createContext({ batchSize: 64, ubatchSize: 128 }), expectCode("ERR_INVALID_ARGUMENT", /ubatchSize/));
         await assert.rejects(model.createContext({ kvCacheTypeK: "f8" as never }), expectCode("ERR_INVALID_ARGUMENT", /kvCacheTypeK/));
@@ -204,7 +205,7 @@ describe("errors", () => {
 
     it("rejects use after dispose, and disposing a model that still has contexts", async () => {
         const m = await loadModel(tinyLlama);
-        const c = await m.createContext(contextOptions({ contextSize: 128, maxSequences: 1, batchSize: 32 }));
+        const c = await m.createContext(contextOptions({ contextSize: 128, seqIds: 1, batchSize: 32 }));
         assert.throws(() => m.dispose(), expectCode("ERR_MODEL_IN_USE", /1 live context/));
         c.dispose();
         c.dispose(); // idempotent
@@ -221,7 +222,7 @@ describe("errors", () => {
 
     it("disposing a context during a decode waits for it, then frees", async () => {
         const m = await loadModel(tinyLlama);
-        const c = await m.createContext(contextOptions({ contextSize: 128, maxSequences: 1, batchSize: 64 }));
+        const c = await m.createContext(contextOptions({ contextSize: 128, seqIds: 1, batchSize: 64 }));
         const p = prefill(c, 0, randomPrompt(64, 4, 32000));
         c.dispose();
         assert.equal(typeof (await p), "number", "the decode in flight completes");

@@ -51,7 +51,12 @@ export interface ModelLoadOptions {
 export interface ContextOptions {
     /** Total KV cells over all sequences; 0 (default) uses the model's trained context. */
     contextSize?: number;
-    /** Sequences that can be decoded at once (sequence ids 0..maxSequences-1). Default 1. */
+    /**
+     * The llama.cpp sequence ids the context has (0..seqIds-1; llama.cpp's n_seq_max), at most
+     * systemInfo().maxSeqIds. Default 1.
+     */
+    seqIds?: number;
+    /** @deprecated The old name of `seqIds`, still accepted (both may be given only with the same value). */
     maxSequences?: number;
     /** Most tokens one decode() call may carry. Default 2048. */
     batchSize?: number;
@@ -299,14 +304,15 @@ export class LlamaContext {
         }
         // llama.cpp keeps an output row per sequence within a batch of min(contextSize, batchSize) tokens,
         // and asserts (aborts the process) when there are more sequences than that
-        const { maxSequences: seqs = 1, contextSize = 0, batchSize = 2048 } = options ?? {};
+        const seqIdsName = options?.seqIds !== undefined ? "seqIds" : "maxSequences"; // as the caller named it
+        const { [seqIdsName]: seqs = 1, contextSize = 0, batchSize = 2048 } = options ?? {};
         if ([seqs, contextSize, batchSize].every((v) => typeof v === "number" && Number.isInteger(v) && v >= 0) && batchSize > 0) {
             const rows = Math.min(contextSize || model.metadata.trainedContext, batchSize);
             // rows 0: no context size known (a vocabulary-only model), which the addon refuses with its own reason
             if (rows > 0 && seqs > rows) {
                 throw new BatchwiseError(ErrorCode.InvalidArgument,
-                    `option 'maxSequences' (${seqs}) must not exceed the context's batch of min(contextSize, batchSize) = ${rows} tokens`,
-                    { field: "maxSequences", reason: `must not exceed the context's batch of min(contextSize, batchSize) = ${rows} tokens (got ${seqs})` });
+                    `option '${seqIdsName}' (${seqs}) must not exceed the context's batch of min(contextSize, batchSize) = ${rows} tokens`,
+                    { field: seqIdsName, reason: `must not exceed the context's batch of min(contextSize, batchSize) = ${rows} tokens (got ${seqs})` });
             }
         }
         const c = await nativeAsync(() => loadNative().Context.create(model.native, options));
