@@ -1,5 +1,7 @@
 #include "context.h"
 
+#include "limits.h"
+
 #include "ggml-cpu.h"
 
 #include <algorithm>
@@ -94,7 +96,8 @@ Napi::Value context_wrap::create(const Napi::CallbackInfo & info) {
         p = llama_context_default_params();
         const int32_t n_ctx_train = llama_model_n_ctx_train(st->model);
         int64_t n_ctx = get_int64(o, "contextSize", 0);
-        if (n_ctx < 0 || n_ctx > (int64_t) 16 * 1024 * 1024) {
+        static_assert(limits::max_context_size == 16 * 1024 * 1024, "the message says 16M");
+        if (n_ctx < 0 || n_ctx > limits::max_context_size) {
             throw option_error(code::invalid_argument, "contextSize", "must be between 0 (the model's trained context) and 16M");
         }
         p.n_ctx = n_ctx == 0 ? (uint32_t) n_ctx_train : (uint32_t) n_ctx;
@@ -121,6 +124,14 @@ Napi::Value context_wrap::create(const Napi::CallbackInfo & info) {
                            ") must not exceed 'batchSize' (" + std::to_string(n_batch) + ")",
                            "ubatchSize", "must not exceed 'batchSize' (" + std::to_string(n_batch) + ")");
         }
+        // llama.cpp keeps an output row per sequence within a batch of min(contextSize, batchSize) tokens, and
+        // asserts (aborts the process) when there are more sequences than that
+        const int64_t rows = std::min<int64_t>(p.n_ctx, n_batch);
+        if (rows > 0 && n_seq > rows) {
+            const std::string reason = "must not exceed the context's batch of min(contextSize, batchSize) = " + std::to_string(rows) + " tokens";
+            throw bw_error(code::invalid_argument, std::string("option '") + seq_ids_name + "' (" + std::to_string(n_seq) + ") " + reason,
+                           seq_ids_name, reason + " (got " + std::to_string(n_seq) + ")");
+        }
         p.n_batch  = (uint32_t) n_batch;
         p.n_ubatch = (uint32_t) n_ubatch;
         p.flash_attn_type = parse_flash_attn(o);
@@ -128,8 +139,9 @@ Napi::Value context_wrap::create(const Napi::CallbackInfo & info) {
         p.type_v = parse_cache_type(get_str(o, "kvCacheTypeV", "f16"), "kvCacheTypeV");
         p.kv_unified = get_bool(o, "kvUnified", true);
         int32_t kv_block_size = get_int(o, "kvBlockSize", 0);
-        if (kv_block_size < 0 || kv_block_size > 4096 || (kv_block_size & (kv_block_size - 1)) != 0) {
-            throw option_error(code::invalid_argument, "kvBlockSize", "must be 0 (llama.cpp places tokens) or a power of two up to 4096");
+        if (kv_block_size < 0 || kv_block_size > limits::max_kv_block_size || (kv_block_size & (kv_block_size - 1)) != 0) {
+            throw option_error(code::invalid_argument, "kvBlockSize", "must be 0 (llama.cpp places tokens) or a power of two up to " +
+                               std::to_string(limits::max_kv_block_size));
         }
         if (kv_block_size > 0 && !p.kv_unified) {
             throw bw_error(code::invalid_argument, "option 'kvBlockSize' (a paged KV cache) needs kvUnified", "kvBlockSize", "needs kvUnified");
@@ -146,6 +158,13 @@ Napi::Value context_wrap::create(const Napi::CallbackInfo & info) {
         if (p.n_threads < 1 || p.n_threads_batch < 1) {
             throw bw_error(code::invalid_argument, "options 'threads' and 'threadsBatch' must be positive",
                            p.n_threads < 1 ? "threads" : "threadsBatch", "must be positive");
+        }
+        // ggml starts this many threads per context (and more than it can fail to allocate or start: an abort)
+        for (const auto & [name, n] : { std::make_pair("threads", p.n_threads), std::make_pair("threadsBatch", p.n_threads_batch) }) {
+            if (n > limits::max_threads) {
+                throw option_error(code::invalid_argument, name, "must be between 1 and " + std::to_string(limits::max_threads) +
+                                   " (got " + std::to_string(n) + ")");
+            }
         }
         weights->n_contexts++; // the model refuses dispose() from now on; undone if creation fails
         auto model_keep = std::make_shared<Napi::ObjectReference>(Napi::Persistent(info[0].As<Napi::Object>()));

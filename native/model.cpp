@@ -1,5 +1,7 @@
 #include "model.h"
 
+#include "grammar.h"
+
 #include "gguf.h"
 #include "llama-arch.h" // llama.cpp's architecture table (internal: the addon links llama statically)
 
@@ -507,6 +509,7 @@ Napi::Value model_wrap::check_grammar(const Napi::CallbackInfo & info) {
         if (grammar.empty()) {
             throw bw_error(code::invalid_argument, "the grammar is empty", "grammar", "is empty");
         }
+        check_grammar_limits(grammar, "the grammar");
         log_capture_begin();
         llama_sampler * g = llama_sampler_init_grammar(vocab_, grammar.c_str(), root.c_str());
         std::string why = log_capture_end();

@@ -1,5 +1,7 @@
 #include "sampling.h"
 
+#include "grammar.h"
+#include "limits.h"
 #include "model.h"
 
 #include <algorithm>
@@ -32,8 +34,15 @@ static std::vector<llama_logit_bias> parse_logit_bias(const Napi::Value & v, con
         }
         out.push_back({ (llama_token) tok, bias == -INFINITY ? -INFINITY : to_float(bias) });
     };
+    auto check_count = [](uint32_t n) {
+        if (n > (uint32_t) limits::max_logit_bias) {
+            throw arg_error(code::invalid_argument, "logitBias", "has " + std::to_string(n) + " entries, at most " +
+                            std::to_string(limits::max_logit_bias) + " are allowed");
+        }
+    };
     if (v.IsArray()) { // [[token, bias], ...]
         Napi::Array a = v.As<Napi::Array>();
+        check_count(a.Length());
         for (uint32_t i = 0; i < a.Length(); i++) {
             Napi::Value e = a.Get(i);
             if (!e.IsArray() || e.As<Napi::Array>().Length() != 2 || !e.As<Napi::Array>().Get(0u).IsNumber()) {
@@ -44,6 +53,7 @@ static std::vector<llama_logit_bias> parse_logit_bias(const Napi::Value & v, con
     } else if (v.IsObject()) { // { "123": -100 }
         Napi::Object o = v.As<Napi::Object>();
         Napi::Array keys = o.GetPropertyNames();
+        check_count(keys.Length());
         for (uint32_t i = 0; i < keys.Length(); i++) {
             std::string k = keys.Get(i).ToString().Utf8Value();
             char * end = nullptr;
@@ -80,12 +90,15 @@ sampler_params parse_sampler_params(const Napi::Object & o, const model_wrap & m
     if (p.min_p < 0 || p.min_p > 1)             throw arg_error(code::sampler_invalid, "minP", "must be in [0, 1]");
     if (p.repeat_penalty <= 0)                  throw arg_error(code::sampler_invalid, "repeatPenalty", "must be > 0");
     if (p.penalty_last_n < -1)                  throw arg_error(code::sampler_invalid, "penaltyLastN", "must be >= -1");
-    if (p.logprobs < -1 || p.logprobs > 100)    throw arg_error(code::sampler_invalid, "logprobs", "must be between 0 and 100");
+    if (p.logprobs < -1 || p.logprobs > limits::max_logprobs) {
+        throw arg_error(code::sampler_invalid, "logprobs", "must be between 0 and " + std::to_string(limits::max_logprobs));
+    }
     if (p.seed < -1 || p.seed > (int64_t) UINT32_MAX) throw arg_error(code::sampler_invalid, "seed", "must be an unsigned 32-bit integer");
     if (has(o, "logitBias")) {
         p.logit_bias = parse_logit_bias(o.Get("logitBias"), model);
     }
     p.grammar      = get_str(o, "grammar", "");
+    check_grammar_limits(p.grammar, "the sampler's grammar");
     p.grammar_root = get_str(o, "grammarRoot", "root");
     if (has(o, "history")) {
         Napi::Value h = o.Get("history");
@@ -112,6 +125,11 @@ static int32_t effective_top_k(const sampler_params & p, int32_t n_vocab) {
 }
 
 seq_sampler build_sampler(const sampler_params & p, const llama_vocab * vocab, int32_t n_vocab, int32_t n_ctx) {
+    // a resumed sequence cannot have generated more tokens than its context holds (and each is accepted here, on the JS thread)
+    if (p.history.size() > (size_t) n_ctx) {
+        throw arg_error(code::invalid_argument, "history", "holds " + std::to_string(p.history.size()) +
+                        " tokens, more than the context's " + std::to_string(n_ctx));
+    }
     seq_sampler s;
     s.logprobs = p.logprobs;
     s.chain.reset(llama_sampler_chain_init(llama_sampler_chain_default_params()));

@@ -49,8 +49,8 @@ struct seq_sampler {
     int32_t logprobs = -1;       // as in sampler_params
 };
 
-// Builds the chain (and the grammar) for `p` and feeds it the history. n_ctx bounds the penalty window.
-// Throws ERR_SAMPLER_INVALID when the grammar does not parse or the history does not fit it.
+// Builds the chain (and the grammar) for `p` and feeds it the history. n_ctx bounds the penalty window and the
+// history. Throws ERR_SAMPLER_INVALID when the grammar does not parse or the history does not fit it.
 seq_sampler build_sampler(const sampler_params & p, const llama_vocab * vocab, int32_t n_vocab, int32_t n_ctx);
 
 // Whether a sampler built from `p` may run inside the compute graph (llama_set_sampler).

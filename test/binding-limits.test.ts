@@ -4,6 +4,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { BatchwiseError, ErrorCode, jsonSchemaToGrammar, LlamaContext, LlamaModel } from "../lib/index.js";
+import { LIMITS } from "../lib/binding/index.js";
 import { validateRequest } from "../lib/engine/request.js";
 import { contextOptions, loadModel, modelPath, tinyQwen } from "./helpers.js";
 
@@ -36,6 +37,49 @@ describe("binding limits (fuzz findings)", () => {
     after(() => {
         ctx.dispose();
         model.dispose();
+    });
+
+    it("reads its limits from the addon's one table (LIMITS), and the addon enforces each", () => {
+        assert.ok(Object.isFrozen(LIMITS));
+        assert.deepEqual({ ...LIMITS }, {
+            maxLogprobs: 20, maxLogitBias: 1024, maxGrammarBytes: 128 * 1024, maxGrammarNesting: 1000, maxSchemaBytes: 1024 * 1024,
+            maxSchemaDepth: 128, maxSchemaOptionalPropertiesSquared: 256 * 256, maxThreads: 512, maxContextSize: 16 * 1024 * 1024, maxKvBlockSize: 4096,
+        });
+        assert.throws(() => { (LIMITS as { maxLogprobs: number }).maxLogprobs = 100; }, TypeError);
+        // logprobs: the addon took up to 100 while the engine's intake took 20
+        const field = (name: string, code: string = ErrorCode.InvalidArgument) => (e: unknown) => {
+            assert.ok(e instanceof BatchwiseError, String(e));
+            assert.equal(e.code, code, e.message);
+            assert.equal(e.field, name, e.message);
+            return true;
+        };
+        assert.throws(() => ctx.setSampler(0, { logprobs: LIMITS.maxLogprobs + 1 }), field("logprobs", ErrorCode.SamplerInvalid));
+        ctx.setSampler(0, { logprobs: LIMITS.maxLogprobs });
+        const bias = (n: number) => Array.from({ length: n }, (_, i) => [i + 10, -1] as [number, number]);
+        assert.throws(() => ctx.setSampler(0, { logitBias: bias(LIMITS.maxLogitBias + 1) }), field("logitBias"));
+        assert.throws(() => ctx.setSampler(0, { logitBias: Object.fromEntries(bias(LIMITS.maxLogitBias + 1)) }), field("logitBias"));
+        ctx.setSampler(0, { logitBias: bias(LIMITS.maxLogitBias) });
+        // a history longer than the context (256) cannot be one the sequence generated: refused before each token is replayed
+        assert.throws(() => ctx.setSampler(0, { history: new Int32Array(257).fill(100) }), field("history"));
+        ctx.setSampler(0, { history: new Int32Array(256).fill(100) });
+        ctx.setSampler(0, null);
+    });
+
+    it("the addon checks a grammar's and a schema's limits itself, with the field named", () => {
+        const raw = ctx.native; // no JS checks in front of it
+        const deep = "root ::= " + "(".repeat(LIMITS.maxGrammarNesting + 1) + '"a"' + ")".repeat(LIMITS.maxGrammarNesting + 1);
+        for (const call of [() => raw.setSampler(0, { grammar: deep }), () => model.native.checkGrammar(deep)]) {
+            assert.throws(call, (e: { code?: string; field?: string; reason?: string }) =>
+                e.code === ErrorCode.InvalidArgument && e.field === "grammar" && e.reason === `nests groups more than ${LIMITS.maxGrammarNesting} deep`);
+        }
+        model.checkGrammar("root ::= " + "(".repeat(LIMITS.maxGrammarNesting) + '"a"' + ")".repeat(LIMITS.maxGrammarNesting));
+        assert.throws(() => raw.setSampler(0, { grammar: 'root ::= "a"{ 12 # twelve\n, 011 }' }), (e: { field?: string; message: string }) =>
+            e.field === "grammar" && /repeats something \{ 12 # twelve\n, 011 \}: the most times is below the least/.test(e.message));
+        model.checkGrammar('root ::= "a"{ 9 , 0010 }');
+        assert.throws(() => jsonSchemaToGrammar('{"type":"array","items":'.repeat(LIMITS.maxSchemaDepth) + "{}" + "}".repeat(LIMITS.maxSchemaDepth)),
+            (e: BatchwiseError) => e.field === "schema" && /nests objects and arrays more than 128 deep/.test(e.message));
+        // strings are skipped when counting nesting
+        assert.equal(typeof jsonSchemaToGrammar({ type: "string", description: "[[[[{{{{".repeat(100) }), "string");
     });
 
     it("a grammar nested 20,000 groups deep is refused (llama.cpp's parser recursed until the stack overflowed: SIGSEGV)", () => {

@@ -63,6 +63,8 @@ export interface NativeAddon {
     setLogger(fn: ((level: number, text: string) => void) | null, minLevel?: number): void;
     createRandomModel(options: object): Promise<{ path: string; sizeBytes: number; vocabSize: number }>;
     jsonSchemaToGrammar(schemaJson: string): string;
+    /** native/limits.h, frozen: read it through LIMITS (lib/binding/limits.ts). */
+    readonly limits: Readonly<Record<string, number>>;
 }
 
 export interface ModelMetadata {
