@@ -5,6 +5,7 @@
 #include "devices.h"
 #include "env.h"
 #include "grammar.h"
+#include "limits.h"
 #include "log.h"
 #include "model.h"
 #include "random_model.h"
@@ -18,6 +19,7 @@ static Napi::Object init(Napi::Env env, Napi::Object exports) {
     exports.Set("setLogger", Napi::Function::New(env, bw::set_logger, "setLogger"));
     exports.Set("jsonSchemaToGrammar", Napi::Function::New(env, bw::json_schema_to_grammar_js, "jsonSchemaToGrammar"));
     exports.Set("createRandomModel", Napi::Function::New(env, bw::create_random_model, "createRandomModel"));
+    exports.Set("limits", bw::limits::to_js(env));
     return exports;
 }
 

@@ -2,13 +2,29 @@
 #include "env.h"
 #include "log.h"
 
+#include <cfloat>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 
 namespace bw {
 
-Napi::Error make_error(Napi::Env env, const std::string & code, const std::string & msg) {
+bw_error arg_error(const char * code, const std::string & field, const std::string & reason) {
+    return bw_error(code, field + " " + reason, field, reason);
+}
+
+bw_error option_error(const char * code, const std::string & field, const std::string & reason) {
+    return bw_error(code, "option '" + field + "' " + reason, field, reason);
+}
+
+Napi::Error make_error(Napi::Env env, const std::string & code, const std::string & msg,
+                       const std::string & field, const std::string & reason) {
     Napi::Error err = Napi::Error::New(env, msg);
     err.Set("code", Napi::String::New(env, code));
+    if (!field.empty()) {
+        err.Set("field", Napi::String::New(env, field));
+        err.Set("reason", Napi::String::New(env, reason));
+    }
     return err;
 }
 
@@ -42,9 +58,11 @@ void promise_worker::Execute() {
     try {
         execute();
     } catch (const bw_error & e) {
-        failed   = true;
-        err_code = e.code;
-        err_msg  = e.what();
+        failed     = true;
+        err_code   = e.code;
+        err_msg    = e.what();
+        err_field  = e.field;
+        err_reason = e.reason;
     } catch (const std::exception & e) {
         failed   = true;
         err_code = "ERR_INTERNAL";
@@ -98,13 +116,13 @@ void promise_worker::settle(Napi::Env env) {
     Napi::HandleScope scope(env);
     if (failed) {
         run_done();
-        deferred.Reject(make_error(env, err_code.empty() ? "ERR_INTERNAL" : err_code, err_msg).Value());
+        deferred.Reject(make_error(env, err_code.empty() ? "ERR_INTERNAL" : err_code, err_msg, err_field, err_reason).Value());
         return;
     }
     try {
         deferred.Resolve(resolve ? resolve(env) : env.Undefined());
     } catch (const bw_error & e) {
-        deferred.Reject(make_error(env, e.code, e.what()).Value());
+        deferred.Reject(make_error(env, e.code, e.what(), e.field, e.reason).Value());
     } catch (const Napi::Error & e) {
         deferred.Reject(e.Value());
     } catch (const std::exception & e) {
@@ -134,11 +152,42 @@ double get_num(const Napi::Object & o, const char * key, double def) {
         return def;
     }
     if (!v.IsNumber()) {
-        throw bw_error(code::invalid_argument, std::string("option '") + key + "' must be a number");
+        throw option_error(code::invalid_argument, key, "must be a number");
     }
     double d = v.As<Napi::Number>().DoubleValue();
     if (!std::isfinite(d)) {
-        throw bw_error(code::invalid_argument, std::string("option '") + key + "' must be a finite number");
+        throw option_error(code::invalid_argument, key, "must be a finite number");
+    }
+    return d;
+}
+
+std::string format_num(double d) {
+    char buf[32];
+    for (int prec = 1; prec <= 17; prec++) { // the shortest text that reads back as d, as JS prints numbers
+        std::snprintf(buf, sizeof(buf), "%.*g", prec, d);
+        if (std::strtod(buf, nullptr) == d) {
+            break;
+        }
+    }
+    return buf;
+}
+
+// FLT_MAX plus half of its ulp: doubles below it round to at most FLT_MAX, the rest (ties to even) to inf
+static constexpr double float_round_limit = 3.4028235677973366e38;
+
+bool fits_float(double d) {
+    return std::fabs(d) < float_round_limit; // false for NaN too
+}
+
+float to_float(double d) {
+    return d > (double) FLT_MAX ? FLT_MAX : d < -(double) FLT_MAX ? -FLT_MAX : (float) d;
+}
+
+double get_float(const Napi::Object & o, const char * key, double def) {
+    double d = get_num(o, key, def);
+    if (!fits_float(d)) {
+        throw bw_error(code::invalid_argument, std::string("option '") + key + "' (" + format_num(d) +
+                       ") is beyond the range of a 32-bit float", key, "is beyond the range of a 32-bit float (got " + format_num(d) + ")");
     }
     return d;
 }
@@ -150,7 +199,7 @@ int64_t get_int64(const Napi::Object & o, const char * key, int64_t def) {
     }
     double d = get_num(o, key, 0);
     if (std::floor(d) != d) {
-        throw bw_error(code::invalid_argument, std::string("option '") + key + "' must be an integer");
+        throw option_error(code::invalid_argument, key, "must be an integer");
     }
     return (int64_t) d;
 }
@@ -158,7 +207,7 @@ int64_t get_int64(const Napi::Object & o, const char * key, int64_t def) {
 int32_t get_int(const Napi::Object & o, const char * key, int32_t def) {
     int64_t v = get_int64(o, key, def);
     if (v < INT32_MIN || v > INT32_MAX) {
-        throw bw_error(code::invalid_argument, std::string("option '") + key + "' is out of range");
+        throw option_error(code::invalid_argument, key, "is out of range");
     }
     return (int32_t) v;
 }
@@ -169,7 +218,7 @@ bool get_bool(const Napi::Object & o, const char * key, bool def) {
         return def;
     }
     if (!v.IsBoolean()) {
-        throw bw_error(code::invalid_argument, std::string("option '") + key + "' must be a boolean");
+        throw option_error(code::invalid_argument, key, "must be a boolean");
     }
     return v.As<Napi::Boolean>().Value();
 }
@@ -180,35 +229,32 @@ std::string get_str(const Napi::Object & o, const char * key, const std::string 
         return def;
     }
     if (!v.IsString()) {
-        throw bw_error(code::invalid_argument, std::string("option '") + key + "' must be a string");
+        throw option_error(code::invalid_argument, key, "must be a string");
     }
     return v.As<Napi::String>().Utf8Value();
 }
 
-Napi::Object opt_object(const Napi::CallbackInfo & info, size_t i, const char * what) {
+Napi::Object opt_object(const Napi::CallbackInfo & info, size_t i, const char * what, const char * field) {
     if (info.Length() <= i || info[i].IsUndefined() || info[i].IsNull()) {
         return Napi::Object::New(info.Env());
     }
     if (!info[i].IsObject()) {
-        throw bw_error(code::invalid_argument, std::string(what) + " must be an object");
+        throw bw_error(code::invalid_argument, std::string(what) + " must be an object", field, "must be an object");
     }
     return info[i].As<Napi::Object>();
 }
 
-std::string arg_string(const Napi::CallbackInfo & info, size_t i, const char * what) {
+std::string arg_string(const Napi::CallbackInfo & info, size_t i, const char * what, const char * field) {
     if (info.Length() <= i || !info[i].IsString()) {
-        throw bw_error(code::invalid_argument, std::string(what) + " must be a string");
+        throw bw_error(code::invalid_argument, std::string(what) + " must be a string", field ? field : what, "must be a string");
     }
     return info[i].As<Napi::String>().Utf8Value();
 }
 
-int32_t arg_int(const Napi::CallbackInfo & info, size_t i, const char * what) {
-    if (info.Length() <= i || !info[i].IsNumber()) {
-        throw bw_error(code::invalid_argument, std::string(what) + " must be an integer");
-    }
-    double d = info[i].As<Napi::Number>().DoubleValue();
+int32_t arg_int(const Napi::CallbackInfo & info, size_t i, const char * what, const char * field) {
+    double d = info.Length() > i && info[i].IsNumber() ? info[i].As<Napi::Number>().DoubleValue() : NAN;
     if (!std::isfinite(d) || std::floor(d) != d || d < INT32_MIN || d > INT32_MAX) {
-        throw bw_error(code::invalid_argument, std::string(what) + " must be an integer");
+        throw bw_error(code::invalid_argument, std::string(what) + " must be an integer", field ? field : what, "must be an integer");
     }
     return (int32_t) d;
 }

@@ -27,6 +27,7 @@ constexpr const char * model_unsupported  = "ERR_MODEL_UNSUPPORTED";
 constexpr const char * model_load_failed  = "ERR_MODEL_LOAD_FAILED";
 constexpr const char * model_in_use       = "ERR_MODEL_IN_USE";
 constexpr const char * context_failed     = "ERR_CONTEXT_CREATE_FAILED";
+constexpr const char * paged_kv_unsupported = "ERR_PAGED_KV_UNSUPPORTED"; // llama.cpp cannot page this model's KV here
 constexpr const char * context_busy       = "ERR_CONTEXT_BUSY";
 constexpr const char * disposed           = "ERR_DISPOSED";
 constexpr const char * seq_id_range       = "ERR_SEQ_ID_RANGE";
@@ -41,12 +42,25 @@ constexpr const char * template_failed    = "ERR_CHAT_TEMPLATE";
 constexpr const char * io_failed          = "ERR_IO";
 } // namespace code
 
+// When an argument is at fault, `field` names it as JS does ("topK", "logitBias", "batch.seqIds[3]") and
+// `reason` says what is wrong with it, without the name; the JS error carries both as properties (the
+// message stays a sentence of its own). Both are empty for other failures.
 struct bw_error : std::runtime_error {
     std::string code;
+    std::string field;
+    std::string reason;
     bw_error(const char * code, const std::string & msg) : std::runtime_error(msg), code(code) {}
+    bw_error(const char * code, const std::string & msg, std::string field, std::string reason)
+        : std::runtime_error(msg), code(code), field(std::move(field)), reason(std::move(reason)) {}
 };
 
-Napi::Error make_error(Napi::Env env, const std::string & code, const std::string & msg);
+// An argument's error whose message is "<field> <reason>" ("topK must be >= 0").
+bw_error arg_error(const char * code, const std::string & field, const std::string & reason);
+// An option's error whose message is "option '<field>' <reason>".
+bw_error option_error(const char * code, const std::string & field, const std::string & reason);
+
+Napi::Error make_error(Napi::Env env, const std::string & code, const std::string & msg,
+                       const std::string & field = std::string(), const std::string & reason = std::string());
 
 // Runs `fn` and converts bw_error / std::exception into a thrown JS error (for synchronous methods).
 template <typename F>
@@ -54,7 +68,7 @@ auto guard(Napi::Env env, F && fn) -> decltype(fn()) {
     try {
         return fn();
     } catch (const bw_error & e) {
-        throw make_error(env, e.code, e.what());
+        throw make_error(env, e.code, e.what(), e.field, e.reason);
     } catch (const Napi::Error &) {
         throw;
     } catch (const std::exception & e) {
@@ -98,6 +112,8 @@ private:
     bool        failed = false;
     std::string err_code;
     std::string err_msg;
+    std::string err_field;
+    std::string err_reason;
     Napi::ObjectReference keep;
 };
 
@@ -117,16 +133,27 @@ void fill_growing(Buf & buf, size_t first_guess, F && fill) {
     buf.resize((size_t) std::max(n, 0));
 }
 
-// Argument helpers: they throw ERR_INVALID_ARGUMENT naming the field.
+// llama.cpp takes sampler numbers as 32-bit floats: a finite double beyond their range would become inf there
+// (and the logits NaN). fits_float says whether `d` rounds to a finite float (as JS's Math.fround does);
+// to_float converts one that does.
+bool  fits_float(double d);
+float to_float(double d);
+
+// The shortest text that reads back as `d` ("1e+300", "0.1"), for messages.
+std::string format_num(double d);
+
+// Argument helpers: they throw ERR_INVALID_ARGUMENT naming the field (as `field`, and in the message).
 int32_t     get_int  (const Napi::Object & o, const char * key, int32_t def);
 int64_t     get_int64(const Napi::Object & o, const char * key, int64_t def);
 double      get_num  (const Napi::Object & o, const char * key, double def);
+double      get_float(const Napi::Object & o, const char * key, double def); // a finite number that fits_float
 bool        get_bool (const Napi::Object & o, const char * key, bool def);
 std::string get_str  (const Napi::Object & o, const char * key, const std::string & def);
 bool        has      (const Napi::Object & o, const char * key);
-Napi::Object opt_object(const Napi::CallbackInfo & info, size_t i, const char * what);
-std::string  arg_string(const Napi::CallbackInfo & info, size_t i, const char * what);
-int32_t      arg_int(const Napi::CallbackInfo & info, size_t i, const char * what);
+// Positional arguments: `what` is how the message names it, `field` its JS name (default: `what`).
+Napi::Object opt_object(const Napi::CallbackInfo & info, size_t i, const char * what, const char * field = "options");
+std::string  arg_string(const Napi::CallbackInfo & info, size_t i, const char * what, const char * field = nullptr);
+int32_t      arg_int(const Napi::CallbackInfo & info, size_t i, const char * what, const char * field = nullptr);
 
 // Last error-level messages logged by llama.cpp on the current thread (see log.cpp): used to
 // explain a failed load or decode in the JS error.

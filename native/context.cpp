@@ -1,5 +1,7 @@
 #include "context.h"
 
+#include "limits.h"
+
 #include "ggml-cpu.h"
 
 #include <algorithm>
@@ -7,7 +9,6 @@
 #include <cstdio>
 #include <cstring>
 #include <memory>
-#include <numeric>
 #include <thread>
 
 // from llama.cpp's common library (common.h is not included: its name clashes with ours)
@@ -50,7 +51,7 @@ static ggml_type parse_cache_type(const std::string & s, const char * what) {
             return t.second;
         }
     }
-    throw bw_error(code::invalid_argument, std::string("option '") + what + "' must be one of f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl (got '" + s + "')");
+    throw option_error(code::invalid_argument, what, "must be one of f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl (got '" + s + "')");
 }
 
 static llama_flash_attn_type parse_flash_attn(const Napi::Object & o) {
@@ -65,7 +66,7 @@ static llama_flash_attn_type parse_flash_attn(const Napi::Object & o) {
     if (s == "auto") return LLAMA_FLASH_ATTN_TYPE_AUTO;
     if (s == "on")   return LLAMA_FLASH_ATTN_TYPE_ENABLED;
     if (s == "off")  return LLAMA_FLASH_ATTN_TYPE_DISABLED;
-    throw bw_error(code::invalid_argument, "option 'flashAttention' must be true, false, 'auto', 'on' or 'off'");
+    throw option_error(code::invalid_argument, "flashAttention", "must be true, false, 'auto', 'on' or 'off'");
 }
 
 struct create_state {
@@ -81,7 +82,7 @@ Napi::Value context_wrap::create(const Napi::CallbackInfo & info) {
     Napi::Env env = info.Env();
     return guard(env, [&]() -> Napi::Value {
         if (info.Length() < 1) {
-            throw bw_error(code::invalid_argument, "expected a Model");
+            throw bw_error(code::invalid_argument, "expected a Model", "model", "must be a Model");
         }
         model_wrap * m = model_wrap::unwrap(info[0]);
         Napi::Object o = opt_object(info, 1, "context options");
@@ -95,24 +96,41 @@ Napi::Value context_wrap::create(const Napi::CallbackInfo & info) {
         p = llama_context_default_params();
         const int32_t n_ctx_train = llama_model_n_ctx_train(st->model);
         int64_t n_ctx = get_int64(o, "contextSize", 0);
-        if (n_ctx < 0 || n_ctx > (int64_t) 16 * 1024 * 1024) {
-            throw bw_error(code::invalid_argument, "option 'contextSize' must be between 0 (the model's trained context) and 16M");
+        static_assert(limits::max_context_size == 16 * 1024 * 1024, "the message says 16M");
+        if (n_ctx < 0 || n_ctx > limits::max_context_size) {
+            throw option_error(code::invalid_argument, "contextSize", "must be between 0 (the model's trained context) and 16M");
         }
         p.n_ctx = n_ctx == 0 ? (uint32_t) n_ctx_train : (uint32_t) n_ctx;
-        int32_t n_seq = get_int(o, "maxSequences", 1);
+        // seqIds: the sequence ids the context has (llama.cpp's n_seq_max); maxSequences is its old name, still taken
+        const char * seq_ids_name = has(o, "seqIds") ? "seqIds" : "maxSequences";
+        int32_t n_seq = get_int(o, seq_ids_name, 1);
+        if (has(o, "seqIds") && has(o, "maxSequences") && get_int(o, "maxSequences", n_seq) != n_seq) {
+            throw option_error(code::invalid_argument, "seqIds", "and its old name 'maxSequences' disagree (" + std::to_string(n_seq) +
+                               " and " + std::to_string(get_int(o, "maxSequences", n_seq)) + "): give only seqIds");
+        }
         if (n_seq < 1 || (size_t) n_seq > llama_max_parallel_sequences()) {
-            throw bw_error(code::invalid_argument, "option 'maxSequences' must be between 1 and " +
-                           std::to_string(llama_max_parallel_sequences()));
+            throw option_error(code::invalid_argument, seq_ids_name, "must be between 1 and " +
+                               std::to_string(llama_max_parallel_sequences()));
         }
         p.n_seq_max = (uint32_t) n_seq;
         int32_t n_batch = get_int(o, "batchSize", 2048);
         int32_t n_ubatch = get_int(o, "ubatchSize", std::min(512, n_batch));
         if (n_batch < 1 || n_ubatch < 1) {
-            throw bw_error(code::invalid_argument, "options 'batchSize' and 'ubatchSize' must be positive");
+            throw bw_error(code::invalid_argument, "options 'batchSize' and 'ubatchSize' must be positive",
+                           n_batch < 1 ? "batchSize" : "ubatchSize", "must be positive");
         }
         if (n_ubatch > n_batch) {
             throw bw_error(code::invalid_argument, "option 'ubatchSize' (" + std::to_string(n_ubatch) +
-                           ") must not exceed 'batchSize' (" + std::to_string(n_batch) + ")");
+                           ") must not exceed 'batchSize' (" + std::to_string(n_batch) + ")",
+                           "ubatchSize", "must not exceed 'batchSize' (" + std::to_string(n_batch) + ")");
+        }
+        // llama.cpp keeps an output row per sequence within a batch of min(contextSize, batchSize) tokens, and
+        // asserts (aborts the process) when there are more sequences than that
+        const int64_t rows = std::min<int64_t>(p.n_ctx, n_batch);
+        if (rows > 0 && n_seq > rows) {
+            const std::string reason = "must not exceed the context's batch of min(contextSize, batchSize) = " + std::to_string(rows) + " tokens";
+            throw bw_error(code::invalid_argument, std::string("option '") + seq_ids_name + "' (" + std::to_string(n_seq) + ") " + reason,
+                           seq_ids_name, reason + " (got " + std::to_string(n_seq) + ")");
         }
         p.n_batch  = (uint32_t) n_batch;
         p.n_ubatch = (uint32_t) n_ubatch;
@@ -121,11 +139,12 @@ Napi::Value context_wrap::create(const Napi::CallbackInfo & info) {
         p.type_v = parse_cache_type(get_str(o, "kvCacheTypeV", "f16"), "kvCacheTypeV");
         p.kv_unified = get_bool(o, "kvUnified", true);
         int32_t kv_block_size = get_int(o, "kvBlockSize", 0);
-        if (kv_block_size < 0 || kv_block_size > 4096 || (kv_block_size & (kv_block_size - 1)) != 0) {
-            throw bw_error(code::invalid_argument, "option 'kvBlockSize' must be 0 (llama.cpp places tokens) or a power of two up to 4096");
+        if (kv_block_size < 0 || kv_block_size > limits::max_kv_block_size || (kv_block_size & (kv_block_size - 1)) != 0) {
+            throw option_error(code::invalid_argument, "kvBlockSize", "must be 0 (llama.cpp places tokens) or a power of two up to " +
+                               std::to_string(limits::max_kv_block_size));
         }
         if (kv_block_size > 0 && !p.kv_unified) {
-            throw bw_error(code::invalid_argument, "option 'kvBlockSize' (a paged KV cache) needs kvUnified");
+            throw bw_error(code::invalid_argument, "option 'kvBlockSize' (a paged KV cache) needs kvUnified", "kvBlockSize", "needs kvUnified");
         }
         st->kv_block_size = kv_block_size;
         p.offload_kqv = get_bool(o, "offloadKqv", true);
@@ -137,7 +156,15 @@ Napi::Value context_wrap::create(const Napi::CallbackInfo & info) {
         p.n_threads = get_int(o, "threads", hw);
         p.n_threads_batch = get_int(o, "threadsBatch", p.n_threads);
         if (p.n_threads < 1 || p.n_threads_batch < 1) {
-            throw bw_error(code::invalid_argument, "options 'threads' and 'threadsBatch' must be positive");
+            throw bw_error(code::invalid_argument, "options 'threads' and 'threadsBatch' must be positive",
+                           p.n_threads < 1 ? "threads" : "threadsBatch", "must be positive");
+        }
+        // ggml starts this many threads per context (and more than it can fail to allocate or start: an abort)
+        for (const auto & [name, n] : { std::make_pair("threads", p.n_threads), std::make_pair("threadsBatch", p.n_threads_batch) }) {
+            if (n > limits::max_threads) {
+                throw option_error(code::invalid_argument, name, "must be between 1 and " + std::to_string(limits::max_threads) +
+                                   " (got " + std::to_string(n) + ")");
+            }
         }
         weights->n_contexts++; // the model refuses dispose() from now on; undone if creation fails
         auto model_keep = std::make_shared<Napi::ObjectReference>(Napi::Persistent(info[0].As<Napi::Object>()));
@@ -151,7 +178,11 @@ Napi::Value context_wrap::create(const Napi::CallbackInfo & info) {
                     throw bw_error(code::context_failed, "failed to create the context" + (why.empty() ? "" : ": " + why));
                 }
                 if (!paged) {
-                    throw bw_error(code::context_failed, "failed to set up the paged KV cache" + (why.empty() ? "" : ": " + why));
+                    // not the caller's mistake but a limit of llama.cpp for this model on this device (a sliding-window
+                    // or recurrent memory, flash attention off, no paged attention kernel): a code of its own, so the
+                    // engine can fall back to the unified pool without reading the message
+                    throw bw_error(code::paged_kv_unsupported, "failed to set up the paged KV cache" + (why.empty() ? "" : ": " + why),
+                                   "kvBlockSize", "cannot be used with this model and device" + (why.empty() ? "" : ": " + why));
                 }
             },
             [st, model_keep](Napi::Env env) -> Napi::Value {
@@ -239,16 +270,7 @@ void context_wrap::free_context() {
         ggml_threadpool_free(threadpool_batch_);
         threadpool_batch_ = nullptr;
     }
-    for (auto & s : samplers_) {
-        if (s.chain) {
-            llama_sampler_free(s.chain);
-            s.chain = nullptr;
-        }
-        if (s.grammar) {
-            llama_sampler_free(s.grammar);
-            s.grammar = nullptr;
-        }
-    }
+    samplers_.clear(); // after llama_free: the context held the chains sampled in its graph
     llama_batch_free(batch_);
     batch_ = {};
     weights_->n_contexts--;
@@ -283,8 +305,7 @@ void context_wrap::check_seq(int32_t seq, const char * what, bool allow_any) con
         return;
     }
     if (seq < 0 || seq >= n_seq_max_) {
-        throw bw_error(code::seq_id_range, std::string(what) + " " + std::to_string(seq) +
-                       " is out of range [0, " + std::to_string(n_seq_max_) + ")");
+        throw arg_error(code::seq_id_range, what, std::to_string(seq) + " is out of range [0, " + std::to_string(n_seq_max_) + ")");
     }
 }
 
@@ -295,7 +316,8 @@ Napi::Value context_wrap::info(const Napi::CallbackInfo & info) {
         Napi::Object o = Napi::Object::New(env);
         o.Set("contextSize", llama_n_ctx(c));
         o.Set("sequenceContextSize", llama_n_ctx_seq(c));
-        o.Set("maxSequences", llama_n_seq_max(c));
+        o.Set("seqIds", llama_n_seq_max(c));
+        o.Set("maxSequences", llama_n_seq_max(c)); // the old name of seqIds, kept for now
         o.Set("batchSize", llama_n_batch(c));
         o.Set("ubatchSize", llama_n_ubatch(c));
         o.Set("kvUnified", kv_unified_);
@@ -313,60 +335,8 @@ void context_wrap::clear_sampler(int32_t seq) {
     if (s.backend) {
         llama_set_sampler(ctx_, seq, nullptr);
     }
-    if (s.chain) {
-        llama_sampler_free(s.chain);
-    }
-    if (s.grammar) {
-        llama_sampler_free(s.grammar);
-    }
     s = seq_sampler{};
 }
-
-static std::vector<llama_logit_bias> parse_logit_bias(const Napi::Value & v, const model_wrap & m) {
-    std::vector<llama_logit_bias> out;
-    auto add = [&](double tok, const Napi::Value & b) {
-        if (tok != (double) (int32_t) tok) {
-            throw bw_error(code::token_range, "logitBias token " + std::to_string(tok) + " is not a token id");
-        }
-        m.check_token((int32_t) tok, "logitBias token");
-        if (!b.IsNumber()) {
-            throw bw_error(code::invalid_argument, "logitBias values must be numbers");
-        }
-        double bias = b.As<Napi::Number>().DoubleValue();
-        if (std::isnan(bias)) {
-            throw bw_error(code::invalid_argument, "logitBias values must not be NaN");
-        }
-        out.push_back({ (llama_token) tok, (float) bias });
-    };
-    if (v.IsArray()) { // [[token, bias], ...]
-        Napi::Array a = v.As<Napi::Array>();
-        for (uint32_t i = 0; i < a.Length(); i++) {
-            Napi::Value e = a.Get(i);
-            if (!e.IsArray() || e.As<Napi::Array>().Length() != 2 || !e.As<Napi::Array>().Get(0u).IsNumber()) {
-                throw bw_error(code::invalid_argument, "logitBias must be [[token, bias], ...] or { token: bias }");
-            }
-            add(e.As<Napi::Array>().Get(0u).As<Napi::Number>().DoubleValue(), e.As<Napi::Array>().Get(1u));
-        }
-    } else if (v.IsObject()) { // { "123": -100 }
-        Napi::Object o = v.As<Napi::Object>();
-        Napi::Array keys = o.GetPropertyNames();
-        for (uint32_t i = 0; i < keys.Length(); i++) {
-            std::string k = keys.Get(i).ToString().Utf8Value();
-            char * end = nullptr;
-            double tok = std::strtod(k.c_str(), &end);
-            if (end == k.c_str() || *end != '\0') {
-                throw bw_error(code::token_range, "logitBias key '" + k + "' is not a token id");
-            }
-            add(tok, o.Get(k));
-        }
-    } else {
-        throw bw_error(code::invalid_argument, "logitBias must be [[token, bias], ...] or { token: bias }");
-    }
-    return out;
-}
-
-// the candidates llama.cpp's backend-sampler probe graph holds (llama_sampler_backend_probe_graph in llama-sampler.cpp)
-static constexpr int32_t backend_top_k_max = 128 * 1024;
 
 // setSampler(seqId, params | null): the sampler chain used for this sequence's outputs.
 // params: { temperature = 1, topK = 0, topP = 1, minP = 0, repeatPenalty = 1, presencePenalty = 0,
@@ -389,102 +359,14 @@ Napi::Value context_wrap::set_sampler(const Napi::CallbackInfo & info) {
             r.Set("backend", false);
             return r;
         }
-        Napi::Object o = opt_object(info, 1, "sampler params");
-        const double temp   = get_num(o, "temperature", 1.0);
-        const int32_t top_k = get_int(o, "topK", 0);
-        const double top_p  = get_num(o, "topP", 1.0);
-        const double min_p  = get_num(o, "minP", 0.0);
-        const double rep    = get_num(o, "repeatPenalty", 1.0);
-        const double pres   = get_num(o, "presencePenalty", 0.0);
-        const double freq   = get_num(o, "frequencyPenalty", 0.0);
-        const int32_t last_n = get_int(o, "penaltyLastN", 64);
-        const int64_t seed  = get_int64(o, "seed", -1);
-        const int32_t logprobs = get_int(o, "logprobs", -1);
-        const bool want_backend = get_bool(o, "backend", true);
-        if (temp < 0)                   throw bw_error(code::sampler_invalid, "temperature must be >= 0");
-        if (top_k < 0)                  throw bw_error(code::sampler_invalid, "topK must be >= 0");
-        if (top_p <= 0 || top_p > 1)    throw bw_error(code::sampler_invalid, "topP must be in (0, 1]");
-        if (min_p < 0 || min_p > 1)     throw bw_error(code::sampler_invalid, "minP must be in [0, 1]");
-        if (rep <= 0)                   throw bw_error(code::sampler_invalid, "repeatPenalty must be > 0");
-        if (last_n < -1)                throw bw_error(code::sampler_invalid, "penaltyLastN must be >= -1");
-        if (logprobs < -1 || logprobs > 100) throw bw_error(code::sampler_invalid, "logprobs must be between 0 and 100");
-        if (seed < -1 || seed > (int64_t) UINT32_MAX) throw bw_error(code::sampler_invalid, "seed must be an unsigned 32-bit integer");
-        std::vector<llama_logit_bias> bias;
-        if (has(o, "logitBias")) {
-            bias = parse_logit_bias(o.Get("logitBias"), *model_);
-        }
-        const std::string grammar = get_str(o, "grammar", "");
-        const std::string grammar_root = get_str(o, "grammarRoot", "root");
-        std::vector<int32_t> history;
-        if (has(o, "history")) {
-            Napi::Value h = o.Get("history");
-            if (!h.IsTypedArray() || h.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array) {
-                throw bw_error(code::invalid_argument, "history must be an Int32Array");
-            }
-            Napi::Int32Array a = h.As<Napi::Int32Array>();
-            history.assign(a.Data(), a.Data() + a.ElementLength());
-            for (int32_t t : history) {
-                model_->check_token(t, "history token");
-            }
-        }
-
-        llama_sampler * chain = llama_sampler_chain_init(llama_sampler_chain_default_params());
+        const sampler_params p = parse_sampler_params(opt_object(info, 1, "sampler params", "params"), *model_);
         const int32_t n_vocab = model_->n_vocab();
-        // top_k at or above the vocabulary keeps every token: no top-k step at all (ggml_top_k asserts k <= n)
-        const int32_t top_k_eff = top_k >= n_vocab ? 0 : top_k;
-        if (!bias.empty()) {
-            llama_sampler_chain_add(chain, llama_sampler_init_logit_bias(n_vocab, (int32_t) bias.size(), bias.data()));
-        }
-        if (rep != 1.0 || pres != 0.0 || freq != 0.0) {
-            // the window is a ring buffer of that many tokens: one longer than the context adds nothing but memory
-            const int32_t n_ctx = (int32_t) llama_n_ctx(c);
-            const int32_t n = last_n == -1 || last_n > n_ctx ? n_ctx : last_n;
-            llama_sampler_chain_add(chain, llama_sampler_init_penalties(n_vocab, n, (float) rep, (float) freq, (float) pres));
-        }
-        if (temp <= 0) {
-            llama_sampler_chain_add(chain, llama_sampler_init_greedy());
-        } else {
-            if (top_k_eff > 0) llama_sampler_chain_add(chain, llama_sampler_init_top_k(top_k_eff));
-            if (top_p < 1.0) llama_sampler_chain_add(chain, llama_sampler_init_top_p((float) top_p, 1));
-            if (min_p > 0.0) llama_sampler_chain_add(chain, llama_sampler_init_min_p((float) min_p, 1));
-            llama_sampler_chain_add(chain, llama_sampler_init_temp((float) temp));
-            llama_sampler_chain_add(chain, llama_sampler_init_dist(seed < 0 ? LLAMA_DEFAULT_SEED : (uint32_t) seed));
-        }
-        llama_sampler * g = nullptr;
-        if (!grammar.empty()) {
-            log_capture_begin();
-            g = llama_sampler_init_grammar(model_->vocab(), grammar.c_str(), grammar_root.c_str());
-            std::string why = log_capture_end();
-            if (!g) {
-                llama_sampler_free(chain);
-                throw bw_error(code::sampler_invalid, "the grammar does not parse" + (why.empty() ? std::string() : ": " + why));
-            }
-        }
-        try {
-            for (int32_t t : history) {
-                if (g) {
-                    llama_sampler_accept(g, t);
-                }
-                llama_sampler_accept(chain, t);
-            }
-        } catch (const std::exception & e) {
-            llama_sampler_free(chain);
-            if (g) {
-                llama_sampler_free(g);
-            }
-            throw bw_error(code::sampler_invalid, std::string("the history does not fit the grammar: ") + e.what());
-        }
-
-        clear_sampler(seq);
+        seq_sampler built = build_sampler(p, model_->vocab(), n_vocab, (int32_t) llama_n_ctx(c));
+        clear_sampler(seq); // the old chain goes after the new one is made, so the two never share an address
         seq_sampler & s = samplers_[seq];
-        s.chain = chain;
-        s.grammar = g;
-        s.logprobs = logprobs;
-        // logprobs are computed from the raw logits, which a backend-sampled sequence does not produce
-        // llama.cpp probes a backend chain on a graph of 128K candidates, where ggml_top_k asserts k <= 128K:
-        // a larger top_k (a vocabulary above 128K tokens) samples on the CPU
-        if (want_backend && logprobs < 0 && grammar.empty() && top_k_eff <= backend_top_k_max) {
-            s.backend = llama_set_sampler(c, seq, chain);
+        s = std::move(built);
+        if (backend_allowed(p, n_vocab)) {
+            s.backend = llama_set_sampler(c, seq, s.chain.get());
         }
         Napi::Object r = Napi::Object::New(env);
         r.Set("backend", s.backend);
@@ -494,53 +376,15 @@ Napi::Value context_wrap::set_sampler(const Napi::CallbackInfo & info) {
 
 // ---- decode ----------------------------------------------------------------------------------
 
-// Samples with a grammar the way llama.cpp's common sampler does: the chain picks from the raw
-// candidates, and the grammar checks only that one token; the whole vocabulary goes through the
-// grammar (slow: every token's text is matched) only when the pick is refused. Returns -1, accepting
-// nothing, when no token is allowed.
-llama_token context_wrap::sample_constrained(seq_sampler & s, int32_t row, int32_t n_vocab, std::vector<llama_token_data> & cand) {
-    const float * logits = llama_get_logits_ith(ctx_, row);
-    if (!logits) {
-        throw bw_error(code::decode_failed, "no logits for batch row " + std::to_string(row));
-    }
-    auto fill = [&]() {
-        cand.resize(n_vocab);
-        for (int32_t j = 0; j < n_vocab; j++) {
-            cand[j] = { j, logits[j], 0.0f };
-        }
-        return llama_token_data_array{ cand.data(), (size_t) n_vocab, -1, false };
-    };
-    llama_token_data_array all = fill();
-    llama_sampler_apply(s.chain, &all);
-    llama_token t = all.data[all.selected].id;
-    llama_token_data one_tok = { t, 1.0f, 0.0f };
-    llama_token_data_array one = { &one_tok, 1, -1, false };
-    llama_sampler_apply(s.grammar, &one);
-    if (one_tok.logit == -INFINITY) {
-        all = fill();
-        llama_sampler_apply(s.grammar, &all);
-        llama_sampler_apply(s.chain, &all);
-        // the grammar and the chain (a logit bias of -inf) may leave nothing: accepting whatever was picked
-        // then would throw and fail the whole batch, or abort the process for an end-of-generation token
-        if (all.selected < 0 || all.data[all.selected].logit == -INFINITY) {
-            return -1;
-        }
-        t = all.data[all.selected].id;
-    }
-    llama_sampler_accept(s.grammar, t);
-    llama_sampler_accept(s.chain, t);
-    return t;
-}
-
 template <typename T>
 static const T * typed_field(const Napi::Object & o, const char * key, napi_typedarray_type type, const char * type_name,
                              size_t & len) {
     if (!o.Has(key)) {
-        throw bw_error(code::invalid_argument, std::string("batch.") + key + " must be an " + type_name);
+        throw arg_error(code::invalid_argument, std::string("batch.") + key, std::string("must be an ") + type_name);
     }
     Napi::Value v = o.Get(key);
     if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != type) {
-        throw bw_error(code::invalid_argument, std::string("batch.") + key + " must be an " + type_name);
+        throw arg_error(code::invalid_argument, std::string("batch.") + key, std::string("must be an ") + type_name);
     }
     Napi::TypedArrayOf<T> a = v.As<Napi::TypedArrayOf<T>>();
     len = a.ElementLength();
@@ -567,33 +411,6 @@ static double now_ms() {
     return (double) llama_time_us() / 1000.0;
 }
 
-// log-softmax of one row: the sampled token's logprob and the top k.
-static void row_logprobs(const float * logits, int32_t n_vocab, llama_token chosen, int32_t k,
-                         float & lp, llama_token * top_ids, float * top_lps, std::vector<int32_t> & scratch) {
-    float mx = -INFINITY;
-    for (int32_t i = 0; i < n_vocab; i++) {
-        mx = std::max(mx, logits[i]);
-    }
-    double sum = 0;
-    for (int32_t i = 0; i < n_vocab; i++) {
-        sum += std::exp((double) logits[i] - mx);
-    }
-    const double lse = mx + std::log(sum);
-    lp = (float) (logits[chosen] - lse);
-    if (k <= 0) {
-        return;
-    }
-    scratch.resize(n_vocab);
-    std::iota(scratch.begin(), scratch.end(), 0);
-    const int32_t kk = std::min(k, n_vocab);
-    std::partial_sort(scratch.begin(), scratch.begin() + kk, scratch.end(),
-                      [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); });
-    for (int32_t j = 0; j < kk; j++) {
-        top_ids[j] = scratch[j];
-        top_lps[j] = (float) (logits[scratch[j]] - lse);
-    }
-}
-
 // decode({ tokens: Int32Array, positions: Int32Array, seqIds: Int32Array, outputs: Uint8Array })
 //   -> Promise<{ tokens: Int32Array, logprobs: Float32Array | null, topK, topIds, topLogprobs, decodeMs, sampleMs }>
 // One result row per token with outputs[i] != 0, in batch order: the token sampled with that sequence's sampler,
@@ -604,7 +421,8 @@ Napi::Value context_wrap::decode(const Napi::CallbackInfo & info) {
     return guard(env, [&]() -> Napi::Value {
         get();
         if (info.Length() < 1 || !info[0].IsObject()) {
-            throw bw_error(code::invalid_argument, "decode expects a batch { tokens, positions, seqIds, outputs }");
+            throw bw_error(code::invalid_argument, "decode expects a batch { tokens, positions, seqIds, outputs }", "batch",
+                           "must be { tokens, positions, seqIds, outputs }");
         }
         Napi::Object b = info[0].As<Napi::Object>();
         size_t n_tok, n_pos, n_seq, n_out;
@@ -613,16 +431,18 @@ Napi::Value context_wrap::decode(const Napi::CallbackInfo & info) {
         const int32_t * sq  = typed_field<int32_t>(b, "seqIds", napi_int32_array, "Int32Array", n_seq);
         const uint8_t * out = typed_field<uint8_t>(b, "outputs", napi_uint8_array, "Uint8Array", n_out);
         if (n_pos != n_tok || n_seq != n_tok || n_out != n_tok) {
-            throw bw_error(code::invalid_argument, "batch arrays must have the same length (tokens " + std::to_string(n_tok) +
-                           ", positions " + std::to_string(n_pos) + ", seqIds " + std::to_string(n_seq) +
-                           ", outputs " + std::to_string(n_out) + ")");
+            const std::string lengths = "(tokens " + std::to_string(n_tok) + ", positions " + std::to_string(n_pos) +
+                                        ", seqIds " + std::to_string(n_seq) + ", outputs " + std::to_string(n_out) + ")";
+            throw bw_error(code::invalid_argument, "batch arrays must have the same length " + lengths, "batch",
+                           "arrays must have the same length " + lengths);
         }
         if (n_tok == 0) {
-            throw bw_error(code::invalid_argument, "the batch is empty");
+            throw bw_error(code::invalid_argument, "the batch is empty", "batch.tokens", "is empty");
         }
         if (n_tok > (size_t) n_batch_) {
-            throw bw_error(code::batch_too_large, "the batch holds " + std::to_string(n_tok) +
-                           " tokens, more than the context's batchSize " + std::to_string(n_batch_));
+            const std::string reason = "holds " + std::to_string(n_tok) + " tokens, more than the context's batchSize " +
+                                       std::to_string(n_batch_);
+            throw bw_error(code::batch_too_large, "the batch " + reason, "batch.tokens", reason);
         }
         auto job = std::make_shared<decode_job>();
         job->tokens.assign(tok, tok + n_tok);
@@ -642,7 +462,7 @@ Napi::Value context_wrap::decode(const Napi::CallbackInfo & info) {
                 check_seq(sq[i], ("batch.seqIds[" + std::to_string(i) + "]").c_str());
             }
             if (pos[i] < 0) {
-                throw bw_error(code::invalid_argument, "batch.positions[" + std::to_string(i) + "] must be >= 0");
+                throw arg_error(code::invalid_argument, "batch.positions[" + std::to_string(i) + "]", "must be >= 0");
             }
             job->out[i] = out[i] ? 1 : 0;
             if (job->out[i]) {
@@ -690,27 +510,20 @@ Napi::Value context_wrap::decode(const Napi::CallbackInfo & info) {
                     job->top_ids.assign(n_outputs * job->top_k, -1);
                     job->top_logprobs.assign(n_outputs * job->top_k, NAN);
                 }
-                std::vector<int32_t> scratch;
-                std::vector<llama_token_data> cand;
+                sampling_scratch scratch;
                 size_t row = 0;
                 for (int32_t i = 0; i < n; i++) {
                     if (!job->out[i]) {
                         continue;
                     }
                     seq_sampler & s = samplers_[job->seq[i]];
-                    llama_token t;
-                    if (s.grammar) {
-                        t = sample_constrained(s, i, n_vocab, cand);
-                    } else if (s.chain) {
-                        t = llama_sampler_sample(s.chain, ctx_, i);
-                    } else {
-                        const float * logits = llama_get_logits_ith(ctx_, i);
-                        if (!logits) {
-                            throw bw_error(code::decode_failed, "no logits for batch row " + std::to_string(i));
-                        }
-                        t = (llama_token) (std::max_element(logits, logits + n_vocab) - logits);
-                    }
-                    if (t < -1 || t >= n_vocab) {
+                    llama_token t = sample_row(s, ctx_, i, n_vocab, scratch);
+                    if (t == token_failed) {
+                        std::fprintf(stderr, "batchwise: internal: sequence %d (batch row %d of %d, %zu outputs) failed to sample "
+                                     "with %s: %s\n", job->seq[i], i, n, n_outputs,
+                                     s.grammar ? "a grammar" : !s.chain ? "greedy" : s.backend ? "an in-graph chain" : "a CPU chain",
+                                     scratch.error.c_str());
+                    } else if (t < token_none || t >= n_vocab) {
                         // what llama.cpp sampled is not a token id: a defect below us, never the request's doing.
                         // That row alone reports it (-2); the batch's other sequences go on
                         float as_float;
@@ -718,7 +531,7 @@ Napi::Value context_wrap::decode(const Napi::CallbackInfo & info) {
                         std::fprintf(stderr, "batchwise: internal: sequence %d (batch row %d of %d, %zu outputs) sampled %d (as float %g) "
                                      "with %s\n", job->seq[i], i, n, n_outputs, t, (double) as_float,
                                      s.grammar ? "a grammar" : !s.chain ? "greedy" : s.backend ? "an in-graph chain" : "a CPU chain");
-                        t = -2;
+                        t = token_failed;
                     }
                     job->sampled[row] = t;
                     if (s.logprobs >= 0 && t >= 0) {
@@ -770,7 +583,7 @@ static llama_pos opt_pos(const Napi::CallbackInfo & info, size_t i, const char *
     }
     int32_t p = arg_int(info, i, what);
     if (p < -1) {
-        throw bw_error(code::invalid_argument, std::string(what) + " must be >= 0, or -1 for open-ended");
+        throw arg_error(code::invalid_argument, what, "must be >= 0, or -1 for open-ended");
     }
     return p;
 }
@@ -799,7 +612,8 @@ Napi::Value context_wrap::seq_copy(const Napi::CallbackInfo & info) {
         llama_pos p0 = opt_pos(info, 2, "p0"), p1 = opt_pos(info, 3, "p1");
         if (src != dst) {
             if (!kv_unified_ && (p0 > 0 || p1 >= 0)) {
-                throw bw_error(code::invalid_argument, "partial sequence copies need kvUnified: per-sequence streams copy whole sequences");
+                throw bw_error(code::invalid_argument, "partial sequence copies need kvUnified: per-sequence streams copy whole sequences",
+                               p0 > 0 ? "p0" : "p1", "must be open-ended without kvUnified: per-sequence streams copy whole sequences");
             }
             llama_memory_seq_cp(llama_get_memory(c), src, dst, p0, p1);
         }
@@ -912,11 +726,11 @@ Napi::Value context_wrap::restore_sequence(const Napi::CallbackInfo & info) {
         check_seq(seq, "seqId");
         if (info.Length() < 2 || !info[1].IsTypedArray() ||
             info[1].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
-            throw bw_error(code::invalid_argument, "state must be a Buffer or Uint8Array from saveSequence()");
+            throw arg_error(code::invalid_argument, "state", "must be a Buffer or Uint8Array from saveSequence()");
         }
         Napi::Uint8Array a = info[1].As<Napi::Uint8Array>();
         if (a.ElementLength() == 0) {
-            throw bw_error(code::invalid_argument, "state is empty");
+            throw arg_error(code::invalid_argument, "state", "is empty");
         }
         auto data = std::make_shared<std::vector<uint8_t>>(a.Data(), a.Data() + a.ElementLength());
         auto read = std::make_shared<size_t>(0);

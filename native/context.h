@@ -2,6 +2,7 @@
 
 #include "common.h"
 #include "model.h"
+#include "sampling.h"
 
 #include "llama.h"
 
@@ -11,15 +12,7 @@
 
 namespace bw {
 
-// Per-sequence sampling configuration. No chain means plain greedy (argmax over the logits).
-struct seq_sampler {
-    llama_sampler * chain   = nullptr;
-    llama_sampler * grammar = nullptr; // kept out of the chain: checked on the chain's pick first (see decode)
-    bool            backend = false; // attached to the context with llama_set_sampler (sampled inside the graph)
-    int32_t         logprobs = -1;   // -1: none; 0: the sampled token's logprob; k > 0: also the top k
-};
-
-// An inference context over a model: KV memory for up to maxSequences sequences, decode with sampling.
+// An inference context over a model: KV memory for the sequence ids 0..seqIds-1, decode with sampling.
 // JS: binding.Context, made by Context.create(model, options).
 class context_wrap : public Napi::ObjectWrap<context_wrap> {
 public:
@@ -55,8 +48,7 @@ private:
     void            begin_work() { n_pending_++; }
     void            end_work();
     void            free_context();
-    void            clear_sampler(int32_t seq);
-    llama_token     sample_constrained(seq_sampler & s, int32_t row, int32_t n_vocab, std::vector<llama_token_data> & cand);
+    void            clear_sampler(int32_t seq);   // detaches a chain in the graph, then frees it
 
     addon_env     * env_    = nullptr;      // registered there while alive; null after teardown
     llama_context * ctx_    = nullptr;
@@ -72,7 +64,7 @@ private:
     int             n_pending_ = 0;
     std::mutex      exec_mutex_;
     llama_batch     batch_{};
-    std::vector<seq_sampler> samplers_;
+    std::vector<seq_sampler> samplers_;  // one per sequence id; freed after ctx_ (which may hold their chains)
     struct ggml_threadpool * threadpool_       = nullptr; // CPU pools attached to ctx_, freed after it
     struct ggml_threadpool * threadpool_batch_ = nullptr;
 };

@@ -44,7 +44,7 @@ Napi::Value get_devices(const Napi::CallbackInfo & info) {
     });
 }
 
-// systemInfo() -> { llamaTag, gpuOffload, maxDevices, maxSequences, mmap, info }
+// systemInfo() -> { llamaTag, cuda, gpuOffload, maxDevices, maxSeqIds, maxSequences (its old name), mmap, info }
 Napi::Value system_info(const Napi::CallbackInfo & info) {
     Napi::Env env = info.Env();
     Napi::Object o = Napi::Object::New(env);
@@ -56,7 +56,8 @@ Napi::Value system_info(const Napi::CallbackInfo & info) {
 #endif
     o.Set("gpuOffload", llama_supports_gpu_offload());
     o.Set("maxDevices", (double) llama_max_devices());
-    o.Set("maxSequences", (double) llama_max_parallel_sequences());
+    o.Set("maxSeqIds", (double) llama_max_parallel_sequences()); // the most seqIds a context may have
+    o.Set("maxSequences", (double) llama_max_parallel_sequences()); // the old name of maxSeqIds, kept for now
     o.Set("mmap", llama_supports_mmap());
     o.Set("info", llama_print_system_info());
     return o;

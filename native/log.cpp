@@ -159,11 +159,11 @@ Napi::Value set_logger(const Napi::CallbackInfo & info) {
         if (info.Length() > 1 && !info[1].IsUndefined()) {
             min_level = arg_int(info, 1, "minLevel");
             if (min_level < GGML_LOG_LEVEL_DEBUG || min_level > GGML_LOG_LEVEL_ERROR) {
-                throw bw_error(code::invalid_argument, "minLevel must be 1 (debug) to 4 (error)");
+                throw arg_error(code::invalid_argument, "minLevel", "must be 1 (debug) to 4 (error)");
             }
         }
         if (info.Length() > 0 && !info[0].IsNull() && !info[0].IsUndefined() && !info[0].IsFunction()) {
-            throw bw_error(code::invalid_argument, "logger must be a function or null");
+            throw arg_error(code::invalid_argument, "logger", "must be a function or null");
         }
         addon_env & e = env_of(env);
         log_sink * fresh = nullptr;

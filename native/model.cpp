@@ -1,6 +1,9 @@
 #include "model.h"
 
+#include "grammar.h"
+
 #include "gguf.h"
+#include "llama-arch.h" // llama.cpp's architecture table (internal: the addon links llama statically)
 
 #include <sys/stat.h>
 
@@ -45,10 +48,10 @@ const std::shared_ptr<model_handle> & model_wrap::handle() const {
     return handle_;
 }
 
-void model_wrap::check_token(int32_t token, const char * what) const {
+void model_wrap::check_token(int32_t token, const char * what, const char * field) const {
     if (token < 0 || token >= n_vocab_) {
-        throw bw_error(code::token_range, std::string(what) + " " + std::to_string(token) +
-                       " is outside the vocabulary [0, " + std::to_string(n_vocab_) + ")");
+        const std::string reason = std::to_string(token) + " is outside the vocabulary [0, " + std::to_string(n_vocab_) + ")";
+        throw bw_error(code::token_range, std::string(what) + " " + reason, field ? field : what, reason);
     }
 }
 
@@ -155,10 +158,12 @@ static llama_split_mode parse_split_mode(const std::string & s) {
     if (s == "layer")  return LLAMA_SPLIT_MODE_LAYER;
     if (s == "row")    return LLAMA_SPLIT_MODE_ROW;
     if (s == "tensor") return LLAMA_SPLIT_MODE_TENSOR;
-    throw bw_error(code::invalid_argument, "splitMode must be one of none, layer, row, tensor (got '" + s + "')");
+    throw arg_error(code::invalid_argument, "splitMode", "must be one of none, layer, row, tensor (got '" + s + "')");
 }
 
-// Checks the file before llama.cpp sees it, so that each kind of bad file gets its own error code.
+// Checks the file before llama.cpp sees it, so that each kind of bad file gets its own error code: from the
+// file itself (its magic, header and size, and whether llama.cpp's architecture table knows the architecture
+// it names), never from the text llama.cpp logs.
 static void check_gguf_file(const std::string & path) {
     struct stat st;
     if (stat(path.c_str(), &st) != 0) {
@@ -189,10 +194,22 @@ static void check_gguf_file(const std::string & path) {
     for (int64_t i = 0; i < n_tensors; i++) {
         need = std::max<uint64_t>(need, gguf_get_data_offset(g) + gguf_get_tensor_offset(g, i) + gguf_get_tensor_size(g, i));
     }
+    // llama.cpp builds a model for every architecture its table names (llama_model_mapping has a case for each),
+    // and refuses one it does not know (llama_model_create: "unknown model architecture")
+    const int64_t arch_key = gguf_find_key(g, "general.architecture");
+    const bool has_arch = arch_key >= 0 && gguf_get_kv_type(g, arch_key) == GGUF_TYPE_STRING;
+    const std::string arch = has_arch ? gguf_get_val_str(g, arch_key) : "";
     gguf_free(g);
     if ((uint64_t) st.st_size < need) {
         throw bw_error(code::model_truncated, "truncated GGUF file " + path + ": " + std::to_string(st.st_size) +
                        " bytes, tensor data needs " + std::to_string(need));
+    }
+    if (!has_arch) {
+        throw bw_error(code::model_unsupported, "unsupported model in " + path + ": it names no architecture (general.architecture)");
+    }
+    if (llm_arch_from_string(arch) == LLM_ARCH_UNKNOWN) {
+        throw bw_error(code::model_unsupported, "unsupported model in " + path + ": unknown model architecture '" + arch +
+                       "' (llama.cpp " BATCHWISE_LLAMA_TAG " does not know it)");
     }
 }
 
@@ -227,7 +244,7 @@ Napi::Value model_wrap::load(const Napi::CallbackInfo & info) {
     Napi::Env env = info.Env();
     return guard(env, [&]() -> Napi::Value {
         auto st = std::make_shared<load_state>();
-        st->path = arg_string(info, 0, "model path");
+        st->path = arg_string(info, 0, "model path", "path");
         Napi::Object o = opt_object(info, 1, "load options");
         st->params = llama_model_default_params();
         st->params.n_gpu_layers = get_int(o, "gpuLayers", -1);
@@ -239,20 +256,24 @@ Napi::Value model_wrap::load(const Napi::CallbackInfo & info) {
         if (has(o, "tensorSplit")) {
             Napi::Value ts = o.Get("tensorSplit");
             if (!ts.IsArray()) {
-                throw bw_error(code::invalid_argument, "option 'tensorSplit' must be an array of numbers");
+                throw option_error(code::invalid_argument, "tensorSplit", "must be an array of numbers");
             }
             Napi::Array arr = ts.As<Napi::Array>();
             if (arr.Length() > llama_max_devices()) {
-                throw bw_error(code::invalid_argument, "option 'tensorSplit' has more entries than devices (" +
-                               std::to_string(llama_max_devices()) + ")");
+                throw option_error(code::invalid_argument, "tensorSplit", "has more entries than devices (" +
+                                   std::to_string(llama_max_devices()) + ")");
             }
             st->tensor_split.assign(llama_max_devices(), 0.0f);
             for (uint32_t i = 0; i < arr.Length(); i++) {
                 Napi::Value x = arr.Get(i);
-                if (!x.IsNumber() || x.As<Napi::Number>().DoubleValue() < 0) {
-                    throw bw_error(code::invalid_argument, "option 'tensorSplit' must hold non-negative numbers");
+                const double d = x.IsNumber() ? x.As<Napi::Number>().DoubleValue() : -1.0;
+                if (!(d >= 0)) { // NaN too
+                    throw option_error(code::invalid_argument, "tensorSplit", "must hold non-negative numbers");
                 }
-                st->tensor_split[i] = x.As<Napi::Number>().FloatValue();
+                if (!fits_float(d)) {
+                    throw option_error(code::invalid_argument, "tensorSplit", "holds " + format_num(d) + ", beyond the range of a 32-bit float");
+                }
+                st->tensor_split[i] = to_float(d);
             }
             st->params.tensor_split = st->tensor_split.data();
         }
@@ -260,7 +281,7 @@ Napi::Value model_wrap::load(const Napi::CallbackInfo & info) {
             st->progress = Napi::ThreadSafeFunction::New(env, info[2].As<Napi::Function>(), "batchwise.loadProgress", 0, 1);
             st->has_progress = true;
         } else if (info.Length() > 2 && !info[2].IsUndefined() && !info[2].IsNull()) {
-            throw bw_error(code::invalid_argument, "onProgress must be a function");
+            throw arg_error(code::invalid_argument, "onProgress", "must be a function");
         }
         st->params.progress_callback = on_load_progress;
         st->params.progress_callback_user_data = st.get();
@@ -271,11 +292,7 @@ Napi::Value model_wrap::load(const Napi::CallbackInfo & info) {
                 log_capture_begin();
                 st->model = llama_model_load_from_file(st->path.c_str(), st->params);
                 std::string why = log_capture_end();
-                if (!st->model) {
-                    if (why.find("unknown model architecture") != std::string::npos ||
-                        why.find("unsupported") != std::string::npos) {
-                        throw bw_error(code::model_unsupported, "unsupported model in " + st->path + ": " + why);
-                    }
+                if (!st->model) { // the file passed check_gguf_file: what is left is llama.cpp's to explain
                     throw bw_error(code::model_load_failed, "failed to load " + st->path + (why.empty() ? "" : ": " + why));
                 }
             },
@@ -318,19 +335,20 @@ static std::vector<llama_token> read_tokens(const Napi::Value & v, const model_w
         for (uint32_t i = 0; i < a.Length(); i++) {
             Napi::Value x = a.Get(i);
             if (!x.IsNumber()) {
-                throw bw_error(code::invalid_argument, "tokens must be integers");
+                throw arg_error(code::invalid_argument, "tokens", "must be integers");
             }
             double d = x.As<Napi::Number>().DoubleValue();
             if (d != (double) (int32_t) d) {
-                throw bw_error(code::token_range, "token " + std::to_string(d) + " is not a valid token id");
+                throw bw_error(code::token_range, "token " + std::to_string(d) + " is not a valid token id",
+                               "tokens[" + std::to_string(i) + "]", "is not a valid token id (got " + format_num(d) + ")");
             }
             out[i] = (int32_t) d;
         }
     } else {
-        throw bw_error(code::invalid_argument, "tokens must be an Int32Array or an array of integers");
+        throw arg_error(code::invalid_argument, "tokens", "must be an Int32Array or an array of integers");
     }
     for (llama_token t : out) {
-        m.check_token(t, "token");
+        m.check_token(t, "token", "tokens");
     }
     return out;
 }
@@ -350,7 +368,7 @@ Napi::Value model_wrap::tokenize(const Napi::CallbackInfo & info) {
         return promise_worker::run(env, "batchwise.Model.tokenize",
             [=]() {
                 if (text->size() > (size_t) INT32_MAX) {
-                    throw bw_error(code::invalid_argument, "text is too long to tokenize");
+                    throw arg_error(code::invalid_argument, "text", "is too long to tokenize");
                 }
                 fill_growing(*out, text->size() + 2, [&](llama_token * data, int32_t cap) {
                     return llama_tokenize(vocab, text->data(), (int32_t) text->size(), data, cap, add_special, parse_special);
@@ -372,7 +390,7 @@ Napi::Value model_wrap::detokenize(const Napi::CallbackInfo & info) {
     return guard(env, [&]() -> Napi::Value {
         get();
         if (info.Length() < 1) {
-            throw bw_error(code::invalid_argument, "tokens must be an Int32Array or an array of integers");
+            throw arg_error(code::invalid_argument, "tokens", "must be an Int32Array or an array of integers");
         }
         auto tokens = std::make_shared<std::vector<llama_token>>(read_tokens(info[0], *this));
         Napi::Object o = opt_object(info, 1, "detokenize options");
@@ -426,7 +444,7 @@ Napi::Value model_wrap::apply_chat_template(const Napi::CallbackInfo & info) {
     return guard(env, [&]() -> Napi::Value {
         get();
         if (info.Length() < 1 || !info[0].IsArray()) {
-            throw bw_error(code::invalid_argument, "messages must be an array of { role, content }");
+            throw arg_error(code::invalid_argument, "messages", "must be an array of { role, content }");
         }
         Napi::Array arr = info[0].As<Napi::Array>();
         Napi::Object o = opt_object(info, 1, "chat template options");
@@ -445,14 +463,23 @@ Napi::Value model_wrap::apply_chat_template(const Napi::CallbackInfo & info) {
         for (uint32_t i = 0; i < arr.Length(); i++) {
             Napi::Value v = arr.Get(i);
             if (!v.IsObject()) {
-                throw bw_error(code::invalid_argument, "messages[" + std::to_string(i) + "] must be an object");
+                throw arg_error(code::invalid_argument, "messages[" + std::to_string(i) + "]", "must be an object");
             }
             Napi::Object m = v.As<Napi::Object>();
-            roles[i] = get_str(m, "role", "");
+            const std::string path = "messages[" + std::to_string(i) + "]";
+            auto str = [&](const char * key) {
+                try {
+                    return get_str(m, key, "");
+                } catch (bw_error & e) { // the field in the caller's terms: messages[i].role
+                    e.field = path + "." + e.field;
+                    throw;
+                }
+            };
+            roles[i] = str("role");
             if (roles[i].empty()) {
-                throw bw_error(code::invalid_argument, "messages[" + std::to_string(i) + "].role must be a non-empty string");
+                throw arg_error(code::invalid_argument, path + ".role", "must be a non-empty string");
             }
-            contents[i] = get_str(m, "content", "");
+            contents[i] = str("content");
             msgs[i] = { roles[i].c_str(), contents[i].c_str() };
             total += roles[i].size() + contents[i].size();
         }
@@ -477,16 +504,18 @@ Napi::Value model_wrap::check_grammar(const Napi::CallbackInfo & info) {
         const std::string grammar = arg_string(info, 0, "grammar");
         std::string root = "root";
         if (info.Length() > 1 && !info[1].IsUndefined()) {
-            root = arg_string(info, 1, "grammar root");
+            root = arg_string(info, 1, "grammar root", "root");
         }
         if (grammar.empty()) {
-            throw bw_error(code::invalid_argument, "the grammar is empty");
+            throw bw_error(code::invalid_argument, "the grammar is empty", "grammar", "is empty");
         }
+        check_grammar_limits(grammar, "the grammar");
         log_capture_begin();
         llama_sampler * g = llama_sampler_init_grammar(vocab_, grammar.c_str(), root.c_str());
         std::string why = log_capture_end();
         if (!g) {
-            throw bw_error(code::invalid_argument, "the grammar does not parse" + (why.empty() ? std::string() : ": " + why));
+            const std::string reason = "does not parse" + (why.empty() ? std::string() : ": " + why);
+            throw bw_error(code::invalid_argument, "the grammar " + reason, "grammar", reason);
         }
         llama_sampler_free(g);
         return info.Env().Undefined();

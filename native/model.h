@@ -34,7 +34,9 @@ public:
     const llama_vocab * vocab() const { return vocab_; }
     int32_t             n_vocab() const { return n_vocab_; }
 
-    void check_token(int32_t token, const char * what) const;
+    // Throws ERR_TOKEN_RANGE for a token outside the vocabulary: the message names it `what`, the error's field is
+    // `field` (default: `what`).
+    void check_token(int32_t token, const char * what, const char * field = nullptr) const;
 
     // Its environment is torn down: let go of the weights (freed once its contexts and work let go too).
     void teardown();

@@ -214,13 +214,13 @@ ggml_type parse_weight_type(const std::string & t, uint32_t & ftype) {
     if (t == "bf16") { ftype = LLAMA_FTYPE_MOSTLY_BF16; return GGML_TYPE_BF16; }
     if (t == "q8_0") { ftype = LLAMA_FTYPE_MOSTLY_Q8_0; return GGML_TYPE_Q8_0; }
     if (t == "q4_0") { ftype = LLAMA_FTYPE_MOSTLY_Q4_0; return GGML_TYPE_Q4_0; }
-    throw bw_error(code::invalid_argument, "option 'type' must be one of f32, f16, bf16, q8_0, q4_0 (got '" + t + "')");
+    throw option_error(code::invalid_argument, "type", "must be one of f32, f16, bf16, q8_0, q4_0 (got '" + t + "')");
 }
 
 uint32_t positive(const Napi::Object & o, const char * key, uint32_t def) {
     int64_t v = get_int64(o, key, def);
     if (v < 1 || v > (1 << 20)) {
-        throw bw_error(code::invalid_argument, std::string("option '") + key + "' must be a positive integer");
+        throw option_error(code::invalid_argument, key, "must be a positive integer");
     }
     return (uint32_t) v;
 }
@@ -234,17 +234,17 @@ Napi::Value create_random_model(const Napi::CallbackInfo & info) {
     Napi::Env env = info.Env();
     return guard(env, [&]() -> Napi::Value {
         if (info.Length() < 1 || !info[0].IsObject()) {
-            throw bw_error(code::invalid_argument, "createRandomModel expects an options object");
+            throw bw_error(code::invalid_argument, "createRandomModel expects an options object", "options", "must be an object");
         }
         Napi::Object o = info[0].As<Napi::Object>();
         auto s = std::make_shared<shape>();
         s->vocab_from = get_str(o, "vocabFrom", "");
         s->out        = get_str(o, "out", "");
-        if (s->vocab_from.empty()) throw bw_error(code::invalid_argument, "option 'vocabFrom' (a vocab-only GGUF) is required");
-        if (s->out.empty())        throw bw_error(code::invalid_argument, "option 'out' (the GGUF to write) is required");
+        if (s->vocab_from.empty()) throw option_error(code::invalid_argument, "vocabFrom", "(a vocab-only GGUF) is required");
+        if (s->out.empty())        throw option_error(code::invalid_argument, "out", "(the GGUF to write) is required");
         s->arch = get_str(o, "architecture", "qwen2");
         if (s->arch != "qwen2" && s->arch != "llama") {
-            throw bw_error(code::invalid_argument, "option 'architecture' must be 'qwen2' or 'llama' (got '" + s->arch + "')");
+            throw option_error(code::invalid_argument, "architecture", "must be 'qwen2' or 'llama' (got '" + s->arch + "')");
         }
         s->n_embd    = positive(o, "embeddingSize", 64);
         s->n_layer   = positive(o, "layers", 2);
@@ -255,14 +255,14 @@ Napi::Value create_random_model(const Napi::CallbackInfo & info) {
         s->type_name = get_str(o, "type", "f16");
         s->type      = parse_weight_type(s->type_name, s->ftype);
         int64_t seed = get_int64(o, "seed", 42);
-        if (seed < 0) throw bw_error(code::invalid_argument, "option 'seed' must be >= 0");
+        if (seed < 0) throw option_error(code::invalid_argument, "seed", "must be >= 0");
         s->seed    = (uint64_t) seed;
         s->threads = get_int(o, "threads", 0);
         if (s->n_embd % s->n_head != 0) {
-            throw bw_error(code::invalid_argument, "embeddingSize must be a multiple of heads");
+            throw arg_error(code::invalid_argument, "embeddingSize", "must be a multiple of heads");
         }
         if (s->n_head % s->n_head_kv != 0) {
-            throw bw_error(code::invalid_argument, "heads must be a multiple of kvHeads");
+            throw arg_error(code::invalid_argument, "heads", "must be a multiple of kvHeads");
         }
         const int64_t blck = ggml_blck_size(s->type);
         if (s->n_embd % blck != 0 || s->n_ff % blck != 0) {

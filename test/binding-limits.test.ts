@@ -4,8 +4,9 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { BatchwiseError, ErrorCode, jsonSchemaToGrammar, LlamaContext, LlamaModel } from "../lib/index.js";
+import { LIMITS } from "../lib/binding/index.js";
 import { validateRequest } from "../lib/engine/request.js";
-import { contextOptions, loadModel, tinyQwen } from "./helpers.js";
+import { contextOptions, loadModel, modelPath, tinyQwen } from "./helpers.js";
 
 const invalid = (pattern?: RegExp) => (e: unknown) => {
     assert.ok(e instanceof BatchwiseError, `expected a BatchwiseError, got ${e}`);
@@ -31,11 +32,54 @@ describe("binding limits (fuzz findings)", () => {
 
     before(async () => {
         model = await loadModel(tinyQwen);
-        ctx = await model.createContext(contextOptions({ contextSize: 256, maxSequences: 2, batchSize: 64 }));
+        ctx = await model.createContext(contextOptions({ contextSize: 256, seqIds: 2, batchSize: 64 }));
     });
     after(() => {
         ctx.dispose();
         model.dispose();
+    });
+
+    it("reads its limits from the addon's one table (LIMITS), and the addon enforces each", () => {
+        assert.ok(Object.isFrozen(LIMITS));
+        assert.deepEqual({ ...LIMITS }, {
+            maxLogprobs: 20, maxLogitBias: 1024, maxGrammarBytes: 128 * 1024, maxGrammarNesting: 1000, maxSchemaBytes: 1024 * 1024,
+            maxSchemaDepth: 128, maxSchemaOptionalPropertiesSquared: 256 * 256, maxThreads: 512, maxContextSize: 16 * 1024 * 1024, maxKvBlockSize: 4096,
+        });
+        assert.throws(() => { (LIMITS as { maxLogprobs: number }).maxLogprobs = 100; }, TypeError);
+        // logprobs: the addon took up to 100 while the engine's intake took 20
+        const field = (name: string, code: string = ErrorCode.InvalidArgument) => (e: unknown) => {
+            assert.ok(e instanceof BatchwiseError, String(e));
+            assert.equal(e.code, code, e.message);
+            assert.equal(e.field, name, e.message);
+            return true;
+        };
+        assert.throws(() => ctx.setSampler(0, { logprobs: LIMITS.maxLogprobs + 1 }), field("logprobs", ErrorCode.SamplerInvalid));
+        ctx.setSampler(0, { logprobs: LIMITS.maxLogprobs });
+        const bias = (n: number) => Array.from({ length: n }, (_, i) => [i + 10, -1] as [number, number]);
+        assert.throws(() => ctx.setSampler(0, { logitBias: bias(LIMITS.maxLogitBias + 1) }), field("logitBias"));
+        assert.throws(() => ctx.setSampler(0, { logitBias: Object.fromEntries(bias(LIMITS.maxLogitBias + 1)) }), field("logitBias"));
+        ctx.setSampler(0, { logitBias: bias(LIMITS.maxLogitBias) });
+        // a history longer than the context (256) cannot be one the sequence generated: refused before each token is replayed
+        assert.throws(() => ctx.setSampler(0, { history: new Int32Array(257).fill(100) }), field("history"));
+        ctx.setSampler(0, { history: new Int32Array(256).fill(100) });
+        ctx.setSampler(0, null);
+    });
+
+    it("the addon checks a grammar's and a schema's limits itself, with the field named", () => {
+        const raw = ctx.native; // no JS checks in front of it
+        const deep = "root ::= " + "(".repeat(LIMITS.maxGrammarNesting + 1) + '"a"' + ")".repeat(LIMITS.maxGrammarNesting + 1);
+        for (const call of [() => raw.setSampler(0, { grammar: deep }), () => model.native.checkGrammar(deep)]) {
+            assert.throws(call, (e: { code?: string; field?: string; reason?: string }) =>
+                e.code === ErrorCode.InvalidArgument && e.field === "grammar" && e.reason === `nests groups more than ${LIMITS.maxGrammarNesting} deep`);
+        }
+        model.checkGrammar("root ::= " + "(".repeat(LIMITS.maxGrammarNesting) + '"a"' + ")".repeat(LIMITS.maxGrammarNesting));
+        assert.throws(() => raw.setSampler(0, { grammar: 'root ::= "a"{ 12 # twelve\n, 011 }' }), (e: { field?: string; message: string }) =>
+            e.field === "grammar" && /repeats something \{ 12 # twelve\n, 011 \}: the most times is below the least/.test(e.message));
+        model.checkGrammar('root ::= "a"{ 9 , 0010 }');
+        assert.throws(() => jsonSchemaToGrammar('{"type":"array","items":'.repeat(LIMITS.maxSchemaDepth) + "{}" + "}".repeat(LIMITS.maxSchemaDepth)),
+            (e: BatchwiseError) => e.field === "schema" && /nests objects and arrays more than 128 deep/.test(e.message));
+        // strings are skipped when counting nesting
+        assert.equal(typeof jsonSchemaToGrammar({ type: "string", description: "[[[[{{{{".repeat(100) }), "string");
     });
 
     it("a grammar nested 20,000 groups deep is refused (llama.cpp's parser recursed until the stack overflowed: SIGSEGV)", () => {
@@ -86,9 +130,10 @@ describe("binding limits (fuzz findings)", () => {
     });
 
     it("more sequences than min(contextSize, batchSize) are refused (GGML_ASSERT(n_outputs_max <= cparams.n_outputs_max): abort)", async () => {
-        await assert.rejects(model.createContext({ contextSize: 256, maxSequences: 4, batchSize: 2 }), invalid(/maxSequences/));
-        await assert.rejects(model.createContext({ contextSize: 3, maxSequences: 4 }), invalid(/maxSequences/));
-        (await model.createContext({ contextSize: 4, maxSequences: 4, batchSize: 4 })).dispose();
+        await assert.rejects(model.createContext({ contextSize: 256, seqIds: 4, batchSize: 2 }), invalid(/seqIds/));
+        await assert.rejects(model.createContext({ contextSize: 3, seqIds: 4 }), invalid(/seqIds/));
+        await assert.rejects(model.createContext({ contextSize: 3, maxSequences: 4 }), invalid(/maxSequences/)); // named as given
+        (await model.createContext({ contextSize: 4, seqIds: 4, batchSize: 4 })).dispose();
     });
 
     it("more threads than ggml's 512 are refused (pthread_create failed: GGML_ASSERT(rc == 0), abort)", async () => {
@@ -109,5 +154,34 @@ describe("binding limits (fuzz findings)", () => {
         assert.throws(() => validateRequest({ repeatPenalty: 1e300 }, 1000), invalid(/'repeatPenalty'/));
         assert.throws(() => validateRequest({ logitBias: { 5: 1e300 } }, 1000), invalid(/'logitBias'/));
         assert.equal(validateRequest({ temperature: 1e30, logitBias: { 5: -Infinity } }, 1000).samplers.length, 1);
+    });
+
+    it("the addon itself refuses sampler numbers beyond a 32-bit float (it cast them to Infinity when the JS checks were passed by)", () => {
+        const raw = ctx.native; // no JS checks in front of it
+        const refused = (pattern: RegExp) => (e: unknown) => {
+            assert.equal((e as { code?: unknown }).code, ErrorCode.InvalidArgument, String(e));
+            assert.match((e as Error).message, pattern);
+            return true;
+        };
+        for (const k of ["temperature", "topP", "minP", "repeatPenalty", "presencePenalty", "frequencyPenalty"] as const) {
+            for (const v of [1e300, -1e300, 3.4028235677973366e38, 1e39]) {
+                assert.throws(() => raw.setSampler(0, { [k]: v }), refused(new RegExp(`'${k}' \\(${String(v).replace("+", "\\+")}\\) is beyond the range of a 32-bit float`)));
+            }
+        }
+        for (const bias of [1e300, -1e300, Infinity, 3.4028235677973366e38]) {
+            assert.throws(() => raw.setSampler(0, { logitBias: [[100, bias]] }), refused(/logitBias values must be 32-bit floats or -Infinity/));
+            assert.throws(() => raw.setSampler(0, { logitBias: { 100: bias } }), refused(/logitBias/));
+        }
+        // the largest float (and what rounds to it), and -Infinity as a bias, are taken
+        raw.setSampler(0, { temperature: 3.4028234663852886e38, frequencyPenalty: -3.4028235e38, logitBias: [[100, -Infinity], [101, 3.4028235e38]] });
+        raw.setSampler(0, null);
+    });
+
+    it("the addon refuses a tensorSplit entry that is NaN or beyond a 32-bit float", async () => {
+        const path = await modelPath(tinyQwen);
+        for (const v of [NaN, 1e300, Infinity]) {
+            await assert.rejects(LlamaModel.load(path, { gpuLayers: 0, vocabOnly: true, tensorSplit: [v] }), invalid(/tensorSplit/));
+        }
+        (await LlamaModel.load(path, { gpuLayers: 0, vocabOnly: true, tensorSplit: [3, 1] })).dispose();
     });
 });

@@ -1,7 +1,7 @@
 // Decoding: determinism, batching equivalence, KV prefix sharing, sequence state, sampling.
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { BatchwiseError, ErrorCode, LlamaContext, LlamaModel, LogLevel, setLogger } from "../lib/index.js";
+import { BatchwiseError, ErrorCode, LlamaContext, LlamaModel, LogLevel, setLogger, systemInfo, type ContextOptions } from "../lib/index.js";
 import { contextOptions, generate, generateBatched, gpu, loadModel, prefill, randomPrompt, tinyQwen } from "./helpers.js";
 
 describe("decode", () => {
@@ -38,10 +38,10 @@ describe("decode", () => {
         for (const p of prompts) {
             alone.push(await withContext({}, (ctx) => generate(ctx, 0, p, 16)));
         }
-        const batched = await withContext({ maxSequences: 8, contextSize: 2048 }, (ctx) => generateBatched(ctx, prompts, 16));
+        const batched = await withContext({ seqIds: 8, contextSize: 2048 }, (ctx) => generateBatched(ctx, prompts, 16));
         assert.deepEqual(batched, alone);
         // and the sequence id used does not matter
-        const onSeven = await withContext({ maxSequences: 8 }, (ctx) => generate(ctx, 7, prompts[3], 16));
+        const onSeven = await withContext({ seqIds: 8 }, (ctx) => generate(ctx, 7, prompts[3], 16));
         assert.deepEqual(onSeven, alone[3]);
     });
 
@@ -115,9 +115,28 @@ describe("decode", () => {
         assert.deepEqual([expected[0], ...restored], expected);
     });
 
+    it("has the sequence ids seqIds asks for (or maxSequences, its old name), up to systemInfo().maxSeqIds", async () => {
+        const { maxSeqIds } = systemInfo();
+        for (const o of [{ seqIds: 3 }, { maxSequences: 3 }, { seqIds: 3, maxSequences: 3 }] as ContextOptions[]) {
+            const ctx = await LlamaContext.create(model, { contextSize: 256, batchSize: 64, ...o });
+            try {
+                assert.equal(ctx.info.seqIds, 3, JSON.stringify(o));
+                assert.equal(ctx.info.maxSequences, 3);
+                await prefill(ctx, 2, randomPrompt(4, 1));
+                await assert.rejects(prefill(ctx, 3, randomPrompt(4, 1)), (e: BatchwiseError) => e.code === ErrorCode.SeqIdRange && e.field === "batch.seqIds[0]");
+            } finally {
+                ctx.dispose();
+            }
+        }
+        await assert.rejects(LlamaContext.create(model, { contextSize: 256, seqIds: 3, maxSequences: 4 }),
+            (e: BatchwiseError) => e.code === ErrorCode.InvalidArgument && e.field === "seqIds" && /disagree/.test(e.message));
+        await assert.rejects(LlamaContext.create(model, { contextSize: 1 << 20, batchSize: 1 << 20, seqIds: maxSeqIds + 1 }),
+            (e: BatchwiseError) => e.code === ErrorCode.InvalidArgument && e.field === "seqIds" && e.reason === `must be between 1 and ${maxSeqIds}`);
+    });
+
     it("samples per sequence: greedy, seeded temperature sampling, logit bias", async () => {
         const prompt = randomPrompt(16, 8);
-        await withContext({ maxSequences: 4 }, async (ctx) => {
+        await withContext({ seqIds: 4 }, async (ctx) => {
             const greedy = await generate(ctx, 0, prompt, 8);
             ctx.seqRemove(0);
             // an explicit greedy chain (in the graph where possible) matches the built-in argmax
@@ -155,7 +174,7 @@ describe("decode", () => {
             await new Promise((r) => setTimeout(r, 20)); // log lines arrive through the event loop
             return lines.filter((l) => /sched_reserve: reserving/.test(l)).length;
         };
-        await withContext({ maxSequences: 8 }, async (ctx) => {
+        await withContext({ seqIds: 8 }, async (ctx) => {
             setLogger((_, text) => lines.push(text), LogLevel.Info);
             try {
                 const greedy = await generate(ctx, 0, prompt, 4);
@@ -201,7 +220,7 @@ describe("decode", () => {
         // graph ran with inputs the new chain never set: an abort (a logit bias's missing input), stale draws,
         // and under a server's mixed load token ids that were float bits ("token 1194250240 is outside the vocabulary")
         const prompt = randomPrompt(8, 5);
-        await withContext({ maxSequences: 2 }, async (ctx) => {
+        await withContext({ seqIds: 2 }, async (ctx) => {
             await prefill(ctx, 0, prompt);
             let pos = prompt.length;
             const got: number[] = [], want: number[] = [];
@@ -221,7 +240,7 @@ describe("decode", () => {
         // top_k 151664 aborted the process (ggml_top_k asserts k <= n: llama.cpp probes a backend chain on 128K candidates)
         const V = model.metadata.vocabSize;
         const prompt = randomPrompt(6, 9);
-        await withContext({ maxSequences: 2 }, async (ctx) => {
+        await withContext({ seqIds: 2 }, async (ctx) => {
             const greedy = await prefill(ctx, 0, prompt);
             for (const topK of [1, 100_000, 128 * 1024, 128 * 1024 + 1, V - 272, V - 1, V, V + 1, 2 ** 31 - 1]) {
                 ctx.seqRemove(1);
@@ -235,7 +254,7 @@ describe("decode", () => {
 
     it("returns logprobs of the sampled token and the top k", async () => {
         const prompt = randomPrompt(10, 10);
-        await withContext({ maxSequences: 2 }, async (ctx) => {
+        await withContext({ seqIds: 2 }, async (ctx) => {
             ctx.setSampler(0, { temperature: 0, logprobs: 5 });
             const n = prompt.length;
             const r = await ctx.decode({
@@ -256,6 +275,31 @@ describe("decode", () => {
             const mass = [...r.topLogprobs.slice(0, 5)].reduce((s, x) => s + Math.exp(x), 0);
             assert.ok(mass > 0 && mass <= 1 + 1e-5);
             assert.equal(r.tokens[1], r.tokens[0], "same prompt, same greedy token");
+        });
+    });
+
+    it("a grammar row whose chain picks a token the grammar masks ends that row alone, not the batch", async () => {
+        // After the history "!!" the grammar wants a letter, so "!" (token 0) is masked to -Infinity. A frequency
+        // penalty of -3e38 on a token seen twice overflows to -Infinity, and the masked logit becomes
+        // -inf - -inf = NaN, which greedy picks. Accepting it in the grammar threw, and every sequence of the
+        // batch failed with ERR_INTERNAL; now that row reports -1 (no token) and the others get theirs
+        assert.equal(Buffer.from(model.tokenToPiece(0)).toString(), "!");
+        const a = randomPrompt(7, 13), b = randomPrompt(9, 14);
+        const alone = await withContext({}, (ctx) => prefill(ctx, 1, b));
+        await withContext({ seqIds: 2 }, async (ctx) => {
+            ctx.setSampler(0, { temperature: 0, grammar: 'root ::= "!!" [a-z]+', history: Int32Array.of(0, 0), frequencyPenalty: -3e38 });
+            const r = await ctx.decode({
+                tokens: Int32Array.from([...a, ...b]),
+                positions: Int32Array.from([...a.keys(), ...b.keys()]),
+                seqIds: Int32Array.from([...a.map(() => 0), ...b.map(() => 1)]),
+                outputs: Uint8Array.from([...a.map((_, i) => (i === a.length - 1 ? 1 : 0)), ...b.map((_, i) => (i === b.length - 1 ? 1 : 0))]),
+            });
+            assert.equal(r.tokens[0], -1, "the grammar allows nothing the chain can pick");
+            assert.equal(r.tokens[1], alone, "the other sequence samples as it does alone");
+            // and the context goes on: the sequence takes a sane sampler again
+            ctx.setSampler(0, { temperature: 0, grammar: 'root ::= "!!" [a-z]+', history: Int32Array.of(0, 0) });
+            const next = await ctx.decode({ tokens: Int32Array.of(b[0]), positions: Int32Array.of(a.length), seqIds: Int32Array.of(0), outputs: Uint8Array.of(1) });
+            assert.match(Buffer.from(model.tokenToPiece(next.tokens[0])).toString(), /^[a-z]+$/);
         });
     });
 
@@ -280,14 +324,14 @@ describe("decode", () => {
         // CUDA's paged kernel has no tiles for this model's head size (16), nor for blocks under 128
         for (const kvBlockSize of [16, 128]) {
             await assert.rejects(model.createContext(contextOptions({ kvBlockSize })),
-                (e: BatchwiseError) => e.code === ErrorCode.ContextCreateFailed && /paged attention/.test(e.message));
+                (e: BatchwiseError) => e.code === ErrorCode.PagedKvUnsupported && /paged attention/.test(e.message));
         }
     });
 
     // on a GPU the tiny model's head size (16) has no paged attention kernel (test-backend-ops checks the kernel there)
     describe("paged KV cache (kvBlockSize)", { skip: gpu && "no CUDA paged attention for head size 16" }, () => {
         const bs = 16;
-        const paged = (o: Parameters<typeof contextOptions>[0] = {}) => ({ contextSize: 64 * bs, batchSize: 8 * bs, maxSequences: 4, kvBlockSize: bs, ...o });
+        const paged = (o: Parameters<typeof contextOptions>[0] = {}) => ({ contextSize: 64 * bs, batchSize: 8 * bs, seqIds: 4, kvBlockSize: bs, ...o });
         const table = (...ids: number[]) => Int32Array.from(ids);
 
         it("puts tokens in the blocks the table names and gives the tokens of the unified pool", async () => {
@@ -344,6 +388,14 @@ describe("decode", () => {
                 assert.throws(() => ctx.setBlockTable(0, table(0)), (e: BatchwiseError) => e.code === ErrorCode.InvalidArgument, "a context without kvBlockSize");
             });
             await assert.rejects(model.createContext(contextOptions({ kvBlockSize: 24 })), (e: BatchwiseError) => e.code === ErrorCode.InvalidArgument);
+            // llama.cpp's refusal has a code of its own (the engine falls back on it): here, paged KV without flash attention
+            await assert.rejects(model.createContext(contextOptions({ kvBlockSize: 16, flashAttention: "off" })), (e: BatchwiseError) => {
+                assert.equal(e.code, ErrorCode.PagedKvUnsupported, e.message);
+                assert.match(e.message, /paged KV needs flash attention/);
+                assert.equal(e.field, "kvBlockSize");
+                return true;
+            });
+            (await model.createContext(contextOptions({ kvBlockSize: 0, flashAttention: "off" }))).dispose();
             await assert.rejects(model.createContext(contextOptions({ kvBlockSize: 16, kvUnified: false })), (e: BatchwiseError) => e.code === ErrorCode.InvalidArgument);
         });
     });

@@ -35,7 +35,7 @@ describe("errors", () => {
     before(async () => {
         dir = mkdtempSync(join(tmpdir(), "batchwise-errors-"));
         model = await loadModel(tinyLlama);
-        ctx = await model.createContext(contextOptions({ contextSize: 256, maxSequences: 2, batchSize: 64 }));
+        ctx = await model.createContext(contextOptions({ contextSize: 256, seqIds: 2, batchSize: 64 }));
     });
     after(() => {
         ctx.dispose();
@@ -72,12 +72,25 @@ describe("errors", () => {
         const p = join(dir, "bogus.gguf");
         writeFileSync(p, ggufWithKeys({ "general.architecture": "no-such-arch" }));
         await assert.rejects(LlamaModel.load(p), expectCode("ERR_MODEL_UNSUPPORTED", /no-such-arch/));
+        writeFileSync(p, ggufWithKeys({ "general.name": "no architecture at all" }));
+        await assert.rejects(LlamaModel.load(p), expectCode("ERR_MODEL_UNSUPPORTED", /general\.architecture/));
+    });
+
+    it("classifies a failed load by the file, not by words in llama.cpp's log", async () => {
+        // an architecture llama.cpp knows with a tokenizer it does not: llama.cpp fails with "unknown tokenizer: '<name>'",
+        // and a name that holds the word "unsupported" made that ERR_MODEL_UNSUPPORTED, any other name ERR_MODEL_LOAD_FAILED
+        for (const tokenizer of ["unsupported-tokenizer", "no-such-tokenizer"]) {
+            const p = join(dir, `${tokenizer}.gguf`);
+            writeFileSync(p, ggufWithKeys({ "general.architecture": "llama", "tokenizer.ggml.model": tokenizer }));
+            await assert.rejects(LlamaModel.load(p, { vocabOnly: true }), expectCode("ERR_MODEL_LOAD_FAILED", new RegExp(`unknown tokenizer: '${tokenizer}'`)));
+        }
     });
 
     it("rejects wrong argument types with the field named", async () => {
         await assert.rejects(LlamaModel.load(42 as unknown as string), expectCode("ERR_INVALID_ARGUMENT", /model path/));
         await assert.rejects(LlamaModel.load(await modelPath(tinyLlama), { gpuLayers: "all" as unknown as number }), expectCode("ERR_INVALID_ARGUMENT", /gpuLayers/));
         await assert.rejects(LlamaModel.load(await modelPath(tinyLlama), { splitMode: "diagonal" as never }), expectCode("ERR_INVALID_ARGUMENT", /splitMode/));
+        await assert.rejects(model.createContext({ seqIds: 0 }), expectCode("ERR_INVALID_ARGUMENT", /seqIds/));
         await assert.rejects(model.createContext({ maxSequences: 0 }), expectCode("ERR_INVALID_ARGUMENT", /maxSequences/));
         await assert.rejects(model.createContext({ batchSize: 64, ubatchSize: 128 }), expectCode("ERR_INVALID_ARGUMENT", /ubatchSize/));
         await assert.rejects(model.createContext({ kvCacheTypeK: "f8" as never }), expectCode("ERR_INVALID_ARGUMENT", /kvCacheTypeK/));
@@ -93,6 +106,45 @@ describe("errors", () => {
         assert.throws(() => ctx.setSampler(0, { temperature: "hot" as unknown as number }), expectCode("ERR_INVALID_ARGUMENT", /temperature/));
         await assert.rejects(createRandomModel({ vocabFrom: "llama-spm", out: join(dir, "x.gguf"), architecture: "gpt5" as never }), expectCode("ERR_INVALID_ARGUMENT", /architecture/));
         await assert.rejects(async () => createRandomModel({ vocabFrom: "no-such-vocab", out: join(dir, "x.gguf") }), expectCode("ERR_MODEL_NOT_FOUND", /no-such-vocab/));
+    });
+
+    it("names the argument at fault as field and reason, besides the code and the message", async () => {
+        const at = (code: string, field: string, reason: RegExp | string, message?: RegExp) => (e: unknown) => {
+            expectCode(code, message)(e);
+            const b = e as BatchwiseError;
+            assert.equal(b.field, field, b.message);
+            if (typeof reason === "string") assert.equal(b.reason, reason);
+            else assert.match(b.reason ?? "", reason);
+            return true;
+        };
+        // sampler options: a bad value, a wrong type, a token, a grammar
+        assert.throws(() => ctx.setSampler(0, { topK: -1 }), at("ERR_SAMPLER_INVALID", "topK", "must be >= 0", /^topK must be >= 0$/));
+        assert.throws(() => ctx.setSampler(0, { topP: 0 }), at("ERR_SAMPLER_INVALID", "topP", "must be in (0, 1]"));
+        assert.throws(() => ctx.setSampler(0, { temperature: "hot" as unknown as number }),
+            at("ERR_INVALID_ARGUMENT", "temperature", "must be a number", /^option 'temperature' must be a number$/));
+        assert.throws(() => ctx.setSampler(0, { seed: 2 ** 40 }), at("ERR_SAMPLER_INVALID", "seed", "must be an unsigned 32-bit integer"));
+        assert.throws(() => ctx.setSampler(0, { logitBias: [[99999, 1]] }), at("ERR_TOKEN_RANGE", "logitBias", "99999 is outside the vocabulary [0, 32000)"));
+        assert.throws(() => ctx.setSampler(0, { logitBias: [[5, "x" as unknown as number]] }), at("ERR_INVALID_ARGUMENT", "logitBias", "values must be numbers"));
+        assert.throws(() => ctx.setSampler(0, { grammar: "root ::= (" }), at("ERR_SAMPLER_INVALID", "grammar", /^does not parse/, /^the grammar does not parse/));
+        assert.throws(() => ctx.setSampler(0, { history: [1, 2] as unknown as Int32Array }), at("ERR_INVALID_ARGUMENT", "history", "must be an Int32Array"));
+        const xyz = await model.tokenize("xyz", { addSpecial: false });
+        assert.throws(() => ctx.setSampler(0, { grammar: 'root ::= "a"', history: xyz }), at("ERR_SAMPLER_INVALID", "history", /^does not fit the grammar/));
+        assert.throws(() => ctx.setSampler(7, null), at("ERR_SEQ_ID_RANGE", "seqId", "7 is out of range [0, 2)"));
+        // context options
+        await assert.rejects(model.createContext({ kvCacheTypeK: "f8" as never }), at("ERR_INVALID_ARGUMENT", "kvCacheTypeK", /^must be one of f32, /));
+        await assert.rejects(model.createContext({ batchSize: 64, ubatchSize: 128 }), at("ERR_INVALID_ARGUMENT", "ubatchSize", "must not exceed 'batchSize' (64)"));
+        await assert.rejects(model.createContext({ contextSize: -1 }), at("ERR_INVALID_ARGUMENT", "contextSize", /^must be between 0/));
+        await assert.rejects(model.createContext({ flashAttention: "maybe" as never }), at("ERR_INVALID_ARGUMENT", "flashAttention", /^must be true, false/));
+        await assert.rejects(model.createContext({ kvBlockSize: 24 }), at("ERR_INVALID_ARGUMENT", "kvBlockSize", /power of two/));
+        // a batch, and a method's argument
+        await assert.rejects(ctx.decode({ tokens: Int32Array.of(5), positions: Int32Array.of(0), seqIds: Int32Array.of(2), outputs: Uint8Array.of(1) }),
+            at("ERR_SEQ_ID_RANGE", "batch.seqIds[0]", "2 is out of range [0, 2)", /^batch\.seqIds\[0\] 2 is out of range/));
+        await assert.rejects(ctx.decode({ tokens: Int32Array.of(1, 32000), positions: Int32Array.of(0, 1), seqIds: new Int32Array(2), outputs: Uint8Array.of(0, 1) }),
+            at("ERR_TOKEN_RANGE", "batch.tokens[1]", "32000 is outside the vocabulary [0, 32000)"));
+        assert.throws(() => ctx.seqCopy(0, 9), at("ERR_SEQ_ID_RANGE", "dstSeqId", "9 is out of range [0, 2)"));
+        await assert.rejects(LlamaModel.load(await modelPath(tinyLlama), { gpuLayers: "all" as unknown as number }), at("ERR_INVALID_ARGUMENT", "gpuLayers", "must be a number"));
+        // an error that is not about an argument has neither
+        await assert.rejects(ctx.restoreSequence(0, Buffer.from("garbage state bytes")), (e: BatchwiseError) => e.code === "ERR_STATE_FAILED" && e.field === undefined && e.reason === undefined);
     });
 
     it("rejects an out-of-range sequence id", async () => {
@@ -153,7 +205,7 @@ describe("errors", () => {
 
     it("rejects use after dispose, and disposing a model that still has contexts", async () => {
         const m = await loadModel(tinyLlama);
-        const c = await m.createContext(contextOptions({ contextSize: 128, maxSequences: 1, batchSize: 32 }));
+        const c = await m.createContext(contextOptions({ contextSize: 128, seqIds: 1, batchSize: 32 }));
         assert.throws(() => m.dispose(), expectCode("ERR_MODEL_IN_USE", /1 live context/));
         c.dispose();
         c.dispose(); // idempotent
@@ -170,7 +222,7 @@ describe("errors", () => {
 
     it("disposing a context during a decode waits for it, then frees", async () => {
         const m = await loadModel(tinyLlama);
-        const c = await m.createContext(contextOptions({ contextSize: 128, maxSequences: 1, batchSize: 64 }));
+        const c = await m.createContext(contextOptions({ contextSize: 128, seqIds: 1, batchSize: 64 }));
         const p = prefill(c, 0, randomPrompt(64, 4, 32000));
         c.dispose();
         assert.equal(typeof (await p), "number", "the decode in flight completes");

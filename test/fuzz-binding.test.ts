@@ -176,10 +176,10 @@ describe("fuzz: binding", { timeout: testTimeoutMs(90, 7) }, () => {
         path = await modelPath(tinyQwen);
         model = await LlamaModel.load(path, { gpuLayers });
         vocab = model.metadata.vocabSize;
-        ctx = await model.createContext(contextOptions({ contextSize: CTX, maxSequences: SEQS, batchSize: BATCH }));
-        split = await model.createContext(contextOptions({ contextSize: CTX, maxSequences: 2, batchSize: BATCH, kvUnified: false }));
+        ctx = await model.createContext(contextOptions({ contextSize: CTX, seqIds: SEQS, batchSize: BATCH }));
+        split = await model.createContext(contextOptions({ contextSize: CTX, seqIds: 2, batchSize: BATCH, kvUnified: false }));
         try {
-            paged = await model.createContext(contextOptions({ contextSize: CTX, maxSequences: SEQS, batchSize: BATCH, kvBlockSize: gpu ? 128 : 16, flashAttention: "on" }));
+            paged = await model.createContext(contextOptions({ contextSize: CTX, seqIds: SEQS, batchSize: BATCH, kvBlockSize: gpu ? 128 : 16, flashAttention: "on" }));
         } catch (e) {
             process.stderr.write(`fuzz-binding: no paged context on this build (${(e as Error).message}); its cases are skipped\n`);
         }
@@ -216,7 +216,7 @@ describe("fuzz: binding", { timeout: testTimeoutMs(90, 7) }, () => {
 
     /** Every sequence back to greedy sampling. */
     function resetSamplers(c: LlamaContext): void {
-        for (let s = 0; s < c.info.maxSequences; s++) c.setSampler(s, null);
+        for (let s = 0; s < c.info.seqIds; s++) c.setSampler(s, null);
     }
 
     /** The context still decodes after whatever the case did to it. */
@@ -483,7 +483,8 @@ describe("fuzz: binding", { timeout: testTimeoutMs(90, 7) }, () => {
         // KV sizes stay small: the fuzz is about the arguments, not about allocating gigabytes
         const ctxOpts = fc.oneof(options({
             contextSize: fc.constantFrom(0, 1, 2, 15, 16, 17, 255, 256, 257, -1, 2 ** 31, 2 ** 32, 16 * 1024 * 1024 + 1, 1.5, NaN),
-            maxSequences: intAround(0, 1, 2, 255, 256),
+            seqIds: intAround(0, 1, 2, 255, 256),
+            maxSequences: intAround(0, 1, 2, 255, 256), // the old name of seqIds
             batchSize: intAround(0, 1, 16, 512, 2 ** 31),
             ubatchSize: intAround(0, 1, 16, 512, 2 ** 31),
             flashAttention: fc.constantFrom(true, false, "auto", "on", "off", "ON", ""),
@@ -496,7 +497,7 @@ describe("fuzz: binding", { timeout: testTimeoutMs(90, 7) }, () => {
             threadsBatch: intAround(0, 1, 2, 512, 2 ** 31),
         }), validOptions({
             contextSize: fc.constantFrom(0, 16, 17, 255, 256, 257, 1, 2),
-            maxSequences: fc.oneof({ weight: 4, arbitrary: fc.integer({ min: 1, max: 4 }) }, { weight: 1, arbitrary: fc.constantFrom(16, 255, 256) }),
+            seqIds: fc.oneof({ weight: 4, arbitrary: fc.integer({ min: 1, max: 4 }) }, { weight: 1, arbitrary: fc.constantFrom(16, 255, 256) }),
             batchSize: fc.constantFrom(1, 2, 16, 512, 2 ** 31 - 1),
             ubatchSize: fc.constantFrom(1, 2, 16, 512),
             flashAttention: fc.constantFrom(true, false, "auto", "on", "off"),
@@ -538,7 +539,7 @@ describe("fuzz: binding", { timeout: testTimeoutMs(90, 7) }, () => {
             if (r.ok) {
                 try {
                     const info = r.value.info;
-                    assert.ok(info.contextSize >= 1 && info.maxSequences >= 1 && info.batchSize >= 1, show(info));
+                    assert.ok(info.contextSize >= 1 && info.seqIds >= 1 && info.seqIds === info.maxSequences && info.batchSize >= 1, show(info));
                     if (info.kvBlockSize > 0) r.value.setBlockTable(0, Int32Array.of(0));
                     const d = await call("created.decode", o, () => r.value.decode(batchFor(0, prompt.subarray(0, Math.min(4, info.batchSize, info.contextSize)), 0)));
                     if (d.ok) assert.ok(d.value.tokens[0] >= 0 && d.value.tokens[0] < vocab);
@@ -552,7 +553,7 @@ describe("fuzz: binding", { timeout: testTimeoutMs(90, 7) }, () => {
     it("disposal and busy contexts: calls during a decode, after dispose, model dispose with contexts alive", { timeout: testTimeoutMs(5) }, async () => {
         const op = fc.constantFrom("seqRemove", "seqCopy", "seqKeep", "seqPosMax", "clear", "setSampler", "saveSequence", "decode", "dispose", "modelDispose", "tokenize", "info");
         await fuzz("disposal and busy contexts", fc.tuple(fc.array(op, { minLength: 1, maxLength: 5 }), fc.boolean()), async ([ops, disposeFirst]) => {
-            const c = await model.createContext(contextOptions({ contextSize: 64, maxSequences: 2, batchSize: 16 }));
+            const c = await model.createContext(contextOptions({ contextSize: 64, seqIds: 2, batchSize: 16 }));
             try {
                 if (disposeFirst) c.dispose();
                 const inflight = call("tmp.decode", "prompt", () => c.decode(batchFor(0, prompt.subarray(0, 8), 0)));

@@ -60,7 +60,9 @@ export async function loadModel(shape: Shape = tinyQwen): Promise<LlamaModel> {
 }
 
 export function contextOptions(o: ContextOptions = {}): ContextOptions {
-    return { contextSize: 1024, maxSequences: 4, batchSize: 256, flashAttention: gpu ? "on" : "auto", ...o };
+    // seqIds, or its deprecated name maxSequences (still taken), default 4
+    const { maxSequences, seqIds = maxSequences ?? 4, ...rest } = o;
+    return { contextSize: 1024, seqIds, batchSize: 256, flashAttention: gpu ? "on" : "auto", ...rest };
 }
 
 function range(a: number, n: number): Int32Array {

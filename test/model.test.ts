@@ -24,6 +24,8 @@ describe("model", () => {
         const info = systemInfo();
         assert.equal(info.llamaTag, "v0.5.0");
         assert.equal(info.cuda, gpu, "BATCHWISE_TEST_GPU=1 needs the CUDA build (and a CPU run the CPU build)");
+        assert.ok(Number.isInteger(info.maxSeqIds) && info.maxSeqIds >= 1, `maxSeqIds ${info.maxSeqIds}`);
+        assert.equal(info.maxSequences, info.maxSeqIds, "the old name reads the same");
         const devices = getDevices();
         assert.ok(devices.length >= 1);
         for (const d of devices) {

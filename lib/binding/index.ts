@@ -51,7 +51,12 @@ export interface ModelLoadOptions {
 export interface ContextOptions {
     /** Total KV cells over all sequences; 0 (default) uses the model's trained context. */
     contextSize?: number;
-    /** Sequences that can be decoded at once (sequence ids 0..maxSequences-1). Default 1. */
+    /**
+     * The llama.cpp sequence ids the context has (0..seqIds-1; llama.cpp's n_seq_max), at most
+     * systemInfo().maxSeqIds. Default 1.
+     */
+    seqIds?: number;
+    /** @deprecated The old name of `seqIds`, still accepted (both may be given only with the same value). */
     maxSequences?: number;
     /** Most tokens one decode() call may carry. Default 2048. */
     batchSize?: number;
@@ -75,143 +80,26 @@ export interface ContextOptions {
     threadsBatch?: number;
 }
 
+/** An option's error: the message reads "option '<field>' <reason>", and both travel as properties. */
+function optionError(field: string, reason: string): BatchwiseError {
+    return new BatchwiseError(ErrorCode.InvalidArgument, `option '${field}' ${reason}`, { field, reason });
+}
+
 function checkOptions(o: unknown, what: string): asserts o is object | undefined {
     if (o !== undefined && (o === null || typeof o !== "object")) {
-        throw new BatchwiseError(ErrorCode.InvalidArgument, `${what} must be an object`);
+        throw new BatchwiseError(ErrorCode.InvalidArgument, `${what} must be an object`, { field: "options", reason: "must be an object" });
     }
 }
 
 // ---- limits on what reaches llama.cpp -------------------------------------------------------------
-// llama.cpp's grammar parser and JSON-schema converter recurse once per level of nesting, on the calling
-// thread's stack, and the converter's output grows with the square of a schema's depth: past these
-// limits a grammar or schema is refused here (ERR_INVALID_ARGUMENT) instead of overflowing the stack
-// (a segfault) or taking gigabytes and seconds.
+// The addon enforces its limits itself (native/limits.h: grammar and schema size and nesting, logprobs, logit
+// bias entries, threads, sequence ids per batch row, sampler numbers beyond a 32-bit float), with the messages
+// and fields it names; LIMITS reads that table for the layers above.
 
-/** Longest GBNF grammar, in UTF-8 bytes. */
-export const MAX_GRAMMAR_BYTES = 128 * 1024;
-/** Deepest nesting of parenthesized groups in a grammar. */
-export const MAX_GRAMMAR_NESTING = 1000;
-/** Longest JSON schema, as JSON text in UTF-8 bytes. */
-export const MAX_SCHEMA_BYTES = 1024 * 1024;
-/** Deepest nesting of objects and arrays in a JSON schema's text. */
-export const MAX_SCHEMA_DEPTH = 128;
-/**
- * llama.cpp's converter takes time cubic in the number of optional properties of an object (1,000 of
- * them: 3.5 s, 2,000: 30 s, on the JS thread): the sum over a schema's objects of (optional properties)^2
- * is kept under this, which bounds the conversion to about 0.1 s.
- */
-export const MAX_SCHEMA_OPTIONAL_PROPERTIES_SQUARED = 256 * 256;
-/** Most CPU threads a context may use (ggml's GGML_MAX_N_THREADS). */
-export const MAX_THREADS = 512;
+export { LIMITS, type Limits } from "./limits.js";
 
 /** Whether a number survives the native side's conversion to a 32-bit float (1e300 becomes Infinity, and Infinity / Infinity NaN). */
 export const fitsFloat32 = (v: number): boolean => Number.isFinite(Math.fround(v));
-
-const SAMPLER_FLOATS = ["temperature", "topP", "minP", "repeatPenalty", "presencePenalty", "frequencyPenalty"] as const;
-
-/**
- * Sampler numbers are 32-bit floats in llama.cpp: a temperature or bias beyond their range turns into
- * Infinity there, and the logits into NaN (a random token, or a grammar left broken, which aborts the
- * process on the next decode). Refused here; other types and NaN are left to the native checks.
- */
-function checkSamplerFloats(p: SamplerParams): void {
-    for (const k of SAMPLER_FLOATS) {
-        const v = p[k];
-        if (typeof v === "number" && Number.isFinite(v) && !fitsFloat32(v)) {
-            throw new BatchwiseError(ErrorCode.InvalidArgument, `option '${k}' (${v}) is beyond the range of a 32-bit float`);
-        }
-    }
-    const bias = p.logitBias;
-    if (bias === null || typeof bias !== "object") return;
-    const values = Array.isArray(bias) ? bias.map((e) => (Array.isArray(e) ? e[1] : undefined)) : Object.values(bias);
-    for (const v of values) {
-        if (typeof v === "number" && v !== -Infinity && !Number.isNaN(v) && !fitsFloat32(v)) {
-            throw new BatchwiseError(ErrorCode.InvalidArgument, `logitBias values must be 32-bit floats or -Infinity (got ${v})`);
-        }
-    }
-}
-
-/** A bounded repetition {m,n} (llama.cpp's parser skips spaces and comments inside it). */
-const REPETITION = /^\{(?:\s|#[^\r\n]*)*(\d+)(?:\s|#[^\r\n]*)*,(?:\s|#[^\r\n]*)*(\d+)(?:\s|#[^\r\n]*)*\}/;
-
-/** Throws ERR_INVALID_ARGUMENT for a grammar over the size or nesting limits. Other types are left to the native check. */
-function checkGrammarLimits(grammar: unknown, field: string): void {
-    if (typeof grammar !== "string") return;
-    if (grammar.length > MAX_GRAMMAR_BYTES || Buffer.byteLength(grammar) > MAX_GRAMMAR_BYTES) {
-        throw new BatchwiseError(ErrorCode.InvalidArgument, `${field} is ${Buffer.byteLength(grammar)} bytes long, more than the ${MAX_GRAMMAR_BYTES} allowed`);
-    }
-    // group nesting, outside string literals, character classes and comments
-    let depth = 0;
-    for (let i = 0; i < grammar.length; i++) {
-        const c = grammar.charCodeAt(i);
-        if (c === 0x22 /* " */ || c === 0x5b /* [ */) {
-            const close = c === 0x22 ? 0x22 : 0x5d;
-            for (i++; i < grammar.length && grammar.charCodeAt(i) !== close; i++) if (grammar.charCodeAt(i) === 0x5c /* \ */) i++;
-        } else if (c === 0x23 /* # */) {
-            while (i < grammar.length && grammar.charCodeAt(i) !== 0x0a && grammar.charCodeAt(i) !== 0x0d) i++;
-        } else if (c === 0x28 /* ( */) {
-            if (++depth > MAX_GRAMMAR_NESTING) {
-                throw new BatchwiseError(ErrorCode.InvalidArgument, `${field} nests groups more than ${MAX_GRAMMAR_NESTING} deep`);
-            }
-        } else if (c === 0x29 /* ) */ && depth > 0) {
-            depth--;
-        } else if (c === 0x7b /* { */) {
-            // S{m,n} with n < m: llama.cpp counts n - m optional copies in an unsigned integer, so it
-            // would try to make 2^64 rules (memory until the process is killed)
-            const m = REPETITION.exec(grammar.slice(i, i + 4096));
-            if (m && BigInt(m[2]) < BigInt(m[1])) {
-                throw new BatchwiseError(ErrorCode.InvalidArgument, `${field} repeats something ${m[0]}: the most times is below the least`);
-            }
-        }
-    }
-}
-
-/** Throws ERR_INVALID_ARGUMENT for JSON text over the schema size or depth limits (strings skipped). */
-function checkSchemaLimits(text: string): void {
-    if (text.length > MAX_SCHEMA_BYTES || Buffer.byteLength(text) > MAX_SCHEMA_BYTES) {
-        throw new BatchwiseError(ErrorCode.InvalidArgument, `the JSON schema is ${Buffer.byteLength(text)} bytes long, more than the ${MAX_SCHEMA_BYTES} allowed`);
-    }
-    let depth = 0;
-    for (let i = 0; i < text.length; i++) {
-        const c = text.charCodeAt(i);
-        if (c === 0x22) {
-            for (i++; i < text.length && text.charCodeAt(i) !== 0x22; i++) if (text.charCodeAt(i) === 0x5c) i++;
-        } else if (c === 0x7b || c === 0x5b) {
-            if (++depth > MAX_SCHEMA_DEPTH) {
-                throw new BatchwiseError(ErrorCode.InvalidArgument, `the JSON schema nests objects and arrays more than ${MAX_SCHEMA_DEPTH} deep`);
-            }
-        } else if ((c === 0x7d || c === 0x5d) && depth > 0) {
-            depth--;
-        }
-    }
-    let schema: unknown;
-    try {
-        schema = JSON.parse(text);
-    } catch {
-        return; // the converter says what is wrong with it
-    }
-    let cost = 0;
-    const walk = (v: unknown): void => { // at most MAX_SCHEMA_DEPTH deep: checked above
-        if (v === null || typeof v !== "object") return;
-        if (Array.isArray(v)) {
-            for (const x of v) walk(x);
-            return;
-        }
-        const o = v as Record<string, unknown>;
-        if (o.properties !== null && typeof o.properties === "object" && !Array.isArray(o.properties)) {
-            const names = Object.keys(o.properties);
-            const required = new Set(Array.isArray(o.required) ? o.required : []);
-            const optional = names.filter((k) => !required.has(k)).length;
-            cost += optional * optional;
-            if (cost > MAX_SCHEMA_OPTIONAL_PROPERTIES_SQUARED) {
-                throw new BatchwiseError(ErrorCode.InvalidArgument,
-                    `the JSON schema has too many optional properties (an object with ${optional}): at most ${Math.sqrt(MAX_SCHEMA_OPTIONAL_PROPERTIES_SQUARED)} in one object, fewer over several`);
-            }
-        }
-        for (const k in o) walk(o[k]);
-    };
-    walk(schema);
-}
 
 /** A loaded GGUF model. Load with `LlamaModel.load()`, free with `dispose()`. */
 export class LlamaModel {
@@ -226,7 +114,7 @@ export class LlamaModel {
         checkOptions(options, "load options");
         const { onProgress, ...rest } = options;
         if (onProgress !== undefined && typeof onProgress !== "function") {
-            throw new BatchwiseError(ErrorCode.InvalidArgument, "onProgress must be a function");
+            throw new BatchwiseError(ErrorCode.InvalidArgument, "onProgress must be a function", { field: "onProgress", reason: "must be a function" });
         }
         const m = await nativeAsync(() => loadNative().Model.load(path, rest, onProgress));
         return new LlamaModel(m);
@@ -259,9 +147,11 @@ export class LlamaModel {
         return native(() => this.native.applyChatTemplate(messages, options));
     }
 
-    /** Throws ERR_INVALID_ARGUMENT, with llama.cpp's parse error, when a GBNF grammar does not parse. */
+    /**
+     * Throws ERR_INVALID_ARGUMENT, with llama.cpp's parse error, when a GBNF grammar does not parse, or is over
+     * LIMITS.maxGrammarBytes or LIMITS.maxGrammarNesting.
+     */
     checkGrammar(grammar: string, root?: string): void {
-        checkGrammarLimits(grammar, "the grammar");
         native(() => this.native.checkGrammar(grammar, root));
     }
 
@@ -290,24 +180,6 @@ export class LlamaContext {
 
     static async create(model: LlamaModel, options: ContextOptions = {}): Promise<LlamaContext> {
         checkOptions(options, "context options");
-        // ggml starts this many threads per context (and more than it can fail to allocate or start)
-        for (const k of ["threads", "threadsBatch"] as const) {
-            const v = options?.[k];
-            if (typeof v === "number" && v > MAX_THREADS) {
-                throw new BatchwiseError(ErrorCode.InvalidArgument, `option '${k}' must be between 1 and ${MAX_THREADS} (got ${v})`);
-            }
-        }
-        // llama.cpp keeps an output row per sequence within a batch of min(contextSize, batchSize) tokens,
-        // and asserts (aborts the process) when there are more sequences than that
-        const { maxSequences: seqs = 1, contextSize = 0, batchSize = 2048 } = options ?? {};
-        if ([seqs, contextSize, batchSize].every((v) => typeof v === "number" && Number.isInteger(v) && v >= 0) && batchSize > 0) {
-            const rows = Math.min(contextSize || model.metadata.trainedContext, batchSize);
-            // rows 0: no context size known (a vocabulary-only model), which the addon refuses with its own reason
-            if (rows > 0 && seqs > rows) {
-                throw new BatchwiseError(ErrorCode.InvalidArgument,
-                    `option 'maxSequences' (${seqs}) must not exceed the context's batch of min(contextSize, batchSize) = ${rows} tokens`);
-            }
-        }
         const c = await nativeAsync(() => loadNative().Context.create(model.native, options));
         return new LlamaContext(model, c);
     }
@@ -325,12 +197,11 @@ export class LlamaContext {
         return nativeAsync(() => this.native.decode(batch));
     }
 
-    /** Sets the sampler chain of a sequence; null returns it to greedy. Reports whether sampling runs in the graph. */
+    /**
+     * Sets the sampler chain of a sequence; null returns it to greedy. Reports whether sampling runs in the graph.
+     * The addon checks every parameter (see LIMITS), naming the one at fault as the error's field.
+     */
     setSampler(seqId: number, params: SamplerParams | null): { backend: boolean } {
-        if (params !== null && typeof params === "object") {
-            checkGrammarLimits(params.grammar, "the sampler's grammar");
-            checkSamplerFloats(params);
-        }
         return native(() => this.native.setSampler(seqId, params));
     }
 
@@ -419,10 +290,11 @@ export function jsonSchemaToGrammar(schema: object | string): string {
         text = typeof schema === "string" ? schema : JSON.stringify(schema);
     } catch (e) {
         // a cycle, a BigInt, or nesting too deep for JSON.stringify's own stack
-        throw new BatchwiseError(ErrorCode.InvalidArgument, `the schema cannot be written as JSON: ${(e as Error).message}`, { cause: e });
+        const reason = `cannot be written as JSON: ${(e as Error).message}`;
+        throw new BatchwiseError(ErrorCode.InvalidArgument, `the schema ${reason}`, { cause: e, field: "schema", reason });
     }
-    if (typeof text !== "string") throw new BatchwiseError(ErrorCode.InvalidArgument, "the schema must be a JSON object");
-    checkSchemaLimits(text);
+    if (typeof text !== "string") throw new BatchwiseError(ErrorCode.InvalidArgument, "the schema must be a JSON object", { field: "schema", reason: "must be a JSON object" });
+    // the addon refuses a schema over LIMITS.maxSchemaBytes, maxSchemaDepth or maxSchemaOptionalPropertiesSquared
     return native(() => loadNative().jsonSchemaToGrammar(text as string));
 }
 
@@ -467,7 +339,7 @@ export function resolveVocab(vocab: string): string {
 export function createRandomModel(options: RandomModelOptions): Promise<{ path: string; sizeBytes: number; vocabSize: number }> {
     checkOptions(options, "createRandomModel options");
     if (!options || typeof options.vocabFrom !== "string") {
-        throw new BatchwiseError(ErrorCode.InvalidArgument, "option 'vocabFrom' (a vocab-only GGUF or its name) is required");
+        throw optionError("vocabFrom", "(a vocab-only GGUF or its name) is required");
     }
     const vocabFrom = resolveVocab(options.vocabFrom);
     return nativeAsync(() => loadNative().createRandomModel({ ...options, vocabFrom }));

@@ -63,6 +63,8 @@ export interface NativeAddon {
     setLogger(fn: ((level: number, text: string) => void) | null, minLevel?: number): void;
     createRandomModel(options: object): Promise<{ path: string; sizeBytes: number; vocabSize: number }>;
     jsonSchemaToGrammar(schemaJson: string): string;
+    /** native/limits.h, frozen: read it through LIMITS (lib/binding/limits.ts). */
+    readonly limits: Readonly<Record<string, number>>;
 }
 
 export interface ModelMetadata {
@@ -99,6 +101,9 @@ export interface ChatMessage {
 export interface ContextInfo {
     contextSize: number;
     sequenceContextSize: number;
+    /** The sequence ids the context has (0..seqIds-1): llama.cpp's n_seq_max. */
+    seqIds: number;
+    /** @deprecated The old name of `seqIds`. */
     maxSequences: number;
     batchSize: number;
     ubatchSize: number;
@@ -151,6 +156,9 @@ export interface SystemInfo {
     cuda: boolean;
     gpuOffload: boolean;
     maxDevices: number;
+    /** The most sequence ids a context may have (llama_max_parallel_sequences()). */
+    maxSeqIds: number;
+    /** @deprecated The old name of `maxSeqIds`. */
     maxSequences: number;
     mmap: boolean;
     info: string;
