@@ -43,8 +43,7 @@ function optionError(name: string, reason: string): BatchwiseError {
 
 /** The sequence ids llama.cpp has (reported by the addon, 256 in v0.5.0). */
 function maxSeqIds(): number {
-    const info = systemInfo() as { maxSeqIds?: number; maxSequences: number };
-    return info.maxSeqIds ?? info.maxSequences;
+    return systemInfo().maxSeqIds;
 }
 
 /** Checks the options and applies the defaults that do not need the model. */
@@ -119,7 +118,7 @@ export async function createEngineContext(model: LlamaModel, r: ResolvedOptions)
         const blockSize = r.blockSize ?? (paged ? DEFAULT_BLOCK.paged : DEFAULT_BLOCK.unified);
         if (contextSize < blockSize) throw optionError("contextSize", `(${contextSize}) must hold at least one block (${blockSize} tokens)`);
         const options: ContextOptions = {
-            ...r.context, contextSize, maxSequences: seqIdsFor(r), batchSize: r.batchTokens, ubatchSize: r.ubatchSize, kvUnified: true,
+            ...r.context, contextSize, seqIds: seqIdsFor(r), batchSize: r.batchTokens, ubatchSize: r.ubatchSize, kvUnified: true,
             kvBlockSize: paged ? blockSize : 0,
         };
         return { context: await model.createContext(options), blockSize };
@@ -151,8 +150,5 @@ export async function createEngineContext(model: LlamaModel, r: ResolvedOptions)
 
 /** Whether a context creation failed because llama.cpp cannot page this model here (by code, never by message). */
 function pagedRefused(e: unknown): boolean {
-    if (!(e instanceof BatchwiseError)) return false;
-    if (e.code === ErrorCode.PagedKvUnsupported) return true;
-    // until the addon reports ERR_PAGED_KV_UNSUPPORTED (issue 14), its refusal arrives as a failed creation
-    return /paged KV/.test(e.message);
+    return e instanceof BatchwiseError && e.code === ErrorCode.PagedKvUnsupported;
 }

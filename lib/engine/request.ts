@@ -1,5 +1,6 @@
 // Request validation: every field checked before anything is queued, each error naming its field.
 import { BatchwiseError, ErrorCode, fieldError, fitsFloat32, type SamplerParams } from "../binding/index.js";
+import { requestLimits } from "./limits.js";
 
 /**
  * The sampler of a request: the binding's SamplerParams (temperature, topK, topP, minP, penalties,
@@ -82,16 +83,11 @@ function num(o: Record<string, unknown>, k: string, ok: (v: number) => boolean, 
 
 const isInt = (v: number) => Number.isInteger(v);
 
-export const MAX_CHOICES = 128;
-export const MAX_LOGPROBS = 20;
-export const MAX_STOPS = 16;
-export const MAX_STOP_LENGTH = 256;
-export const MAX_LOGIT_BIAS = 1024;
-
 /** Checks the options of a request; vocabSize bounds token ids in stop and logitBias. */
 export function validateRequest(req: RequestOptions, vocabSize: number): ValidRequest {
     if (req === null || typeof req !== "object") throw new BatchwiseError(ErrorCode.InvalidArgument, "the request must be an object");
     const o = req as unknown as Record<string, unknown>;
+    const { maxChoices: MAX_CHOICES, maxLogprobs: MAX_LOGPROBS, maxStops: MAX_STOPS, maxStopLength: MAX_STOP_LENGTH, maxLogitBias: MAX_LOGIT_BIAS } = requestLimits();
     const n = num(o, "n", (v) => isInt(v) && v >= 1 && v <= MAX_CHOICES, `must be an integer from 1 to ${MAX_CHOICES}`) ?? 1;
     const maxTokens = num(o, "maxTokens", (v) => isInt(v) && v >= 1, "must be a positive integer");
     // sampler numbers are 32-bit floats natively: beyond their range they turn into Infinity, and the logits into NaN
@@ -112,6 +108,9 @@ export function validateRequest(req: RequestOptions, vocabSize: number): ValidRe
     if (o.ignoreEos !== undefined && typeof o.ignoreEos !== "boolean") throw bad("ignoreEos", "must be a boolean");
     if (o.cache !== undefined && typeof o.cache !== "boolean") throw bad("cache", "must be a boolean");
     if (o.cacheSalt !== undefined && typeof o.cacheSalt !== "string") throw bad("cacheSalt", "must be a string");
+    if (typeof o.cacheSalt === "string" && o.cacheSalt.length > requestLimits().maxCacheSalt) {
+        throw bad("cacheSalt", `is ${o.cacheSalt.length} characters long, at most ${requestLimits().maxCacheSalt} are allowed`);
+    }
     if (o.signal !== undefined && !(o.signal instanceof AbortSignal)) throw bad("signal", "must be an AbortSignal");
     if (o.grammar !== undefined && (typeof o.grammar !== "string" || o.grammar.length === 0)) throw bad("grammar", "must be a non-empty GBNF string");
     if (o.grammarRoot !== undefined && (typeof o.grammarRoot !== "string" || o.grammarRoot.length === 0)) throw bad("grammarRoot", "must be a rule name");

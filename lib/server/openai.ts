@@ -1,6 +1,6 @@
 // OpenAI request bodies to engine requests, and engine results to OpenAI responses and stream chunks.
 import type { ChatMessage, ChatRequest, Engine, GenerateRequest, GenerateResult, RequestOptions, ResponseFormat, TokenLogprob } from "../index.js";
-import { MAX_STOPS } from "../engine/request.js";
+import { requestLimits } from "../engine/limits.js";
 import { badRequest, leadingIndex, type FieldContext, type FieldRule, type RouteApi } from "./errors.js";
 
 export interface SamplingBody {
@@ -54,7 +54,8 @@ export function samplingOptions(b: SamplingBody, defaultMaxTokens: number | unde
     if (typeof b.stop === "string") stop.push(b.stop);
     else if (Array.isArray(b.stop)) stop.push(...b.stop);
     if (Array.isArray(b.stop_token_ids)) stop.push(...b.stop_token_ids);
-    if (stop.length > MAX_STOPS) throw badRequest(`'stop' and 'stop_token_ids' hold ${stop.length} entries together, at most ${MAX_STOPS} are allowed`, "stop");
+    const { maxStops } = requestLimits();
+    if (stop.length > maxStops) throw badRequest(`'stop' and 'stop_token_ids' hold ${stop.length} entries together, at most ${maxStops} are allowed`, "stop");
     return {
         maxTokens: orUndef(b.max_tokens) ?? defaultMaxTokens,
         temperature: orUndef(b.temperature) ?? 1,

@@ -3,130 +3,149 @@
 // Unknown fields are let through, as OpenAI-compatible servers do. A `description` is what a validation
 // error says a field must be, where the schema alone would say it badly (the alternatives of a prompt).
 
-import { MAX_CHOICES, MAX_LOGIT_BIAS, MAX_LOGPROBS, MAX_STOP_LENGTH, MAX_STOPS } from "../engine/request.js";
+import { requestLimits, type RequestLimits } from "../engine/limits.js";
 
 // the engine's own limits, so that a field the schema lets through is one the engine takes
 const nullable = (s: Record<string, unknown>) => ({ anyOf: [s, { type: "null" }] });
 const int = (min?: number, max?: number) => nullable({ type: "integer", ...(min !== undefined && { minimum: min }), ...(max !== undefined && { maximum: max }) });
 const num = (extra: Record<string, unknown>) => nullable({ type: "number", ...extra });
 
-const sampling = {
-    model: { type: "string", minLength: 1 },
-    max_tokens: int(1),
-    temperature: num({ minimum: 0, maximum: 2 }),
-    top_p: num({ exclusiveMinimum: 0, maximum: 1 }),
-    n: int(1, MAX_CHOICES),
-    stop: nullable({
-        description: `a non-empty string of at most ${MAX_STOP_LENGTH} characters or an array of up to ${MAX_STOPS} such strings`,
-        anyOf: [
-            { type: "string", minLength: 1, maxLength: MAX_STOP_LENGTH },
-            { type: "array", maxItems: MAX_STOPS, items: { type: "string", minLength: 1, maxLength: MAX_STOP_LENGTH } },
-        ],
-    }),
-    stop_token_ids: nullable({ type: "array", maxItems: MAX_STOPS, items: { type: "integer", minimum: 0 } }),
-    seed: int(0, 4294967294),
-    presence_penalty: num({ minimum: -2, maximum: 2 }),
-    frequency_penalty: num({ minimum: -2, maximum: 2 }),
-    repetition_penalty: num({ exclusiveMinimum: 0, maximum: 10 }),
-    logit_bias: nullable({
-        type: "object", maxProperties: MAX_LOGIT_BIAS,
-        propertyNames: { pattern: "^(0|[1-9][0-9]*)$", description: "a token id" },
-        additionalProperties: { type: "number", minimum: -100, maximum: 100 },
-    }),
-    stream: nullable({ type: "boolean" }),
-    stream_options: nullable({ type: "object", properties: { include_usage: nullable({ type: "boolean" }) } }),
-    user: nullable({ type: "string" }),
-    top_k: int(-1, 2 ** 31 - 1),
-    min_p: num({ minimum: 0, maximum: 1 }),
-    ignore_eos: nullable({ type: "boolean" }),
-    priority: int(-(2 ** 31), 2 ** 31),
-    cache_salt: nullable({ type: "string", maxLength: 256 }),
-};
+/** The request bodies' schemas, built once from the limits table (on first use: the addon is loaded by then). */
+export interface BodySchemas {
+    completionBody: object;
+    chatBody: object;
+    tokenizeBody: object;
+    detokenizeBody: object;
+}
 
-const tokenArray = { type: "array", minItems: 1, items: { type: "integer", minimum: 0 }, description: "a non-empty array of token ids" };
+let schemas: BodySchemas | undefined;
 
-export const completionBody = {
-    type: "object",
-    required: ["prompt"],
-    properties: {
-        ...sampling,
-        prompt: {
-            description: "a string, an array of strings, an array of token ids or an array of token-id arrays",
+export function bodySchemas(): BodySchemas {
+    schemas ??= build(requestLimits());
+    return schemas;
+}
+
+function build(limits: RequestLimits): BodySchemas {
+    const { maxChoices: MAX_CHOICES, maxLogitBias: MAX_LOGIT_BIAS, maxLogprobs: MAX_LOGPROBS, maxStopLength: MAX_STOP_LENGTH, maxStops: MAX_STOPS } = limits;
+    const sampling = {
+        model: { type: "string", minLength: 1 },
+        max_tokens: int(1),
+        temperature: num({ minimum: 0, maximum: 2 }),
+        top_p: num({ exclusiveMinimum: 0, maximum: 1 }),
+        n: int(1, MAX_CHOICES),
+        stop: nullable({
+            description: `a non-empty string of at most ${MAX_STOP_LENGTH} characters or an array of up to ${MAX_STOPS} such strings`,
             anyOf: [
-                { type: "string" },
-                { type: "array", minItems: 1, maxItems: 256, items: { type: "string" } },
-                tokenArray,
-                { type: "array", minItems: 1, maxItems: 256, items: tokenArray },
+                { type: "string", minLength: 1, maxLength: MAX_STOP_LENGTH },
+                { type: "array", maxItems: MAX_STOPS, items: { type: "string", minLength: 1, maxLength: MAX_STOP_LENGTH } },
             ],
-        },
-        suffix: nullable({ type: "string" }),
-        echo: nullable({ type: "boolean" }),
-        logprobs: int(0, MAX_LOGPROBS),
-        best_of: int(1, MAX_CHOICES),
-    },
-} as const;
-
-const contentPart = {
-    type: "object",
-    required: ["type"],
-    properties: { type: { type: "string" }, text: { type: "string" } },
-};
-
-export const chatBody = {
-    type: "object",
-    required: ["messages"],
-    properties: {
-        ...sampling,
-        messages: {
-            type: "array",
-            minItems: 1,
-            items: {
-                type: "object",
-                required: ["role"],
-                properties: {
-                    role: { type: "string", minLength: 1 },
-                    content: nullable({ anyOf: [{ type: "string" }, { type: "array", items: contentPart }], description: "a string or an array of content parts" }),
-                    name: { type: "string" },
-                },
-            },
-        },
-        max_completion_tokens: int(1),
-        logprobs: nullable({ type: "boolean" }),
-        top_logprobs: int(0, MAX_LOGPROBS),
-        response_format: nullable({
-            type: "object",
-            required: ["type"],
-            properties: {
-                type: { enum: ["text", "json_object", "json_schema"] },
-                json_schema: {
-                    type: "object",
-                    properties: { name: { type: "string" }, schema: { type: "object" }, strict: nullable({ type: "boolean" }) },
-                },
-            },
         }),
-        tools: nullable({ type: "array" }),
-        tool_choice: nullable({ anyOf: [{ type: "string" }, { type: "object" }] }),
-        chat_template_kwargs: nullable({ type: "object" }),
-    },
-} as const;
+        stop_token_ids: nullable({ type: "array", maxItems: MAX_STOPS, items: { type: "integer", minimum: 0 } }),
+        seed: int(0, 4294967294),
+        presence_penalty: num({ minimum: -2, maximum: 2 }),
+        frequency_penalty: num({ minimum: -2, maximum: 2 }),
+        repetition_penalty: num({ exclusiveMinimum: 0, maximum: 10 }),
+        logit_bias: nullable({
+            type: "object", maxProperties: MAX_LOGIT_BIAS,
+            propertyNames: { pattern: "^(0|[1-9][0-9]*)$", description: "a token id" },
+            additionalProperties: { type: "number", minimum: -100, maximum: 100 },
+        }),
+        stream: nullable({ type: "boolean" }),
+        stream_options: nullable({ type: "object", properties: { include_usage: nullable({ type: "boolean" }) } }),
+        user: nullable({ type: "string" }),
+        top_k: int(-1, 2 ** 31 - 1),
+        min_p: num({ minimum: 0, maximum: 1 }),
+        ignore_eos: nullable({ type: "boolean" }),
+        priority: int(-(2 ** 31), 2 ** 31),
+        cache_salt: nullable({ type: "string", maxLength: limits.maxCacheSalt }),
+    };
 
-export const tokenizeBody = {
-    type: "object",
-    properties: {
-        model: { type: "string", minLength: 1 },
-        prompt: { type: "string" },
-        messages: chatBody.properties.messages,
-        add_special_tokens: { type: "boolean" },
-        add_generation_prompt: { type: "boolean" },
-    },
-    oneOf: [{ required: ["prompt"] }, { required: ["messages"] }],
-} as const;
+    const tokenArray = { type: "array", minItems: 1, items: { type: "integer", minimum: 0 }, description: "a non-empty array of token ids" };
 
-export const detokenizeBody = {
-    type: "object",
-    required: ["tokens"],
-    properties: {
-        model: { type: "string", minLength: 1 },
-        tokens: { type: "array", items: { type: "integer", minimum: 0 } },
-    },
-} as const;
+    const completionBody = {
+        type: "object",
+        required: ["prompt"],
+        properties: {
+            ...sampling,
+            prompt: {
+                description: "a string, an array of strings, an array of token ids or an array of token-id arrays",
+                anyOf: [
+                    { type: "string" },
+                    { type: "array", minItems: 1, maxItems: limits.maxPrompts, items: { type: "string" } },
+                    tokenArray,
+                    { type: "array", minItems: 1, maxItems: limits.maxPrompts, items: tokenArray },
+                ],
+            },
+            suffix: nullable({ type: "string" }),
+            echo: nullable({ type: "boolean" }),
+            logprobs: int(0, MAX_LOGPROBS),
+            best_of: int(1, MAX_CHOICES),
+        },
+    } as const;
+
+    const contentPart = {
+        type: "object",
+        required: ["type"],
+        properties: { type: { type: "string" }, text: { type: "string" } },
+    };
+
+    const chatBody = {
+        type: "object",
+        required: ["messages"],
+        properties: {
+            ...sampling,
+            messages: {
+                type: "array",
+                minItems: 1,
+                items: {
+                    type: "object",
+                    required: ["role"],
+                    properties: {
+                        role: { type: "string", minLength: 1 },
+                        content: nullable({ anyOf: [{ type: "string" }, { type: "array", items: contentPart }], description: "a string or an array of content parts" }),
+                        name: { type: "string" },
+                    },
+                },
+            },
+            max_completion_tokens: int(1),
+            logprobs: nullable({ type: "boolean" }),
+            top_logprobs: int(0, MAX_LOGPROBS),
+            response_format: nullable({
+                type: "object",
+                required: ["type"],
+                properties: {
+                    type: { enum: ["text", "json_object", "json_schema"] },
+                    json_schema: {
+                        type: "object",
+                        properties: { name: { type: "string" }, schema: { type: "object" }, strict: nullable({ type: "boolean" }) },
+                    },
+                },
+            }),
+            tools: nullable({ type: "array" }),
+            tool_choice: nullable({ anyOf: [{ type: "string" }, { type: "object" }] }),
+            chat_template_kwargs: nullable({ type: "object" }),
+        },
+    } as const;
+
+    const tokenizeBody = {
+        type: "object",
+        properties: {
+            model: { type: "string", minLength: 1 },
+            prompt: { type: "string" },
+            messages: chatBody.properties.messages,
+            add_special_tokens: { type: "boolean" },
+            add_generation_prompt: { type: "boolean" },
+        },
+        oneOf: [{ required: ["prompt"] }, { required: ["messages"] }],
+    } as const;
+
+    const detokenizeBody = {
+        type: "object",
+        required: ["tokens"],
+        properties: {
+            model: { type: "string", minLength: 1 },
+            tokens: { type: "array", items: { type: "integer", minimum: 0 } },
+        },
+    } as const;
+    return { completionBody, chatBody, tokenizeBody, detokenizeBody };
+}

@@ -4,10 +4,10 @@ import type { ChatBody } from "../openai.js";
 import { chatApi, chatLogprobs, chatRequest, usage } from "../openai.js";
 import type { ServerPlugin } from "../context.js";
 import { failIfErrored, record, serve, stream } from "../generate.js";
-import { chatBody } from "../schemas.js";
+import { bodySchemas } from "../schemas.js";
 
 export const chatRoutes: ServerPlugin = async (app, { ctx }) => {
-    app.post<{ Body: ChatBody }>("/v1/chat/completions", { schema: { body: chatBody }, config: { api: chatApi } }, (req, reply) => {
+    app.post<{ Body: ChatBody }>("/v1/chat/completions", { schema: { body: bodySchemas().chatBody }, config: { api: chatApi } }, (req, reply) => {
         const b = req.body;
         const id = `chatcmpl-${req.id}`;
         const created = Math.floor(Date.now() / 1000);

@@ -5,10 +5,10 @@ import { completionApi, completionLogprobs, completionRequests, usage } from "..
 import type { ServerPlugin } from "../context.js";
 import { badRequest } from "../errors.js";
 import { failIfErrored, record, serve, stream } from "../generate.js";
-import { completionBody } from "../schemas.js";
+import { bodySchemas } from "../schemas.js";
 
 export const completionsRoutes: ServerPlugin = async (app, { ctx }) => {
-    app.post<{ Body: CompletionBody }>("/v1/completions", { schema: { body: completionBody }, config: { api: completionApi } }, (req, reply) => {
+    app.post<{ Body: CompletionBody }>("/v1/completions", { schema: { body: bodySchemas().completionBody }, config: { api: completionApi } }, (req, reply) => {
         const b = req.body;
         const id = `cmpl-${req.id}`;
         const created = Math.floor(Date.now() / 1000);

@@ -2,7 +2,7 @@
 // token ids and back. They answer while the server warms up (only generation waits for ready).
 import type { ServerPlugin } from "../context.js";
 import { chatRequest, tokenizeApi, type ChatBody } from "../openai.js";
-import { detokenizeBody, tokenizeBody } from "../schemas.js";
+import { bodySchemas } from "../schemas.js";
 
 interface TokenizeBody {
     model?: string;
@@ -13,7 +13,7 @@ interface TokenizeBody {
 }
 
 export const tokenizeRoutes: ServerPlugin = async (app, { ctx }) => {
-    app.post<{ Body: TokenizeBody }>("/tokenize", { schema: { body: tokenizeBody }, config: { api: tokenizeApi } }, async (req) => {
+    app.post<{ Body: TokenizeBody }>("/tokenize", { schema: { body: bodySchemas().tokenizeBody }, config: { api: tokenizeApi } }, async (req) => {
         const { name, engine } = ctx.models.lookup(req.body.model);
         let text: string;
         let addSpecial = req.body.add_special_tokens ?? true;
@@ -27,7 +27,7 @@ export const tokenizeRoutes: ServerPlugin = async (app, { ctx }) => {
         const tokens = await engine.tokenize(text, { addSpecial });
         return { model: name, tokens, count: tokens.length, max_model_len: engine.maxContext };
     });
-    app.post<{ Body: { model?: string; tokens: number[] } }>("/detokenize", { schema: { body: detokenizeBody }, config: { api: tokenizeApi } }, async (req) => {
+    app.post<{ Body: { model?: string; tokens: number[] } }>("/detokenize", { schema: { body: bodySchemas().detokenizeBody }, config: { api: tokenizeApi } }, async (req) => {
         const { engine } = ctx.models.lookup(req.body.model);
         return { prompt: await engine.detokenize(req.body.tokens) };
     });
