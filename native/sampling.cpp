@@ -16,7 +16,7 @@ namespace bw {
 static std::vector<llama_logit_bias> parse_logit_bias(const Napi::Value & v, const model_wrap & m) {
     std::vector<llama_logit_bias> out;
     auto add = [&](double tok, const Napi::Value & b) {
-        if (tok != (double) (int32_t) tok) {
+        if (!(tok >= INT32_MIN && tok <= INT32_MAX && std::floor(tok) == tok)) { // NaN too: no cast of what does not fit
             throw bw_error(code::token_range, "logitBias token " + std::to_string(tok) + " is not a token id", "logitBias",
                            "has a token " + format_num(tok) + " that is not a token id");
         }
