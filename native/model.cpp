@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <memory>
@@ -338,7 +339,7 @@ static std::vector<llama_token> read_tokens(const Napi::Value & v, const model_w
                 throw arg_error(code::invalid_argument, "tokens", "must be integers");
             }
             double d = x.As<Napi::Number>().DoubleValue();
-            if (d != (double) (int32_t) d) {
+            if (!(d >= INT32_MIN && d <= INT32_MAX && std::floor(d) == d)) { // NaN too: no cast of what does not fit
                 throw bw_error(code::token_range, "token " + std::to_string(d) + " is not a valid token id",
                                "tokens[" + std::to_string(i) + "]", "is not a valid token id (got " + format_num(d) + ")");
             }

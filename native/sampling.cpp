@@ -16,7 +16,7 @@ namespace bw {
 static std::vector<llama_logit_bias> parse_logit_bias(const Napi::Value & v, const model_wrap & m) {
     std::vector<llama_logit_bias> out;
     auto add = [&](double tok, const Napi::Value & b) {
-        if (tok != (double) (int32_t) tok) {
+        if (!(tok >= INT32_MIN && tok <= INT32_MAX && std::floor(tok) == tok)) { // NaN too: no cast of what does not fit
             throw bw_error(code::token_range, "logitBias token " + std::to_string(tok) + " is not a token id", "logitBias",
                            "has a token " + format_num(tok) + " that is not a token id");
         }
@@ -116,6 +116,15 @@ sampler_params parse_sampler_params(const Napi::Object & o, const model_wrap & m
 
 // ---- building --------------------------------------------------------------------------------
 
+// Whether the grammar, in its current state, allows `t` next (only that token's text is matched).
+static bool grammar_allows(llama_sampler * grammar, llama_token t) {
+    llama_token_data one_tok = { t, 1.0f, 0.0f };
+    llama_token_data_array one = { &one_tok, 1, -1, false };
+    llama_sampler_apply(grammar, &one);
+    return one_tok.logit != -INFINITY;
+}
+
+
 // the candidates llama.cpp's backend-sampler probe graph holds (llama_sampler_backend_probe_graph in llama-sampler.cpp)
 static constexpr int32_t backend_top_k_max = 128 * 1024;
 
@@ -163,12 +172,22 @@ seq_sampler build_sampler(const sampler_params & p, const llama_vocab * vocab, i
         }
     }
     try {
-        for (llama_token t : p.history) {
+        for (size_t i = 0; i < p.history.size(); i++) {
+            const llama_token t = p.history[i];
+            // asked first: the grammar aborts the process (GGML_ABORT, not an exception) when it is made to accept an
+            // end-of-generation token before it is complete
+            if (s.grammar && !grammar_allows(s.grammar.get(), t)) {
+                const std::string reason = "does not fit the grammar: token " + std::to_string(t) + " (history[" +
+                                           std::to_string(i) + "]) is not allowed after the ones before it";
+                throw bw_error(code::sampler_invalid, "the history " + reason, "history", reason);
+            }
             if (s.grammar) {
                 llama_sampler_accept(s.grammar.get(), t);
             }
             llama_sampler_accept(chain, t);
         }
+    } catch (const bw_error &) {
+        throw;
     } catch (const std::exception & e) {
         throw bw_error(code::sampler_invalid, std::string("the history does not fit the grammar: ") + e.what(), "history",
                        std::string("does not fit the grammar: ") + e.what());
@@ -191,14 +210,6 @@ static const float * row_logits(llama_context * ctx, int32_t row) {
         throw bw_error(code::decode_failed, "no logits for batch row " + std::to_string(row));
     }
     return logits;
-}
-
-// Whether the grammar, in its current state, allows `t` next (only that token's text is matched).
-static bool grammar_allows(llama_sampler * grammar, llama_token t) {
-    llama_token_data one_tok = { t, 1.0f, 0.0f };
-    llama_token_data_array one = { &one_tok, 1, -1, false };
-    llama_sampler_apply(grammar, &one);
-    return one_tok.logit != -INFINITY;
 }
 
 // Samples with a grammar the way llama.cpp's common sampler does: the chain picks from the raw

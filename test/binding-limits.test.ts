@@ -177,6 +177,21 @@ describe("binding limits (fuzz findings)", () => {
         raw.setSampler(0, null);
     });
 
+    it("a history with an end-of-generation token the grammar does not allow yet is refused (llama.cpp's grammar aborted the process)", () => {
+        // found by the long fuzz: GGML_ABORT in llama_grammar_accept_impl, which no try/catch stops
+        const eot = model.metadata.tokens.eot;
+        assert.ok(model.isEog(eot));
+        for (const history of [Int32Array.of(eot), Int32Array.of(...[..."12"].map((c) => c.charCodeAt(0) - 48 + 15), eot)]) {
+            assert.throws(() => ctx.setSampler(0, { grammar: "root ::= [0-9]{3}", history }), (e: BatchwiseError) =>
+                e.code === ErrorCode.SamplerInvalid && e.field === "history" && /does not fit the grammar/.test(e.message));
+        }
+        // once the grammar is complete, the end of generation fits
+        const digits = Int32Array.from([..."123"].map((c) => c.charCodeAt(0) - 48 + 15));
+        assert.equal(Buffer.from(model.tokenToPiece(digits[0])).toString(), "1");
+        ctx.setSampler(0, { grammar: "root ::= [0-9]{3}", history: Int32Array.of(...digits, eot) });
+        ctx.setSampler(0, null);
+    });
+
     it("the addon refuses a tensorSplit entry that is NaN or beyond a 32-bit float", async () => {
         const path = await modelPath(tinyQwen);
         for (const v of [NaN, 1e300, Infinity]) {
