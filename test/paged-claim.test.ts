@@ -75,7 +75,9 @@ describe("paged KV: claimBlocks", { skip: gpu && "no CUDA paged attention for he
 
             // without a claim, B holds nothing: decoding from the prefix's end is refused (positions must continue)
             ctx.setBlockTable(2, table(40, 3, 17, 60, 59));
-            await assert.rejects(continueOn(ctx, 2, tail, prefix.length), (e: unknown) => e instanceof BatchwiseError);
+            // (the batch checks only sequences that hold cells; find_slot_paged refuses one that holds none and starts past 0)
+            await assert.rejects(continueOn(ctx, 2, tail, prefix.length), code(ErrorCode.KvFull));
+            assert.equal(ctx.seqPosMax(2), -1);
 
             // B's table starts with A's blocks: claim them, decode the rest
             ctx.claimBlocks(2, prefix.length);
@@ -196,6 +198,71 @@ describe("paged KV: claimBlocks", { skip: gpu && "no CUDA paged attention for he
         });
     });
 
+    it("random tables, claims, decodes and removals: typed errors only, refusals change nothing, sequences start at 0", async () => {
+        // a seeded walk through the calls the engine makes, with tables that collide on purpose
+        let x = 12345;
+        const rnd = (n: number) => ((x = (Math.imul(x, 1103515245) + 12345) >>> 0) >>> 16) % n; // the high bits: an LCG's low ones cycle
+        const pool = 64, seqs = 4;
+        const counts = { claim: 0, claimRefused: 0, decode: 0, decodeRefused: 0, swap: 0, swapRefused: 0 };
+        await withContext(paged, async (ctx) => {
+            const span = (s: number) => [ctx.seqPosMin(s), ctx.seqPosMax(s)];
+            for (let step = 0; step < 300; step++) {
+                const s = rnd(seqs), op = rnd(10);
+                const before = span(s);
+                if (op < 2) {
+                    // a table that often shares blocks with the others' (a small region of the pool)
+                    ctx.setBlockTable(s, Int32Array.from({ length: 1 + rnd(5) }, () => rnd(step % 3 === 0 ? pool : 12)));
+                } else if (op < 5) {
+                    const n = rnd(5 * bs + 2);
+                    try {
+                        ctx.claimBlocks(s, n);
+                        counts.claim++;
+                        if (n > 0) assert.ok(ctx.seqPosMax(s) >= n - 1);
+                    } catch (e) {
+                        assert.ok(e instanceof BatchwiseError && (e.code === ErrorCode.InvalidArgument || e.code === ErrorCode.StateFailed), String(e));
+                        assert.deepEqual(span(s), before, "a refused claim changes nothing");
+                        counts.claimRefused++;
+                    }
+                } else if (op < 8) {
+                    const pos0 = before[1] + 1, k = 1 + rnd(20);
+                    try {
+                        await prefill(ctx, s, randomPrompt(k, step), pos0);
+                        counts.decode++;
+                        assert.deepEqual(span(s), [0, pos0 + k - 1]);
+                    } catch (e) {
+                        assert.ok(e instanceof BatchwiseError && e.code === ErrorCode.KvFull, String(e));
+                        assert.deepEqual(span(s), before, "a refused decode leaves nothing behind");
+                        counts.decodeRefused++;
+                    }
+                } else if (op < 9) {
+                    ctx.seqRemove(s, rnd(2) === 0 ? -1 : rnd(3 * bs), -1);
+                } else if (before[1] >= 0) {
+                    // swap out and back into the table it has now (which may have moved since its cells were written)
+                    const state = await ctx.saveSequence(s);
+                    ctx.seqRemove(s);
+                    try {
+                        await ctx.restoreSequence(s, state);
+                        assert.deepEqual(span(s), before);
+                        counts.swap++;
+                    } catch (e) {
+                        // the table is too short now, or names cells another sequence holds: nothing half-restored
+                        assert.ok(e instanceof BatchwiseError && e.code === ErrorCode.StateFailed, String(e));
+                        assert.deepEqual(span(s), [-1, -1]);
+                        counts.swapRefused++;
+                    }
+                }
+                for (let t = 0; t < seqs; t++) assert.ok([-1, 0].includes(ctx.seqPosMin(t)), `sequence ${t} starts at ${ctx.seqPosMin(t)}`);
+            }
+            // every path was taken
+            process.stderr.write(`paged-claim walk: ${JSON.stringify(counts)}\n`);
+            for (const [k, v] of Object.entries(counts)) assert.ok(v > 0, `${k}: ${v}`);
+            ctx.clear();
+            ctx.setBlockTable(0, table(0, 1, 2));
+            ctx.setBlockTable(1, table(3, 4, 5));
+            assert.equal(await prefill(ctx, 0, prefix), await prefill(ctx, 1, prefix), "the context still decodes");
+        });
+    });
+
     it("refuses a claim of positions the sequence holds in other cells, a claim during a decode, and a context without kvBlockSize", async () => {
         await withContext(paged, async (ctx) => {
             const prompt = randomPrompt(bs, 62);
@@ -212,6 +279,27 @@ describe("paged KV: claimBlocks", { skip: gpu && "no CUDA paged attention for he
             const pending = prefill(ctx, 1, prompt);
             assert.throws(() => ctx.claimBlocks(0, bs), code(ErrorCode.ContextBusy));
             await pending;
+        });
+        await withContext(paged, async (ctx) => {
+            // the decode side of the rule: two tokens of one batch never share a cell (the second would replace the
+            // first and purge its sequence up to it): a table that lists a block twice ...
+            ctx.setBlockTable(0, table(7, 7));
+            await assert.rejects(prefill(ctx, 0, randomPrompt(bs + 1, 63)), code(ErrorCode.KvFull));
+            assert.equal(ctx.seqPosMax(0), -1);
+            // ... or two sequences writing a block they share, in one batch
+            const p = randomPrompt(4, 64);
+            ctx.setBlockTable(1, table(8));
+            ctx.setBlockTable(2, table(8));
+            await assert.rejects(ctx.decode({
+                tokens: Int32Array.from([...p, ...p]), positions: Int32Array.of(0, 1, 2, 3, 0, 1, 2, 3),
+                seqIds: Int32Array.of(1, 1, 1, 1, 2, 2, 2, 2), outputs: Uint8Array.of(0, 0, 0, 1, 0, 0, 0, 1),
+            }), code(ErrorCode.KvFull));
+            assert.deepEqual([ctx.seqPosMax(1), ctx.seqPosMax(2)], [-1, -1]);
+            // one after the other, the second finds the first's cells and is refused (it would have to claim them)
+            await prefill(ctx, 1, p);
+            await assert.rejects(prefill(ctx, 2, p), code(ErrorCode.KvFull));
+            ctx.claimBlocks(2, 4);
+            assert.equal(ctx.seqPosMax(2), 3);
         });
         await withContext({}, async (ctx) => {
             assert.throws(() => ctx.claimBlocks(0, 0), code(ErrorCode.InvalidArgument));
