@@ -25,6 +25,7 @@ Napi::Function context_wrap::define(Napi::Env env) {
         InstanceMethod<&context_wrap::seq_remove>("seqRemove"),
         InstanceMethod<&context_wrap::seq_copy>("seqCopy"),
         InstanceMethod<&context_wrap::set_block_table>("setBlockTable"),
+        InstanceMethod<&context_wrap::claim_blocks>("claimBlocks"),
         InstanceMethod<&context_wrap::seq_keep>("seqKeep"),
         InstanceMethod<&context_wrap::seq_pos_min>("seqPosMin"),
         InstanceMethod<&context_wrap::seq_pos_max>("seqPosMax"),
@@ -644,6 +645,57 @@ Napi::Value context_wrap::set_block_table(const Napi::CallbackInfo & info) {
             throw bw_error(code::invalid_argument, "invalid block table for sequence " + std::to_string(seq) + (why.empty() ? "" : ": " + why));
         }
         return info.Env().Undefined();
+    });
+}
+
+// an error about one argument, as lib/binding/errors.ts fieldError builds it: message `'field' reason`, both as properties
+static Napi::Error arg_error(Napi::Env env, const char * code, const char * field, const std::string & reason) {
+    Napi::Error e = make_error(env, code, std::string("'") + field + "' " + reason);
+    e.Set("field", Napi::String::New(env, field));
+    e.Set("reason", Napi::String::New(env, reason));
+    return e;
+}
+
+// claimBlocks(seqId, tokens): with kvBlockSize, positions [0, tokens) of the sequence's block table become its cells
+// (llama_kv_paged_claim): a block's K/V outlives the sequences that held it, so a cached prefix is re-attached by
+// table and claim, with no sequence keeping it. The sequence must not hold those positions elsewhere; a cell that
+// holds another position is refused (ERR_STATE_FAILED) and nothing changes.
+Napi::Value context_wrap::claim_blocks(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    return guard(env, [&]() -> Napi::Value {
+        llama_context * c = get();
+        check_idle();
+        if (kv_block_size_ == 0) {
+            throw bw_error(code::invalid_argument, "claimBlocks needs a context created with kvBlockSize");
+        }
+        int32_t seq = arg_int(info, 0, "seqId");
+        check_seq(seq, "seqId");
+        if (info.Length() < 2 || !info[1].IsNumber()) {
+            throw arg_error(env, code::invalid_argument, "tokens", "must be an integer");
+        }
+        const double d = info[1].As<Napi::Number>().DoubleValue();
+        if (!std::isfinite(d) || std::floor(d) != d || d < 0 || d > INT32_MAX) {
+            throw arg_error(env, code::invalid_argument, "tokens", "must be an integer from 0 to " + std::to_string(INT32_MAX));
+        }
+        const int32_t n_tokens = (int32_t) d;
+        log_capture_begin();
+        const int32_t rc = llama_kv_paged_claim(c, seq, n_tokens);
+        std::string why = log_capture_end();
+        why = why.empty() ? "" : ": " + why;
+        switch (rc) {
+            case LLAMA_KV_PAGED_CLAIM_OK:
+                return env.Undefined();
+            case LLAMA_KV_PAGED_CLAIM_NO_BLOCK:
+                throw arg_error(env, code::invalid_argument, "tokens", "(" + std::to_string(n_tokens) +
+                                ") is beyond the block table of sequence " + std::to_string(seq) + why);
+            case LLAMA_KV_PAGED_CLAIM_CONFLICT:
+                throw bw_error(code::state_failed, "cannot claim " + std::to_string(n_tokens) + " positions for sequence " +
+                               std::to_string(seq) + " (a cell holds another position, or the sequence holds one elsewhere)" + why);
+            case LLAMA_KV_PAGED_CLAIM_UNSUPPORTED:
+                throw bw_error("ERR_PAGED_KV_UNSUPPORTED", "claimBlocks is not supported for this model" + why);
+            default:
+                throw bw_error(code::invalid_argument, "claimBlocks failed for sequence " + std::to_string(seq) + why);
+        }
     });
 }
 

@@ -33,6 +33,7 @@ private:
     Napi::Value seq_remove(const Napi::CallbackInfo & info);
     Napi::Value seq_copy(const Napi::CallbackInfo & info);
     Napi::Value set_block_table(const Napi::CallbackInfo & info);
+    Napi::Value claim_blocks(const Napi::CallbackInfo & info);
     Napi::Value seq_keep(const Napi::CallbackInfo & info);
     Napi::Value seq_pos_min(const Napi::CallbackInfo & info);
     Napi::Value seq_pos_max(const Napi::CallbackInfo & info);

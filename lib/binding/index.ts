@@ -218,6 +218,24 @@ export class LlamaContext {
         native(() => this.native.setBlockTable(seqId, blocks));
     }
 
+    /**
+     * With kvBlockSize: positions [0, tokens) of the sequence's block table (setBlockTable) become the sequence's
+     * cells, so it can decode on from position `tokens`. A block keeps its K/V after every sequence holding it is
+     * removed, so a cached prefix is re-attached by table and claim, with no sequence id keeping it (the caller
+     * vouches for what the blocks hold). A cell already holding that position (shared with running sequences) just
+     * gains the sequence. Nothing changes on error: ERR_INVALID_ARGUMENT (no kvBlockSize; `tokens` not an integer
+     * >= 0 or beyond the table), ERR_SEQ_ID_RANGE, ERR_STATE_FAILED (a cell holds another position, or the sequence
+     * holds one of these positions in another cell), ERR_PAGED_KV_UNSUPPORTED (a model whose cells keep data a
+     * claim cannot restore: M-RoPE, per-layer n-gram embeddings).
+     *
+     * The rule that keeps llama.cpp's cell metadata right in paged mode: remove a sequence entirely (seqRemove(id))
+     * when it ends, before its blocks get new contents or its id is reused; a decode never writes a cell another
+     * sequence holds.
+     */
+    claimBlocks(seqId: number, tokens: number): void {
+        native(() => this.native.claimBlocks(seqId, tokens));
+    }
+
     /** Makes dst share src's cells for [p0, p1) (with kvUnified, no data is copied). */
     seqCopy(src: number, dst: number, p0 = -1, p1 = -1): void {
         native(() => this.native.seqCopy(src, dst, p0, p1));

@@ -45,6 +45,7 @@ export interface NativeContext {
     seqRemove(seqId: number, p0?: number, p1?: number): boolean;
     seqCopy(src: number, dst: number, p0?: number, p1?: number): void;
     setBlockTable(seqId: number, blocks: Int32Array): void;
+    claimBlocks(seqId: number, tokens: number): void;
     seqKeep(seqId: number): void;
     seqPosMin(seqId: number): number;
     seqPosMax(seqId: number): number;
