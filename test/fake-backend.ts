@@ -51,7 +51,7 @@ export class FakeBackend implements SchedulerBackend {
     decodes = 0;
     tokensDecoded = 0;
 
-    constructor(readonly capacity: number, readonly numSeqs: number, readonly vocab: number) {}
+    constructor(readonly capacity: number, readonly numSeqIds: number, readonly vocab: number) {}
 
     get usedCells(): number {
         return this.cells.size;
@@ -62,7 +62,7 @@ export class FakeBackend implements SchedulerBackend {
     }
 
     private seq(s: number): Map<number, Cell> {
-        if (!Number.isInteger(s) || s < 0 || s >= this.numSeqs) throw new Error(`sequence id ${s} out of range`);
+        if (!Number.isInteger(s) || s < 0 || s >= this.numSeqIds) throw new Error(`sequence id ${s} out of range`);
         let m = this.bySeq.get(s);
         if (!m) this.bySeq.set(s, (m = new Map()));
         return m;

@@ -20,10 +20,10 @@ interface Run {
 
 function setup(o: Partial<SchedulerOptions> & { capacity?: number } = {}): Run {
     const opts: SchedulerOptions = {
-        numBlocks: 32, blockSize: 4, maxRunning: 4, numSlots: 8, batchTokens: 32, maxContext: 128, prefixCache: true,
+        numBlocks: 32, blockSize: 4, maxRunning: 4, seqIds: 8, batchTokens: 32, maxContext: 128, prefixCache: true,
         preemption: "recompute", swapSpaceBytes: 1 << 20, watermark: 0, isEog: (t) => t === FAKE_EOS, vocabSize: VOCAB, ...o,
     };
-    const fake = new FakeBackend(o.capacity ?? opts.numBlocks * opts.blockSize, opts.numSlots, VOCAB);
+    const fake = new FakeBackend(o.capacity ?? opts.numBlocks * opts.blockSize, opts.seqIds, VOCAB);
     return { sched: new Scheduler(fake, opts), fake, opts, outputs: new Map() };
 }
 
@@ -43,7 +43,7 @@ function checkKv(run: Run): void {
     for (const r of run.outputs.keys()) {
         for (const s of r.seqs) {
             if (s.state !== "running") continue;
-            assert.deepEqual(run.fake.contents(s.slot), s.tokens.slice(0, s.numComputed), `KV of request ${r.id} choice ${s.index}`);
+            assert.deepEqual(run.fake.contents(s.seqId), s.tokens.slice(0, s.numComputed), `KV of request ${r.id} choice ${s.index}`);
         }
     }
     assert.ok(run.fake.usedCells <= run.fake.capacity);
@@ -200,7 +200,7 @@ describe("scheduler", () => {
     });
 
     it("claims a sequence id without dropping the cached prefix the request is about to use", async () => {
-        const run = setup({ maxRunning: 1, numSlots: 2, numBlocks: 64 });
+        const run = setup({ maxRunning: 1, seqIds: 2, numBlocks: 64 });
         const pa = prompt(20, 41), pb = prompt(20, 42);
         submit(run, pa, { maxTokens: 2 });
         await drain(run);
@@ -212,7 +212,7 @@ describe("scheduler", () => {
     });
 
     it("preempts lower-priority decodes for a higher-priority prompt, not the other way round", async () => {
-        const run = setup({ numBlocks: 14, blockSize: 4, maxRunning: 4, numSlots: 4, batchTokens: 8, maxContext: 48, prefixCache: false });
+        const run = setup({ numBlocks: 14, blockSize: 4, maxRunning: 4, seqIds: 4, batchTokens: 8, maxContext: 48, prefixCache: false });
         const low = [1, 2, 3].map((i) => submit(run, prompt(6, 50 + i), { priority: 5, maxTokens: 30 }));
         await step(run);
         await step(run);
@@ -251,7 +251,7 @@ describe("scheduler properties", () => {
         blockSize: fc.constantFrom(1, 2, 4, 8),
         poolTokens: fc.integer({ min: 64, max: 256 }),
         maxRunning: fc.integer({ min: 1, max: 6 }),
-        cacheSlots: fc.integer({ min: 0, max: 4 }),
+        cacheSeqIds: fc.integer({ min: 0, max: 4 }),
         batchTokens: fc.integer({ min: 6, max: 48 }),
         prefillChunk: fc.option(fc.integer({ min: 1, max: 16 }), { nil: undefined }),
         longPrefills: fc.option(fc.integer({ min: 1, max: 2 }), { nil: undefined }),
@@ -266,7 +266,7 @@ describe("scheduler properties", () => {
                 const numBlocks = Math.floor(c.poolTokens / c.blockSize);
                 const maxContext = Math.min(64, numBlocks * c.blockSize);
                 const run = setup({
-                    numBlocks, blockSize: c.blockSize, maxRunning: c.maxRunning, numSlots: c.maxRunning + c.cacheSlots,
+                    numBlocks, blockSize: c.blockSize, maxRunning: c.maxRunning, seqIds: c.maxRunning + c.cacheSeqIds,
                     batchTokens: Math.max(c.batchTokens, c.maxRunning), prefillChunk: c.prefillChunk, longPrefills: c.longPrefills, maxContext, preemption: c.preemption, prefixCache: c.prefixCache,
                     watermark: c.watermark, swapSpaceBytes: 4096,
                 });

@@ -342,7 +342,7 @@ export class Engine {
         this.maxQueued = intake.maxQueued;
         this.maxPromptLength = intake.maxPromptLength;
         this.settings = {
-            maxSequences: scheduling.maxRunning, cacheSlots: scheduling.numSlots - scheduling.maxRunning, batchTokens: scheduling.batchTokens,
+            maxSequences: scheduling.maxRunning, cacheSlots: scheduling.seqIds - scheduling.maxRunning, batchTokens: scheduling.batchTokens,
             prefillChunk: scheduling.prefillChunk ?? scheduling.batchTokens, longPrefills: scheduling.longPrefills ?? Infinity,
             blockSize: scheduling.blockSize, pagedKv: scheduling.pagedKv ?? false, prefixCache: scheduling.prefixCache, preemption: scheduling.preemption,
             ...intake,
@@ -427,7 +427,7 @@ export class Engine {
             const maxContext = Math.min(pool, trained > 0 ? trained : pool);
             const maxPromptLength = int("maxPromptLength", 16 * maxContext, 1);
             return new Engine(model, context, { ...options }, {
-                numBlocks, blockSize, maxRunning: maxSequences, numSlots: maxSequences + cacheSlots, batchTokens, prefillChunk, longPrefills,
+                numBlocks, blockSize, maxRunning: maxSequences, seqIds: maxSequences + cacheSlots, batchTokens, prefillChunk, longPrefills,
                 maxContext, pagedKv: paged, prefixCache, preemption, swapSpaceBytes, watermark,
             }, { maxQueued, maxPromptLength });
         } catch (e) {
@@ -530,7 +530,7 @@ export class Engine {
             running: s.running, waiting: s.waiting + this.intakeSequences, swapped: s.swapped,
             kv: {
                 blocks: s.kv.numBlocks, blockSize: s.kv.blockSize, used: s.kv.used, free: s.kv.free, cachedFree: s.kv.cachedFree,
-                usage: s.kv.used / s.kv.numBlocks, slots: s.kv.slots, parkedSlots: s.kv.parkedSlots,
+                usage: s.kv.used / s.kv.numBlocks, slots: s.kv.seqIds, parkedSlots: s.kv.parkedSeqIds,
             },
             prefixCache: { queries: s.kv.queries, hits: s.kv.hits, hitRate: s.kv.queries > 0 ? s.kv.hits / s.kv.queries : 0, evictions: s.kv.evictions },
             preemptions: s.preemptions, steps: s.steps, time: { ...this.time },

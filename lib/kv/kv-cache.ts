@@ -1,16 +1,16 @@
 // The block-to-KV-cell mapping: the one module that turns the engine's block accounting (BlockPool)
-// into llama.cpp sequence operations. Everything else in the engine speaks in blocks and slots.
+// into llama.cpp sequence operations. Everything else in the engine speaks in blocks and sequence ids.
 //
 // llama.cpp v0.5.0 (unified KV pool) places tokens in cells itself; a cell can belong to several
 // sequence ids at once (seqCopy shares cells, it copies no data). The mapping therefore works through
-// sequence ids ("slots"):
-//   - every slot has a block table: table[i] accounts for positions [i*blockSize, (i+1)*blockSize) of
-//     the cells that slot holds. Accounting is conservative: a partly filled block counts whole.
-//   - an active slot (a running sequence) holds a reference on each of its blocks.
-//   - when a sequence ends, its committed prefix stays in KV on a parked slot, holding no references:
+// sequence ids:
+//   - every sequence id has a block table: table[i] accounts for positions [i*blockSize, (i+1)*blockSize) of
+//     the cells that sequence id holds. Accounting is conservative: a partly filled block counts whole.
+//   - an active sequence id (a running sequence) holds a reference on each of its blocks.
+//   - when a sequence ends, its committed prefix stays in KV on a parked sequence id, holding no references:
 //     its blocks are free in the pool but still findable by hash. When the pool hands such a block to
-//     new contents (eviction), or a slot is needed, the parked slot is truncated so the cells go too.
-//   - a prefix hit copies the matched positions from any slot that holds the last matched block.
+//     new contents (eviction), or a sequence id is needed, the parked sequence id is truncated so the cells go too.
+//   - a prefix hit copies the matched positions from any sequence id that holds the last matched block.
 // Invariants (checkInvariants): every indexed block has at least one holder; in every table the
 // indexed blocks form a prefix; all holders of a block hold the same blocks before it. The last one
 // holds because a block is only committed when every block before it in its table is indexed, and a
@@ -18,7 +18,7 @@
 //
 //
 // Paged mode (a context created with kvBlockSize == blockSize): block b is KV cells [b*blockSize, (b+1)*blockSize)
-// and an active slot's table is also its native block table (setBlockTable), sent whenever the table grows:
+// and an active sequence id's table is also its native block table (setBlockTable), sent whenever the table grows:
 // llama.cpp then writes each token into its block and each sequence attends only to its own blocks. The
 // sequence-id bookkeeping above (seqCopy, seqRemove) still runs, so llama.cpp's cell metadata agrees.
 import { BlockPool, type BlockPoolStats, type KvBlock } from "./block-pool.js";
@@ -27,50 +27,50 @@ import { BlockPool, type BlockPoolStats, type KvBlock } from "./block-pool.js";
 export interface KvOps {
     seqRemove(seq: number, p0?: number, p1?: number): boolean;
     seqCopy(src: number, dst: number, p0?: number, p1?: number): void;
-    /** Paged mode only: the slot's blocks in position order. */
+    /** Paged mode only: the sequence id's blocks in position order. */
     setBlockTable?(seq: number, blocks: Int32Array): void;
 }
 
-type SlotState = "free" | "active" | "parked";
+type IdState = "free" | "active" | "parked";
 
-interface Slot {
+interface SeqTable {
     readonly id: number;
-    state: SlotState;
+    state: IdState;
     table: KvBlock[];
     /** Leading table blocks that are indexed (committed) blocks. */
     committed: number;
 }
 
 export interface KvCacheStats extends BlockPoolStats {
-    slots: number;
-    activeSlots: number;
-    parkedSlots: number;
+    seqIds: number;
+    activeSeqIds: number;
+    parkedSeqIds: number;
 }
 
 export class KvCache {
     readonly pool: BlockPool;
     readonly blockSize: number;
-    private readonly slots: Slot[];
-    private readonly freeSlots: number[] = [];
-    /** Parked slots, least recently used first. */
-    private readonly parked = new Map<number, Slot>();
-    /** Slots whose cells include the block, by block id. */
-    private readonly holders = new Map<number, Set<Slot>>();
+    private readonly ids: SeqTable[];
+    private readonly freeIds: number[] = [];
+    /** Parked sequence ids, least recently used first. */
+    private readonly parked = new Map<number, SeqTable>();
+    /** Sequence ids whose cells include the block, by block id. */
+    private readonly holders = new Map<number, Set<SeqTable>>();
     /** The table index of each block in use, by block id (the same in every holder). */
     private readonly index = new Map<number, number>();
 
     /** `paged`: the context places tokens by block table (kvBlockSize == blockSize), so tables are sent to it. */
-    constructor(private readonly ops: KvOps, numBlocks: number, blockSize: number, numSlots: number, readonly paged = false) {
-        if (!Number.isInteger(numSlots) || numSlots < 1) throw new RangeError("numSlots must be a positive integer");
+    constructor(private readonly ops: KvOps, numBlocks: number, blockSize: number, numSeqIds: number, readonly paged = false) {
+        if (!Number.isInteger(numSeqIds) || numSeqIds < 1) throw new RangeError("numSeqIds must be a positive integer");
         if (paged && !ops.setBlockTable) throw new TypeError("a paged KV cache needs setBlockTable");
         this.blockSize = blockSize;
         this.pool = new BlockPool(numBlocks, blockSize, (b) => this.evicted(b));
-        this.slots = Array.from({ length: numSlots }, (_, id) => ({ id, state: "free" as SlotState, table: [], committed: 0 }));
-        for (let i = numSlots - 1; i >= 0; i--) this.freeSlots.push(i);
+        this.ids = Array.from({ length: numSeqIds }, (_, id) => ({ id, state: "free" as IdState, table: [], committed: 0 }));
+        for (let i = numSeqIds - 1; i >= 0; i--) this.freeIds.push(i);
     }
 
-    get numSlots(): number {
-        return this.slots.length;
+    get numSeqIds(): number {
+        return this.ids.length;
     }
 
     /** Blocks that can be allocated now (cached contents are evicted as needed). */
@@ -79,15 +79,15 @@ export class KvCache {
     }
 
     /**
-     * A slot for a new sequence: a free one, else the least recently used parked one (its cells are
-     * dropped), passing over parked slots that hold `keep` (the prefix the caller is about to use) while
-     * others exist. Null if every slot is active.
+     * An id for a new sequence: a free one, else the least recently used parked one (its cells are
+     * dropped), passing over parked sequence ids that hold `keep` (the prefix the caller is about to use) while
+     * others exist. Null if every sequence id is active.
      */
-    acquireSlot(keep: KvBlock | null = null): number | null {
-        let id = this.freeSlots.pop();
+    acquireSeqId(keep: KvBlock | null = null): number | null {
+        let id = this.freeIds.pop();
         if (id === undefined) {
             const holders = keep ? this.holders.get(keep.id) : undefined;
-            let victim: Slot | undefined;
+            let victim: SeqTable | undefined;
             for (const s of this.parked.values()) {
                 if (!holders?.has(s)) {
                     victim = s;
@@ -97,15 +97,15 @@ export class KvCache {
             victim ??= this.parked.values().next().value;
             if (!victim) return null;
             this.truncate(victim, 0);
-            id = this.freeSlots.pop()!;
+            id = this.freeIds.pop()!;
         }
-        this.slots[id].state = "active";
+        this.ids[id].state = "active";
         return id;
     }
 
-    /** Blocks held by a slot. */
-    blocksOf(slot: number): readonly KvBlock[] {
-        return this.slots[slot].table;
+    /** Blocks held by a sequence id. */
+    blocksOf(seqId: number): readonly KvBlock[] {
+        return this.ids[seqId].table;
     }
 
     /**
@@ -120,20 +120,20 @@ export class KvCache {
     }
 
     /**
-     * Gives an empty active slot the cached prefix matching `hashes` (at most `limit` blocks): takes
-     * references and shares the cells of a slot that holds them. Counts toward the hit rate. Returns the
+     * Gives an empty active sequence id the cached prefix matching `hashes` (at most `limit` blocks): takes
+     * references and shares the cells of a sequence id that holds them. Counts toward the hit rate. Returns the
      * number of blocks attached.
      */
-    attachPrefix(slot: number, hashes: readonly string[], limit: number): number {
-        const s = this.active(slot);
-        if (s.table.length !== 0) throw new Error(`slot ${slot} is not empty`);
+    attachPrefix(seqId: number, hashes: readonly string[], limit: number): number {
+        const s = this.active(seqId);
+        if (s.table.length !== 0) throw new Error(`sequence id ${seqId} is not empty`);
         const hit = this.pool.match(hashes, limit);
         if (hit.length === 0) return 0;
         const last = hit[hit.length - 1];
         const source = this.holders.get(last.id)?.values().next().value;
         if (!source) throw new Error(`indexed KV block ${last.id} has no holder`);
         this.pool.acquire(hit);
-        this.ops.seqCopy(source.id, slot, 0, hit.length * this.blockSize);
+        this.ops.seqCopy(source.id, seqId, 0, hit.length * this.blockSize);
         if (source.state === "parked") this.touch(source);
         for (const b of hit) this.hold(s, b);
         s.committed = hit.length;
@@ -141,11 +141,11 @@ export class KvCache {
         return hit.length;
     }
 
-    /** Gives an empty active slot the first `blocks` blocks of another active slot (n > 1 choices share their prompt). */
+    /** Gives an empty active sequence id the first `blocks` blocks of another active sequence id (n > 1 choices share their prompt). */
     fork(src: number, dst: number, blocks: number): void {
         const from = this.active(src), to = this.active(dst);
-        if (to.table.length !== 0) throw new Error(`slot ${dst} is not empty`);
-        if (blocks > from.table.length) throw new Error(`slot ${src} holds ${from.table.length} blocks, not ${blocks}`);
+        if (to.table.length !== 0) throw new Error(`sequence id ${dst} is not empty`);
+        if (blocks > from.table.length) throw new Error(`sequence id ${src} holds ${from.table.length} blocks, not ${blocks}`);
         if (blocks === 0) return;
         const shared = from.table.slice(0, blocks);
         this.pool.acquire(shared);
@@ -155,9 +155,9 @@ export class KvCache {
         this.sendTable(to);
     }
 
-    /** Grows an active slot's table to cover `tokens` positions. False, with nothing changed, if too few blocks are free. */
-    reserve(slot: number, tokens: number): boolean {
-        const s = this.active(slot);
+    /** Grows an active sequence id's table to cover `tokens` positions. False, with nothing changed, if too few blocks are free. */
+    reserve(seqId: number, tokens: number): boolean {
+        const s = this.active(seqId);
         const need = this.pool.blocksFor(tokens) - s.table.length;
         if (need <= 0) return true;
         const got = this.pool.allocate(need);
@@ -168,24 +168,24 @@ export class KvCache {
     }
 
     /**
-     * Indexes the slot's first `count` blocks, which must be full and computed, by content hash (hashes[i]
+     * Indexes the sequence id's first `count` blocks, which must be full and computed, by content hash (hashes[i]
      * for table[i]): a block indexed before its KV is written would be copied half-empty. Stops at the first
-     * block whose content another block already holds: the slot's later blocks stay private, which keeps
+     * block whose content another block already holds: the sequence id's later blocks stay private, which keeps
      * every table's indexed blocks a prefix.
      */
-    commit(slot: number, hashes: readonly string[], count = hashes.length): void {
-        const s = this.active(slot);
+    commit(seqId: number, hashes: readonly string[], count = hashes.length): void {
+        const s = this.active(seqId);
         const n = Math.min(count, hashes.length, s.table.length);
-        // pool.commit() also accepts a block already indexed under this hash (shared from another slot)
+        // pool.commit() also accepts a block already indexed under this hash (shared from another sequence id)
         while (s.committed < n && this.pool.commit(s.table[s.committed], hashes[s.committed])) s.committed++;
     }
 
     /**
-     * Ends a slot's sequence. With `keep`, its committed prefix stays in KV on the parked slot, findable
+     * Ends a sequence id's sequence. With `keep`, its committed prefix stays in KV on the parked sequence id, findable
      * until evicted; everything else is removed and its blocks freed.
      */
-    release(slot: number, keep: boolean): void {
-        const s = this.active(slot);
+    release(seqId: number, keep: boolean): void {
+        const s = this.active(seqId);
         let k = 0;
         if (keep) while (k < s.table.length && this.pool.isIndexed(s.table[k])) k++;
         this.pool.release(s.table);
@@ -204,26 +204,26 @@ export class KvCache {
 
     stats(): KvCacheStats {
         let active = 0;
-        for (const s of this.slots) if (s.state === "active") active++;
-        return { ...this.pool.stats(), slots: this.slots.length, activeSlots: active, parkedSlots: this.parked.size };
+        for (const s of this.ids) if (s.state === "active") active++;
+        return { ...this.pool.stats(), seqIds: this.ids.length, activeSeqIds: active, parkedSeqIds: this.parked.size };
     }
 
     /** Throws on the first broken invariant (tests and debugging). */
     checkInvariants(): void {
         this.pool.checkInvariants();
         const refs = new Map<number, number>();
-        const seen = new Map<number, Set<Slot>>();
-        for (const s of this.slots) {
-            if (s.state === "free" && s.table.length !== 0) throw new Error(`free slot ${s.id} holds blocks`);
-            if (s.state === "parked" && (s.table.length === 0 || !this.parked.has(s.id))) throw new Error(`parked slot ${s.id} is not tracked`);
-            if (s.state !== "parked" && this.parked.has(s.id)) throw new Error(`slot ${s.id} is ${s.state} but listed as parked`);
+        const seen = new Map<number, Set<SeqTable>>();
+        for (const s of this.ids) {
+            if (s.state === "free" && s.table.length !== 0) throw new Error(`free sequence id ${s.id} holds blocks`);
+            if (s.state === "parked" && (s.table.length === 0 || !this.parked.has(s.id))) throw new Error(`parked sequence id ${s.id} is not tracked`);
+            if (s.state !== "parked" && this.parked.has(s.id)) throw new Error(`sequence id ${s.id} is ${s.state} but listed as parked`);
             let leading = 0;
             while (leading < s.table.length && this.pool.isIndexed(s.table[leading])) leading++;
-            if (s.committed > leading) throw new Error(`slot ${s.id}: committed ${s.committed} but only ${leading} leading blocks are indexed`);
+            if (s.committed > leading) throw new Error(`sequence id ${s.id}: committed ${s.committed} but only ${leading} leading blocks are indexed`);
             s.table.forEach((b, i) => {
-                if (this.index.get(b.id) !== i) throw new Error(`block ${b.id} at index ${i} of slot ${s.id} is indexed as ${this.index.get(b.id)}`);
-                if (i >= leading && this.pool.isIndexed(b)) throw new Error(`slot ${s.id}: indexed block ${b.id} at ${i} after an unindexed one`);
-                if (s.state === "parked" && i >= leading) throw new Error(`parked slot ${s.id} holds uncommitted block ${b.id}`);
+                if (this.index.get(b.id) !== i) throw new Error(`block ${b.id} at index ${i} of sequence id ${s.id} is indexed as ${this.index.get(b.id)}`);
+                if (i >= leading && this.pool.isIndexed(b)) throw new Error(`sequence id ${s.id}: indexed block ${b.id} at ${i} after an unindexed one`);
+                if (s.state === "parked" && i >= leading) throw new Error(`parked sequence id ${s.id} holds uncommitted block ${b.id}`);
                 if (s.state === "active") refs.set(b.id, (refs.get(b.id) ?? 0) + 1);
                 let h = seen.get(b.id);
                 if (!h) seen.set(b.id, (h = new Set()));
@@ -231,13 +231,13 @@ export class KvCache {
             });
         }
         for (const s of this.parked.values()) {
-            if (s.state !== "parked") throw new Error(`slot ${s.id} in the parked list is ${s.state}`);
+            if (s.state !== "parked") throw new Error(`sequence id ${s.id} in the parked list is ${s.state}`);
         }
-        const freeCount = this.slots.filter((s) => s.state === "free").length;
-        if (freeCount !== this.freeSlots.length || new Set(this.freeSlots).size !== freeCount) throw new Error("free slot list is inconsistent");
+        const freeCount = this.ids.filter((s) => s.state === "free").length;
+        if (freeCount !== this.freeIds.length || new Set(this.freeIds).size !== freeCount) throw new Error("free sequence id list is inconsistent");
         for (const b of this.pool.all) {
             const want = refs.get(b.id) ?? 0;
-            if (b.refCount !== want) throw new Error(`block ${b.id}: refCount ${b.refCount}, held by ${want} active slots`);
+            if (b.refCount !== want) throw new Error(`block ${b.id}: refCount ${b.refCount}, held by ${want} active sequence ids`);
             if (this.pool.isIndexed(b) && !seen.has(b.id)) throw new Error(`indexed block ${b.id} has no holder: its cells are gone`);
         }
         for (const [id, h] of this.holders) {
@@ -251,7 +251,7 @@ export class KvCache {
             const [first, ...rest] = [...h];
             for (const other of rest) {
                 for (let j = 0; j < i; j++) {
-                    if (first.table[j] !== other.table[j]) throw new Error(`slots ${first.id} and ${other.id} share block ${id} but not block ${j} before it`);
+                    if (first.table[j] !== other.table[j]) throw new Error(`sequence ids ${first.id} and ${other.id} share block ${id} but not block ${j} before it`);
                 }
             }
         }
@@ -259,13 +259,13 @@ export class KvCache {
 
     // ---- internals ------------------------------------------------------------------------------
 
-    private active(slot: number): Slot {
-        const s = this.slots[slot];
-        if (!s || s.state !== "active") throw new Error(`KV slot ${slot} is not active`);
+    private active(seqId: number): SeqTable {
+        const s = this.ids[seqId];
+        if (!s || s.state !== "active") throw new Error(`KV sequence id ${seqId} is not active`);
         return s;
     }
 
-    private hold(s: Slot, b: KvBlock): void {
+    private hold(s: SeqTable, b: KvBlock): void {
         const i = s.table.length;
         const at = this.index.get(b.id);
         if (at !== undefined && at !== i) throw new Error(`block ${b.id} is at index ${at}, not ${i}`);
@@ -276,26 +276,26 @@ export class KvCache {
         h.add(s);
     }
 
-    /** Paged mode: tells the context where the slot's positions live (before it decodes into them). */
-    private sendTable(s: Slot): void {
+    /** Paged mode: tells the context where the sequence id's positions live (before it decodes into them). */
+    private sendTable(s: SeqTable): void {
         if (!this.paged) return;
         const ids = new Int32Array(s.table.length);
         for (let i = 0; i < ids.length; i++) ids[i] = s.table[i].id;
         this.ops.setBlockTable!(s.id, ids);
     }
 
-    private touch(s: Slot): void {
+    private touch(s: SeqTable): void {
         this.parked.delete(s.id);
         this.parked.set(s.id, s);
     }
 
     /**
-     * Cuts a slot's table (and its cells) to `k` blocks. Blocks left without any holder lose their cells,
-     * so they are made unfindable. An active slot's references are the caller's to drop.
+     * Cuts a sequence id's table (and its cells) to `k` blocks. Blocks left without any holder lose their cells,
+     * so they are made unfindable. An active sequence id's references are the caller's to drop.
      */
-    private truncate(s: Slot, k: number): void {
+    private truncate(s: SeqTable, k: number): void {
         if (k < s.table.length || s.state === "active") {
-            // an active slot may hold cells past its table's last full block; remove from the cut on
+            // an active sequence id may hold cells past its table's last full block; remove from the cut on
             this.ops.seqRemove(s.id, k * this.blockSize, -1);
         }
         for (let j = k; j < s.table.length; j++) {
@@ -314,18 +314,18 @@ export class KvCache {
             if (s.state === "parked") this.parked.delete(s.id);
             if (s.state !== "free") {
                 s.state = "free";
-                this.freeSlots.push(s.id);
+                this.freeIds.push(s.id);
             }
         }
     }
 
-    /** The pool is giving a cached block new contents: every parked slot holding it loses it and what follows. */
+    /** The pool is giving a cached block new contents: every parked sequence id holding it loses it and what follows. */
     private evicted(b: KvBlock): void {
         const h = this.holders.get(b.id);
         if (!h) return;
         const i = this.index.get(b.id)!;
         for (const s of [...h]) {
-            if (s.state !== "parked") throw new Error(`evicted KV block ${b.id} is still held by ${s.state} slot ${s.id}`);
+            if (s.state !== "parked") throw new Error(`evicted KV block ${b.id} is still held by ${s.state} sequence id ${s.id}`);
             this.truncate(s, i);
         }
         // the block now belongs to its new owner, which hold() registers

@@ -24,8 +24,8 @@ export interface SchedulerOptions {
     blockSize: number;
     /** Sequences decoded at once. */
     maxRunning: number;
-    /** Sequence ids of the context: maxRunning plus ids that keep ended sequences' prefixes cached. */
-    numSlots: number;
+    /** Sequence ids the context has (at least maxRunning; with the unified pool, the extra ids keep ended sequences' prefixes cached). */
+    seqIds: number;
     /** Tokens per step (decodes first, then prompt chunks). */
     batchTokens: number;
     /**
@@ -91,7 +91,8 @@ export class Sequence {
     numComputed = 0;
     /** Content hashes of the full blocks of `tokens` computed so far. */
     hashes: string[] = [];
-    slot = -1;
+    /** The llama.cpp sequence id while running; -1 otherwise. */
+    seqId = -1;
     state: SeqState = "waiting";
     /** Tokens sampled (output tokens, plus a final EOS or stop token). */
     sampled = 0;
@@ -158,7 +159,7 @@ export class Scheduler {
     private readonly running: Sequence[] = [];
     private readonly pending = new Set<Sequence>();
     private events: SchedulerEvent[] = [];
-    private readonly slotSampler: (string | null | undefined)[];
+    private readonly seqSampler: (string | null | undefined)[];
     private readonly now: () => number;
     private readonly watermarkBlocks: number;
     private preemptions = 0;
@@ -167,21 +168,21 @@ export class Scheduler {
     private nextArrival = 0;
     private readonly tokens: Int32Array;
     private readonly positions: Int32Array;
-    private readonly seqIds: Int32Array;
+    private readonly batchSeqIds: Int32Array;
     private readonly outputs: Uint8Array;
 
     constructor(private readonly backend: SchedulerBackend, readonly options: SchedulerOptions) {
         const o = options;
         if (o.batchTokens < o.maxRunning) throw new RangeError(`batchTokens (${o.batchTokens}) must be at least maxRunning (${o.maxRunning})`);
-        if (o.numSlots < o.maxRunning) throw new RangeError(`numSlots (${o.numSlots}) must be at least maxRunning (${o.maxRunning})`);
+        if (o.seqIds < o.maxRunning) throw new RangeError(`seqIds (${o.seqIds}) must be at least maxRunning (${o.maxRunning})`);
         if (o.maxContext > o.numBlocks * o.blockSize) throw new RangeError(`maxContext (${o.maxContext}) exceeds the KV pool (${o.numBlocks * o.blockSize} tokens)`);
-        this.kv = new KvCache(backend, o.numBlocks, o.blockSize, o.numSlots, o.pagedKv ?? false);
-        this.slotSampler = new Array(o.numSlots);
+        this.kv = new KvCache(backend, o.numBlocks, o.blockSize, o.seqIds, o.pagedKv ?? false);
+        this.seqSampler = new Array(o.seqIds);
         this.now = o.now ?? (() => performance.now());
         this.watermarkBlocks = Math.floor(o.numBlocks * o.watermark);
         this.tokens = new Int32Array(o.batchTokens);
         this.positions = new Int32Array(o.batchTokens);
-        this.seqIds = new Int32Array(o.batchTokens);
+        this.batchSeqIds = new Int32Array(o.batchTokens);
         this.outputs = new Uint8Array(o.batchTokens);
     }
 
@@ -264,10 +265,10 @@ export class Scheduler {
                 let n = Math.min(remaining, budget, decoding ? 1 : chunkCap);
                 if (!decoding) {
                     // a prompt chunk shrinks to the room there is before it preempts anyone
-                    const room = (this.kv.blocksOf(seq.slot).length + this.kv.freeBlocks) * o.blockSize - seq.numComputed;
+                    const room = (this.kv.blocksOf(seq.seqId).length + this.kv.freeBlocks) * o.blockSize - seq.numComputed;
                     if (room > 0) n = Math.min(n, room);
                 }
-                while (seq.state === "running" && !this.kv.reserve(seq.slot, seq.numComputed + n)) {
+                while (seq.state === "running" && !this.kv.reserve(seq.seqId, seq.numComputed + n)) {
                     // victim: the lowest priority, latest arrival of all running (the list's last), maybe seq itself
                     const victim = this.running[this.running.length - 1];
                     unschedule(victim);
@@ -300,7 +301,7 @@ export class Scheduler {
             if (budget <= 0) break;
             const seq = e.seq;
             const more = Math.min(seq.tokens.length - seq.numComputed - e.n, budget);
-            if (more <= 0 || e.n === 0 || !this.kv.reserve(seq.slot, seq.numComputed + e.n + more)) continue;
+            if (more <= 0 || e.n === 0 || !this.kv.reserve(seq.seqId, seq.numComputed + e.n + more)) continue;
             e.n += more;
             e.output = seq.numComputed + e.n === seq.tokens.length;
             budget -= more;
@@ -313,7 +314,7 @@ export class Scheduler {
             for (let j = 0; j < e.n; j++, k++) {
                 this.tokens[k] = s.tokens[s.numComputed + j];
                 this.positions[k] = s.numComputed + j;
-                this.seqIds[k] = s.slot;
+                this.batchSeqIds[k] = s.seqId;
                 this.outputs[k] = 0;
             }
             if (e.output) this.outputs[k - 1] = 1;
@@ -321,7 +322,7 @@ export class Scheduler {
         }
         this.steps++;
         return {
-            batch: { tokens: this.tokens.subarray(0, k), positions: this.positions.subarray(0, k), seqIds: this.seqIds.subarray(0, k), outputs: this.outputs.subarray(0, k) },
+            batch: { tokens: this.tokens.subarray(0, k), positions: this.positions.subarray(0, k), seqIds: this.batchSeqIds.subarray(0, k), outputs: this.outputs.subarray(0, k) },
             entries, promptTokens, decodeTokens: k - promptTokens,
         };
     }
@@ -338,7 +339,7 @@ export class Scheduler {
                 // only blocks whose KV is now written: hashes may run ahead (admission hashes the whole prompt)
                 const full = Math.floor(seq.numComputed / o.blockSize);
                 if (full > seq.hashes.length) seq.hashes = blockHashes(seq.tokens, o.blockSize, seq.request.spec.cacheSalt, seq.hashes, seq.numComputed);
-                this.kv.commit(seq.slot, seq.hashes, full);
+                this.kv.commit(seq.seqId, seq.hashes, full);
             }
             if (!e.output) continue;
             const r = row++;
@@ -387,20 +388,20 @@ export class Scheduler {
     /** Checks the KV accounting against the sequences (tests). */
     checkInvariants(): void {
         this.kv.checkInvariants();
-        const slots = new Set<number>();
+        const ids = new Set<number>();
         for (const s of this.running) {
-            if (s.state !== "running" || s.slot < 0) throw new Error(`running list holds a ${s.state} sequence`);
-            if (slots.has(s.slot)) throw new Error(`slot ${s.slot} used twice`);
-            slots.add(s.slot);
-            if (this.kv.blocksOf(s.slot).length * this.options.blockSize < s.numComputed) throw new Error(`sequence in slot ${s.slot} holds fewer blocks than tokens`);
+            if (s.state !== "running" || s.seqId < 0) throw new Error(`running list holds a ${s.state} sequence`);
+            if (ids.has(s.seqId)) throw new Error(`sequence id ${s.seqId} used twice`);
+            ids.add(s.seqId);
+            if (this.kv.blocksOf(s.seqId).length * this.options.blockSize < s.numComputed) throw new Error(`sequence with id ${s.seqId} holds fewer blocks than tokens`);
         }
         for (const s of this.waiting) {
             if (s.state !== "waiting" && s.state !== "swapped") throw new Error(`waiting list holds a ${s.state} sequence`);
-            if (s.slot !== -1) throw new Error("a waiting sequence holds a slot");
+            if (s.seqId !== -1) throw new Error("a waiting sequence holds a sequence id");
         }
         if (this.running.length > this.options.maxRunning) throw new Error("more sequences running than maxRunning");
         const stats = this.kv.stats();
-        if (stats.activeSlots !== this.running.length) throw new Error(`${stats.activeSlots} active KV slots for ${this.running.length} running sequences`);
+        if (stats.activeSeqIds !== this.running.length) throw new Error(`${stats.activeSeqIds} active KV sequence ids for ${this.running.length} running sequences`);
     }
 
     // ---- internals ------------------------------------------------------------------------------
@@ -438,9 +439,9 @@ export class Scheduler {
     private end(seq: Sequence, reason: FinishReason, error?: unknown): void {
         if (seq.state === "finished") return;
         if (seq.state === "running") {
-            this.kv.release(seq.slot, reason !== "error" && this.caches(seq));
+            this.kv.release(seq.seqId, reason !== "error" && this.caches(seq));
             this.remove(this.running, seq);
-            seq.slot = -1;
+            seq.seqId = -1;
         } else {
             this.remove(this.waiting, seq);
             if (seq.swapState) {
@@ -460,15 +461,15 @@ export class Scheduler {
         let state: Uint8Array | null = null;
         if (o.preemption === "swap" && seq.numComputed > 0) {
             try {
-                state = await this.backend.saveSequence(seq.slot);
+                state = await this.backend.saveSequence(seq.seqId);
                 if (this.swapBytes + state.byteLength > o.swapSpaceBytes) state = null;
             } catch {
                 state = null; // fall back to recompute
             }
         }
-        this.kv.release(seq.slot, this.caches(seq));
+        this.kv.release(seq.seqId, this.caches(seq));
         this.remove(this.running, seq);
-        seq.slot = -1;
+        seq.seqId = -1;
         if (state) {
             seq.swapState = state;
             seq.state = "swapped";
@@ -498,26 +499,26 @@ export class Scheduler {
             const state = seq.swapState!;
             const n = Math.min(seq.tokens.length - seq.numComputed, budget);
             if (this.kv.pool.blocksFor(seq.numComputed + n) + wm > this.kv.freeBlocks) return "blocked";
-            const slot = this.kv.acquireSlot();
-            if (slot === null) return "blocked";
-            this.kv.reserve(slot, seq.numComputed + n);
+            const seqId = this.kv.acquireSeqId();
+            if (seqId === null) return "blocked";
+            this.kv.reserve(seqId, seq.numComputed + n);
             this.swapBytes -= state.byteLength;
             seq.swapState = null;
             try {
-                await this.backend.restoreSequence(slot, state);
+                await this.backend.restoreSequence(seqId, state);
             } catch {
                 // the tokens are all known: compute them again instead
-                this.kv.release(slot, false);
+                this.kv.release(seqId, false);
                 seq.numComputed = 0;
                 seq.state = "waiting";
                 return "skip";
             }
-            return this.start(seq, slot) ? n : 0;
+            return this.start(seq, seqId) ? n : 0;
         }
         const fork = shareBlocks > 0 && parent.state === "running";
         const limit = Math.floor((seq.tokens.length - 1) / bs);
         if (!fork && this.caches(seq)) seq.hashes = blockHashes(seq.tokens, bs, spec.cacheSalt, seq.hashes, limit * bs);
-        // capacity first, then a slot (claiming one may drop a parked prefix: not the one this request uses)
+        // capacity first, then a sequence id (claiming one may drop a parked prefix: not the one this request uses)
         const fits = (hit: { blocks: number; free: number }) => {
             const n = Math.min(seq.tokens.length - hit.blocks * bs, budget);
             return this.kv.pool.blocksFor(hit.blocks * bs + n) - hit.blocks + wm <= this.kv.freeBlocks - hit.free ? n : 0;
@@ -525,50 +526,50 @@ export class Scheduler {
         const lookup = () => (fork ? { blocks: shareBlocks, free: 0, last: null } : this.caches(seq) ? this.kv.peek(seq.hashes, limit) : { blocks: 0, free: 0, last: null });
         let hit = lookup();
         if (fits(hit) === 0) return "blocked";
-        const slot = this.kv.acquireSlot(hit.last);
-        if (slot === null) return "blocked";
+        const seqId = this.kv.acquireSeqId(hit.last);
+        if (seqId === null) return "blocked";
         hit = lookup();
         const n = fits(hit);
         if (n === 0) {
-            this.kv.release(slot, false);
+            this.kv.release(seqId, false);
             return "blocked";
         }
         let computed = 0;
         if (fork) {
-            this.kv.fork(parent.slot, slot, shareBlocks);
+            this.kv.fork(parent.seqId, seqId, shareBlocks);
             computed = shareBlocks * bs;
         } else if (this.caches(seq)) {
-            computed = this.kv.attachPrefix(slot, seq.hashes, limit) * bs; // counts the lookup, hit or miss
+            computed = this.kv.attachPrefix(seqId, seq.hashes, limit) * bs; // counts the lookup, hit or miss
         }
-        if (!this.kv.reserve(slot, computed + n)) throw new Error("KV reservation failed after the capacity check");
+        if (!this.kv.reserve(seqId, computed + n)) throw new Error("KV reservation failed after the capacity check");
         seq.numComputed = computed;
         if (!seq.admitted) seq.cachedTokens = computed;
-        return this.start(seq, slot) ? n : 0;
+        return this.start(seq, seqId) ? n : 0;
     }
 
     /** Moves an admitted sequence to the running set with its sampler. False if the sampler was refused (the sequence ended). */
-    private start(seq: Sequence, slot: number): boolean {
+    private start(seq: Sequence, seqId: number): boolean {
         this.remove(this.waiting, seq);
         if (!seq.admitted) {
             seq.admitted = true;
             seq.firstScheduledAt = this.now();
         }
-        seq.slot = slot;
+        seq.seqId = seqId;
         seq.state = "running";
         this.insert(this.running, seq);
         const params = seq.request.spec.samplers[seq.index];
         const key = samplerKey(params);
-        if (key === null || this.slotSampler[slot] !== key) {
+        if (key === null || this.seqSampler[seqId] !== key) {
             // a sequence resumed after preemption replays what it generated into its fresh chain, so its
             // grammar state and penalty window go on where they were
             const generated = seq.tokens.length - seq.promptLength;
             const withHistory = params !== null && key === null && generated > 0
                 ? { ...params, history: Int32Array.from(seq.tokens.slice(seq.promptLength)) } : params;
             try {
-                this.backend.setSampler(slot, withHistory);
-                this.slotSampler[slot] = key;
+                this.backend.setSampler(seqId, withHistory);
+                this.seqSampler[seqId] = key;
             } catch (e) {
-                this.slotSampler[slot] = undefined;
+                this.seqSampler[seqId] = undefined;
                 this.end(seq, "error", e);
                 return false;
             }
