@@ -64,7 +64,7 @@ const cpu0 = process.cpuUsage();
 const t0 = performance.now();
 for (let s = 0; s < steps; s++) {
     const a = performance.now();
-    const step = await sched.plan();
+    const step = sched.plan();
     const b = performance.now();
     if (!step) break;
     const result = await backend.decode(step.batch);

@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import fc from "fast-check";
-import { Scheduler, type FinishReason, type PreemptionMode, type SchedRequest, type SchedulerOptions } from "../lib/scheduler/scheduler.js";
+import { runSwaps, Scheduler, type FinishReason, type PreemptionMode, type SchedRequest, type SchedulerOptions } from "../lib/scheduler/scheduler.js";
 import { FAKE_EOS, FakeBackend, fakeReference } from "./fake-backend.js";
 
 const VOCAB = 64;
@@ -50,10 +50,13 @@ function checkKv(run: Run): void {
 }
 
 async function step(run: Run): Promise<boolean> {
-    const plan = await run.sched.plan();
+    const plan = run.sched.plan();
     if (plan) {
-        const res = await run.fake.decode(plan.batch);
-        run.sched.complete(plan, res);
+        await runSwaps(run.sched, run.fake, plan);
+        if (plan.entries.length > 0) {
+            const res = await run.fake.decode(plan.batch);
+            run.sched.complete(plan, res);
+        }
     }
     for (const e of run.sched.takeEvents()) {
         const o = run.outputs.get(e.seq.request)!;
@@ -180,6 +183,39 @@ describe("scheduler", () => {
             }
             assert.equal(run.sched.stats().swapBytes, 0);
         }
+    });
+
+    it("plans synchronously: a swap victim keeps its id and cells until the engine saves its state, and its blocks go to others at once", async () => {
+        const run = setup({ numBlocks: 12, maxRunning: 4, preemption: "swap", maxContext: 48 });
+        const reqs = [0, 1, 2, 3].map((i) => submit(run, prompt(8, 20 + i), { maxTokens: 16 }));
+        let swaps = 0;
+        for (let i = 0; i < 500 && run.sched.busy; i++) {
+            const plan = run.sched.plan();
+            assert.ok(!(plan as unknown instanceof Promise), "plan() returns the step itself");
+            run.sched.checkInvariants();
+            for (const v of plan?.swapOut ?? []) {
+                swaps++;
+                assert.equal(v.state, "swapping");
+                assert.equal(run.sched.kv.stateOf(v.seqId), "saving");
+                assert.deepEqual(run.fake.contents(v.seqId), v.tokens.slice(0, v.numComputed), "its cells are intact until saved");
+                assert.ok(!plan!.batch.seqIds.includes(v.seqId), "its id is not reused in the step");
+            }
+            if (plan?.swapOut.length) {
+                assert.throws(() => run.sched.plan(), /not reported/, "the next plan waits for the swap-outs");
+                const held = new Set<number>();
+                for (const r of run.outputs.keys()) for (const s of r.seqs) if (s.state === "running") for (const b of run.sched.kv.blocksOf(s.seqId)) held.add(b.id);
+                assert.equal(run.sched.kv.stats().used, held.size, "a victim's blocks went back to the pool in the plan: only running sequences hold blocks");
+            }
+            if (plan) {
+                await runSwaps(run.sched, run.fake, plan);
+                if (plan.entries.length > 0) run.sched.complete(plan, await run.fake.decode(plan.batch));
+            }
+            run.sched.takeEvents();
+            checkKv(run);
+        }
+        assert.equal(run.sched.busy, false);
+        assert.ok(swaps > 0, "the pool was too small for all four: sequences were swapped out");
+        assert.ok(reqs.every((r) => r.seqs[0].state === "finished"));
     });
 
     it("does not offer a block to other requests before its KV is written", async () => {

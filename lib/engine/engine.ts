@@ -6,7 +6,7 @@ import {
     BatchwiseError, ErrorCode, LlamaContext, LlamaModel, jsonSchemaToGrammar,
     type ContextOptions, type KvCacheType, type ModelLoadOptions, type ModelMetadata, type SplitMode,
 } from "../binding/index.js";
-import { Scheduler, type FinishReason, type PreemptionMode, type SchedRequest, type SchedulerEvent, type SchedulerOptions, type Sequence } from "../scheduler/scheduler.js";
+import { runSwaps, Scheduler, type FinishReason, type PreemptionMode, type SchedRequest, type SchedulerEvent, type SchedulerOptions, type Sequence } from "../scheduler/scheduler.js";
 import { ChatFormatter, type ChatFormatOptions, type ChatMessage } from "./chat-template.js";
 import { defined, validateRequest, type GenerateRequest, type RequestOptions, type ValidRequest } from "./request.js";
 import { TextStream } from "./text.js";
@@ -745,8 +745,14 @@ export class Engine {
         try {
             for (;;) {
                 const t0 = now();
-                const step = await this.scheduler.plan();
+                const step = this.scheduler.plan();
+                // the swaps the plan decided, before the decode (the step's rows may change: a failed restore leaves it)
+                if (step && (step.swapOut.length > 0 || step.swapIn.length > 0)) await runSwaps(this.scheduler, this.context, step);
                 const events = this.scheduler.takeEvents();
+                if (step && step.entries.length === 0) {
+                    this.dispatch(events); // only swaps this step
+                    continue;
+                }
                 if (!step) {
                     this.dispatch(events);
                     if (!this.scheduler.busy) {

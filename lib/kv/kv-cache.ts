@@ -31,7 +31,12 @@ export interface KvOps {
     setBlockTable?(seq: number, blocks: Int32Array): void;
 }
 
-type IdState = "free" | "active" | "parked";
+/**
+ * free: no cells. active: a running sequence's. parked: an ended sequence's committed prefix, kept for the
+ * prefix cache. saving: a sequence preempted by swap whose state is being saved: its blocks are back in the
+ * pool, but its id and cells stay until releaseSaved() (nothing writes the blocks before the next decode).
+ */
+export type IdState = "free" | "active" | "parked" | "saving";
 
 interface SeqTable {
     readonly id: number;
@@ -181,6 +186,41 @@ export class KvCache {
     }
 
     /**
+     * A sequence preempted by swap: its blocks go back to the pool now (this plan may hand them to others, who
+     * write them only at the decode), its id and cells stay, unchanged, until its state is saved and
+     * releaseSaved() is called. Its indexed prefix may still be shared with others meanwhile.
+     */
+    suspend(seqId: number): void {
+        const s = this.active(seqId);
+        let k = 0;
+        while (k < s.table.length && this.pool.isIndexed(s.table[k])) k++;
+        this.pool.release(s.table);
+        s.state = "saving";
+        this.truncate(s, k); // accounting only: the cells are removed by releaseSaved()
+    }
+
+    /** A suspended sequence's state is saved (or not): removes its cells, keeping its committed prefix parked with `keep`. */
+    releaseSaved(seqId: number, keep: boolean): void {
+        const s = this.ids[seqId];
+        if (!s || s.state !== "saving") throw new Error(`KV sequence id ${seqId} is not being saved`);
+        const k = keep ? s.table.length : 0; // the table holds only its indexed prefix (suspend() cut the rest)
+        this.ops.seqRemove(s.id, k * this.blockSize, -1);
+        this.truncate(s, k);
+        if (k > 0) {
+            s.state = "parked";
+            this.parked.set(s.id, s);
+        } else {
+            s.state = "free";
+            this.freeIds.push(s.id);
+        }
+    }
+
+    /** What a sequence id holds now (tests and invariants). */
+    stateOf(seqId: number): IdState {
+        return this.ids[seqId].state;
+    }
+
+    /**
      * Ends a sequence id's sequence. With `keep`, its committed prefix stays in KV on the parked sequence id, findable
      * until evicted; everything else is removed and its blocks freed.
      */
@@ -199,6 +239,7 @@ export class KvCache {
     /** Drops every parked prefix (a reset of the prefix cache). */
     dropCache(): void {
         for (const s of [...this.parked.values()]) this.truncate(s, 0);
+        for (const s of this.ids) if (s.state === "saving") this.truncate(s, 0); // its cells go at releaseSaved()
         this.pool.dropCache();
     }
 
@@ -223,7 +264,7 @@ export class KvCache {
             s.table.forEach((b, i) => {
                 if (this.index.get(b.id) !== i) throw new Error(`block ${b.id} at index ${i} of sequence id ${s.id} is indexed as ${this.index.get(b.id)}`);
                 if (i >= leading && this.pool.isIndexed(b)) throw new Error(`sequence id ${s.id}: indexed block ${b.id} at ${i} after an unindexed one`);
-                if (s.state === "parked" && i >= leading) throw new Error(`parked sequence id ${s.id} holds uncommitted block ${b.id}`);
+                if ((s.state === "parked" || s.state === "saving") && i >= leading) throw new Error(`${s.state} sequence id ${s.id} holds uncommitted block ${b.id}`);
                 if (s.state === "active") refs.set(b.id, (refs.get(b.id) ?? 0) + 1);
                 let h = seen.get(b.id);
                 if (!h) seen.set(b.id, (h = new Set()));
@@ -294,7 +335,7 @@ export class KvCache {
      * so they are made unfindable. An active sequence id's references are the caller's to drop.
      */
     private truncate(s: SeqTable, k: number): void {
-        if (k < s.table.length || s.state === "active") {
+        if (s.state !== "saving" && (k < s.table.length || s.state === "active")) {
             // an active sequence id may hold cells past its table's last full block; remove from the cut on
             this.ops.seqRemove(s.id, k * this.blockSize, -1);
         }
@@ -310,7 +351,7 @@ export class KvCache {
         }
         s.table.length = k;
         s.committed = Math.min(s.committed, k);
-        if (k === 0) {
+        if (k === 0 && s.state !== "saving") {
             if (s.state === "parked") this.parked.delete(s.id);
             if (s.state !== "free") {
                 s.state = "free";
@@ -325,7 +366,7 @@ export class KvCache {
         if (!h) return;
         const i = this.index.get(b.id)!;
         for (const s of [...h]) {
-            if (s.state !== "parked") throw new Error(`evicted KV block ${b.id} is still held by ${s.state} sequence id ${s.id}`);
+            if (s.state !== "parked" && s.state !== "saving") throw new Error(`evicted KV block ${b.id} is still held by ${s.state} sequence id ${s.id}`);
             this.truncate(s, i);
         }
         // the block now belongs to its new owner, which hold() registers
