@@ -267,7 +267,7 @@ for (const layout of LAYOUTS) describe(`scheduler (${layout} KV)`, () => {
         }
     });
 
-    it("claims a sequence id without dropping the cached prefix the request is about to use", async () => {
+    if (layout === "unified") it("claims a sequence id without dropping the cached prefix the request is about to use", async () => {
         const run = setup({ layout, maxRunning: 1, seqIds: 2, numBlocks: 64 });
         const pa = prompt(20, 41), pb = prompt(20, 42);
         submit(run, pa, { maxTokens: 2 });
@@ -277,6 +277,26 @@ for (const layout of LAYOUTS) describe(`scheduler (${layout} KV)`, () => {
         const again = submit(run, pa.slice(), { maxTokens: 2 });
         await drain(run);
         assert.equal(again.seqs[0].cachedTokens, 16, "the LRU parked id held this prefix: another one was dropped instead");
+    });
+
+    if (layout === "paged") it("keeps cached prefixes without sequence ids: the prefix cache is bounded by blocks alone", async () => {
+        // one sequence id in all (maxRunning 1): the unified pool could keep no prefix at all
+        const run = setup({ layout, maxRunning: 1, seqIds: 1, numBlocks: 64 });
+        const prompts = [41, 42, 43, 44].map((seed) => prompt(20, seed));
+        for (const p of prompts) {
+            submit(run, p, { maxTokens: 2 });
+            await drain(run);
+        }
+        assert.equal(run.fake.usedCells, 0, "no cells are held once nothing runs");
+        for (const p of prompts) {
+            const again = submit(run, p.slice(), { maxTokens: 2 });
+            await drain(run);
+            assert.equal(again.seqs[0].cachedTokens, 16, "every prefix was kept");
+            assert.deepEqual(run.outputs.get(again)!.tokens[0], fakeReference(p, 2, 128, VOCAB).tokens);
+        }
+        assert.equal(run.fake.calls.seqCopy, 0, "the paged cache shares cells by claims, not through sequence ids");
+        assert.ok(run.fake.calls.claimBlocks >= 4);
+        assert.equal(run.sched.kv.stats().parkedSeqIds, 0);
     });
 
     it("preempts lower-priority decodes for a higher-priority prompt, not the other way round", async () => {
@@ -342,7 +362,7 @@ describe("scheduler properties", () => {
     };
 
     for (const layout of LAYOUTS) {
-        const seen = { decode: 0, setSampler: 0, save: 0, restore: 0, badToken: 0, swapOuts: 0, swapIns: 0, preemptions: 0, hits: 0, tables: 0, logprobs: 0 };
+        const seen = { decode: 0, setSampler: 0, save: 0, restore: 0, badToken: 0, swapOuts: 0, swapIns: 0, preemptions: 0, hits: 0, tables: 0, claims: 0, logprobs: 0 };
         it(`keeps blocks, ref counts and KV contents consistent under random load and failures, and matches the greedy reference (${layout} KV)`, async (t) => {
             await fc.assert(
                 fc.asyncProperty(config, fc.array(action, { minLength: 1, maxLength: 40, size: "max" }), async (c, actions) => {
@@ -384,6 +404,8 @@ describe("scheduler properties", () => {
                     seen.preemptions += run.sched.stats().preemptions;
                     seen.hits += run.sched.kv.stats().hits;
                     seen.tables += run.fake.calls.setBlockTable;
+                    seen.claims += run.fake.calls.claimBlocks;
+                    if (layout === "paged") assert.equal(run.fake.calls.seqCopy, 0, "the paged cache never shares cells through sequence ids");
                     for (const [r, o] of run.outputs) {
                         for (const s of r.seqs) {
                             const reason = o.reasons[s.index];
@@ -422,8 +444,8 @@ describe("scheduler properties", () => {
             );
             t.diagnostic(`${layout}: ${JSON.stringify(seen)}`);
             // the runs reached what they are meant to test
-            for (const [k, v] of Object.entries(seen)) if (k !== "tables" || layout === "paged") assert.ok(v > 0, `${layout}: no ${k} in any run`);
-            if (layout === "unified") assert.equal(seen.tables, 0);
+            for (const [k, v] of Object.entries(seen)) if ((k !== "tables" && k !== "claims") || layout === "paged") assert.ok(v > 0, `${layout}: no ${k} in any run`);
+            if (layout === "unified") assert.equal(seen.tables + seen.claims, 0);
         });
     }
 });

@@ -7,7 +7,7 @@
 // next decode runs. See docs/scheduler.md for the policy.
 import { BatchwiseError, ErrorCode, type DecodeBatch, type DecodeResult, type SamplerParams } from "../binding/index.js";
 import { blockHashes } from "../kv/block-pool.js";
-import { KvCache, type KvCacheStats, type KvOps } from "../kv/kv-cache.js";
+import { createKvCache, type KvCache, type KvCacheStats, type KvOps } from "../kv/kv-cache.js";
 
 /** What the scheduler calls on a context while planning (LlamaContext has it; tests use a fake). All synchronous. */
 export interface SchedulerBackend extends KvOps {
@@ -30,7 +30,10 @@ export interface SchedulerOptions {
     blockSize: number;
     /** Sequences decoded at once. */
     maxRunning: number;
-    /** Sequence ids the context has (at least maxRunning; with the unified pool, the extra ids keep ended sequences' prefixes cached). */
+    /**
+     * Sequence ids the context has: at least maxRunning. The paged cache needs no more; with the unified pool the
+     * extra ids (the engine's cacheSeqIds) keep ended sequences' prefixes cached.
+     */
     seqIds: number;
     /** Tokens per step (decodes first, then prompt chunks). */
     batchTokens: number;
@@ -48,7 +51,10 @@ export interface SchedulerOptions {
     longPrefills?: number;
     /** Most tokens (prompt + generated) one sequence may hold. */
     maxContext: number;
-    /** The context is a paged KV cache with kvBlockSize == blockSize: block tables are sent to it. Default false. */
+    /**
+     * The context is a paged KV cache with kvBlockSize == blockSize: the block tables own its cells (setBlockTable,
+     * claimBlocks). Default false: llama.cpp's unified pool.
+     */
     pagedKv?: boolean;
     prefixCache: boolean;
     preemption: PreemptionMode;
@@ -203,7 +209,7 @@ export class Scheduler {
         if (o.batchTokens < o.maxRunning) throw new RangeError(`batchTokens (${o.batchTokens}) must be at least maxRunning (${o.maxRunning})`);
         if (o.seqIds < o.maxRunning) throw new RangeError(`seqIds (${o.seqIds}) must be at least maxRunning (${o.maxRunning})`);
         if (o.maxContext > o.numBlocks * o.blockSize) throw new RangeError(`maxContext (${o.maxContext}) exceeds the KV pool (${o.numBlocks * o.blockSize} tokens)`);
-        this.kv = new KvCache(backend, o.numBlocks, o.blockSize, o.seqIds, o.pagedKv ?? false);
+        this.kv = createKvCache(backend, o.numBlocks, o.blockSize, o.seqIds, o.pagedKv ?? false);
         this.seqSampler = new Array(o.seqIds);
         this.now = o.now ?? (() => performance.now());
         this.watermarkBlocks = Math.floor(o.numBlocks * o.watermark);
