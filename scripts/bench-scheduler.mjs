@@ -41,7 +41,7 @@ const backend = {
 
 const numBlocks = Math.ceil((sequences * (promptLen + maxTokens)) / blockSize) + 1024;
 const sched = new Scheduler(backend, {
-    numBlocks, blockSize, maxRunning: sequences, numSlots: sequences * 2, batchTokens: 2048,
+    numBlocks, blockSize, maxRunning: sequences, seqIds: sequences * 2, batchTokens: 2048,
     maxContext: 8192, prefixCache: true, preemption: "recompute", swapSpaceBytes: 0, watermark: 0.01,
     isEog: () => false, vocabSize: 32000,
 });
@@ -64,7 +64,7 @@ const cpu0 = process.cpuUsage();
 const t0 = performance.now();
 for (let s = 0; s < steps; s++) {
     const a = performance.now();
-    const step = await sched.plan();
+    const step = sched.plan();
     const b = performance.now();
     if (!step) break;
     const result = await backend.decode(step.batch);

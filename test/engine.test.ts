@@ -435,13 +435,13 @@ describe("engine", () => {
         await refused({ preemption: "never" as never }, "preemption");
         await refused({ watermark: 1 }, "watermark");
         // the old names still work, forward to the new ones
-        await withEngine({ maxRunning: undefined, maxSequences: 3, cacheSlots: 2 }, async (e) => {
+        await withEngine({ maxRunning: undefined, maxSequences: 3, cacheSlots: 2, pagedKv: false }, async (e) => {
             assert.equal(e.settings.maxRunning, 3);
             assert.equal(e.settings.cacheSeqIds, 2);
             assert.equal(e.settings.seqIds, 5);
         });
         // the default spare ids fit the batch (a context has at most as many ids as batch rows)
-        await withEngine({ maxRunning: 64, batchTokens: 100 }, async (e) => {
+        await withEngine({ maxRunning: 64, batchTokens: 100, pagedKv: false }, async (e) => {
             assert.equal(e.settings.cacheSeqIds, 36);
             assert.equal(e.settings.seqIds, 100);
         });
@@ -451,7 +451,8 @@ describe("engine", () => {
         await withEngine({}, async (e) => {
             assert.equal(e.chatTemplateKind, "jinja");
             assert.deepEqual(e.settings, {
-                maxRunning: 16, seqIds: 32, cacheSeqIds: 16, numBlocks: 4096 / BS, blockSize: BS, maxContext: e.maxContext,
+                // the paged cache keeps ended prefixes in its blocks: it needs no sequence ids beyond the running ones
+                maxRunning: 16, seqIds: paged ? 16 : 32, cacheSeqIds: paged ? 0 : 16, numBlocks: 4096 / BS, blockSize: BS, maxContext: e.maxContext,
                 batchTokens: 512, ubatchSize: 512, prefillChunk: 512, longPrefills: 1,
                 pagedKv: paged, prefixCache: true, preemption: "recompute", swapSpaceBytes: 4 * 2 ** 30, watermark: 0.01,
                 maxQueued: 1024, maxPromptLength: 16 * e.maxContext,

@@ -6,7 +6,7 @@
 // The rest of the engine: types.ts (its public types), options.ts (options to settings, the context),
 // generation.ts (a request's handle), request.ts (field checks), input.ts, output.ts, stats.ts.
 import { BatchwiseError, ErrorCode, LlamaModel, fieldError, type LlamaContext, type ModelMetadata } from "../binding/index.js";
-import { Scheduler, type SchedRequest, type SchedulerEvent } from "../scheduler/scheduler.js";
+import { runSwaps, Scheduler, type SchedRequest, type SchedulerEvent } from "../scheduler/scheduler.js";
 import { ChatFormatter, type ChatFormatOptions, type ChatMessage } from "./chat-template.js";
 import { Generation } from "./generation.js";
 import { Intake } from "./input.js";
@@ -47,7 +47,7 @@ export class Engine {
         readonly settings: Readonly<EngineSettings>) {
         const s = settings;
         this.scheduler = new Scheduler(context, {
-            numBlocks: s.numBlocks, blockSize: s.blockSize, maxRunning: s.maxRunning, numSlots: s.seqIds, batchTokens: s.batchTokens,
+            numBlocks: s.numBlocks, blockSize: s.blockSize, maxRunning: s.maxRunning, seqIds: s.seqIds, batchTokens: s.batchTokens,
             prefillChunk: s.prefillChunk, longPrefills: s.longPrefills, maxContext: s.maxContext, pagedKv: s.pagedKv,
             prefixCache: s.prefixCache, preemption: s.preemption, swapSpaceBytes: s.swapSpaceBytes, watermark: s.watermark,
             isEog: (t) => model.isEog(t), vocabSize: model.metadata.vocabSize,
@@ -243,8 +243,14 @@ export class Engine {
         try {
             for (;;) {
                 const t0 = now();
-                const step = await this.scheduler.plan();
+                const step = this.scheduler.plan();
+                // the swaps the plan decided, before the decode (the step's rows may change: a failed restore leaves it)
+                if (step && (step.swapOut.length > 0 || step.swapIn.length > 0)) await runSwaps(this.scheduler, this.context, step);
                 const events = this.scheduler.takeEvents();
+                if (step && step.entries.length === 0) {
+                    this.dispatch(events); // only swaps this step
+                    continue;
+                }
                 if (!step) {
                     this.dispatch(events);
                     if (!this.scheduler.busy) {

@@ -102,9 +102,12 @@ export function resolveOptions(options: EngineOptions): ResolvedOptions {
     };
 }
 
-/** Sequence ids a context of this layout needs: every running sequence, plus the unified pool's ids for ended prefixes. */
-function seqIdsFor(r: ResolvedOptions): number {
-    return r.maxRunning + r.cacheSeqIds;
+/**
+ * Sequence ids a context of this layout needs: every running sequence, plus, with the unified pool, the ids that
+ * keep ended prefixes (the paged cache keeps them in its blocks, attached again by block table: no id holds them).
+ */
+function seqIdsFor(r: ResolvedOptions, paged: boolean): number {
+    return paged ? r.maxRunning : r.maxRunning + r.cacheSeqIds;
 }
 
 /**
@@ -118,7 +121,7 @@ export async function createEngineContext(model: LlamaModel, r: ResolvedOptions)
         const blockSize = r.blockSize ?? (paged ? DEFAULT_BLOCK.paged : DEFAULT_BLOCK.unified);
         if (contextSize < blockSize) throw optionError("contextSize", `(${contextSize}) must hold at least one block (${blockSize} tokens)`);
         const options: ContextOptions = {
-            ...r.context, contextSize, seqIds: seqIdsFor(r), batchSize: r.batchTokens, ubatchSize: r.ubatchSize, kvUnified: true,
+            ...r.context, contextSize, seqIds: seqIdsFor(r, paged), batchSize: r.batchTokens, ubatchSize: r.ubatchSize, kvUnified: true,
             kvBlockSize: paged ? blockSize : 0,
         };
         return { context: await model.createContext(options), blockSize };
@@ -140,7 +143,7 @@ export async function createEngineContext(model: LlamaModel, r: ResolvedOptions)
     const pool = numBlocks * blockSize;
     const maxContext = Math.min(pool, trained > 0 ? trained : pool);
     const settings: EngineSettings = {
-        maxRunning: r.maxRunning, seqIds: seqIdsFor(r), cacheSeqIds: r.cacheSeqIds, numBlocks, blockSize, maxContext,
+        maxRunning: r.maxRunning, seqIds: seqIdsFor(r, paged), cacheSeqIds: paged ? 0 : r.cacheSeqIds, numBlocks, blockSize, maxContext,
         batchTokens: r.batchTokens, ubatchSize: r.ubatchSize, prefillChunk: r.prefillChunk, longPrefills: r.longPrefills,
         pagedKv: paged, prefixCache: r.prefixCache, preemption: r.preemption, swapSpaceBytes: r.swapSpaceBytes, watermark: r.watermark,
         maxQueued: r.maxQueued, maxPromptLength: r.maxPromptLength ?? 16 * maxContext,

@@ -42,7 +42,7 @@ export class EngineCounters {
             running: s.running, waiting: s.waiting + extra.intakeSequences, swapped: s.swapped,
             kv: {
                 blocks: s.kv.numBlocks, blockSize: s.kv.blockSize, used: s.kv.used, free: s.kv.free, cachedFree: s.kv.cachedFree,
-                usage: s.kv.used / s.kv.numBlocks, slots: s.kv.slots, parkedSlots: s.kv.parkedSlots,
+                usage: s.kv.used / s.kv.numBlocks, seqIds: s.kv.seqIds, parkedSeqIds: s.kv.parkedSeqIds,
             },
             prefixCache: { queries: s.kv.queries, hits: s.kv.hits, hitRate: s.kv.queries > 0 ? s.kv.hits / s.kv.queries : 0, evictions: s.kv.evictions },
             preemptions: s.preemptions, steps: s.steps, time: { ...this.time },

@@ -82,7 +82,7 @@ export interface EngineSettings {
     maxRunning: number;
     /** Sequence ids the context has: maxRunning, plus cacheSeqIds with the unified pool. */
     seqIds: number;
-    /** Unified pool: the ids that keep ended prefixes (0 with the paged cache, or without the prefix cache). */
+    /** Unified pool: the ids that keep ended prefixes (0 with the paged cache, whose blocks keep them, or without the prefix cache). */
     cacheSeqIds: number;
     /** KV blocks in the pool and tokens per block. */
     numBlocks: number;
@@ -169,7 +169,7 @@ export interface EngineStats {
     running: number;
     waiting: number;
     swapped: number;
-    kv: { blocks: number; blockSize: number; used: number; free: number; cachedFree: number; usage: number; slots: number; parkedSlots: number };
+    kv: { blocks: number; blockSize: number; used: number; free: number; cachedFree: number; usage: number; seqIds: number; parkedSeqIds: number };
     prefixCache: { queries: number; hits: number; hitRate: number; evictions: number };
     preemptions: number;
     steps: number;
