@@ -4,9 +4,10 @@
 //   seqRemove dropping them, a fixed capacity; llama.cpp places tokens wherever cells are free.
 // - paged (blockSize > 0): a pool of blocks; a sequence's token at position p goes to cell
 //   table[p / blockSize] * blockSize + p % blockSize of its block table (setBlockTable), its attention reads
-//   only its own table's cells, claimBlocks makes cells already written a sequence's own, and a decode is
-//   refused as find_slot_paged refuses it (a position outside the table, a sequence not starting at 0, a cell
-//   holding another token). A cell's data (K/V) outlives its metadata, as in the real buffers.
+//   only its own table's cells, claimBlocks makes cells already written a sequence's own (llama.cpp patch
+//   0006), and a decode is refused as find_slot_paged refuses it (a position outside the table, a sequence
+//   with cells not starting at 0, a cell any sequence holds, two tokens in one cell). A cell's data (K/V)
+//   outlives its metadata, as in the real buffers.
 // Both check llama_decode's positions and refuse KV calls while a decode, save or restore is in flight.
 //
 // Its "model": each cell's K/V is a rolling hash of its token, its position and the K/V of the position
@@ -94,6 +95,8 @@ export interface FakeFaults {
 export interface FakeOptions {
     /** > 0: a paged KV cache with blocks of this many cells (the capacity must be a multiple). */
     blockSize?: number;
+    /** Paged: claimBlocks refuses as unsupported (a model whose cells keep data a claim cannot restore, M-RoPE). */
+    claimsUnsupported?: boolean;
     faults?: FakeFaults;
 }
 
@@ -124,6 +127,7 @@ export class FakeBackend implements SchedulerBackend, StepBackend {
     readonly samplers = new Map<number, SamplerParams | null>();
     readonly blockSize: number;
     readonly faults: FakeFaults | undefined;
+    private readonly claimsUnsupported: boolean;
     /** Reads and writes llama.cpp would not refuse but that compute garbage: each one is a scheduler or KV mapping bug. */
     readonly violations: string[] = [];
     decodes = 0;
@@ -139,6 +143,7 @@ export class FakeBackend implements SchedulerBackend, StepBackend {
     constructor(readonly capacity: number, readonly numSeqIds: number, readonly vocab: number, options: FakeOptions = {}) {
         this.blockSize = options.blockSize ?? 0;
         this.faults = options.faults;
+        this.claimsUnsupported = options.claimsUnsupported ?? false;
         this.bySeq = Array.from({ length: numSeqIds }, () => new Map());
         this.tables = Array.from({ length: numSeqIds }, () => new Int32Array(0));
         if (this.blockSize > 0) {
@@ -255,20 +260,29 @@ export class FakeBackend implements SchedulerBackend, StepBackend {
         this.tables[s] = Int32Array.from(blocks);
     }
 
-    /** Positions [0, tokens) of the sequence's table become its cells: they must hold data written at those positions. */
+    /**
+     * Positions [0, tokens) of the sequence's table become its cells (llama_kv_paged_claim): checked first, nothing
+     * changes on error. The caller vouches that the cells hold those positions' K/V: one that does not is a violation.
+     */
     private pagedClaim(s: number, tokens: number): void {
         this.idle("claimBlocks");
         this.calls.claimBlocks++;
         this.seq(s);
         if (!Number.isInteger(tokens) || tokens < 0) throw fail("ERR_INVALID_ARGUMENT", `claimBlocks: ${tokens} tokens`);
+        if (this.claimsUnsupported) throw fail("ERR_PAGED_KV_UNSUPPORTED", "claimBlocks: this model keeps per-cell data a claim cannot restore");
+        const table = this.tables[s];
+        if (tokens > table.length * this.blockSize) throw fail("ERR_INVALID_ARGUMENT", `claimBlocks: sequence ${s} has ${table.length} blocks, fewer than ${tokens} positions`);
+        const blocks = table.subarray(0, Math.ceil(tokens / this.blockSize));
+        if (new Set(blocks).size !== blocks.length) throw fail("ERR_STATE_FAILED", `claimBlocks: sequence ${s} lists a block twice`);
         for (let p = 0; p < tokens; p++) {
-            const i = this.cellIndex(s, p);
-            if (i < 0) throw fail("ERR_INVALID_ARGUMENT", `claimBlocks: sequence ${s} has ${this.tables[s].length} blocks, position ${p} is not in them`);
-            const c = this.cells[i];
-            if (c.seqs.size > 0 && c.pos !== p) throw fail("ERR_INVALID_ARGUMENT", `claimBlocks: cell ${i} holds position ${c.pos}, not ${p}`);
+            const i = this.cellIndex(s, p), c = this.cells[i];
+            if (c.seqs.size > 0 && c.pos !== p) throw fail("ERR_STATE_FAILED", `claimBlocks: cell ${i} holds position ${c.pos}, not ${p}`);
             const held = this.bySeq[s].get(p);
-            if (held === c) continue;
-            if (held) throw fail("ERR_INVALID_ARGUMENT", `claimBlocks: sequence ${s} already holds position ${p} in another cell`);
+            if (held && held !== c) throw fail("ERR_STATE_FAILED", `claimBlocks: sequence ${s} holds position ${p} in another cell`);
+        }
+        for (let p = 0; p < tokens; p++) {
+            const i = this.cellIndex(s, p), c = this.cells[i];
+            if (this.bySeq[s].get(p) === c) continue;
             if (!c.data || c.data.pos !== p) this.violations.push(`claimBlocks: sequence ${s} claims cell ${i} for position ${p}, which holds ${c.data ? `position ${c.data.pos}` : "nothing written"}`);
             this.hold(s, p, c);
         }
@@ -366,18 +380,16 @@ export class FakeBackend implements SchedulerBackend, StepBackend {
         }
         const targets: Cell[] = [];
         if (this.paged) {
-            // find_slot_paged's checks
+            // find_slot_paged's checks (with patch 0006): a decode writes only empty cells, one token each
             const seen = new Set<number>();
             for (let i = 0; i < n; i++) {
                 const s = b.seqIds[i], pos = b.positions[i];
                 const idx = this.cellIndex(s, pos);
                 if (idx < 0) throw fail("ERR_KV_FULL", `paged KV: sequence ${s} has ${this.tables[s].length} blocks, position ${pos} is not in them`);
-                if (this.bySeq[s].size > 0 && !this.bySeq[s].has(0)) throw fail("ERR_BATCH_INVALID", `paged KV: sequence ${s} does not start at position 0`);
+                if (this.bySeq[s].size > 0 && !this.bySeq[s].has(0)) throw fail("ERR_KV_FULL", `paged KV: sequence ${s} does not start at position 0`);
                 const c = this.cells[idx];
-                if (c.seqs.size > 0 && !(c.seqs.size === 1 && c.seqs.has(s) && c.pos === pos)) {
-                    throw fail("ERR_KV_FULL", `paged KV: cell ${idx} (block ${this.tables[s][Math.floor(pos / this.blockSize)]}) for sequence ${s}, position ${pos}, holds another token`);
-                }
-                if (seen.has(idx)) this.violations.push(`two tokens of one batch go to cell ${idx}`);
+                if (c.seqs.size > 0) throw fail("ERR_KV_FULL", `paged KV: cell ${idx} (block ${this.tables[s][Math.floor(pos / this.blockSize)]}) for sequence ${s}, position ${pos}, holds another token`);
+                if (seen.has(idx)) throw fail("ERR_KV_FULL", `paged KV: two tokens of the batch go to cell ${idx}`);
                 seen.add(idx);
                 targets.push(c);
             }
@@ -397,7 +409,7 @@ export class FakeBackend implements SchedulerBackend, StepBackend {
             const s = batch.seqIds[i], pos = batch.positions[i], c = targets[i];
             const prev = pos === 0 ? SEED : (this.paged ? this.cells[this.cellIndex(s, pos - 1)] : this.bySeq[s].get(pos - 1))?.data?.kv ?? -1;
             this.write(s, c);
-            if (!this.bySeq[s].has(pos)) this.hold(s, pos, c);
+            this.hold(s, pos, c);
             c.data = { token: batch.tokens[i], pos, kv: kvStep(prev, batch.tokens[i], pos) };
             if (batch.outputs[i]) rows.push({ s, pos });
         }

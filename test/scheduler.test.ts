@@ -33,14 +33,14 @@ interface Run {
     outputs: Map<SchedRequest, Output>;
 }
 
-function setup(o: Partial<SchedulerOptions> & { capacity?: number; layout?: Layout; faults?: FakeFaults } = {}): Run {
-    const { capacity, layout, faults, ...rest } = o;
+function setup(o: Partial<SchedulerOptions> & { capacity?: number; layout?: Layout; faults?: FakeFaults; claimsUnsupported?: boolean } = {}): Run {
+    const { capacity, layout, faults, claimsUnsupported, ...rest } = o;
     const opts: SchedulerOptions = {
         numBlocks: 32, blockSize: 4, maxRunning: 4, seqIds: 8, batchTokens: 32, maxContext: 128, prefixCache: true,
         preemption: "recompute", swapSpaceBytes: 1 << 20, watermark: 0, isEog: (t) => t === FAKE_EOS, vocabSize: VOCAB,
         pagedKv: layout === "paged", ...rest,
     };
-    const fake = new FakeBackend(capacity ?? opts.numBlocks * opts.blockSize, opts.seqIds, VOCAB, { blockSize: opts.pagedKv ? opts.blockSize : 0, faults });
+    const fake = new FakeBackend(capacity ?? opts.numBlocks * opts.blockSize, opts.seqIds, VOCAB, { blockSize: opts.pagedKv ? opts.blockSize : 0, faults, claimsUnsupported });
     return { sched: new Scheduler(fake, opts), fake, opts, outputs: new Map() };
 }
 
@@ -297,6 +297,24 @@ for (const layout of LAYOUTS) describe(`scheduler (${layout} KV)`, () => {
         assert.equal(run.fake.calls.seqCopy, 0, "the paged cache shares cells by claims, not through sequence ids");
         assert.ok(run.fake.calls.claimBlocks >= 4);
         assert.equal(run.sched.kv.stats().parkedSeqIds, 0);
+    });
+
+    if (layout === "paged") it("stops sharing cells when the context cannot claim them (M-RoPE), and every request still gets its tokens", async () => {
+        const run = setup({ layout, numBlocks: 64, claimsUnsupported: true });
+        const common = prompt(24, 4);
+        const first = submit(run, prompt(30, 5, common), { maxTokens: 4 });
+        await drain(run);
+        const later = [submit(run, prompt(30, 6, common), { maxTokens: 4 }), submit(run, prompt(30, 7, common), { maxTokens: 4, n: 3 })];
+        await drain(run);
+        assert.equal(run.sched.kv.sharing, false, "the refusal turned sharing off");
+        assert.equal(run.fake.calls.claimBlocks, 1, "one refused claim, then none");
+        for (const r of [first, ...later]) {
+            for (const s of r.seqs) {
+                assert.equal(s.cachedTokens, 0);
+                assert.deepEqual(run.outputs.get(r)!.tokens[s.index], fakeReference(s.tokens.slice(0, 30), 4, 128, VOCAB).tokens, `request ${r.id} choice ${s.index}`);
+            }
+        }
+        assert.equal(run.sched.kv.stats().used, 0);
     });
 
     it("preempts lower-priority decodes for a higher-priority prompt, not the other way round", async () => {

@@ -61,6 +61,12 @@ export interface KvCache {
     /** Blocks that can be allocated now (cached contents are evicted as needed). */
     readonly freeBlocks: number;
     /**
+     * Whether sequences can share cells (prefix hits, forks of n > 1 choices). Only a paged context can say
+     * no, by refusing a claim with ERR_PAGED_KV_UNSUPPORTED (a model whose cells keep data a claim cannot
+     * restore: M-RoPE positions, per-layer token embeddings); it stays false from then on.
+     */
+    readonly sharing: boolean;
+    /**
      * An id for a new sequence, null if none can be had. The unified pool may drop a parked prefix for it,
      * passing over those that hold `keep` (the prefix the caller is about to use) while others exist.
      */
@@ -71,11 +77,15 @@ export interface KvCache {
     peek(hashes: readonly string[], limit: number): PrefixPeek;
     /**
      * Gives an empty active sequence id the cached prefix matching `hashes` (at most `limit` blocks): takes
-     * references and makes their cells its own. Counts toward the hit rate. Returns the number of blocks attached.
+     * references and makes their cells its own. Counts toward the hit rate. Returns the number of blocks attached
+     * (0 also when the context refused to share: `sharing` is then false).
      */
     attachPrefix(seqId: number, hashes: readonly string[], limit: number): number;
-    /** Gives an empty active sequence id the first `blocks` blocks of another active one (n > 1 choices share their prompt). */
-    fork(src: number, dst: number, blocks: number): void;
+    /**
+     * Gives an empty active sequence id the first `blocks` blocks of another active one (n > 1 choices share their
+     * prompt). False, with nothing attached, if the context refused to share (`sharing` is then false).
+     */
+    fork(src: number, dst: number, blocks: number): boolean;
     /** Grows an active sequence id's table to cover `tokens` positions. False, with nothing changed, if too few blocks are free. */
     reserve(seqId: number, tokens: number): boolean;
     /**

@@ -13,6 +13,10 @@
 //     parent's blocks, then a claim).
 //   - a decode writes only blocks no other running sequence holds: a sequence's private blocks, which are
 //     fresh from the pool; full committed blocks are read-only and shared.
+//   - a model whose cells keep data a claim cannot restore (M-RoPE, per-layer token embeddings) refuses the
+//     first claim with ERR_PAGED_KV_UNSUPPORTED: from then on nothing is shared (no prefix hits, no forks),
+//     and every sequence computes its whole prompt.
+import { ErrorCode } from "../binding/errors.js";
 import { BlockPool, type KvBlock } from "./block-pool.js";
 import type { IdState, KvCache, KvCacheStats, KvOps, PrefixPeek } from "./kv-cache.js";
 
@@ -32,6 +36,7 @@ export class PagedKvCache implements KvCache {
     private readonly freeIds: number[] = [];
     private readonly setTable: (seqId: number, blocks: Int32Array) => void;
     private readonly claim: (seqId: number, tokens: number) => void;
+    sharing = true;
 
     constructor(private readonly ops: KvOps, numBlocks: number, blockSize: number, numSeqIds: number) {
         if (!Number.isInteger(numSeqIds) || numSeqIds < 1) throw new RangeError("numSeqIds must be a positive integer");
@@ -78,20 +83,20 @@ export class PagedKvCache implements KvCache {
         s.table = hit;
         s.committed = hit.length;
         this.sendTable(s);
-        this.claim(s.id, hit.length * this.blockSize);
-        return hit.length;
+        return this.tryClaim(s, hit.length * this.blockSize) ? hit.length : 0;
     }
 
-    fork(src: number, dst: number, blocks: number): void {
+    fork(src: number, dst: number, blocks: number): boolean {
         const from = this.active(src), to = this.empty(dst);
         if (blocks > from.table.length) throw new Error(`sequence id ${src} holds ${from.table.length} blocks, not ${blocks}`);
-        if (blocks === 0) return;
+        if (blocks === 0) return true;
+        if (!this.sharing) return false;
         const shared = from.table.slice(0, blocks);
         this.pool.acquire(shared);
         to.table = shared;
         to.committed = Math.min(from.committed, blocks);
         this.sendTable(to);
-        this.claim(to.id, blocks * this.blockSize);
+        return this.tryClaim(to, blocks * this.blockSize);
     }
 
     reserve(seqId: number, tokens: number): boolean {
@@ -195,6 +200,24 @@ export class PagedKvCache implements KvCache {
         s.committed = 0;
         s.state = "free";
         this.freeIds.push(s.id);
+    }
+
+    /**
+     * Claims the first `tokens` positions of an active sequence's table. If the context refuses (nothing changed
+     * there), the table's references go back; a refusal as unsupported turns sharing off and returns false.
+     */
+    private tryClaim(s: PagedSeq, tokens: number): boolean {
+        try {
+            this.claim(s.id, tokens);
+            return true;
+        } catch (e) {
+            this.pool.release(s.table);
+            s.table = [];
+            s.committed = 0;
+            if ((e as { code?: unknown } | null)?.code !== ErrorCode.PagedKvUnsupported) throw e;
+            this.sharing = false;
+            return false;
+        }
     }
 
     /** Tells the context where the sequence's positions live (before it claims or decodes into them). */

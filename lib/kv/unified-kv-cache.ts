@@ -42,6 +42,9 @@ export class UnifiedKvCache implements KvCache {
     private readonly index = new Map<number, number>();
 
     /** `tables`: send each active table to a paged context that cannot claim cells (see above). */
+    /** Cells are always shareable in the unified pool. */
+    readonly sharing = true;
+
     constructor(private readonly ops: KvOps, numBlocks: number, blockSize: number, numSeqIds: number, private readonly tables = false) {
         if (!Number.isInteger(numSeqIds) || numSeqIds < 1) throw new RangeError("numSeqIds must be a positive integer");
         if (tables && !ops.setBlockTable) throw new TypeError("a paged KV cache needs setBlockTable");
@@ -124,17 +127,18 @@ export class UnifiedKvCache implements KvCache {
     }
 
     /** Gives an empty active sequence id the first `blocks` blocks of another active sequence id (n > 1 choices share their prompt). */
-    fork(src: number, dst: number, blocks: number): void {
+    fork(src: number, dst: number, blocks: number): boolean {
         const from = this.active(src), to = this.active(dst);
         if (to.table.length !== 0) throw new Error(`sequence id ${dst} is not empty`);
         if (blocks > from.table.length) throw new Error(`sequence id ${src} holds ${from.table.length} blocks, not ${blocks}`);
-        if (blocks === 0) return;
+        if (blocks === 0) return true;
         const shared = from.table.slice(0, blocks);
         this.pool.acquire(shared);
         this.ops.seqCopy(src, dst, 0, blocks * this.blockSize);
         for (const b of shared) this.hold(to, b);
         to.committed = Math.min(from.committed, blocks);
         this.sendTable(to);
+        return true;
     }
 
     /** Grows an active sequence id's table to cover `tokens` positions. False, with nothing changed, if too few blocks are free. */

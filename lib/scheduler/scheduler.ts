@@ -584,7 +584,7 @@ export class Scheduler {
         const spec = seq.request.spec;
         const wm = this.running.length > 0 ? this.watermarkBlocks : 0;
         const parent = seq.request.seqs[0];
-        const shareBlocks = seq.index > 0 && !seq.admitted ? Math.floor((seq.promptLength - 1) / bs) : 0;
+        const shareBlocks = seq.index > 0 && !seq.admitted && this.kv.sharing ? Math.floor((seq.promptLength - 1) / bs) : 0;
         if (shareBlocks > 0 && (parent.state === "waiting" || parent.state === "swapped" || parent.state === "swapping" || (parent.state === "running" && parent.numComputed < shareBlocks * bs))) {
             return "skip"; // its prompt is being computed by the first choice: share it rather than compute it twice
         }
@@ -611,7 +611,7 @@ export class Scheduler {
             const n = Math.min(seq.tokens.length - hit.blocks * bs, budget);
             return this.kv.pool.blocksFor(hit.blocks * bs + n) - hit.blocks + wm <= this.kv.freeBlocks - hit.free ? n : 0;
         };
-        const lookup = () => (fork ? { blocks: shareBlocks, free: 0, last: null } : this.caches(seq) ? this.kv.peek(seq.hashes, limit) : { blocks: 0, free: 0, last: null });
+        const lookup = () => (fork ? { blocks: shareBlocks, free: 0, last: null } : this.caches(seq) && this.kv.sharing ? this.kv.peek(seq.hashes, limit) : { blocks: 0, free: 0, last: null });
         let hit = lookup();
         if (fits(hit) === 0) return "blocked";
         const seqId = this.kv.acquireSeqId(hit.last);
@@ -623,11 +623,13 @@ export class Scheduler {
             return "blocked";
         }
         let computed = 0;
-        if (fork) {
-            this.kv.fork(parent.seqId, seqId, shareBlocks);
-            computed = shareBlocks * bs;
-        } else if (this.caches(seq)) {
-            computed = this.kv.attachPrefix(seqId, seq.hashes, limit) * bs; // counts the lookup, hit or miss
+        if (fork || (this.caches(seq) && this.kv.sharing)) {
+            computed = (fork ? (this.kv.fork(parent.seqId, seqId, shareBlocks) ? shareBlocks : 0) : this.kv.attachPrefix(seqId, seq.hashes, limit)) * bs; // counts the lookup, hit or miss
+            if (!this.kv.sharing) {
+                // the context refused to share cells (it cannot, for this model): planned with a hit, so plan again
+                this.kv.release(seqId, false);
+                return "blocked";
+            }
         }
         if (!this.kv.reserve(seqId, computed + n)) throw new Error("KV reservation failed after the capacity check");
         seq.numComputed = computed;
