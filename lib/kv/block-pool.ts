@@ -59,6 +59,17 @@ export class BlockPool {
         return this.free.size;
     }
 
+    /**
+     * Cached blocks matching `hashes` from the start (at most `limit`), for planning: counts nothing, changes
+     * nothing. `free` is how many of them are free now (taking them takes them off the free list).
+     */
+    peek(hashes: readonly string[], limit: number): { blocks: number; free: number; last: KvBlock | null } {
+        const hit = this.match(hashes, limit, false);
+        let free = 0;
+        for (const b of hit) if (b.refCount === 0) free++;
+        return { blocks: hit.length, free, last: hit.length > 0 ? hit[hit.length - 1] : null };
+    }
+
     /** Blocks needed to hold `tokens` tokens. */
     blocksFor(tokens: number): number {
         return Math.ceil(tokens / this.blockSize);

@@ -69,10 +69,7 @@ export class PagedKvCache implements KvCache {
     }
 
     peek(hashes: readonly string[], limit: number): PrefixPeek {
-        const hit = this.pool.match(hashes, limit, false);
-        let free = 0;
-        for (const b of hit) if (b.refCount === 0) free++;
-        return { blocks: hit.length, free, last: hit.length > 0 ? hit[hit.length - 1] : null };
+        return this.pool.peek(hashes, limit);
     }
 
     attachPrefix(seqId: number, hashes: readonly string[], limit: number): number {

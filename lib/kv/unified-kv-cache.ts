@@ -98,10 +98,7 @@ export class UnifiedKvCache implements KvCache {
      * nothing. `free` is how many of them are free now (attaching them takes them off the free list).
      */
     peek(hashes: readonly string[], limit: number): PrefixPeek {
-        const hit = this.pool.match(hashes, limit, false);
-        let free = 0;
-        for (const b of hit) if (b.refCount === 0) free++;
-        return { blocks: hit.length, free, last: hit.length > 0 ? hit[hit.length - 1] : null };
+        return this.pool.peek(hashes, limit);
     }
 
     /**
