@@ -1,5 +1,7 @@
 // batchwise native addon: module entry. Exports the Model and Context classes and the free functions.
 // Runs once per environment that loads the addon (the main thread, each worker_thread): see env.h.
+#include "chat.h"
+#include "chat_parser.h"
 #include "common.h"
 #include "context.h"
 #include "devices.h"
@@ -14,6 +16,8 @@ static Napi::Object init(Napi::Env env, Napi::Object exports) {
     bw::env_init(env);
     exports.Set("Model", bw::model_wrap::define(env));
     exports.Set("Context", bw::context_wrap::define(env));
+    exports.Set("ChatTemplates", bw::chat_templates_wrap::define(env));
+    exports.Set("ChatParser", bw::chat_parser_wrap::define(env));
     exports.Set("getDevices", Napi::Function::New(env, bw::get_devices, "getDevices"));
     exports.Set("systemInfo", Napi::Function::New(env, bw::system_info, "systemInfo"));
     exports.Set("setLogger", Napi::Function::New(env, bw::set_logger, "setLogger"));

@@ -342,7 +342,10 @@ void context_wrap::clear_sampler(int32_t seq) {
 // setSampler(seqId, params | null): the sampler chain used for this sequence's outputs.
 // params: { temperature = 1, topK = 0, topP = 1, minP = 0, repeatPenalty = 1, presencePenalty = 0,
 //           frequencyPenalty = 0, penaltyLastN = 64, logitBias, seed, logprobs, backend = true,
-//           grammar (GBNF text), grammarRoot = "root", history (Int32Array) }
+//           grammar (GBNF text), grammarRoot = "root", grammarLazy, grammarTriggers, grammarPrefill,
+//           reasoningBudget { tokens, startTag, endTags, message?, prefill? }, history (Int32Array) }
+// A lazy grammar constrains only from its first trigger on. grammarPrefill (a non-lazy grammar's generation prompt)
+// and reasoningBudget.prefill are fed before the history. A reasoning budget forces tokens: it samples on the CPU.
 // temperature <= 0 is greedy. A grammar masks every token it does not allow (it runs on the CPU).
 // history: tokens this sequence has already generated, fed to the chain as if it had sampled them,
 // so that a sequence resumed after preemption keeps its grammar state and penalty window.

@@ -1,11 +1,13 @@
 // Per-environment instance data and its teardown (see env.h).
 #include "env.h"
 
+#include "chat.h"
 #include "context.h"
 #include "log.h"
 #include "model.h"
 
 #include "llama.h"
+#include <log.h> // llama.cpp common/log.h (this folder's log.h is the addon's sink)
 
 #include <mutex>
 #include <vector>
@@ -43,7 +45,8 @@ static void teardown(addon_env & e) noexcept {
     e.shared->stopping.store(true);
     e.torn_down = true;
     log_env_teardown(e);
-    teardown_all(e.contexts); // contexts first: they hold their model's weights
+    teardown_all(e.contexts); // contexts and chat templates first: they hold their model's weights
+    teardown_all(e.chat_templates);
     teardown_all(e.models);
 }
 
@@ -54,6 +57,9 @@ void env_init(Napi::Env env) {
     std::call_once(once, []() {
         llama_backend_init();
         log_install();
+        // llama.cpp's common library (the chat layer) logs through its own logger, straight to stderr and past
+        // setLogger: kept quiet. What goes wrong there reaches JS as the errors it causes
+        common_log_set_verbosity_thold(-1);
     });
     static std::atomic<uint64_t> next_id{1};
 

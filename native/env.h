@@ -16,6 +16,7 @@ namespace bw {
 
 class model_wrap;
 class context_wrap;
+class chat_templates_wrap;
 
 // The part of an environment's state that work on the libuv pool may read. Each piece of async work holds
 // it, so it outlives the environment for as long as the work does.
@@ -32,8 +33,11 @@ struct addon_env {
     std::shared_ptr<env_shared> shared;
     Napi::FunctionReference model_ctor;   // this environment's Model and Context classes
     Napi::FunctionReference context_ctor;
+    Napi::FunctionReference chat_templates_ctor;
+    Napi::FunctionReference chat_parser_ctor;
     std::unordered_set<model_wrap *>   models;   // live objects, released by the teardown hook
     std::unordered_set<context_wrap *> contexts;
+    std::unordered_set<chat_templates_wrap *> chat_templates; // hold their model's weights, as contexts do
     void * logger = nullptr; // log.cpp's sink for this environment's setLogger, if any
     bool torn_down = false;
 };

@@ -7,6 +7,7 @@
 #include "json-schema-to-grammar.h"
 #include "json.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -114,13 +115,9 @@ static bw_error schema_error(const std::string & reason) {
     return bw_error(code::invalid_argument, "the JSON schema " + reason, "schema", reason);
 }
 
-// Size and nesting of the JSON text, strings skipped: checked before it is parsed.
-static void check_schema_text(const std::string & text) {
-    if (text.size() > (size_t) limits::max_schema_bytes) {
-        throw schema_error("is " + std::to_string(text.size()) + " bytes long, more than the " +
-                           std::to_string(limits::max_schema_bytes) + " allowed");
-    }
+int32_t json_text_depth(const std::string & text, int32_t limit) {
     int32_t depth = 0;
+    int32_t most  = 0;
     for (size_t i = 0; i < text.size(); i++) {
         const char c = text[i];
         if (c == '"') {
@@ -130,18 +127,30 @@ static void check_schema_text(const std::string & text) {
                 }
             }
         } else if (c == '{' || c == '[') {
-            if (++depth > limits::max_schema_depth) {
-                throw schema_error("nests objects and arrays more than " + std::to_string(limits::max_schema_depth) + " deep");
+            most = std::max(most, ++depth);
+            if (most > limit) {
+                return most;
             }
         } else if ((c == '}' || c == ']') && depth > 0) {
             depth--;
         }
     }
+    return most;
+}
+
+void check_schema_text(const std::string & text) {
+    if (text.size() > (size_t) limits::max_schema_bytes) {
+        throw schema_error("is " + std::to_string(text.size()) + " bytes long, more than the " +
+                           std::to_string(limits::max_schema_bytes) + " allowed");
+    }
+    if (json_text_depth(text, limits::max_schema_depth) > limits::max_schema_depth) {
+        throw schema_error("nests objects and arrays more than " + std::to_string(limits::max_schema_depth) + " deep");
+    }
 }
 
 // The sum over the schema's objects of (optional properties)^2, kept to its limit. Recursion is bounded by the
 // nesting check_schema_text allowed.
-static void check_schema_cost(const common_json & v, int64_t & cost) {
+void check_schema_cost(const common_json & v, int64_t & cost) {
     if (v.is_array()) {
         for (const auto & x : v) {
             check_schema_cost(x, cost);

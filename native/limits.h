@@ -30,6 +30,25 @@ constexpr int32_t max_schema_depth = 128;
 // sum over a schema's objects of (optional properties)^2 is kept to this, about 0.1 s of converting.
 constexpr int32_t max_schema_optional_properties_squared = 256 * 256;
 
+// Chat (ChatTemplates.apply, ChatParser). The inputs of one apply() as JSON text (messages, tools, schema): above
+// the server's default body limit (16 MiB), so that a request the server takes is not refused here.
+constexpr int32_t max_chat_json_bytes = 32 * 1024 * 1024;
+// Deepest nesting of objects and arrays in apply()'s inputs: a tool's parameters schema (max_schema_depth) plus the
+// levels around it (inputs, tools[], tool, function). nlohmann's parser recurses once per level.
+constexpr int32_t max_chat_json_depth = max_schema_depth + 8;
+// Longest chat template source (real ones are 1-30 KB).
+constexpr int32_t max_chat_template_bytes = 1024 * 1024;
+
+// Lazy grammars (setSampler's grammarTriggers): how many triggers, and the longest trigger value (a word, a regex).
+constexpr int32_t max_grammar_triggers = 256;
+constexpr int32_t max_grammar_trigger_bytes = 4096;
+// The text setSampler tokenizes and feeds to a sampler before the history: grammarPrefill, reasoningBudget.prefill,
+// and the budget's message; and each of the budget's tags.
+constexpr int32_t max_sampler_prefill_bytes = 64 * 1024;
+constexpr int32_t max_reasoning_tag_bytes = 256;
+// End tags of a reasoning budget.
+constexpr int32_t max_reasoning_end_tags = 16;
+
 // CPU threads of a context (ggml's GGML_MAX_N_THREADS: past it ggml fails to start them and aborts).
 constexpr int32_t max_threads = 512;
 // KV cells of a context.

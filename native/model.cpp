@@ -1,6 +1,7 @@
 #include "model.h"
 
 #include "grammar.h"
+#include "sampling.h"
 
 #include "gguf.h"
 #include "llama-arch.h" // llama.cpp's architecture table (internal: the addon links llama statically)
@@ -497,8 +498,9 @@ Napi::Value model_wrap::apply_chat_template(const Napi::CallbackInfo & info) {
     });
 }
 
-// checkGrammar(gbnf, root = "root"): throws ERR_INVALID_ARGUMENT with llama.cpp's parse error when the
-// grammar does not parse or cannot start at `root` over this vocabulary.
+// checkGrammar(gbnf, root = "root", { lazy = false, triggers }): throws ERR_INVALID_ARGUMENT with llama.cpp's parse
+// error when the grammar does not parse or cannot start at `root` over this vocabulary, and ERR_SAMPLER_INVALID (as
+// setSampler would) when a trigger is malformed or its regex does not compile, or a lazy grammar has no trigger.
 Napi::Value model_wrap::check_grammar(const Napi::CallbackInfo & info) {
     return guard(info.Env(), [&]() -> Napi::Value {
         get();
@@ -507,6 +509,16 @@ Napi::Value model_wrap::check_grammar(const Napi::CallbackInfo & info) {
         if (info.Length() > 1 && !info[1].IsUndefined()) {
             root = arg_string(info, 1, "grammar root", "root");
         }
+        Napi::Object o = opt_object(info, 2, "checkGrammar options");
+        const bool lazy = get_bool(o, "lazy", false);
+        std::vector<grammar_trigger> triggers;
+        if (has(o, "triggers")) {
+            triggers = parse_grammar_triggers(o.Get("triggers"), *this, code::sampler_invalid, "grammarTriggers");
+        }
+        if (lazy && triggers.empty()) {
+            throw arg_error(code::sampler_invalid, "grammarTriggers", "must not be empty for a lazy grammar (nothing would start it)");
+        }
+        trigger_patterns(triggers, code::sampler_invalid, "grammarTriggers");
         if (grammar.empty()) {
             throw bw_error(code::invalid_argument, "the grammar is empty", "grammar", "is empty");
         }

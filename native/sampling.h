@@ -19,6 +19,24 @@ namespace bw {
 
 class model_wrap;
 
+// A lazy grammar's trigger (ChatTemplates.apply's grammarTriggers), as common_grammar_trigger.
+struct grammar_trigger {
+    enum kind_t { token, word, pattern, pattern_full } kind = word;
+    std::string value;
+    llama_token tok = -1; // kind token
+};
+
+// A thinking budget (common/reasoning-budget.h): after `tokens` tokens between the start tag and an end tag, the
+// message and the first end tag are forced.
+struct reasoning_budget_params {
+    bool        on = false;
+    int32_t     tokens = 0;
+    std::string start_tag;
+    std::vector<std::string> end_tags;
+    std::string message;
+    std::string prefill; // the generation prompt: fed to the budget before the history (a prompt that opens the thinking)
+};
+
 // setSampler's params, read from JS and checked: nothing of llama.cpp is built yet.
 struct sampler_params {
     double  temperature       = 1.0; // <= 0: greedy
@@ -35,16 +53,32 @@ struct sampler_params {
     std::vector<llama_logit_bias> logit_bias;
     std::string grammar;             // GBNF text; empty: none
     std::string grammar_root = "root";
+    bool        grammar_lazy = false; // the grammar waits for one of the triggers
+    std::vector<grammar_trigger> grammar_triggers;
+    std::string grammar_prefill;     // the generation prompt, fed to a non-lazy grammar before the history
+    reasoning_budget_params reasoning_budget;
     std::vector<llama_token> history; // tokens already generated, fed to the chain as if it had sampled them
 };
 
 // Reads setSampler's params object. Throws bw_error (ERR_INVALID_ARGUMENT, ERR_SAMPLER_INVALID, ERR_TOKEN_RANGE).
 sampler_params parse_sampler_params(const Napi::Object & o, const model_wrap & model);
 
+// Reads grammarTriggers (an array of { type, value, token? }), tokens checked against the model's vocabulary.
+// Throws `err_code` naming `field`.
+std::vector<grammar_trigger> parse_grammar_triggers(const Napi::Value & v, const model_wrap & model, const char * err_code,
+                                                    const std::string & field);
+// The regexes llama.cpp's lazy grammar matches for the triggers (words escaped, full patterns anchored), each compiled
+// here first: std::regex throws on a bad one, and llama.cpp would let that through with its grammar leaked.
+// Throws `err_code` naming `field`[i].
+std::vector<std::string> trigger_patterns(const std::vector<grammar_trigger> & triggers, const char * err_code,
+                                          const std::string & field);
+
 // One sequence's sampler. No chain means plain greedy (argmax over the logits).
 struct seq_sampler {
     llama_sampler_ptr chain;
     llama_sampler_ptr grammar;   // kept out of the chain: checked on the chain's pick first (see sample_row)
+    llama_sampler_ptr rbudget;   // the reasoning budget: applied first, it forces tokens once the budget is spent
+    bool    lazy     = false;    // the grammar is lazy (it then stands aside while the budget counts thinking)
     bool    backend  = false;    // attached to the context with llama_set_sampler (sampled inside the graph)
     int32_t logprobs = -1;       // as in sampler_params
 };

@@ -8,8 +8,18 @@ import { BatchwiseError, ErrorCode, native, nativeAsync } from "./errors.js";
 import {
     loadNative,
     packageRoot,
+    type ChatApplyInputs,
+    type ChatApplyResult,
     type ChatMessage,
+    type ChatMessageDelta,
+    type ChatParserOptions,
+    type ChatParserSpec,
+    type ChatTemplateCaps,
     type ContextInfo,
+    type GrammarTrigger,
+    type NativeChatParser,
+    type NativeChatTemplates,
+    type ParsedChatMessage,
     type DeviceInfo,
     type ModelMetadata,
     type NativeContext,
@@ -22,6 +32,8 @@ import {
 
 export { BatchwiseError, ErrorCode, fieldError, type ErrorDetails } from "./errors.js";
 export type {
+    ChatApplyInputs, ChatApplyResult, ChatMessageDelta, ChatParserOptions, ChatParserSpec, ChatTemplateCaps, GrammarTrigger,
+    ParsedChatMessage, ReasoningBudget, ReasoningFormat,
     ChatMessage, ContextInfo, DeviceInfo, ModelMetadata, SamplerParams, SystemInfo,
     NativeDecodeBatch as DecodeBatch, NativeDecodeResult as DecodeResult,
 } from "./native.js";
@@ -151,8 +163,8 @@ export class LlamaModel {
      * Throws ERR_INVALID_ARGUMENT, with llama.cpp's parse error, when a GBNF grammar does not parse, or is over
      * LIMITS.maxGrammarBytes or LIMITS.maxGrammarNesting.
      */
-    checkGrammar(grammar: string, root?: string): void {
-        native(() => this.native.checkGrammar(grammar, root));
+    checkGrammar(grammar: string, root?: string, options?: { lazy?: boolean; triggers?: readonly GrammarTrigger[] }): void {
+        native(() => this.native.checkGrammar(grammar, root, options));
     }
 
     createContext(options: ContextOptions = {}): Promise<LlamaContext> {
@@ -274,6 +286,98 @@ export class LlamaContext {
     /** Frees the KV memory (after any in-flight call finishes). Idempotent. */
     dispose(): void {
         this.native.dispose();
+    }
+}
+
+/** JSON text of a value, or ERR_INVALID_ARGUMENT naming `field` (a cycle, a BigInt). */
+function toJson(value: unknown, field: string): string {
+    let text: unknown;
+    try {
+        text = JSON.stringify(value);
+    } catch (e) {
+        const reason = `cannot be written as JSON: ${(e as Error).message}`;
+        throw new BatchwiseError(ErrorCode.InvalidArgument, `'${field}' ${reason}`, { cause: e, field, reason });
+    }
+    if (typeof text !== "string") {
+        throw new BatchwiseError(ErrorCode.InvalidArgument, `'${field}' must be an object`, { field, reason: "must be an object" });
+    }
+    return text;
+}
+
+/**
+ * A chat template through llama.cpp's common chat layer: OpenAI messages and tools rendered into a prompt, with the
+ * grammar that constrains tool calls or a JSON schema (lazy, with triggers, for toolChoice "auto"), the extra stops,
+ * and the parser of the template's output format (ChatParser). Holds the model's vocabulary until disposed.
+ */
+export class ChatTemplates {
+    private constructor(readonly native: NativeChatTemplates) {}
+
+    /**
+     * The model's GGUF template, or `options.template`: a Jinja source or a llama.cpp built-in name ("chatml",
+     * "llama3", ...; legacy mode: no tools). Throws ERR_CHAT_TEMPLATE when the template does not parse or there is none.
+     */
+    static create(model: LlamaModel, options: { template?: string } = {}): ChatTemplates {
+        checkOptions(options, "chat template options");
+        return new ChatTemplates(native(() => loadNative().ChatTemplates.create(model.native, options ?? {})));
+    }
+
+    /** The template source in use. */
+    get source(): string {
+        return this.native.source;
+    }
+
+    get caps(): ChatTemplateCaps {
+        return this.native.caps;
+    }
+
+    get disposed(): boolean {
+        return this.native.disposed;
+    }
+
+    /**
+     * Renders the chat. Throws ERR_INVALID_ARGUMENT naming the field at fault (messages[i]..., tools[i]...,
+     * toolChoice, jsonSchema, continueFinalMessage, inputs: over LIMITS.maxChatJsonBytes / maxChatJsonDepth) and
+     * ERR_CHAT_TEMPLATE when the template itself fails (raise_exception, roles out of order).
+     */
+    apply(inputs: ChatApplyInputs): ChatApplyResult {
+        if (inputs === null || typeof inputs !== "object") {
+            throw new BatchwiseError(ErrorCode.InvalidArgument, "'inputs' must be an object", { field: "inputs", reason: "must be an object" });
+        }
+        const text = toJson(inputs, "inputs");
+        return native(() => this.native.apply(text));
+    }
+
+    /** Lets go of the template and the model's vocabulary. Idempotent. */
+    dispose(): void {
+        this.native.dispose();
+    }
+}
+
+/**
+ * Parses a model's output into content, reasoning and tool calls, incrementally, as llama-server streams them. Made
+ * from ChatApplyResult.parser. Never throws for what the model wrote: a final update the format cannot read gives the
+ * whole text as content.
+ */
+export class ChatParser {
+    private constructor(readonly native: NativeChatParser) {}
+
+    static create(spec: ChatParserSpec, options: ChatParserOptions = {}): ChatParser {
+        checkOptions(options, "chat parser options");
+        return new ChatParser(native(() => loadNative().ChatParser.create(spec, options ?? {})));
+    }
+
+    /**
+     * Adds generated text and returns what changed since the last update. `partial` false is the last update (the
+     * text is complete; a call not yet reported is reported then). Tool call ids are made ("call_" + 24 letters and
+     * digits) where the model gives none, and stay the same across updates.
+     */
+    update(textAdded: string, partial: boolean): ChatMessageDelta[] {
+        return native(() => this.native.update(textAdded, partial));
+    }
+
+    /** The message as last parsed. */
+    get message(): ParsedChatMessage {
+        return this.native.message;
     }
 }
 

@@ -22,6 +22,22 @@ export interface Limits {
      * them (1,000 in one object: 3.5 s on the JS thread), and this keeps it near 0.1 s.
      */
     readonly maxSchemaOptionalPropertiesSquared: number;
+    /** Inputs of one ChatTemplates.apply, as JSON text in UTF-8 bytes (and a ChatParser's whole text). */
+    readonly maxChatJsonBytes: number;
+    /** Deepest nesting of objects and arrays in ChatTemplates.apply's inputs. */
+    readonly maxChatJsonDepth: number;
+    /** Longest chat template source. */
+    readonly maxChatTemplateBytes: number;
+    /** Entries in SamplerParams.grammarTriggers. */
+    readonly maxGrammarTriggers: number;
+    /** Longest trigger value (a word or a regex), in UTF-8 bytes. */
+    readonly maxGrammarTriggerBytes: number;
+    /** Longest grammarPrefill, reasoningBudget.prefill and reasoningBudget.message, in UTF-8 bytes. */
+    readonly maxSamplerPrefillBytes: number;
+    /** Longest reasoningBudget.startTag and endTags entry, in UTF-8 bytes. */
+    readonly maxReasoningTagBytes: number;
+    /** Entries in reasoningBudget.endTags. */
+    readonly maxReasoningEndTags: number;
     /** CPU threads of a context (ContextOptions.threads, threadsBatch: ggml's GGML_MAX_N_THREADS). */
     readonly maxThreads: number;
     /** KV cells of a context (ContextOptions.contextSize). */
@@ -32,7 +48,9 @@ export interface Limits {
 
 const KEYS = [
     "maxLogprobs", "maxLogitBias", "maxGrammarBytes", "maxGrammarNesting", "maxSchemaBytes", "maxSchemaDepth",
-    "maxSchemaOptionalPropertiesSquared", "maxThreads", "maxContextSize", "maxKvBlockSize",
+    "maxSchemaOptionalPropertiesSquared", "maxChatJsonBytes", "maxChatJsonDepth", "maxChatTemplateBytes",
+    "maxGrammarTriggers", "maxGrammarTriggerBytes", "maxSamplerPrefillBytes", "maxReasoningTagBytes", "maxReasoningEndTags",
+    "maxThreads", "maxContextSize", "maxKvBlockSize",
 ] as const satisfies readonly (keyof Limits)[];
 
 let table: Limits | undefined;

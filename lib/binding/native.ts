@@ -33,7 +33,7 @@ export interface NativeModel {
     tokenToPiece(token: number, options?: { special?: boolean }): Uint8Array;
     isEog(token: number): boolean;
     applyChatTemplate(messages: readonly ChatMessage[], options?: { addAssistant?: boolean; template?: string }): string;
-    checkGrammar(grammar: string, root?: string): void;
+    checkGrammar(grammar: string, root?: string, options?: { lazy?: boolean; triggers?: readonly GrammarTrigger[] }): void;
     dispose(): void;
     readonly disposed: boolean;
 }
@@ -56,9 +56,25 @@ export interface NativeContext {
     readonly disposed: boolean;
 }
 
+export interface NativeChatTemplates {
+    readonly source: string;
+    readonly caps: ChatTemplateCaps;
+    /** inputs: ChatApplyInputs as JSON text. */
+    apply(inputsJson: string): ChatApplyResult;
+    dispose(): void;
+    readonly disposed: boolean;
+}
+
+export interface NativeChatParser {
+    update(textAdded: string, partial: boolean): ChatMessageDelta[];
+    readonly message: ParsedChatMessage;
+}
+
 export interface NativeAddon {
     Model: { load(path: string, options: object, onProgress?: (p: number) => void): Promise<NativeModel> };
     Context: { create(model: NativeModel, options: object): Promise<NativeContext> };
+    ChatTemplates: { create(model: NativeModel, options: object): NativeChatTemplates };
+    ChatParser: { create(spec: ChatParserSpec, options: object): NativeChatParser };
     getDevices(): DeviceInfo[];
     systemInfo(): SystemInfo;
     setLogger(fn: ((level: number, text: string) => void) | null, minLevel?: number): void;
@@ -138,8 +154,142 @@ export interface SamplerParams {
     grammar?: string;
     /** The grammar's start rule. Default "root". */
     grammarRoot?: string;
+    /**
+     * The grammar constrains only once one of grammarTriggers has appeared in the output (a tool call starting);
+     * before that it allows everything. Needs grammar and at least one trigger.
+     */
+    grammarLazy?: boolean;
+    /** A lazy grammar's triggers, as ChatTemplates.apply returns them (grammarTriggers). Checked even when not lazy. */
+    grammarTriggers?: readonly GrammarTrigger[];
+    /**
+     * The generation prompt (ChatApplyResult.generationPrompt), tokenized with special tokens and fed to a non-lazy
+     * grammar before the history: pass it only with a grammar that came from ChatTemplates.apply (whose grammar
+     * describes the answer from the template's generation prompt on). Ignored for a lazy grammar or none.
+     */
+    grammarPrefill?: string;
+    /**
+     * A thinking budget (llama.cpp's common/reasoning-budget): once `tokens` tokens were generated after startTag
+     * without an end tag, `message` and endTags[0] are forced. Omit the field for no budget; tokens 2147483647 is a
+     * budget that never runs out, which still keeps a lazy grammar from triggering inside the thinking. Samples on the
+     * CPU. `prefill` (the generation prompt) is fed to it before the history (a prompt that opens the thinking).
+     */
+    reasoningBudget?: ReasoningBudget;
     /** Tokens the sequence already generated, fed to the chain (grammar state, penalty window) as if sampled. */
     history?: Int32Array;
+}
+
+export interface ReasoningBudget {
+    /** 0..2147483647. */
+    tokens: number;
+    startTag: string;
+    /** At least one; the first is the one forced. */
+    endTags: readonly string[];
+    message?: string;
+    prefill?: string;
+}
+
+/** A lazy grammar's trigger, as ChatTemplates.apply returns them. */
+export interface GrammarTrigger {
+    type: "token" | "word" | "pattern" | "patternFull";
+    /** The word, or the regex (ECMAScript syntax, std::regex); for "token", the token's text. */
+    value: string;
+    /** The token id, for type "token". */
+    token?: number;
+}
+
+export interface ChatTemplateCaps {
+    /** A Jinja template (false: a llama.cpp built-in, applied in legacy mode: no tools, no thinking switch). */
+    jinja: boolean;
+    tools: boolean;
+    toolCalls: boolean;
+    parallelToolCalls: boolean;
+    systemRole: boolean;
+    /** The template has an enable_thinking switch (common_chat_templates_support_enable_thinking). */
+    thinking: boolean;
+    /** Every capability common reports (supports_tools, supports_reasoning_effort, ...). */
+    all: Record<string, boolean>;
+}
+
+export type ReasoningFormat = "none" | "auto" | "deepseek";
+
+export interface ChatApplyInputs {
+    /**
+     * OpenAI chat messages: role, content (string | null | [{ type: "text", text }]), tool_calls
+     * [{ id, type: "function", function: { name, arguments } }], tool_call_id, name, reasoning_content.
+     */
+    messages: unknown[];
+    /** OpenAI tools: [{ type: "function", function: { name, description?, parameters? } }]. */
+    tools?: unknown[];
+    /** Default "auto". "required" needs tools. */
+    toolChoice?: "auto" | "required" | "none";
+    /** Default: the template's caps.parallelToolCalls. */
+    parallelToolCalls?: boolean;
+    /** A JSON schema the answer must follow (after the thinking, for reasoning templates); {} is any object. */
+    jsonSchema?: object;
+    /** A GBNF grammar of the user's (not with jsonSchema, nor with tools unless toolChoice is "none"). */
+    grammar?: string;
+    /** Default true. */
+    addGenerationPrompt?: boolean;
+    /** Continue the final assistant message instead of closing it: needs addGenerationPrompt false. */
+    continueFinalMessage?: boolean;
+    /** Default true. chatTemplateKwargs.enable_thinking, when given, decides instead. */
+    enableThinking?: boolean;
+    /** Extra template variables (reasoning_effort, enable_thinking, ...): each value passed as JSON. */
+    chatTemplateKwargs?: Record<string, unknown>;
+    /** How thinking is told apart in the parser common builds. Default "auto" (reasoning_content separated). */
+    reasoningFormat?: ReasoningFormat;
+    /**
+     * The tokenizer adds BOS (EOS) to the prompt: the template's own is cut from the start (end) of the prompt, so
+     * there is one. Default: the vocabulary's add_bos (add_eos) flag, as llama-server does.
+     */
+    addBos?: boolean;
+    addEos?: boolean;
+}
+
+/** Opaque: what ChatParser.create needs. Sealed by the addon (a changed or forged spec is refused). */
+export interface ChatParserSpec {
+    readonly format: number;
+    readonly parser: string;
+    readonly generationPrompt: string;
+    readonly tag: string;
+}
+
+export interface ChatApplyResult {
+    prompt: string;
+    /** common_chat_format_name: "Content-only", "peg-native", ... */
+    format: string;
+    /** Absent when there is none. */
+    grammar?: string;
+    grammarLazy: boolean;
+    grammarTriggers: GrammarTrigger[];
+    preservedTokens: string[];
+    additionalStops: string[];
+    /** What the template put after the last message to open the answer (the grammar's and parser's prefill). */
+    generationPrompt: string;
+    thinking: { supported: boolean; startTag: string; endTags: string[] };
+    parser: ChatParserSpec;
+}
+
+export interface ChatParserOptions {
+    /** Default "auto". */
+    reasoningFormat?: ReasoningFormat;
+    /** Default true. */
+    parseToolCalls?: boolean;
+    /** The prompt continued a final assistant message (continueFinalMessage): its prefill is not reported. */
+    isContinuation?: boolean;
+}
+
+export interface ChatMessageDelta {
+    content?: string;
+    reasoningContent?: string;
+    /** A call's id and name come in a delta of their own before any of its arguments, which then come in fragments. */
+    toolCall?: { index: number; id?: string; name?: string; arguments?: string };
+}
+
+export interface ParsedChatMessage {
+    content: string;
+    reasoningContent: string;
+    toolCalls: { id: string; name: string; arguments: string }[];
 }
 
 export interface DeviceInfo {
