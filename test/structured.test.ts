@@ -102,8 +102,10 @@ describe("regex and choice constraints as grammars", () => {
         // within bounds, a grammar's size is held to the addon's limit: many alternatives of long literals
         const big = Array.from({ length: 35 }, (_, i) => `${"x".repeat(100)}${i}`).join("|");
         assert.doesNotThrow(() => regexToGrammar(big));
+        // each \S is a class of ten ranges: 2,000 of them write more than 128 KiB
+        assert.throws(() => regexToGrammar("\\S".repeat(2000), "guided_regex"), refused("guided_regex", /bytes allowed/));
         assert.throws(() => choiceToGrammar(Array.from({ length: 2000 }, (_, i) => "c".repeat(80) + i), "guided_choice"),
-            refused("guided_choice", new RegExp(`more than the ${LIMITS.maxGrammarBytes} allowed`)));
+            refused("guided_choice", new RegExp(`more than the ${LIMITS.maxGrammarBytes} bytes allowed`)));
     });
 
     it("turns choices into literals: quotes, backslashes, newlines, control characters and UTF-8 round-trip exactly", async () => {

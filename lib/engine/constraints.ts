@@ -414,7 +414,7 @@ class Emitter {
 function bounded(grammar: string, field: string, what: string): string {
     const bytes = Buffer.byteLength(grammar, "utf8");
     if (bytes > LIMITS.maxGrammarBytes) {
-        throw fieldError(ErrorCode.InvalidArgument, field, `${what} a grammar of ${bytes} bytes, more than the ${LIMITS.maxGrammarBytes} allowed`);
+        throw fieldError(ErrorCode.InvalidArgument, field, `${what} a grammar of ${bytes} bytes, more than the ${LIMITS.maxGrammarBytes} bytes allowed`);
     }
     return grammar;
 }
@@ -454,12 +454,19 @@ export function choiceToGrammar(choices: readonly string[], field = "choice"): s
     if (!Array.isArray(choices) || choices.length === 0) throw fieldError(ErrorCode.InvalidArgument, field, "must be a non-empty array of strings");
     const seen = new Set<string>();
     const alts: string[] = [];
+    let bytes = 0;
     choices.forEach((c, i) => {
         if (typeof c !== "string") throw fieldError(ErrorCode.InvalidArgument, `${field}[${i}]`, "must be a string");
         if (!isWellFormed(c)) throw fieldError(ErrorCode.InvalidArgument, `${field}[${i}]`, "holds a lone UTF-16 surrogate (it is not valid Unicode text)");
         if (seen.has(c)) return;
         seen.add(c);
-        alts.push(gbnfLiteral(c));
+        const literal = gbnfLiteral(c);
+        // stop at once past the limit: a body of a million choices is not written out first
+        bytes += Buffer.byteLength(literal, "utf8") + 3;
+        if (bytes > LIMITS.maxGrammarBytes) {
+            throw fieldError(ErrorCode.InvalidArgument, field, `becomes a grammar of more than the ${LIMITS.maxGrammarBytes} bytes allowed (by choice ${i})`);
+        }
+        alts.push(literal);
     });
     return bounded(`root ::= ${alts.join(" | ")}\n`, field, "becomes");
 }
