@@ -6,6 +6,8 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import OpenAI from "openai";
+import { requestField } from "../lib/server/errors.js";
+import { chatApi, completionApi } from "../lib/server/openai.js";
 import { createServer, type BatchwiseServer } from "../lib/server/server.js";
 import { HINTS, REFUSED } from "../lib/server/structured.js";
 import { gpu, gpuLayers, modelPath, tinyCoder, tinyQwen } from "./helpers.js";
@@ -319,5 +321,34 @@ describe("server: structured outputs, refused fields, hints, system_fingerprint"
         const coder = await post(url, "/v1/completions", { model: "coder", prompt: "x", max_tokens: 1 });
         assert.match(coder.body.system_fingerprint, /^fp_[0-9a-f]{12}$/);
         assert.notEqual(coder.body.system_fingerprint, [...fps][0]);
+        // another server on the same file with the same options is the same backend; other options, another
+        const fingerprintOf = async (options: typeof engineOptions) => {
+            const other = await createServer({ models: [{ name: "qwen", path: await modelPath(tinyQwen), options }], port: 0, logger: false, warmup: false });
+            try {
+                await other.ready();
+                return (await post(other.url, "/v1/completions", { prompt: "x", max_tokens: 1 })).body.system_fingerprint;
+            } finally {
+                await other.close();
+            }
+        };
+        assert.equal(await fingerprintOf(engineOptions), [...fps][0]);
+        assert.notEqual(await fingerprintOf({ ...engineOptions, contextSize: 1024 }), [...fps][0]);
+    });
+
+    it("maps the engine's grammar and schema errors to the field the constraint came from (route tables)", () => {
+        for (const api of [chatApi, completionApi]) {
+            const name = (field: string, body: object) => requestField(field, api, { body });
+            assert.equal(name("grammar", { guided_regex: "a" }), "guided_regex");
+            assert.equal(name("grammar", { structured_outputs: { choice: ["a"] } }), "structured_outputs.choice");
+            assert.equal(name("grammar", { grammar: "root ::= x" }), "grammar");
+            assert.equal(name("grammar", { response_format: { type: "json_object" } }), "response_format");
+            assert.equal(name("schema", { guided_json: {} }), "guided_json");
+            assert.equal(name("schema", { json_schema: {} }), "json_schema");
+            assert.equal(name("schema", { response_format: { type: "json_schema", json_schema: { schema: {} } } }), "response_format.json_schema.schema");
+            assert.equal(name("responseFormat.schema.properties", { structured_outputs: { json: {} } }), "structured_outputs.json.properties");
+            // without a constraint in the body (a malformed one is refused before), the OpenAI names
+            assert.equal(name("responseFormat.schema", {}), "response_format.json_schema.schema");
+            assert.equal(name("grammar", { grammar: "a", guided_regex: "b" }), "grammar");
+        }
     });
 });

@@ -133,9 +133,10 @@ const fingerprints = new WeakMap<Engine, string>();
 
 /**
  * OpenAI's system_fingerprint for a served model: "fp_" and 12 hex digits of a hash of what decides the
- * output besides the request: the batchwise version, the llama.cpp tag and build (CUDA or CPU), and the
- * model (its file's path, size and modification time when served from a path, and its GGUF metadata and
- * chat template). Stable for a server's life; another build, version or model file gives another.
+ * output besides the request: the batchwise version, the llama.cpp tag and build (CUDA or CPU), the
+ * engine's options, and the model (its file's path, size and modification time when served from a path,
+ * and its GGUF metadata and chat template). Stable for a server's life; another build, version,
+ * configuration or model file gives another.
  */
 export function systemFingerprint(ctx: ServerContext, name: string): string | undefined {
     const entry = ctx.models.has(name) ? ctx.models.get(name) : undefined;
@@ -163,6 +164,10 @@ export function systemFingerprint(ctx: ServerContext, name: string): string | un
             }
             h.update(JSON.stringify({ path, file }));
         }
+        // the engine's configuration (its KV types, flash attention, a chat template given in place of the GGUF's, ...):
+        // plain values only, functions and objects such as a loaded model or a logger left out
+        h.update(JSON.stringify(engine.options ?? null, (_k, v: unknown) =>
+            typeof v === "function" || (typeof v === "object" && v !== null && !Array.isArray(v) && Object.getPrototypeOf(v) !== Object.prototype) ? undefined : v));
         const m = engine.metadata as Partial<typeof engine.metadata> | undefined;
         h.update(JSON.stringify({
             sizeBytes: m?.sizeBytes, parameters: m?.parameters, template: m?.chatTemplate,
