@@ -1,8 +1,9 @@
 // JSON schemas of the request bodies, checked by fastify (Ajv) before a handler runs. Fields follow
 // OpenAI's API; the extras (top_k, min_p, ignore_eos, priority, cache_salt, ...) follow vLLM's names.
 // Unknown fields are let through, as OpenAI-compatible servers do, except the known ones that would change
-// the output and are not supported: structured.ts refuses those (REFUSED), each with a 400 naming it. A `description` is what a validation
-// error says a field must be, where the schema alone would say it badly (the alternatives of a prompt).
+// the output and are not supported: structured.ts refuses those (REFUSED), each with a 400 naming it. A
+// `description` is what a validation error says a field must be, where the schema alone would say it badly
+// (the alternatives of a prompt).
 
 import { requestLimits, type RequestLimits } from "../engine/limits.js";
 
