@@ -30,6 +30,7 @@ export type {
     SystemInfo,
 } from "./binding/index.js";
 export { Engine, Generation } from "./engine/engine.js";
+export { choiceToGrammar, gbnfLiteral, regexToGrammar } from "./engine/constraints.js";
 export type {
     ChatRequest, Choice, EngineOptions, EngineSettings, EngineStats, GenerateEvent, GenerateResult, Timings, TokenLogprob, Usage,
 } from "./engine/engine.js";

@@ -325,10 +325,15 @@ describe("fuzz: HTTP routes", { timeout: testTimeoutMs(90, 5) }, () => {
         ignore_eos: maybe(value(fc.boolean()), 10),
         priority: maybe(value(fc.integer({ min: -5, max: 5 }), -(2 ** 31), 2 ** 31), 10),
         cache_salt: maybe(fc.oneof(nastyText(100), fc.constant("s".repeat(257)), W()), 10),
-        // other servers' grammar fields (llama-server's, vLLM's): not ours, so they must be ignored, whatever they hold
+        // llama-server's and vLLM's constraint fields (structured.ts): a constrained output or a 400, whatever they hold
         grammar: maybe(grammarish(), 5),
         guided_json: maybe(oddSchema(), 3),
-        guided_regex: maybe(fc.constantFrom("(a|b)*", "[", "((((((((((a))))))))))", ".*"), 3),
+        guided_regex: maybe(fc.constantFrom("(a|b)*", "[", "((((((((((a))))))))))", ".*", "(a*)*", "a{1000}{2}", "\\S".repeat(2000)), 3),
+        guided_choice: maybe(fc.oneof(fc.array(nastyText(20), { maxLength: 4 }), W()), 3),
+        structured_outputs: maybe(fc.oneof(
+            fc.record({ regex: fc.constantFrom("\\d+", "(?=a)", ""), choice: fc.array(nastyText(10), { maxLength: 3 }), json: oddSchema(), json_object: fc.boolean(), grammar: grammarish() }, { requiredKeys: [] }),
+            W(),
+        ), 3),
     });
 
     /** A prompt: text, token ids (with lengths around the context), lists of either, or something else. */

@@ -2,9 +2,13 @@
 // the API dialects to come): the model lookup and the 503 while not ready, the abort when the client
 // goes, the count a drain waits for, the metrics and log line of the results, and the SSE stream.
 // A route brings its request's mapping (openai.ts) and its response's shape.
+import { createHash } from "node:crypto";
 import { setMaxListeners } from "node:events";
+import { readFileSync, statSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
 import type { FastifyReply, FastifyRequest } from "fastify";
-import { BatchwiseError, ErrorCode, type Engine, type GenerateEvent, type GenerateResult, type Generation } from "../index.js";
+import { BatchwiseError, ErrorCode, systemInfo, type Engine, type GenerateEvent, type GenerateResult, type Generation } from "../index.js";
 import type { ServerContext } from "./context.js";
 import { ApiError, toApiError, type ErrorScope } from "./errors.js";
 import { usage } from "./openai.js";
@@ -51,7 +55,7 @@ export async function serve(ctx: ServerContext, req: FastifyRequest, reply: Fast
                 throw e;
             }
             queued = true;
-            return await respond(name, picked.engine, gens);
+            return withFingerprint(await respond(name, picked.engine, gens), systemFingerprint(ctx, name));
         } finally {
             // whatever ended the response (done, error, disconnect), nothing of it runs on unread
             ac.abort();
@@ -101,6 +105,92 @@ async function pump(gen: Generation, on: (ev: StreamEvent) => void): Promise<Gen
     return gen.result();
 }
 
+// ---- system_fingerprint ----------------------------------------------------------------------------
+
+let packageVersion: string | undefined;
+
+function version(): string {
+    if (packageVersion === undefined) {
+        try {
+            // dist/lib/server/generate.js (and lib/server/generate.ts under a loader) sit three folders below the package
+            const here = dirname(fileURLToPath(import.meta.url));
+            const pkg = [join(here, "..", "..", "..", "package.json"), join(here, "..", "..", "package.json")].find((p) => {
+                try {
+                    return (JSON.parse(readFileSync(p, "utf8")) as { name?: string }).name === "batchwise";
+                } catch {
+                    return false;
+                }
+            });
+            packageVersion = pkg ? (JSON.parse(readFileSync(pkg, "utf8")) as { version: string }).version : "unknown";
+        } catch {
+            packageVersion = "unknown";
+        }
+    }
+    return packageVersion;
+}
+
+const fingerprints = new WeakMap<Engine, string>();
+
+/**
+ * OpenAI's system_fingerprint for a served model: "fp_" and 12 hex digits of a hash of what decides the
+ * output besides the request: the batchwise version, the llama.cpp tag and build (CUDA or CPU), the
+ * engine's options, and the model (its file's path, size and modification time when served from a path,
+ * and its GGUF metadata and chat template). Stable for a server's life; another build, version,
+ * configuration or model file gives another.
+ */
+export function systemFingerprint(ctx: ServerContext, name: string): string | undefined {
+    const entry = ctx.models.has(name) ? ctx.models.get(name) : undefined;
+    const engine = entry?.engine;
+    if (!engine) return undefined;
+    let fp = fingerprints.get(engine);
+    if (fp === undefined) {
+        const h = createHash("sha256");
+        let build: unknown;
+        try {
+            const info = systemInfo();
+            build = { llama: info.llamaTag, cuda: info.cuda, gpuOffload: info.gpuOffload };
+        } catch {
+            build = null; // an engine on a test backend, without the addon
+        }
+        h.update(JSON.stringify({ version: version(), build }));
+        if (entry.spec.path) {
+            const path = resolve(entry.spec.path);
+            let file = "";
+            try {
+                const st = statSync(path);
+                file = `${st.size}:${st.mtimeMs}`;
+            } catch {
+                // gone since it was loaded: the metadata below still tells models apart
+            }
+            h.update(JSON.stringify({ path, file }));
+        }
+        // the engine's configuration (its KV types, flash attention, a chat template given in place of the GGUF's, ...):
+        // plain values only, functions and objects such as a loaded model or a logger left out
+        h.update(JSON.stringify(engine.options ?? null, (_k, v: unknown) =>
+            typeof v === "function" || (typeof v === "object" && v !== null && !Array.isArray(v) && Object.getPrototypeOf(v) !== Object.prototype) ? undefined : v));
+        const m = engine.metadata as Partial<typeof engine.metadata> | undefined;
+        h.update(JSON.stringify({
+            sizeBytes: m?.sizeBytes, parameters: m?.parameters, template: m?.chatTemplate,
+            gguf: Object.entries(m?.gguf ?? {}).sort(([a], [b]) => (a < b ? -1 : 1)),
+        }));
+        fp = "fp_" + h.digest("hex").slice(0, 12);
+        fingerprints.set(engine, fp);
+    }
+    return fp;
+}
+
+/** A response object with its system_fingerprint after its model (a streamed response, already sent, is passed as it is). */
+function withFingerprint(out: unknown, fp: string | undefined): unknown {
+    if (fp === undefined || out === null || typeof out !== "object" || Array.isArray(out) || !("choices" in out)) return out;
+    const o: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(out)) {
+        o[k] = v;
+        if (k === "model") o.system_fingerprint = fp;
+    }
+    o.system_fingerprint ??= fp;
+    return o;
+}
+
 export interface StreamHead {
     id: string;
     object: string;
@@ -116,7 +206,8 @@ export function stream(ctx: ServerContext, req: FastifyRequest, reply: FastifyRe
     const sse = new Sse(reply, req.id);
     const scope = scopeOf(req);
     return sse.guard(req, scope, async () => {
-        const chunk = (cs: unknown[]) => ({ ...head, model: name, choices: cs, ...(includeUsage && { usage: null }) });
+        const fp = systemFingerprint(ctx, name);
+        const chunk = (cs: unknown[]) => ({ ...head, model: name, system_fingerprint: fp, choices: cs, ...(includeUsage && { usage: null }) });
         for (const cs of opening) sse.send(chunk(cs));
         const results = await Promise.all(gens.map((g, p) => pump(g, (ev) => {
             if (ev.type === "finish" && ev.finishReason === "error") return sse.send(choiceError(ev.error, { ...scope, index: p }).body());
@@ -124,7 +215,7 @@ export function stream(ctx: ServerContext, req: FastifyRequest, reply: FastifyRe
             if (cs) sse.send(chunk(cs));
         })));
         record(ctx, req, name, results, true);
-        if (includeUsage) sse.send({ ...head, model: name, choices: [], usage: usage(results) });
+        if (includeUsage) sse.send({ ...head, model: name, system_fingerprint: fp, choices: [], usage: usage(results) });
         sse.end();
     });
 }

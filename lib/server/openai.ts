@@ -1,7 +1,8 @@
 // OpenAI request bodies to engine requests, and engine results to OpenAI responses and stream chunks.
-import type { ChatMessage, ChatRequest, Engine, GenerateRequest, GenerateResult, RequestOptions, ResponseFormat, TokenLogprob } from "../index.js";
+import type { ChatMessage, ChatRequest, Engine, GenerateRequest, GenerateResult, RequestOptions, TokenLogprob } from "../index.js";
 import { requestLimits } from "../engine/limits.js";
 import { badRequest, leadingIndex, type FieldContext, type FieldRule, type RouteApi } from "./errors.js";
+import { constraintField, outputOptions } from "./structured.js";
 
 export interface SamplingBody {
     model?: string;
@@ -23,6 +24,16 @@ export interface SamplingBody {
     ignore_eos?: boolean | null;
     priority?: number | null;
     cache_salt?: string | null;
+    penalty_last_n?: number | null;
+    /** The output constraints (structured.ts reads them): OpenAI's, llama-server's and vLLM's names. */
+    response_format?: { type: "text" | "json_object" | "json_schema"; json_schema?: { name?: string; schema?: object; strict?: boolean | null }; schema?: object } | null;
+    grammar?: string | null;
+    json_schema?: object | null;
+    structured_outputs?: Record<string, unknown> | null;
+    guided_json?: object | string | null;
+    guided_regex?: string | null;
+    guided_choice?: string[] | null;
+    guided_grammar?: string | null;
 }
 
 export interface CompletionBody extends SamplingBody {
@@ -31,6 +42,7 @@ export interface CompletionBody extends SamplingBody {
     echo?: boolean | null;
     logprobs?: number | null;
     best_of?: number | null;
+    add_special_tokens?: boolean | null;
 }
 
 type ContentPart = { type: string; text?: string };
@@ -40,7 +52,6 @@ export interface ChatBody extends SamplingBody {
     max_completion_tokens?: number | null;
     logprobs?: boolean | null;
     top_logprobs?: number | null;
-    response_format?: { type: "text" | "json_object" | "json_schema"; json_schema?: { name?: string; schema?: object; strict?: boolean | null } } | null;
     tools?: unknown[] | null;
     tool_choice?: unknown;
     chat_template_kwargs?: Record<string, unknown> | null;
@@ -68,6 +79,7 @@ export function samplingOptions(b: SamplingBody, defaultMaxTokens: number | unde
         presencePenalty: orUndef(b.presence_penalty),
         frequencyPenalty: orUndef(b.frequency_penalty),
         repeatPenalty: orUndef(b.repetition_penalty),
+        penaltyLastN: orUndef(b.penalty_last_n),
         logitBias: orUndef(b.logit_bias),
         ignoreEos: orUndef(b.ignore_eos),
         priority: orUndef(b.priority),
@@ -86,12 +98,13 @@ export function completionRequests(b: CompletionBody): GenerateRequest[] {
     const prompts = promptList(b.prompt);
     if (prompts.length > 1 && b.suffix != null) throw badRequest("'suffix' takes a single prompt", "suffix");
     // OpenAI's default for the completions API is 16 tokens
-    const base = samplingOptions(b, 16);
+    const base: RequestOptions = { ...samplingOptions(b, 16), ...outputOptions(b, "completions") };
     if (b.logprobs != null) base.logprobs = b.logprobs;
     return prompts.map((prompt, i) => {
         if (prompt.length === 0) throw badRequest(prompts.length > 1 ? `'prompt[${i}]' must not be empty` : "'prompt' must not be empty", "prompt");
         const r: GenerateRequest = { ...base, prompt };
         if (b.suffix != null) r.suffix = b.suffix;
+        if (b.add_special_tokens != null) r.addSpecial = b.add_special_tokens;
         return r;
     });
 }
@@ -124,17 +137,8 @@ export function chatRequest(b: ChatBody): ChatRequest {
     opts.maxTokens = orUndef(b.max_completion_tokens) ?? opts.maxTokens;
     if (b.logprobs) opts.logprobs = b.top_logprobs ?? 0;
     else if (b.top_logprobs != null && b.top_logprobs > 0) throw badRequest("'top_logprobs' needs 'logprobs': true", "top_logprobs");
-    let responseFormat: ResponseFormat | undefined;
-    const f = b.response_format;
-    if (f?.type === "json_object") responseFormat = { type: "json_object" };
-    else if (f?.type === "json_schema") {
-        if (!f.json_schema || typeof f.json_schema.schema !== "object") {
-            throw badRequest("'response_format.json_schema.schema' must be a JSON schema object", "response_format.json_schema.schema");
-        }
-        responseFormat = { type: "json_schema", schema: f.json_schema.schema };
-    }
+    Object.assign(opts, outputOptions(b, "chat"));
     const r: ChatRequest = { ...opts, messages };
-    if (responseFormat) r.responseFormat = responseFormat;
     const vars: Record<string, unknown> = { ...(b.chat_template_kwargs ?? {}) };
     if (b.tools != null && b.tools.length > 0) vars.tools = b.tools;
     if (Object.keys(vars).length > 0) r.templateVariables = vars;
@@ -155,10 +159,15 @@ function stopField(rest: string, at: FieldContext): string {
     return typeof stop === "string" ? "stop" + i.after : `stop[${i.index}]${i.after}`;
 }
 
+/** The engine's grammar, and the JSON format and schema it is made from, are the request field the constraint came from (structured.ts). */
+const constraint = (fallback: string): FieldRule => (rest, at) => (constraintField(at.body) ?? fallback) + rest;
+
 const SAMPLING_FIELDS: Record<string, FieldRule> = {
     maxTokens: "max_tokens", topK: "top_k", topP: "top_p", minP: "min_p", repeatPenalty: "repetition_penalty",
     presencePenalty: "presence_penalty", frequencyPenalty: "frequency_penalty", logitBias: "logit_bias",
     ignoreEos: "ignore_eos", cacheSalt: "cache_salt", penaltyLastN: "penalty_last_n", stop: stopField,
+    grammar: constraint("grammar"), schema: constraint("response_format.json_schema.schema"), responseFormat: constraint("response_format"),
+    "responseFormat.schema": constraint("response_format.json_schema.schema"),
 };
 
 /** /v1/completions: each prompt of a list is its own generation, so its fields are 'prompt[i]...'. */
@@ -183,10 +192,6 @@ export const chatApi: RouteApi = {
         logprobs: "top_logprobs",
         // a position in the templated prompt is no position in the request
         prompt: () => "messages",
-        responseFormat: "response_format",
-        "responseFormat.schema": "response_format.json_schema.schema",
-        // a chat's grammar is the one its response_format becomes
-        grammar: (rest, at) => ((at.body as ChatBody | undefined)?.response_format?.type === "json_schema" ? "response_format.json_schema.schema" : "response_format") + rest,
         templateVariables: "chat_template_kwargs",
     },
 };

@@ -1,7 +1,9 @@
 // JSON schemas of the request bodies, checked by fastify (Ajv) before a handler runs. Fields follow
 // OpenAI's API; the extras (top_k, min_p, ignore_eos, priority, cache_salt, ...) follow vLLM's names.
-// Unknown fields are let through, as OpenAI-compatible servers do. A `description` is what a validation
-// error says a field must be, where the schema alone would say it badly (the alternatives of a prompt).
+// Unknown fields are let through, as OpenAI-compatible servers do, except the known ones that would change
+// the output and are not supported: structured.ts refuses those (REFUSED), each with a 400 naming it. A
+// `description` is what a validation error says a field must be, where the schema alone would say it badly
+// (the alternatives of a prompt).
 
 import { requestLimits, type RequestLimits } from "../engine/limits.js";
 
@@ -58,6 +60,41 @@ function build(limits: RequestLimits): BodySchemas {
         ignore_eos: nullable({ type: "boolean" }),
         priority: int(-(2 ** 31), 2 ** 31),
         cache_salt: nullable({ type: "string", maxLength: limits.maxCacheSalt }),
+        penalty_last_n: int(-1, 2 ** 31 - 1),
+        // the output constraints, at most one per request (structured.ts): OpenAI's, llama-server's, vLLM's
+        response_format: nullable({
+            type: "object",
+            required: ["type"],
+            properties: {
+                type: { enum: ["text", "json_object", "json_schema"] },
+                json_schema: {
+                    type: "object",
+                    properties: { name: { type: "string" }, schema: { type: "object" }, strict: nullable({ type: "boolean" }) },
+                },
+                schema: nullable({ type: "object" }),
+            },
+        }),
+        grammar: nullable({ type: "string" }),
+        json_schema: nullable({ type: "object" }),
+        structured_outputs: nullable({
+            type: "object",
+            properties: {
+                json: nullable({ anyOf: [{ type: "object" }, { type: "string" }, { type: "boolean" }], description: "a JSON schema object or its JSON text" }),
+                regex: nullable({ type: "string", minLength: 1 }),
+                choice: nullable({ type: "array", minItems: 1, items: { type: "string" } }),
+                grammar: nullable({ type: "string", minLength: 1 }),
+                json_object: nullable({ type: "boolean" }),
+                disable_any_whitespace: nullable({ type: "boolean" }),
+                disable_additional_properties: nullable({ type: "boolean" }),
+                disable_fallback: nullable({ type: "boolean" }),
+                backend: nullable({ type: "string" }),
+            },
+        }),
+        guided_json: nullable({ anyOf: [{ type: "object" }, { type: "string" }, { type: "boolean" }], description: "a JSON schema object or its JSON text" }),
+        guided_regex: nullable({ type: "string", minLength: 1 }),
+        guided_choice: nullable({ type: "array", minItems: 1, items: { type: "string" } }),
+        guided_grammar: nullable({ type: "string", minLength: 1 }),
+        guided_decoding_backend: nullable({ type: "string" }),
     };
 
     const tokenArray = { type: "array", minItems: 1, items: { type: "integer", minimum: 0 }, description: "a non-empty array of token ids" };
@@ -80,6 +117,7 @@ function build(limits: RequestLimits): BodySchemas {
             echo: nullable({ type: "boolean" }),
             logprobs: int(0, MAX_LOGPROBS),
             best_of: int(1, MAX_CHOICES),
+            add_special_tokens: nullable({ type: "boolean" }),
         },
     } as const;
 
@@ -110,17 +148,6 @@ function build(limits: RequestLimits): BodySchemas {
             max_completion_tokens: int(1),
             logprobs: nullable({ type: "boolean" }),
             top_logprobs: int(0, MAX_LOGPROBS),
-            response_format: nullable({
-                type: "object",
-                required: ["type"],
-                properties: {
-                    type: { enum: ["text", "json_object", "json_schema"] },
-                    json_schema: {
-                        type: "object",
-                        properties: { name: { type: "string" }, schema: { type: "object" }, strict: nullable({ type: "boolean" }) },
-                    },
-                },
-            }),
             tools: nullable({ type: "array" }),
             tool_choice: nullable({ anyOf: [{ type: "string" }, { type: "object" }] }),
             chat_template_kwargs: nullable({ type: "object" }),
