@@ -42,7 +42,7 @@ describe("binding limits (fuzz findings)", () => {
     it("reads its limits from the addon's one table (LIMITS), and the addon enforces each", () => {
         assert.ok(Object.isFrozen(LIMITS));
         assert.deepEqual({ ...LIMITS }, {
-            maxLogprobs: 20, maxLogitBias: 1024, maxGrammarBytes: 512 * 1024, maxGrammarNesting: 1000, maxSchemaBytes: 1024 * 1024,
+            maxLogprobs: 20, maxLogitBias: 1024, maxGrammarBytes: 128 * 1024, maxGrammarNesting: 1000, maxSchemaBytes: 1024 * 1024,
             maxSchemaDepth: 128, maxSchemaOptionalPropertiesSquared: 256 * 256, maxChatJsonBytes: 32 * 1024 * 1024, maxChatJsonDepth: 136,
             maxChatTemplateBytes: 1024 * 1024, maxGrammarTriggers: 256, maxGrammarTriggerBytes: 4096, maxSamplerPrefillBytes: 64 * 1024,
             maxReasoningTagBytes: 256, maxReasoningEndTags: 16, maxThreads: 512, maxContextSize: 16 * 1024 * 1024, maxKvBlockSize: 4096,
