@@ -18,7 +18,10 @@ constexpr int32_t max_logit_bias = 1024;
 // llama.cpp's grammar parser and JSON-schema converter recurse once per level of nesting, on the calling thread's
 // stack, and the converter's output grows with the square of a schema's depth: past these a grammar or schema is
 // refused (ERR_INVALID_ARGUMENT) instead of overflowing the stack (a segfault) or taking gigabytes and seconds.
-// Longest GBNF grammar, in UTF-8 bytes.
+// Longest GBNF grammar, in UTF-8 bytes (a grammar of 20,000 alternatives, 148 KB, takes 1.4 s to load: the grammar's
+// first stacks are deduplicated in quadratic time). Tool calling makes the grammar from the tools' schemas: for 30
+// tools of an agent (Cline / OpenCode style) common writes 20-62 KB (MiniMax-M2 and GLM-4.6 the most, ~2 KB a tool),
+// so this takes about 60 such tools; ChatTemplates.apply refuses more (field "tools") rather than the sampler.
 constexpr int32_t max_grammar_bytes = 128 * 1024;
 // Deepest nesting of parenthesized groups in a grammar.
 constexpr int32_t max_grammar_nesting = 1000;
@@ -40,6 +43,7 @@ constexpr int32_t max_chat_json_depth = max_schema_depth + 8;
 constexpr int32_t max_chat_template_bytes = 1024 * 1024;
 
 // Lazy grammars (setSampler's grammarTriggers): how many triggers, and the longest trigger value (a word, a regex).
+// Qwen3-Coder's template gives one trigger per tool plus one (31 for 30 tools); the others one to four.
 constexpr int32_t max_grammar_triggers = 256;
 constexpr int32_t max_grammar_trigger_bytes = 4096;
 // The text setSampler tokenizes and feeds to a sampler before the history: grammarPrefill, reasoningBudget.prefill,

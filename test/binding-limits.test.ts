@@ -43,7 +43,9 @@ describe("binding limits (fuzz findings)", () => {
         assert.ok(Object.isFrozen(LIMITS));
         assert.deepEqual({ ...LIMITS }, {
             maxLogprobs: 20, maxLogitBias: 1024, maxGrammarBytes: 128 * 1024, maxGrammarNesting: 1000, maxSchemaBytes: 1024 * 1024,
-            maxSchemaDepth: 128, maxSchemaOptionalPropertiesSquared: 256 * 256, maxThreads: 512, maxContextSize: 16 * 1024 * 1024, maxKvBlockSize: 4096,
+            maxSchemaDepth: 128, maxSchemaOptionalPropertiesSquared: 256 * 256, maxChatJsonBytes: 32 * 1024 * 1024, maxChatJsonDepth: 136,
+            maxChatTemplateBytes: 1024 * 1024, maxGrammarTriggers: 256, maxGrammarTriggerBytes: 4096, maxSamplerPrefillBytes: 64 * 1024,
+            maxReasoningTagBytes: 256, maxReasoningEndTags: 16, maxThreads: 512, maxContextSize: 16 * 1024 * 1024, maxKvBlockSize: 4096,
         });
         assert.throws(() => { (LIMITS as { maxLogprobs: number }).maxLogprobs = 100; }, TypeError);
         // logprobs: the addon took up to 100 while the engine's intake took 20

@@ -5,12 +5,13 @@
 // breadcrumb file printed at the start (BATCHWISE_FUZZ_BREADCRUMB overrides where it goes).
 // Long run: BATCHWISE_FUZZ_SECONDS=600 node --test dist/test/fuzz-binding.test.js (see test/fuzz-common.ts).
 import assert from "node:assert/strict";
-import { writeFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, afterEach, before, describe, it } from "node:test";
 import fc from "fast-check";
 import { BatchwiseError, ErrorCode, jsonSchemaToGrammar, LlamaContext, LlamaModel, type SamplerParams } from "../lib/index.js";
+import { ChatParser, ChatTemplates, LIMITS, vocabDir, type ChatApplyResult } from "../lib/binding/index.js";
 import { deepSchemaText, fuzz, grammarish, intAround, longFuzz, NASTY_NUMBERS, nastyText, oddSchema, testTimeoutMs, wrongType } from "./fuzz-common.js";
 import { contextOptions, gpu, gpuLayers, modelPath, tinyQwen } from "./helpers.js";
 
@@ -157,7 +158,7 @@ function arrayOf(elem: fc.Arbitrary<number>, maxLength: number): fc.Arbitrary<un
     );
 }
 
-describe("fuzz: binding", { timeout: testTimeoutMs(90, 7) }, () => {
+describe("fuzz: binding", { timeout: testTimeoutMs(90, 8) }, () => {
     let path: string;
     let model: LlamaModel;
     let vocab: number;
@@ -294,6 +295,114 @@ describe("fuzz: binding", { timeout: testTimeoutMs(90, 7) }, () => {
         }, 200, 6);
     });
 
+    it("chat: ChatTemplates.create, apply with garbage inputs, ChatParser with forged specs and any text", { timeout: testTimeoutMs(8) }, async () => {
+        const templatesDir = join(vocabDir(), "templates");
+        const real = ["Qwen3-Coder.jinja", "Qwen-Qwen2.5-7B-Instruct.jinja", "openai-gpt-oss-120b.jinja", "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja"]
+            .map((n) => readFileSync(join(templatesDir, n), "utf8"));
+        const made = real.map((t) => ChatTemplates.create(model, { template: t }));
+        const specs: ChatApplyResult["parser"][] = made.map((ct) => ct.apply({ messages: [{ role: "user", content: "hi" }], tools: [{ type: "function", function: { name: "f", parameters: { type: "object", properties: { a: { type: "integer" } } } } }] }).parser);
+        const jsonish: fc.Arbitrary<unknown> = fc.letrec((tie) => ({
+            v: fc.oneof({ depthSize: "small", withCrossShrink: true },
+                fc.constantFrom(null, true, false, 0, -1, 1e308, "", "user", "assistant", "tool", "system", "function", "text", "auto", "required", "none"),
+                nastyText(10), wrongType,
+                fc.array(tie("v"), { maxLength: 4 }),
+                fc.dictionary(fc.constantFrom("role", "content", "tool_calls", "tool_call_id", "name", "type", "function", "arguments", "parameters", "text", "id", "reasoning_content", "x"), tie("v"), { maxKeys: 5 })),
+        })).v;
+        const message = fc.oneof(
+            fc.record({ role: fc.constantFrom("user", "assistant", "system", "tool", "developer", ""), content: fc.oneof(nastyText(20), fc.constant(null), fc.array(fc.record({ type: fc.constantFrom("text", "image_url"), text: nastyText(5) }), { maxLength: 2 })) }),
+            fc.record({ role: fc.constant("assistant"), content: fc.constant(null), tool_calls: fc.array(fc.record({ id: fc.string(), type: fc.constant("function"), function: fc.record({ name: fc.constantFrom("f", "g", ""), arguments: fc.oneof(fc.constantFrom("{}", '{"a":1}', "{", ""), jsonish) }) }), { maxLength: 3 }) }),
+            fc.record({ role: fc.constant("tool"), tool_call_id: fc.string(), content: nastyText(10) }),
+            jsonish,
+        );
+        const tool = fc.oneof(
+            fc.record({ type: fc.constant("function"), function: fc.record({ name: fc.constantFrom("f", "g", "with space", "", "ünï"), description: nastyText(10), parameters: fc.oneof(oddSchema(), jsonish) }, { requiredKeys: ["name"] }) }),
+            jsonish,
+        );
+        const validMessage = fc.oneof(
+            fc.record({ role: fc.constantFrom("user", "system"), content: nastyText(20) }),
+            fc.record({ role: fc.constant("assistant"), content: fc.constant(null), tool_calls: fc.array(fc.record({ id: fc.string(), type: fc.constant("function"), function: fc.record({ name: fc.constantFrom("f", "g"), arguments: fc.constantFrom("{}", '{"a":1}') }) }), { minLength: 1, maxLength: 2 }) }),
+            fc.record({ role: fc.constant("tool"), tool_call_id: fc.string(), content: nastyText(10) }),
+        );
+        const validTool = fc.record({ type: fc.constant("function"), function: fc.record({ name: fc.constantFrom("f", "g", "h_1"), parameters: fc.oneof(fc.constant({ type: "object", properties: { a: { type: "integer" }, b: { type: "string", enum: ["x", "y"] } }, required: ["a"] }), oddSchema()) }) });
+        const inputs = fc.oneof(
+            { weight: 6, arbitrary: fc.record({
+                messages: fc.tuple(fc.record({ role: fc.constant("user"), content: nastyText(20) }), fc.array(validMessage, { maxLength: 4 })).map(([a, b]) => [a, ...b]),
+                tools: fc.array(validTool, { maxLength: 3 }),
+                toolChoice: fc.constantFrom("auto", "required", "none"),
+                parallelToolCalls: fc.boolean(),
+                enableThinking: fc.boolean(),
+                reasoningFormat: fc.constantFrom("none", "auto", "deepseek"),
+                chatTemplateKwargs: fc.dictionary(fc.constantFrom("enable_thinking", "reasoning_effort", "x"), fc.oneof(fc.boolean(), fc.constantFrom("low", "high")), { maxKeys: 2 }),
+            }, { requiredKeys: ["messages"] }) },
+            { weight: 6, arbitrary: fc.record({
+                messages: fc.oneof({ weight: 5, arbitrary: fc.array(message, { maxLength: 5 }) }, { weight: 1, arbitrary: jsonish }),
+                tools: fc.oneof(fc.array(tool, { maxLength: 4 }), jsonish),
+                toolChoice: fc.oneof(fc.constantFrom("auto", "required", "none"), jsonish),
+                parallelToolCalls: fc.oneof(fc.boolean(), wrongType),
+                jsonSchema: fc.oneof(oddSchema(), jsonish),
+                grammar: fc.oneof(grammarish(), wrongType),
+                addGenerationPrompt: fc.oneof(fc.boolean(), wrongType),
+                continueFinalMessage: fc.oneof(fc.boolean(), wrongType),
+                enableThinking: fc.oneof(fc.boolean(), wrongType),
+                chatTemplateKwargs: fc.oneof(fc.dictionary(fc.constantFrom("enable_thinking", "reasoning_effort", "x"), jsonish, { maxKeys: 3 }), jsonish),
+                reasoningFormat: fc.oneof(fc.constantFrom("none", "auto", "deepseek", "x"), wrongType),
+                addBos: fc.oneof(fc.boolean(), wrongType),
+                addEos: fc.oneof(fc.boolean(), wrongType),
+            }, { requiredKeys: ["messages"] }) },
+            { weight: 1, arbitrary: jsonish },
+            { weight: 1, arbitrary: fc.constantFrom(LIMITS.maxChatJsonDepth - 4, LIMITS.maxChatJsonDepth + 1, 5000).map((d) => ({ messages: [{ role: "user", content: "x" }], chatTemplateKwargs: { d: JSON.parse("[".repeat(d) + "]".repeat(d)) } })) },
+        );
+        const op = fc.oneof(
+            { weight: 2, arbitrary: fc.record({ op: fc.constant("create"), template: fc.oneof(fc.constantFrom(undefined, "", "chatml", "llama3", "{{", "{% for %}", "{{ raise_exception('x') }}", "{% for m in messages %}{{ m.content }}{% endfor %}", "{{ messages[0]['content'] | tojson }}{{ tools | tojson }}"), nastyText(30), wrongType) }) },
+            { weight: 6, arbitrary: fc.record({ op: fc.constant("apply"), which: fc.nat(made.length - 1), inputs }) },
+            { weight: 4, arbitrary: fc.record({
+                op: fc.constant("parse"), which: fc.nat(specs.length - 1),
+                forge: fc.oneof({ weight: 4, arbitrary: fc.constant(null) }, { weight: 1, arbitrary: fc.record({ format: fc.oneof(intAround(0, 4, 5), wrongType), parser: fc.oneof(fc.constantFrom("{}", '{"parsers":[{"type":"sequence","children":[99]}],"rules":{},"root":0}'), nastyText(10)), tag: fc.oneof(fc.string(), wrongType) }, { requiredKeys: [] }) }),
+                options: fc.oneof(
+                    { weight: 4, arbitrary: fc.record({ reasoningFormat: fc.constantFrom("none", "auto", "deepseek"), parseToolCalls: fc.boolean(), isContinuation: fc.boolean() }, { requiredKeys: [] }) },
+                    { weight: 1, arbitrary: fc.record({ reasoningFormat: fc.oneof(fc.constantFrom("none", "auto", "deepseek", "x"), wrongType), parseToolCalls: fc.oneof(fc.boolean(), wrongType), isContinuation: fc.oneof(fc.boolean(), wrongType) }, { requiredKeys: [] }) },
+                    { weight: 1, arbitrary: wrongType }),
+                pieces: fc.array(fc.tuple(fc.oneof(nastyText(20), fc.constantFrom("<tool_call>", "\n", "</tool_call>", "<function=f>", "<parameter=a>", "</parameter>", "</function>", '{"name": "f", "arguments": {"a": 1}}', "<think>", "</think>", "<|channel|>analysis<|message|>", "<|end|>", "<|start|>assistant", "<|channel|>commentary to=functions.f <|constrain|>json<|message|>", "<｜tool▁calls▁begin｜>", "<｜tool▁call▁begin｜>f<｜tool▁sep｜>")), fc.oneof({ weight: 6, arbitrary: fc.constant(true) }, { weight: 1, arbitrary: fc.boolean() }, { weight: 1, arbitrary: wrongType })), { maxLength: 12 }),
+            }) },
+        );
+        try {
+            await fuzz("chat", op, async (c) => {
+                if (c.op === "create") {
+                    const r = await call("ChatTemplates.create", c.template, () => ChatTemplates.create(model, c.template === undefined ? undefined : { template: c.template as string }));
+                    if (r.ok) {
+                        assert.equal(typeof r.value.caps.jinja, "boolean");
+                        await call("ChatTemplates.apply(plain)", c.template, () => r.value.apply({ messages: [{ role: "user", content: "hi" }] }));
+                        r.value.dispose();
+                    }
+                    return;
+                }
+                if (c.op === "apply") {
+                    const r = await call("ChatTemplates.apply", c.inputs, () => made[c.which].apply(c.inputs as never));
+                    if (!r.ok) return;
+                    assert.equal(typeof r.value.prompt, "string");
+                    // what apply gives, the sampler takes
+                    if (r.value.grammar) {
+                        await call("checkGrammar(apply)", r.value.grammar.slice(0, 200), () => model.checkGrammar(r.value.grammar!, "root", { lazy: r.value.grammarLazy, triggers: r.value.grammarTriggers }));
+                    }
+                    return;
+                }
+                const spec = c.forge ? { ...specs[c.which], ...(c.forge as object) } : specs[c.which];
+                const p = await call("ChatParser.create", [c.forge, c.options], () => ChatParser.create(spec as never, c.options as never));
+                if (!p.ok) return;
+                for (const [text, partial] of c.pieces) {
+                    const u = await call("ChatParser.update", [text, partial], () => p.value.update(text as string, partial as boolean));
+                    if (u.ok) assert.ok(Array.isArray(u.value));
+                }
+                await call("ChatParser.update(final)", null, () => p.value.update("", false));
+                const m = p.value.message;
+                assert.equal(typeof m.content, "string");
+                assert.ok(Array.isArray(m.toolCalls));
+            }, 300, 8);
+        } finally {
+            for (const ct of made) ct.dispose();
+        }
+    });
+
     /** In range (8 in 9), or at and around the limits. */
     const inRange = (valid: fc.Arbitrary<unknown>, limits: fc.Arbitrary<unknown>) => fc.oneof({ weight: 8, arbitrary: valid }, { weight: 1, arbitrary: limits });
     const samplerParams = (): fc.Arbitrary<unknown> => fieldsMostlyValid({
@@ -321,7 +430,41 @@ describe("fuzz: binding", { timeout: testTimeoutMs(90, 7) }, () => {
             ),
         ),
         history: inRange(fc.array(fc.integer({ min: 0, max: vocab - 1 }), { maxLength: 64 }).map((a) => Int32Array.from(a)), arrayOf(tokenId(), 64)),
+        grammarLazy: fc.boolean(),
+        grammarTriggers: inRange(fc.array(trigger(), { maxLength: 4 }), fc.oneof(
+            fc.array(fc.oneof(trigger(), wrongType, fc.record({ type: fc.constantFrom("token", "word", "pattern", "patternFull", "x"), value: fc.oneof(nastyText(20), wrongType), token: fc.oneof(tokenId(), wrongType) }, { requiredKeys: [] })), { maxLength: 8 }),
+            fc.integer({ min: LIMITS.maxGrammarTriggers - 1, max: LIMITS.maxGrammarTriggers + 1 }).map((n) => Array.from({ length: n }, () => ({ type: "word", value: "x" }))),
+            fc.constantFrom(LIMITS.maxGrammarTriggerBytes - 1, LIMITS.maxGrammarTriggerBytes, LIMITS.maxGrammarTriggerBytes + 1).map((n) => [{ type: "pattern", value: "a".repeat(n) }]),
+            wrongType,
+        )),
+        grammarPrefill: inRange(fc.constantFrom("", "a", "<|im_start|>assistant\n", " "), fc.oneof(nastyText(50),
+            fc.constantFrom(LIMITS.maxSamplerPrefillBytes, LIMITS.maxSamplerPrefillBytes + 1).map((n) => "a".repeat(n)), wrongType)),
+        reasoningBudget: inRange(budget(), fc.oneof(
+            fc.record({ tokens: fc.oneof(intAround(-1, 0, 2 ** 31 - 1, 2 ** 31), fc.double(), wrongType), startTag: fc.oneof(nastyText(5), wrongType), endTags: fc.oneof(fc.array(fc.oneof(nastyText(5), wrongType), { maxLength: 20 }), wrongType), message: fc.oneof(nastyText(5), wrongType), prefill: fc.oneof(nastyText(5), wrongType) }, { requiredKeys: [] }),
+            fc.constantFrom(LIMITS.maxReasoningTagBytes, LIMITS.maxReasoningTagBytes + 1).map((n) => ({ tokens: 1, startTag: "<".repeat(n), endTags: [">"] })),
+            wrongType,
+        )),
     });
+
+    /** A trigger of the kinds ChatTemplates.apply returns, some with regexes that do not compile. */
+    function trigger(): fc.Arbitrary<unknown> {
+        return fc.oneof(
+            fc.record({ type: fc.constant("word"), value: fc.constantFrom("<tool_call>", "{", "<|im_end|>", "a") }),
+            fc.record({ type: fc.constantFrom("pattern", "patternFull"), value: fc.constantFrom("[\\s\\S]*?(<tool_call>)", "^\\s*\\{", "(", "[z-a]", "a{2,1}", "(?<n>x)", "\\", "", "x*+", "(a|b)*c") }),
+            fc.record({ type: fc.constant("token"), value: fc.constant("<|im_end|>"), token: tokenId() }),
+        );
+    }
+
+    /** A reasoning budget over tags this vocabulary has (or not). */
+    function budget(): fc.Arbitrary<unknown> {
+        return fc.record({
+            tokens: fc.oneof(fc.integer({ min: 0, max: 8 }), fc.constant(2 ** 31 - 1)),
+            startTag: fc.constantFrom("<think>", "<|im_start|>", "a"),
+            endTags: fc.array(fc.constantFrom("</think>", "<|im_end|>", "b"), { minLength: 1, maxLength: 3 }),
+            message: fc.constantFrom("", " done.", "<|im_end|>"),
+            prefill: fc.constantFrom("", "<think>", "<|im_start|>assistant\n<think>\n"),
+        }, { requiredKeys: ["tokens", "startTag", "endTags"] });
+    }
 
     it("setSampler at and around each limit, then a decode with that sampler", { timeout: testTimeoutMs(8) }, async () => {
         const seq = mostly(fc.integer({ min: 0, max: SEQS - 1 }), intAround(0, SEQS - 1, SEQS, 256));

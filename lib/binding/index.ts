@@ -289,11 +289,16 @@ export class LlamaContext {
     }
 }
 
-/** JSON text of a value, or ERR_INVALID_ARGUMENT naming `field` (a cycle, a BigInt). */
+const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g;
+
+/**
+ * JSON text of a value, or ERR_INVALID_ARGUMENT naming `field` (a cycle, a BigInt). A lone surrogate in a string
+ * (which JS allows and UTF-8 cannot hold) becomes U+FFFD, as the addon's other strings do.
+ */
 function toJson(value: unknown, field: string): string {
     let text: unknown;
     try {
-        text = JSON.stringify(value);
+        text = JSON.stringify(value, (_k, v: unknown) => (typeof v === "string" ? v.replace(LONE_SURROGATE, "\ufffd") : v));
     } catch (e) {
         const reason = `cannot be written as JSON: ${(e as Error).message}`;
         throw new BatchwiseError(ErrorCode.InvalidArgument, `'${field}' ${reason}`, { cause: e, field, reason });
