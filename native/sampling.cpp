@@ -450,16 +450,27 @@ seq_sampler build_sampler(const sampler_params & p, const llama_vocab * vocab, i
         if (start.empty() || forced.empty()) {
             throw arg_error(code::sampler_invalid, "reasoningBudget", "has a tag that is no tokens");
         }
-        s.rbudget.reset(common_reasoning_budget_init(vocab, { start }, ends, forced, p.reasoning_budget.tokens));
+        // a prompt that opens the thinking (its generation prompt ends inside a start tag's block) starts the count at
+        // once, told by the text: its tokens need not split the way the tag alone does ("<think>\n" may end in one
+        // ">\n" token where the tag ends in ">"), and then the budget sampler's token match would never see the start
+        const size_t open = r.prefill.rfind(r.start_tag);
+        bool opened = open != std::string::npos;
+        for (const auto & e : r.end_tags) {
+            opened = opened && r.prefill.find(e, open + r.start_tag.size()) == std::string::npos;
+        }
+        s.rbudget.reset(common_reasoning_budget_init(vocab, { start }, ends, forced, p.reasoning_budget.tokens,
+                                                     opened ? REASONING_BUDGET_COUNTING : REASONING_BUDGET_IDLE));
         if (!s.rbudget) {
             throw arg_error(code::sampler_invalid, "reasoningBudget", "could not be built");
         }
-        const std::vector<llama_token> pre = prefill_tokens(vocab, r.prefill);
-        if (pre.size() > (size_t) n_ctx) {
-            throw arg_error(code::sampler_invalid, "reasoningBudget.prefill", "is more tokens than the context holds");
-        }
-        for (llama_token t : pre) {
-            llama_sampler_accept(s.rbudget.get(), t);
+        if (!opened) {
+            const std::vector<llama_token> pre = prefill_tokens(vocab, r.prefill);
+            if (pre.size() > (size_t) n_ctx) {
+                throw arg_error(code::sampler_invalid, "reasoningBudget.prefill", "is more tokens than the context holds");
+            }
+            for (llama_token t : pre) {
+                llama_sampler_accept(s.rbudget.get(), t);
+            }
         }
     }
     try {

@@ -179,7 +179,8 @@ function samplerKey(p: SamplerParams | null): string | null {
     // generator or a token history must be set fresh for each sequence
     if (p === null) return "host-greedy";
     const greedy = (p.temperature ?? 1) <= 0;
-    const stateless = greedy && (p.repeatPenalty ?? 1) === 1 && !p.presencePenalty && !p.frequencyPenalty && !p.grammar;
+    // (a grammar and a thinking budget carry state: where the output is in the grammar, tokens thought)
+    const stateless = greedy && (p.repeatPenalty ?? 1) === 1 && !p.presencePenalty && !p.frequencyPenalty && !p.grammar && p.reasoningBudget === undefined;
     return stateless ? JSON.stringify(p) : null;
 }
 
