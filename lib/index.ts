@@ -34,6 +34,6 @@ export { choiceToGrammar, gbnfLiteral, regexToGrammar } from "./engine/constrain
 export type {
     ChatRequest, Choice, EngineOptions, EngineSettings, EngineStats, GenerateEvent, GenerateResult, Timings, TokenLogprob, Usage,
 } from "./engine/engine.js";
-export type { ChatFormatOptions, ChatMessage } from "./engine/chat-template.js";
+export type { AssistantMessage, ChatFormatOptions, ChatMessage, ChatOptions, ChatTool, MessageDelta, ToolChoice } from "./engine/chat.js";
 export type { GenerateRequest, RequestOptions, ResponseFormat, SamplingOptions } from "./engine/request.js";
 export type { FinishReason, PreemptionMode } from "./scheduler/scheduler.js";

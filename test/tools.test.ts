@@ -66,10 +66,14 @@ describe("tool calling on each template (engine)", () => {
                 await engine?.close();
             });
 
+            // a template that thinks first gets a thinking budget: a random model would think until max_tokens
+            const think = f.thinks ? { reasoningBudget: 8 } : {};
+
             it("tool_choice required: the grammar forces a call whose arguments fit the schema", async () => {
-                const r = await engine.chat({ messages: ask, tools: [weather], toolChoice: "required", temperature: 0, maxTokens: 256 }).result();
+                const r = await engine.chat({ messages: ask, tools: [weather], toolChoice: "required", parallelToolCalls: false, temperature: 0, maxTokens: 256, ...think }).result();
                 const m = r.choices[0].message!;
-                assert.ok(m.toolCalls.length >= 1, `no tool call in ${JSON.stringify(r.text)}`);
+                assert.equal(m.toolCalls.length, 1, `not one tool call in ${JSON.stringify(r.text)}`);
+                assert.equal(r.finishReason, "stop", "the grammar ends after the call");
                 assert.equal(m.toolCalls[0].function.name, "get_weather");
                 assertWeatherArgs(m.toolCalls[0].function.arguments);
                 assert.match(m.toolCalls[0].id, /^[A-Za-z0-9_-]+$/);
@@ -77,7 +81,7 @@ describe("tool calling on each template (engine)", () => {
 
             it("a named function is the one called, among several tools", async () => {
                 const r = await engine.chat({
-                    messages: ask, tools: [time, weather], toolChoice: { type: "function", function: { name: "get_weather" } }, temperature: 0.8, seed: 7, maxTokens: 256,
+                    messages: ask, tools: [time, weather], toolChoice: { type: "function", function: { name: "get_weather" } }, temperature: 0.8, seed: 7, maxTokens: 256, ...think,
                 }).result();
                 const calls = r.choices[0].message!.toolCalls;
                 assert.equal(calls.length, 1, r.text);
@@ -130,12 +134,13 @@ describe("tool calling through the server (openai client)", () => {
 
     for (const f of FORMATS) {
         it(`${f.name}: a required call, streamed and not, the stream's deltas adding up to the message`, async () => {
-            const body = { model: f.name, messages: ask as OpenAI.ChatCompletionMessageParam[], tools: [weather], tool_choice: "required" as const, temperature: 0, max_tokens: 256 };
+            const think = f.thinks ? { reasoning_budget_tokens: 8 } : {};
+            const body = { model: f.name, messages: ask as OpenAI.ChatCompletionMessageParam[], tools: [weather], tool_choice: "required" as const, parallel_tool_calls: false, temperature: 0, max_tokens: 256, ...think };
             const full = await client.chat.completions.create(body);
             const c = full.choices[0];
             assert.equal(c.finish_reason, "tool_calls");
             const calls = c.message.tool_calls!;
-            assert.ok(calls.length >= 1);
+            assert.equal(calls.length, 1);
             const call = calls[0] as OpenAI.ChatCompletionMessageFunctionToolCall;
             assert.equal(call.type, "function");
             assert.equal(call.function.name, "get_weather");
@@ -172,12 +177,13 @@ describe("tool calling through the server (openai client)", () => {
 
         it(`${f.name}: an agent loop: call, tool result, next turn`, async () => {
             const messages: OpenAI.ChatCompletionMessageParam[] = [...(ask as OpenAI.ChatCompletionMessageParam[])];
-            const first = await client.chat.completions.create({ model: f.name, messages, tools: [weather, time], tool_choice: "required", temperature: 0, max_tokens: 256 });
+            const think = f.thinks ? { reasoning_budget_tokens: 8 } : {};
+            const first = await client.chat.completions.create({ model: f.name, messages, tools: [weather, time], tool_choice: "required", parallel_tool_calls: false, temperature: 0, max_tokens: 256, ...think });
             const msg = first.choices[0].message;
             assert.ok(msg.tool_calls && msg.tool_calls.length > 0);
             messages.push(msg as OpenAI.ChatCompletionMessageParam);
             for (const call of msg.tool_calls) messages.push({ role: "tool", tool_call_id: call.id, content: "22 degrees and sunny" });
-            const second = await client.chat.completions.create({ model: f.name, messages, tools: [weather, time], temperature: 0, max_tokens: 8 });
+            const second = await client.chat.completions.create({ model: f.name, messages, tools: [weather, time], temperature: 0, max_tokens: 8, ...think });
             assert.ok(["stop", "length", "tool_calls"].includes(second.choices[0].finish_reason));
             // the tool's answer is in the prompt the second turn was billed for
             const tok = await fetch(`${url}/tokenize`, {

@@ -80,6 +80,7 @@ interface ServeFlags {
     cacheTypeK?: KvCacheType;
     cacheTypeV?: KvCacheType;
     threads?: number;
+    chatTemplateFile?: string;
     warmup: boolean;
     drainTimeout: number;
     bodyLimit?: number;
@@ -99,6 +100,14 @@ async function serve(flags: ServeFlags): Promise<void> {
         maxPromptLength: flags.maxPromptLength,
         flashAttention: flags.flashAttn, kvCacheTypeK: flags.cacheTypeK, kvCacheTypeV: flags.cacheTypeV, threads: flags.threads,
     };
+    if (flags.chatTemplateFile !== undefined) {
+        try {
+            options.chatTemplate = readFileSync(flags.chatTemplateFile, "utf8");
+        } catch (e) {
+            process.stderr.write(`batchwise: cannot read --chat-template-file ${flags.chatTemplateFile}: ${(e as Error).message}\n`);
+            process.exit(2);
+        }
+    }
     for (const k of Object.keys(options) as (keyof typeof options)[]) if (options[k] === undefined) delete options[k];
     let models: ServedModel[];
     if (flags.model.length === 0) {
@@ -286,6 +295,7 @@ function program(): Command {
         .addOption(new Option("--cache-type-k <type>", "KV cache type for K").choices(KV_TYPES))
         .addOption(new Option("--cache-type-v <type>", "KV cache type for V").choices(KV_TYPES))
         .option("--threads <n>", "CPU threads", int(1))
+        .option("--chat-template-file <path>", "a Jinja chat template to use over the GGUF's own (for a template that is broken or has no tools)")
         .option("--no-warmup", "skip the warm-up before ready")
         .option("--drain-timeout <seconds>", "on SIGTERM, how long requests in flight may finish", int(0), 30)
         .option("--body-limit <bytes>", "largest request body (default 16 MiB)", int(1))

@@ -7,13 +7,14 @@
 // generation.ts (a request's handle), request.ts (field checks), input.ts, output.ts, stats.ts.
 import { BatchwiseError, ErrorCode, LlamaModel, fieldError, type LlamaContext, type ModelMetadata } from "../binding/index.js";
 import { runSwaps, Scheduler, type SchedRequest, type SchedulerEvent } from "../scheduler/scheduler.js";
-import { ChatFormatter, type ChatFormatOptions, type ChatMessage } from "./chat-template.js";
+import { Chats, type ChatMessage, type ChatPlan } from "./chat.js";
 import { Generation } from "./generation.js";
 import { Intake } from "./input.js";
 import { createEngineContext, resolveOptions } from "./options.js";
 import { PieceTable, RequestOutput } from "./output.js";
 import type { GenerateRequest } from "./request.js";
 import { EngineCounters } from "./stats.js";
+import type { ChatFormatOptions } from "./chat.js";
 import type { ChatRequest, EngineOptions, EngineSettings, EngineStats, GenerateResult } from "./types.js";
 
 export { Generation } from "./generation.js";
@@ -29,7 +30,7 @@ const now = () => performance.now();
 export class Engine {
     private readonly scheduler: Scheduler;
     private readonly intake: Intake;
-    private readonly chatFormatter: ChatFormatter;
+    private readonly chats: Chats;
     private readonly pieces: PieceTable;
     private readonly counters = new EngineCounters();
     private readonly requests = new Map<SchedRequest, Live>();
@@ -52,8 +53,8 @@ export class Engine {
             prefixCache: s.prefixCache, preemption: s.preemption, swapSpaceBytes: s.swapSpaceBytes, watermark: s.watermark,
             isEog: (t) => model.isEog(t), vocabSize: model.metadata.vocabSize,
         });
-        this.chatFormatter = new ChatFormatter(model);
-        this.intake = new Intake(model, this.chatFormatter, s, () => this.scheduler.waitingSequences);
+        this.chats = new Chats(model, options.chatTemplate);
+        this.intake = new Intake(model, this.chats, s, () => this.scheduler.waitingSequences);
         this.pieces = new PieceTable(model.metadata.vocabSize, (t) => model.tokenToPiece(t));
         this.loopDone = this.loop();
     }
@@ -93,10 +94,14 @@ export class Engine {
 
     /** Starts a request; iterate the result for events or await its result(). */
     generate(request: GenerateRequest): Generation {
+        return this.start(request, undefined);
+    }
+
+    private start(request: GenerateRequest, plan: ChatPlan | undefined): Generation {
         const gen = new Generation();
         const startedAt = now();
         this.pendingAdmissions++;
-        this.enqueue(gen, request, startedAt).finally(() => this.pendingAdmissions--);
+        this.enqueue(gen, request, startedAt, plan).finally(() => this.pendingAdmissions--);
         return gen;
     }
 
@@ -105,27 +110,36 @@ export class Engine {
         return this.generate(request).result();
     }
 
-    /** Starts a chat request: the messages go through the model's chat template. */
+    /**
+     * Starts a chat request: the messages, tools and reasoning options go through the chat template; each
+     * choice's text is read back as a message (result choices' `message`, stream deltas' `message`).
+     */
     chat(request: ChatRequest): Generation {
-        let prepared: GenerateRequest;
+        let chat: ReturnType<Intake["chatRequest"]>;
         try {
-            prepared = this.intake.chatRequest(request);
+            chat = this.intake.chatRequest(request);
         } catch (e) {
             const gen = new Generation();
             gen.fail(e);
             return gen;
         }
-        return this.generate(prepared);
+        return this.start(chat.request, chat.plan);
     }
 
-    /** The prompt text a chat becomes: the model's Jinja template (or options.template), assistant turn opened. */
+    /** The prompt text a chat becomes (the engine's template, or options.template), assistant turn opened unless addGenerationPrompt is false. */
     formatChat(messages: readonly ChatMessage[], options: ChatFormatOptions = {}): string {
-        return this.chatFormatter.format(messages, options);
+        return this.chats.format(messages, options);
     }
 
-    /** How the model's chat template is rendered: Jinja, llama.cpp's built-in formats, or not at all (none). */
+    /** A chat's prompt tokens, exactly as chat() computes them (what /tokenize with messages counts). */
+    async chatPromptTokens(request: ChatRequest): Promise<number[]> {
+        const { request: r } = this.intake.chatRequest(request);
+        return this.intake.promptOf(r);
+    }
+
+    /** How the chat template is rendered: Jinja (tools, reasoning), llama.cpp's built-in formats, or not at all (none). */
     get chatTemplateKind(): "jinja" | "builtin" | "none" {
-        return this.chatFormatter.kind;
+        return this.chats.kind;
     }
 
     /** Text to token ids, as a prompt is tokenized (addSpecial adds BOS where the model asks; parseSpecial reads "<|im_start|>" as one token). */
@@ -182,6 +196,7 @@ export class Engine {
         }
         await this.loopDone;
         if (!this.context.disposed) {
+            this.chats.dispose();
             this.context.dispose();
             this.model.dispose();
         }
@@ -194,10 +209,10 @@ export class Engine {
         if (this.broken !== null) throw new BatchwiseError(ErrorCode.Internal, `the engine stopped after an internal error: ${String(this.broken)}`, { cause: this.broken });
     }
 
-    private async enqueue(gen: Generation, request: GenerateRequest, startedAt: number): Promise<void> {
+    private async enqueue(gen: Generation, request: GenerateRequest, startedAt: number, plan: ChatPlan | undefined): Promise<void> {
         try {
             this.refuseIfClosed();
-            const { valid, prompt } = await this.intake.prepare(request);
+            const { valid, prompt, chat } = await this.intake.prepare(request, plan);
             // a request that arrived before close() began is served (or aborted) like the others
             if (this.closed) throw new BatchwiseError(ErrorCode.EngineClosed, "the engine closed while the request was being tokenized");
             if (this.broken !== null) this.refuseIfClosed();
@@ -208,7 +223,8 @@ export class Engine {
             }, this.nextId++);
             gen.id = sched.id;
             const output = new RequestOutput(sched.id, gen, sched.seqs, { stopStrings: valid.stopStrings, logprobs: valid.logprobs >= 0 },
-                startedAt, (t) => this.pieces.piece(t), this.counters.totals);
+                startedAt, (t) => this.pieces.piece(t), this.counters.totals,
+                chat ? { parser: chat.plan.parser, specialTokens: chat.specialTokens, specialPiece: (t) => this.model.tokenToPiece(t, { special: true }) } : null);
             this.requests.set(sched, { sched, output });
             this.counters.request(prompt.length);
             const abort = () => {

@@ -3,7 +3,7 @@
 // (text, token ids, fill-in-the-middle or a chat) becomes tokens that fit the context. Every refusal is a
 // typed error naming the field at fault, raised before anything is queued.
 import { BatchwiseError, ErrorCode, fieldError, jsonSchemaToGrammar, type LlamaModel } from "../binding/index.js";
-import type { ChatFormatter } from "./chat-template.js";
+import type { ChatPlan, Chats } from "./chat.js";
 import { validateRequest, type GenerateRequest, type RequestOptions, type ValidRequest } from "./request.js";
 import type { ChatRequest } from "./types.js";
 
@@ -13,32 +13,44 @@ export interface IntakeLimits {
     maxPromptLength: number;
 }
 
-/** A request that passed intake: its checked options and its prompt tokens. */
+/** A request that passed intake: its checked options and its prompt tokens (and a chat's plan, with the ids of its preserved tokens). */
 export interface Prepared {
     valid: ValidRequest;
     prompt: number[];
+    chat?: { plan: ChatPlan; specialTokens: Set<number> };
 }
+
+/** The chat fields a ChatRequest has beyond a GenerateRequest's. */
+const CHAT_FIELDS = [
+    "messages", "template", "templateVariables", "tools", "toolChoice", "parallelToolCalls", "enableThinking", "reasoningEffort",
+    "reasoningBudget", "addGenerationPrompt", "continueFinalMessage",
+] as const;
 
 export class Intake {
     /** Sequences of requests in intake that passed the queue check (they count as waiting). */
     sequences = 0;
     private tokenizing = 0;
+    /** Preserved-token texts to their ids (-1: not one token). */
+    private readonly preserved = new Map<string, number>();
     private readonly tokenizeWaiters: (() => void)[] = [];
 
     /** `waiting`: sequences the scheduler holds that are not running yet. */
-    constructor(private readonly model: LlamaModel, private readonly chatFormatter: ChatFormatter, readonly limits: IntakeLimits,
+    constructor(private readonly model: LlamaModel, private readonly chats: Chats, readonly limits: IntakeLimits,
         private readonly waiting: () => number) {}
 
     /** Checks, tokenizes and fits a request; throws the reason it is refused. */
-    async prepare(request: GenerateRequest): Promise<Prepared> {
+    async prepare(request: GenerateRequest, plan?: ChatPlan): Promise<Prepared> {
         if (request === null || typeof request !== "object") throw new BatchwiseError(ErrorCode.InvalidArgument, "the request must be an object");
         const valid = validateRequest(request, this.model.metadata.vocabSize);
-        this.resolveGrammar(request, valid);
+        if (plan) this.applyPlan(plan, valid);
+        else this.resolveGrammar(request, valid);
         this.checkQueue(valid.n);
         this.sequences += valid.n;
         let prompt: number[];
+        let specialTokens: Set<number> | undefined;
         try {
             prompt = await this.promptTokens(request);
+            if (plan) specialTokens = await this.preservedTokenIds(plan.preservedTokens);
         } finally {
             this.sequences -= valid.n;
         }
@@ -51,20 +63,29 @@ export class Intake {
             throw fieldError(ErrorCode.ContextLength, "prompt",
                 `(${prompt.length} tokens) plus maxTokens (${valid.maxTokens}) is ${prompt.length + valid.maxTokens} tokens, more than the context holds (${maxContext})`);
         }
-        return { valid, prompt };
+        return plan ? { valid, prompt, chat: { plan, specialTokens: specialTokens! } } : { valid, prompt };
     }
 
-    /** A chat request as the generate request it becomes: the messages rendered by the chat template. */
-    chatRequest(request: ChatRequest): GenerateRequest {
+    /**
+     * A chat request as the generate request it becomes (the messages, tools and options through the chat
+     * template) and its plan (grammar, stops, how the output is read).
+     */
+    chatRequest(request: ChatRequest): { request: GenerateRequest; plan: ChatPlan } {
         if (request === null || typeof request !== "object") throw new BatchwiseError(ErrorCode.InvalidArgument, "the request must be an object");
-        const { messages, template, templateVariables, ...rest } = request;
-        if (Array.isArray(messages)) {
-            let length = 0;
-            for (const m of messages) if (typeof m?.content === "string") length += m.content.length;
-            this.checkPromptLength(length, "messages");
+        const { messages } = request;
+        if (Array.isArray(messages)) this.checkPromptLength(chatLength(request), "messages");
+        const { grammar, grammarRoot, responseFormat } = request;
+        if (typeof grammar === "string" && responseFormat && responseFormat.type !== "text") {
+            throw fieldError(ErrorCode.InvalidArgument, "grammar", "cannot be combined with a JSON responseFormat");
         }
-        const prompt = this.chatFormatter.format(messages, { template, variables: templateVariables });
-        return { ...(rest as RequestOptions), prompt, addSpecial: true, parseSpecial: true };
+        if (grammar !== undefined && (typeof grammar !== "string" || grammar.length === 0)) throw fieldError(ErrorCode.InvalidArgument, "grammar", "must be a non-empty GBNF string");
+        const { result, plan } = this.chats.apply(request, { grammar, grammarRoot, responseFormat });
+        const rest: Record<string, unknown> = { ...request };
+        for (const k of CHAT_FIELDS) delete rest[k];
+        delete rest.grammar;
+        delete rest.grammarRoot;
+        delete rest.responseFormat;
+        return { request: { ...(rest as RequestOptions), prompt: result.prompt, addSpecial: true, parseSpecial: true }, plan };
     }
 
     /** Text to tokens for a caller (Engine.tokenize): the same length bound and tokenizer gate as prompts. */
@@ -98,6 +119,36 @@ export class Intake {
         }
     }
 
+    /** A chat's plan on its samplers and stops; its grammar (lazy or not) is parsed before the request is queued. */
+    private applyPlan(plan: ChatPlan, valid: ValidRequest): void {
+        for (const s of valid.samplers) Object.assign(s, plan.sampler);
+        for (const stop of plan.stops) if (stop.length > 0 && !valid.stopStrings.includes(stop)) valid.stopStrings.push(stop);
+        const s0 = valid.samplers[0];
+        if (s0?.grammar !== undefined) {
+            try {
+                this.model.checkGrammar(s0.grammar, s0.grammarRoot, s0.grammarLazy ? { lazy: true, triggers: s0.grammarTriggers } : undefined);
+            } catch (e) {
+                throw fieldError(ErrorCode.InvalidArgument, "grammar", (e as Error).message, e);
+            }
+        }
+    }
+
+    /** The ids of the special tokens a chat's parser reads as text (those that are one token). */
+    private async preservedTokenIds(texts: readonly string[]): Promise<Set<number>> {
+        const ids = new Set<number>();
+        for (const t of texts) {
+            let id = this.preserved.get(t);
+            if (id === undefined) {
+                const tokens = await this.model.tokenize(t, { addSpecial: false, parseSpecial: true });
+                id = tokens.length === 1 ? tokens[0] : -1;
+                // templates name a handful: a bound keeps requests with templates of their own from growing it
+                if (this.preserved.size < 4096) this.preserved.set(t, id);
+            }
+            if (id >= 0) ids.add(id);
+        }
+        return ids;
+    }
+
     /** A JSON responseFormat becomes a grammar; every grammar is parsed before the request is queued. */
     private resolveGrammar(request: GenerateRequest, valid: ValidRequest): void {
         const f = request.responseFormat;
@@ -116,6 +167,11 @@ export class Intake {
                 throw fieldError(ErrorCode.InvalidArgument, "grammar", (e as Error).message, e);
             }
         }
+    }
+
+    /** A request's prompt tokens, as prepare() computes them. */
+    promptOf(request: GenerateRequest): Promise<number[]> {
+        return this.promptTokens(request);
     }
 
     private async promptTokens(request: GenerateRequest): Promise<number[]> {
@@ -177,4 +233,18 @@ export class Intake {
             else this.tokenizing--;
         }
     }
+}
+
+/** Characters of a chat's messages and tools, bounded like a prompt's before the template renders them. */
+function chatLength(request: ChatRequest): number {
+    let length = 0;
+    for (const m of request.messages) {
+        if (m === null || typeof m !== "object") continue;
+        if (typeof m.content === "string") length += m.content.length;
+        else if (Array.isArray(m.content)) for (const p of m.content) if (typeof p?.text === "string") length += p.text.length;
+        if (typeof m.reasoning_content === "string") length += m.reasoning_content.length;
+        if (Array.isArray(m.tool_calls)) for (const c of m.tool_calls) if (typeof c?.function?.arguments === "string") length += c.function.arguments.length;
+    }
+    if (Array.isArray(request.tools)) length += JSON.stringify(request.tools).length;
+    return length;
 }

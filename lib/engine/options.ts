@@ -89,6 +89,9 @@ export function resolveOptions(options: EngineOptions): ResolvedOptions {
     if (preemption !== "recompute" && preemption !== "swap") throw optionError("preemption", "must be 'recompute' or 'swap'");
     const watermark = o.watermark ?? 0.01;
     if (typeof watermark !== "number" || !(watermark >= 0 && watermark < 1)) throw optionError("watermark", "must be in [0, 1)");
+    if (o.chatTemplate !== undefined && (typeof o.chatTemplate !== "string" || o.chatTemplate.length === 0)) {
+        throw optionError("chatTemplate", "must be a non-empty string (a Jinja template or a built-in name such as 'chatml')");
+    }
     const swapSpaceBytes = o.swapSpaceBytes ?? 4 * 2 ** 30;
     if (typeof swapSpaceBytes !== "number" || !(swapSpaceBytes >= 0)) throw optionError("swapSpaceBytes", "must be a number >= 0");
     return {

@@ -3,6 +3,7 @@
 // string ends the choice; the last choice to end makes the result (usage, timings). Needs no addon: the
 // token bytes come from `piece`, and the sequences' counters from the scheduler's view of the request.
 import type { FinishReason } from "../scheduler/scheduler.js";
+import { MessageReader, plainMessage, type ChatPlan, type MessageDelta } from "./chat.js";
 import type { Generation } from "./generation.js";
 import { TextStream } from "./text.js";
 import type { Choice, GenerateEvent, GenerateResult, TokenLogprob } from "./types.js";
@@ -41,6 +42,15 @@ interface ChoiceState {
     finishReason: FinishReason | null;
     error?: unknown;
     lastTokenAt: number;
+    /** A chat's parser (null: a completion, or a chat whose text is all content). */
+    reader: MessageReader | null;
+}
+
+/** What a chat's output needs: how its text is read, and the tokens rendered as their special text (a call's tags). */
+export interface ChatOutput {
+    parser: ChatPlan["parser"];
+    specialTokens: ReadonlySet<number>;
+    specialPiece: (token: number) => Uint8Array;
 }
 
 const now = () => performance.now();
@@ -55,12 +65,29 @@ export class RequestOutput {
 
     constructor(readonly id: number, readonly gen: Generation, private readonly seqs: readonly SequenceCounters[],
         options: { stopStrings: readonly string[]; logprobs: boolean }, private readonly startedAt: number,
-        private readonly piece: (token: number) => Uint8Array, private readonly totals: OutputTotals) {
+        private readonly piece: (token: number) => Uint8Array, private readonly totals: OutputTotals,
+        private readonly chat: ChatOutput | null = null) {
         this.open = seqs.length;
         this.choices = seqs.map(() => ({
             text: [], tokens: [], logprobs: options.logprobs ? [] : undefined, stream: new TextStream(options.stopStrings),
-            finishReason: null, lastTokenAt: -1,
+            finishReason: null, lastTokenAt: -1, reader: chat?.parser ? new MessageReader(chat.parser) : null,
         }));
+    }
+
+    private bytesOf(token: number): Uint8Array {
+        return this.chat !== null && this.chat.specialTokens.has(token) ? this.chat.specialPiece(token) : this.piece(token);
+    }
+
+    /** The message changes of a choice's next text; a parser that fails leaves the rest of the choice as content. */
+    private read(c: ChoiceState, text: string, final: boolean): MessageDelta[] | undefined {
+        if (this.chat === null) return undefined;
+        if (c.reader === null) return text.length > 0 ? [{ content: text }] : [];
+        try {
+            return c.reader.update(text, final);
+        } catch {
+            c.reader = null; // the parser promises not to throw on model text; if it does, the text is still delivered
+            return text.length > 0 ? [{ content: text }] : [];
+        }
     }
 
     /** Whether choice `index` has ended. */
@@ -77,7 +104,7 @@ export class RequestOutput {
         if (c.lastTokenAt >= 0) this.interTokenMs.push(t - c.lastTokenAt);
         c.lastTokenAt = t;
         this.totals.generatedTokens++;
-        const { text, stopped } = c.stream.push(this.piece(e.token));
+        const { text, stopped } = c.stream.push(this.bytesOf(e.token));
         c.tokens.push(e.token);
         let lp: TokenLogprob[] | undefined;
         if (c.logprobs && e.logprob !== undefined) {
@@ -92,6 +119,9 @@ export class RequestOutput {
         if (text.length > 0) c.text.push(text);
         const delta: GenerateEvent = { type: "delta", index, text, tokens: [e.token] };
         if (lp) delta.logprobs = lp;
+        // the last piece is read as final when the choice ends (a stop string here ends it just below)
+        const message = text.length > 0 ? this.read(c, text, false) : this.chat !== null ? [] : undefined;
+        if (message) delta.message = message;
         this.gen.push(delta);
         if (stopped) this.finish(index, "stop");
         return stopped;
@@ -102,9 +132,13 @@ export class RequestOutput {
         const c = this.choices[index];
         if (c.finishReason !== null) return;
         const rest = c.stream.end(); // text held back for a stop string that never came
-        if (rest.length > 0) {
-            c.text.push(rest);
-            this.gen.push({ type: "delta", index, text: rest, tokens: [] });
+        if (rest.length > 0) c.text.push(rest);
+        // a chat's text is read once more as complete: what a partial read held back (a call's last argument) comes out
+        const message = this.read(c, rest, true);
+        if (rest.length > 0 || (message && message.length > 0)) {
+            const delta: GenerateEvent = { type: "delta", index, text: rest, tokens: [] };
+            if (message) delta.message = message;
+            this.gen.push(delta);
         }
         c.finishReason = reason;
         c.error = error;
@@ -135,6 +169,7 @@ export class RequestOutput {
             const ch: Choice = { index, text: c.text.join(""), tokens: c.tokens, finishReason: c.finishReason! };
             if (c.error !== undefined) ch.error = c.error;
             if (c.logprobs) ch.logprobs = c.logprobs;
+            if (this.chat !== null) ch.message = c.reader ? c.reader.message() : plainMessage(ch.text);
             return ch;
         });
         const first = choices[0];

@@ -4,10 +4,11 @@ import { requestLimits } from "./limits.js";
 
 /**
  * The sampler of a request: the binding's SamplerParams (temperature, topK, topP, minP, penalties,
- * logitBias, seed, logprobs, grammar), less where it runs and the resume history (the scheduler's).
+ * logitBias, seed, logprobs, grammar), less where it runs and the resume history (the scheduler's), and
+ * what a chat's template adds (a lazy grammar and its triggers, the grammar's prefill, a thinking budget).
  * Choice i of n samples with seed + i; logprobs is 0..20.
  */
-export type SamplingOptions = Omit<SamplerParams, "backend" | "history">;
+export type SamplingOptions = Omit<SamplerParams, "backend" | "history" | "grammarLazy" | "grammarTriggers" | "grammarPrefill" | "reasoningBudget">;
 
 /** Constrains the output: any text, a JSON object, or JSON that follows a schema. */
 export type ResponseFormat =

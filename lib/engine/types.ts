@@ -2,7 +2,7 @@
 // request, and its stats.
 import type { ContextOptions, KvCacheType, SplitMode } from "../binding/index.js";
 import type { FinishReason, PreemptionMode } from "../scheduler/scheduler.js";
-import type { ChatMessage } from "./chat-template.js";
+import type { AssistantMessage, ChatMessage, ChatOptions, MessageDelta } from "./chat.js";
 import type { RequestOptions } from "./request.js";
 
 export interface EngineOptions {
@@ -73,6 +73,11 @@ export interface EngineOptions {
     kvCacheTypeV?: KvCacheType;
     threads?: number;
     threadsBatch?: number;
+    /**
+     * The chat template: a Jinja source, or a built-in name ("chatml", "llama3", ...), over the GGUF's own
+     * (for models whose template is broken or has no tools). The CLI's --chat-template-file reads one from a file.
+     */
+    chatTemplate?: string;
     onProgress?: (progress: number) => void;
 }
 
@@ -110,7 +115,11 @@ export interface TokenLogprob {
 }
 
 export type GenerateEvent =
-    | { type: "delta"; index: number; text: string; tokens: number[]; logprobs?: TokenLogprob[] }
+    | {
+          type: "delta"; index: number; text: string; tokens: number[]; logprobs?: TokenLogprob[];
+          /** A chat's parsed changes for this text: content, thinking, tool calls (empty while a call's text is still being read). */
+          message?: MessageDelta[];
+      }
     | { type: "finish"; index: number; finishReason: FinishReason; error?: unknown }
     | ({ type: "done" } & GenerateResult);
 
@@ -121,6 +130,8 @@ export interface Choice {
     finishReason: FinishReason;
     error?: unknown;
     logprobs?: TokenLogprob[];
+    /** A chat's answer: its text read as content, thinking and tool calls. */
+    message?: AssistantMessage;
 }
 
 export interface Usage {
@@ -156,12 +167,12 @@ export interface GenerateResult {
     preemptions: number;
 }
 
-export interface ChatRequest extends RequestOptions {
+/**
+ * A chat: the messages (and tools, reasoning options) through the chat template. `grammar` applies from the
+ * first token; a JSON `responseFormat` is placed by the template (after any thinking); neither with tools.
+ */
+export interface ChatRequest extends RequestOptions, ChatOptions {
     messages: readonly ChatMessage[];
-    /** A Jinja template, or a built-in template name ("chatml", "llama3", ...), instead of the model's own. */
-    template?: string;
-    /** Extra variables for the template (tools, enable_thinking, ...). */
-    templateVariables?: Record<string, unknown>;
 }
 
 export interface EngineStats {

@@ -198,11 +198,12 @@ export interface StreamHead {
 }
 
 /**
- * Streams generations as server-sent events: `opening` chunks, then each event's choices (null: none),
- * an error event for a choice that failed, the usage chunk when asked for, and [DONE].
+ * Streams generations as server-sent events: `opening` chunks, then the chunks each event makes (a list
+ * of chunks, each a list of choices; null: none), an error event for a choice that failed, the usage chunk
+ * when asked for, and [DONE].
  */
 export function stream(ctx: ServerContext, req: FastifyRequest, reply: FastifyReply, name: string, head: StreamHead,
-    gens: Generation[], includeUsage: boolean, choices: (prompt: number, ev: StreamEvent) => unknown[] | null, opening: unknown[][] = []): Promise<unknown> {
+    gens: Generation[], includeUsage: boolean, chunks: (prompt: number, ev: StreamEvent) => unknown[][] | null, opening: unknown[][] = []): Promise<unknown> {
     const sse = new Sse(reply, req.id);
     const scope = scopeOf(req);
     return sse.guard(req, scope, async () => {
@@ -211,8 +212,7 @@ export function stream(ctx: ServerContext, req: FastifyRequest, reply: FastifyRe
         for (const cs of opening) sse.send(chunk(cs));
         const results = await Promise.all(gens.map((g, p) => pump(g, (ev) => {
             if (ev.type === "finish" && ev.finishReason === "error") return sse.send(choiceError(ev.error, { ...scope, index: p }).body());
-            const cs = choices(p, ev);
-            if (cs) sse.send(chunk(cs));
+            for (const cs of chunks(p, ev) ?? []) sse.send(chunk(cs));
         })));
         record(ctx, req, name, results, true);
         if (includeUsage) sse.send({ ...head, model: name, system_fingerprint: fp, choices: [], usage: usage(results) });

@@ -1,5 +1,8 @@
 // OpenAI request bodies to engine requests, and engine results to OpenAI responses and stream chunks.
-import type { ChatMessage, ChatRequest, Engine, GenerateRequest, GenerateResult, RequestOptions, TokenLogprob } from "../index.js";
+import type {
+    AssistantMessage, ChatMessage, ChatRequest, ChatTool, Engine, FinishReason, GenerateRequest, GenerateResult, MessageDelta, RequestOptions,
+    TokenLogprob, ToolChoice,
+} from "../index.js";
 import { requestLimits } from "../engine/limits.js";
 import { badRequest, leadingIndex, type FieldContext, type FieldRule, type RouteApi } from "./errors.js";
 import { constraintField, outputOptions } from "./structured.js";
@@ -48,13 +51,24 @@ export interface CompletionBody extends SamplingBody {
 type ContentPart = { type: string; text?: string };
 
 export interface ChatBody extends SamplingBody {
-    messages: { role: string; content?: string | ContentPart[] | null; [k: string]: unknown }[];
+    messages: { role: string; content?: string | ContentPart[] | null; reasoning?: string; [k: string]: unknown }[];
     max_completion_tokens?: number | null;
     logprobs?: boolean | null;
     top_logprobs?: number | null;
     tools?: unknown[] | null;
     tool_choice?: unknown;
+    parallel_tool_calls?: boolean | null;
+    /** The legacy names of tools and tool_choice. */
+    functions?: unknown[] | null;
+    function_call?: unknown;
+    chat_template?: string | null;
     chat_template_kwargs?: Record<string, unknown> | null;
+    reasoning_effort?: string | null;
+    /** Most thinking tokens (llama-server's name; thinking_budget_tokens is taken too). -1: no limit. */
+    reasoning_budget_tokens?: number | null;
+    thinking_budget_tokens?: number | null;
+    add_generation_prompt?: boolean | null;
+    continue_final_message?: boolean | null;
 }
 
 const orUndef = <T>(v: T | null | undefined): T | undefined => (v === null ? undefined : v);
@@ -116,9 +130,6 @@ function promptList(p: CompletionBody["prompt"]): (string | number[])[] {
 
 /** The engine's chat request for a /v1/chat/completions body. */
 export function chatRequest(b: ChatBody): ChatRequest {
-    if (b.tools != null && b.tools.length > 0 && b.tool_choice !== "none") {
-        throw badRequest("tool calling is not supported yet: send the request without 'tools' (or with tool_choice 'none')", "tools");
-    }
     const messages: ChatMessage[] = b.messages.map((m, i) => {
         let content: string | null;
         if (Array.isArray(m.content)) {
@@ -131,7 +142,10 @@ export function chatRequest(b: ChatBody): ChatRequest {
         } else {
             content = m.content ?? null;
         }
-        return { ...m, content };
+        const out: ChatMessage = { ...m, content };
+        // the name some clients give an assistant's earlier thinking
+        if (out.reasoning_content === undefined && typeof m.reasoning === "string") out.reasoning_content = m.reasoning;
+        return out;
     });
     const opts = samplingOptions(b, undefined);
     opts.maxTokens = orUndef(b.max_completion_tokens) ?? opts.maxTokens;
@@ -139,10 +153,80 @@ export function chatRequest(b: ChatBody): ChatRequest {
     else if (b.top_logprobs != null && b.top_logprobs > 0) throw badRequest("'top_logprobs' needs 'logprobs': true", "top_logprobs");
     Object.assign(opts, outputOptions(b, "chat"));
     const r: ChatRequest = { ...opts, messages };
-    const vars: Record<string, unknown> = { ...(b.chat_template_kwargs ?? {}) };
-    if (b.tools != null && b.tools.length > 0) vars.tools = b.tools;
-    if (Object.keys(vars).length > 0) r.templateVariables = vars;
+    // tools, and the legacy functions / function_call they replaced
+    let tools = orUndef(b.tools) as ChatTool[] | undefined;
+    let toolChoice = orUndef(b.tool_choice) as ToolChoice | undefined;
+    if (b.functions != null) {
+        if (tools !== undefined) throw badRequest("give 'tools' or the older 'functions', not both", "functions");
+        tools = b.functions.map((fn) => ({ type: "function" as const, function: fn as ChatTool["function"] }));
+    }
+    if (b.function_call != null) {
+        if (toolChoice !== undefined) throw badRequest("give 'tool_choice' or the older 'function_call', not both", "function_call");
+        const fc = b.function_call;
+        toolChoice = typeof fc === "string" ? (fc as ToolChoice) : { type: "function", function: { name: String((fc as { name?: unknown }).name) } };
+    }
+    if (tools !== undefined) r.tools = tools;
+    if (toolChoice !== undefined) r.toolChoice = toolChoice;
+    if (b.parallel_tool_calls != null) r.parallelToolCalls = b.parallel_tool_calls;
+
+    // the template and reasoning
+    // a template is code the server runs: a client's is not taken (vLLM takes one only when told to trust requests)
+    if (b.chat_template != null) throw badRequest("'chat_template' is not taken from requests: the server's template is set with --chat-template-file", "chat_template");
+    if (b.chat_template_kwargs != null) r.templateVariables = { ...b.chat_template_kwargs };
+    if (b.reasoning_effort != null) r.reasoningEffort = b.reasoning_effort as ChatRequest["reasoningEffort"];
+    const budget = b.reasoning_budget_tokens ?? b.thinking_budget_tokens;
+    if (budget != null && budget >= 0) r.reasoningBudget = budget;
+    if (b.add_generation_prompt != null) r.addGenerationPrompt = b.add_generation_prompt;
+    if (b.continue_final_message != null) r.continueFinalMessage = b.continue_final_message;
     return r;
+}
+
+/** A chat choice's message, as OpenAI's chat API writes it. */
+export function chatMessage(m: AssistantMessage | undefined, text: string) {
+    const calls = m?.toolCalls ?? [];
+    const content = m ? m.content : text;
+    return {
+        role: "assistant" as const,
+        content: calls.length > 0 && content.length === 0 ? null : content,
+        ...(m && m.reasoningContent.length > 0 && { reasoning_content: m.reasoningContent }),
+        ...(calls.length > 0 && { tool_calls: calls }),
+    };
+}
+
+/** OpenAI's finish reason for a chat choice: a turn that ended in tool calls says so. */
+export function chatFinishReason(reason: FinishReason, m: AssistantMessage | undefined): string {
+    return reason === "stop" && m !== undefined && m.toolCalls.length > 0 ? "tool_calls" : reason;
+}
+
+/**
+ * A streamed choice's message changes as chat chunk deltas: text and thinking, and each tool call's id and
+ * name in a delta of their own before its arguments come in fragments, as OpenAI streams them.
+ */
+export function chatDeltas(changes: readonly MessageDelta[]): Record<string, unknown>[] {
+    const out: Record<string, unknown>[] = [];
+    let cur: { content?: string; reasoning_content?: string; tool_calls?: { index: number; function: { arguments: string } }[] } = {};
+    const flush = () => {
+        if (Object.keys(cur).length > 0) out.push(cur);
+        cur = {};
+    };
+    for (const d of changes) {
+        if (d.reasoningContent) cur.reasoning_content = (cur.reasoning_content ?? "") + d.reasoningContent;
+        if (d.content) cur.content = (cur.content ?? "") + d.content;
+        const tc = d.toolCall;
+        if (!tc) continue;
+        if (tc.name !== undefined || tc.id !== undefined) {
+            flush();
+            out.push({ tool_calls: [{ index: tc.index, id: tc.id, type: "function", function: { name: tc.name ?? "", arguments: "" } }] });
+        }
+        if (tc.arguments) {
+            const calls = (cur.tool_calls ??= []);
+            const last = calls[calls.length - 1];
+            if (last && last.index === tc.index) last.function.arguments += tc.arguments;
+            else calls.push({ index: tc.index, function: { arguments: tc.arguments } });
+        }
+    }
+    flush();
+    return out;
 }
 
 // ---- field names ------------------------------------------------------------------------------
@@ -193,11 +277,25 @@ export const chatApi: RouteApi = {
         // a position in the templated prompt is no position in the request
         prompt: () => "messages",
         templateVariables: "chat_template_kwargs",
+        tools: (rest, at) => ((at.body as ChatBody | undefined)?.functions != null ? "functions" + rest.replace(/^(\[\d+\])\.function/, "$1") : "tools" + rest),
+        toolChoice: (rest, at) => ((at.body as ChatBody | undefined)?.function_call != null ? "function_call" + rest.replace(/^\.function/, "") : "tool_choice" + rest),
+        parallelToolCalls: "parallel_tool_calls",
+        enableThinking: "chat_template_kwargs.enable_thinking",
+        reasoningEffort: "reasoning_effort",
+        reasoningBudget: (rest, at) => ((at.body as ChatBody | undefined)?.reasoning_budget_tokens != null ? "reasoning_budget_tokens" : "thinking_budget_tokens") + rest,
+        addGenerationPrompt: "add_generation_prompt",
+        continueFinalMessage: "continue_final_message",
     },
 };
 
 /** /tokenize and /detokenize: the engine's own names (prompt, messages, tokens) are the request's. */
-export const tokenizeApi: RouteApi = { fields: {}, promptField: "prompt" };
+export const tokenizeApi: RouteApi = {
+    fields: {
+        templateVariables: "chat_template_kwargs", toolChoice: "tool_choice", addGenerationPrompt: "add_generation_prompt",
+        continueFinalMessage: "continue_final_message", enableThinking: "chat_template_kwargs.enable_thinking",
+    },
+    promptField: "prompt",
+};
 
 // ---- responses --------------------------------------------------------------------------------
 

@@ -127,6 +127,24 @@ function build(limits: RequestLimits): BodySchemas {
         properties: { type: { type: "string" }, text: { type: "string" } },
     };
 
+    // a function's name as OpenAI allows it, and the separators MCP tool names use
+    const functionName = { type: "string", pattern: "^[A-Za-z0-9_.:-]{1,128}$", description: "1-128 letters, digits, '_', '-', '.' or ':'" };
+    const functionDef = {
+        type: "object",
+        required: ["name"],
+        properties: { name: functionName, description: nullable({ type: "string" }), parameters: nullable({ type: "object" }), strict: nullable({ type: "boolean" }) },
+    };
+    const toolCall = {
+        type: "object",
+        required: ["function"],
+        properties: {
+            id: { type: "string" },
+            type: { enum: ["function"] },
+            function: { type: "object", required: ["name", "arguments"], properties: { name: { type: "string", minLength: 1 }, arguments: { type: "string" } } },
+        },
+    };
+    const namedFunction = { type: "object", required: ["type", "function"], properties: { type: { enum: ["function"] }, function: { type: "object", required: ["name"], properties: { name: { type: "string" } } } } };
+
     const chatBody = {
         type: "object",
         required: ["messages"],
@@ -142,15 +160,30 @@ function build(limits: RequestLimits): BodySchemas {
                         role: { type: "string", minLength: 1 },
                         content: nullable({ anyOf: [{ type: "string" }, { type: "array", items: contentPart }], description: "a string or an array of content parts" }),
                         name: { type: "string" },
+                        tool_calls: nullable({ type: "array", items: toolCall }),
+                        tool_call_id: nullable({ type: "string" }),
+                        reasoning_content: nullable({ type: "string" }),
                     },
                 },
             },
             max_completion_tokens: int(1),
             logprobs: nullable({ type: "boolean" }),
             top_logprobs: int(0, MAX_LOGPROBS),
-            tools: nullable({ type: "array" }),
-            tool_choice: nullable({ anyOf: [{ type: "string" }, { type: "object" }] }),
+            tools: nullable({
+                type: "array", maxItems: 256,
+                items: { type: "object", required: ["type"], properties: { type: { enum: ["function"], description: "'function' (the only tool type served)" }, function: functionDef } },
+            }),
+            tool_choice: nullable({ anyOf: [{ enum: ["auto", "none", "required"] }, namedFunction], description: "'auto', 'none', 'required' or { type: 'function', function: { name } }" }),
+            parallel_tool_calls: nullable({ type: "boolean" }),
+            functions: nullable({ type: "array", maxItems: 256, items: functionDef }),
+            function_call: nullable({ anyOf: [{ enum: ["auto", "none"] }, { type: "object", required: ["name"], properties: { name: { type: "string" } } }], description: "'auto', 'none' or { name }" }),
+            chat_template: nullable({ type: "string", minLength: 1 }),
             chat_template_kwargs: nullable({ type: "object" }),
+            reasoning_effort: nullable({ enum: ["none", "minimal", "low", "medium", "high"] }),
+            reasoning_budget_tokens: int(-1, 2 ** 31 - 1),
+            thinking_budget_tokens: int(-1, 2 ** 31 - 1),
+            add_generation_prompt: nullable({ type: "boolean" }),
+            continue_final_message: nullable({ type: "boolean" }),
         },
     } as const;
 
@@ -160,6 +193,10 @@ function build(limits: RequestLimits): BodySchemas {
             model: { type: "string", minLength: 1 },
             prompt: { type: "string" },
             messages: chatBody.properties.messages,
+            tools: chatBody.properties.tools,
+            tool_choice: chatBody.properties.tool_choice,
+            chat_template_kwargs: chatBody.properties.chat_template_kwargs,
+            continue_final_message: chatBody.properties.continue_final_message,
             add_special_tokens: { type: "boolean" },
             add_generation_prompt: { type: "boolean" },
         },

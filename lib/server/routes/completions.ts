@@ -30,11 +30,11 @@ export const completionsRoutes: ServerPlugin = async (app, { ctx }) => {
                 return stream(ctx, req, reply, name, { id, object: "text_completion", created }, gens, b.stream_options?.include_usage === true, (p, ev) => {
                     const index = p * n + ev.index;
                     const sent = offsets.get(index);
-                    if (ev.type === "finish") return [{ index, text: sent === undefined ? echoes[p] : "", logprobs: null, finish_reason: ev.finishReason }];
+                    if (ev.type === "finish") return [[{ index, text: sent === undefined ? echoes[p] : "", logprobs: null, finish_reason: ev.finishReason }]];
                     const text = sent === undefined ? echoes[p] + ev.text : ev.text;
                     if (text.length === 0 && !ev.logprobs) return null;
                     offsets.set(index, (sent ?? 0) + text.length);
-                    return [{ index, text, logprobs: ev.logprobs ? completionLogprobs(engine, ev.logprobs, sent ?? 0) : null, finish_reason: null }];
+                    return [[{ index, text, logprobs: ev.logprobs ? completionLogprobs(engine, ev.logprobs, sent ?? 0) : null, finish_reason: null }]];
                 });
             }
             const results = await Promise.all(gens.map((g) => g.result()));

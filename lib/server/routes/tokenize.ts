@@ -4,10 +4,9 @@ import type { ServerPlugin } from "../context.js";
 import { chatRequest, tokenizeApi, type ChatBody } from "../openai.js";
 import { bodySchemas } from "../schemas.js";
 
-interface TokenizeBody {
+interface TokenizeBody extends Partial<Pick<ChatBody, "messages" | "tools" | "tool_choice" | "chat_template_kwargs" | "continue_final_message">> {
     model?: string;
     prompt?: string;
-    messages?: ChatBody["messages"];
     add_special_tokens?: boolean;
     add_generation_prompt?: boolean;
 }
@@ -15,16 +14,15 @@ interface TokenizeBody {
 export const tokenizeRoutes: ServerPlugin = async (app, { ctx }) => {
     app.post<{ Body: TokenizeBody }>("/tokenize", { schema: { body: bodySchemas().tokenizeBody }, config: { api: tokenizeApi } }, async (req) => {
         const { name, engine } = ctx.models.lookup(req.body.model);
-        let text: string;
-        let addSpecial = req.body.add_special_tokens ?? true;
-        if (req.body.messages) {
-            const chat = chatRequest({ messages: req.body.messages });
-            text = engine.formatChat(chat.messages, { addGenerationPrompt: req.body.add_generation_prompt ?? true });
-            addSpecial = req.body.add_special_tokens ?? false;
+        const b = req.body;
+        let tokens: number[];
+        if (b.messages) {
+            // exactly the prompt a chat with these messages (and tools) is billed for
+            const { messages, tools, tool_choice, chat_template_kwargs, add_generation_prompt, continue_final_message } = b;
+            tokens = await engine.chatPromptTokens(chatRequest({ messages, tools, tool_choice, chat_template_kwargs, add_generation_prompt, continue_final_message }));
         } else {
-            text = req.body.prompt!;
+            tokens = await engine.tokenize(b.prompt!, { addSpecial: b.add_special_tokens ?? true });
         }
-        const tokens = await engine.tokenize(text, { addSpecial });
         return { model: name, tokens, count: tokens.length, max_model_len: engine.maxContext };
     });
     app.post<{ Body: { model?: string; tokens: number[] } }>("/detokenize", { schema: { body: bodySchemas().detokenizeBody }, config: { api: tokenizeApi } }, async (req) => {
