@@ -13,6 +13,7 @@ import { RawHttp, rawHttp } from "./plugins/raw-http.js";
 import { requestId, requestLog } from "./plugins/request-log.js";
 import { chatRoutes } from "./routes/chat.js";
 import { completionsRoutes } from "./routes/completions.js";
+import { messagesRoutes } from "./routes/messages.js";
 import { modelsRoutes } from "./routes/models.js";
 import { probeRoutes } from "./routes/probes.js";
 import { tokenizeRoutes } from "./routes/tokenize.js";
@@ -64,5 +65,6 @@ export function buildApp(ctx: ServerContext, logger: Logger | boolean | undefine
     void app.register(completionsRoutes, opts);
     void app.register(chatRoutes, opts);
     void app.register(tokenizeRoutes, opts);
+    void app.register(messagesRoutes, opts);
     return app;
 }

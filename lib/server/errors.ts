@@ -55,6 +55,8 @@ export interface RouteApi {
     fields: Readonly<Record<string, FieldRule>>;
     /** The field a context-length error names: "prompt", "messages". */
     promptField: string;
+    /** The shape its errors are answered in: OpenAI's (the default) or Anthropic's (anthropicError). */
+    errorShape?: "openai" | "anthropic";
 }
 
 /** A route with no table: engine field names pass as they are, a context-length error names 'prompt'. */
@@ -168,4 +170,43 @@ export function unsupportedMediaType(contentType?: string): ApiError {
     const got = contentType === undefined ? "" : ` (got ${contentType.trim() === "" ? "none" : `'${contentType.slice(0, 100)}'`})`;
     return new ApiError(415, `the request body must be JSON with Content-Type: application/json${got}; with curl, pass -H 'content-type: application/json'`,
         "invalid_request_error", null, "unsupported_media_type");
+}
+
+// ---- Anthropic's shape -----------------------------------------------------------------------------
+
+/** Anthropic's error types (its API reference, "Errors"). */
+export type AnthropicErrorType =
+    | "invalid_request_error" | "authentication_error" | "permission_error" | "not_found_error" | "request_too_large"
+    | "rate_limit_error" | "api_error" | "overloaded_error";
+
+export interface AnthropicErrorBody {
+    type: "error";
+    error: { type: AnthropicErrorType; message: string };
+    request_id?: string;
+}
+
+/**
+ * An error in Anthropic's shape, {"type": "error", "error": {"type", "message"}}, with its status: the
+ * statuses are Anthropic's (400, 401, 403, 404, 413, 429, 500), except that a full queue, which is the
+ * server's load and not the client's rate, is Anthropic's 529 overloaded_error, and a server not ready or
+ * draining keeps its 503 (with Retry-After) as an overloaded_error. The message is the same as in
+ * OpenAI's shape (it names the request's field in quotes); Anthropic's body has no param or code.
+ */
+export function anthropicError(e: ApiError, requestId?: string): { status: number; body: AnthropicErrorBody } {
+    let status = e.status;
+    let type: AnthropicErrorType;
+    if (status === 429 && e.code === "queue_full") {
+        status = 529;
+        type = "overloaded_error";
+    } else if (status === 503 || status === 529) {
+        type = "overloaded_error";
+    } else if (status >= 500) {
+        type = "api_error";
+    } else {
+        const byStatus: Record<number, AnthropicErrorType> = {
+            401: "authentication_error", 403: "permission_error", 404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
+        };
+        type = byStatus[status] ?? "invalid_request_error"; // Anthropic: "we may also use this type for other 4XX status codes"
+    }
+    return { status, body: { type: "error", error: { type, message: e.message }, ...(requestId !== undefined && { request_id: requestId }) } };
 }

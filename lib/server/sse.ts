@@ -7,12 +7,19 @@
 // abort is the serving code's (generate.ts aborts them when the response closes unfinished).
 import type { OutgoingHttpHeaders, ServerResponse } from "node:http";
 import type { FastifyReply, FastifyRequest } from "fastify";
-import { toApiError, type ErrorScope } from "./errors.js";
+import { anthropicError, toApiError, type ApiError, type ErrorScope } from "./errors.js";
+
+/**
+ * How events are framed: OpenAI's (`data:` lines, an error as an {"error"} data event, `data: [DONE]` at
+ * the end) or Anthropic's (each event named in an `event:` line, an error as `event: error` with Anthropic's
+ * error body, nothing after its last event).
+ */
+export type SseDialect = "openai" | "anthropic";
 
 export class Sse {
     private readonly res: ServerResponse;
 
-    constructor(reply: FastifyReply, requestId: string) {
+    constructor(reply: FastifyReply, private readonly requestId: string, private readonly dialect: SseDialect = "openai") {
         reply.hijack();
         this.res = reply.raw;
         this.res.writeHead(200, {
@@ -34,8 +41,22 @@ export class Sse {
         if (!this.closed) this.res.write(`data: ${JSON.stringify(data)}\n\n`);
     }
 
+    /** A named event (Anthropic's framing). */
+    event(name: string, data: unknown): void {
+        if (!this.closed) this.res.write(`event: ${name}\ndata: ${JSON.stringify(data)}\n\n`);
+    }
+
+    /** An error after the headers went out, in the dialect's shape (the stream goes on; end() ends it). */
+    error(e: ApiError): void {
+        if (this.dialect === "anthropic") this.event("error", anthropicError(e, this.requestId).body);
+        else this.send(e.body());
+    }
+
     end(): void {
-        if (!this.closed) this.res.end("data: [DONE]\n\n");
+        if (!this.closed) {
+            if (this.dialect === "anthropic") this.res.end();
+            else this.res.end("data: [DONE]\n\n");
+        }
     }
 
     /** Runs the stream's body; a failure after the headers went out ends the stream with an error event. */
@@ -44,7 +65,7 @@ export class Sse {
             return await body();
         } catch (e) {
             req.log.error({ err: e }, "stream failed");
-            this.send(toApiError(e, scope).body());
+            this.error(toApiError(e, scope));
             this.end();
             return undefined;
         }

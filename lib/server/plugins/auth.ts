@@ -1,4 +1,5 @@
-// API keys: with `apiKeys` set, every request needs 'Authorization: Bearer KEY' except the routes
+// API keys: with `apiKeys` set, every request needs 'Authorization: Bearer KEY' (or 'x-api-key: KEY', as
+// Anthropic's clients send it; taken on every route) except the routes
 // registered as probes (/health, /ready, /metrics, for the kubelet and Prometheus). A request for a
 // route that does not exist needs one too, so that a client without a key learns nothing of the routes.
 import { createHash, timingSafeEqual } from "node:crypto";
@@ -17,14 +18,17 @@ export const auth = shared("batchwise-auth", async (app, { ctx }) => {
 function authorize(req: FastifyRequest, keys: Buffer[]): void {
     const h = req.headers.authorization;
     const m = typeof h === "string" ? /^Bearer\s+(.+)$/i.exec(h.trim()) : null;
+    const x = req.headers["x-api-key"];
+    // the Bearer key when there is one, else Anthropic's header
+    const key = m ? m[1] : typeof x === "string" && x.trim().length > 0 ? x.trim() : undefined;
     let ok = false;
-    if (m) {
-        const d = createHash("sha256").update(m[1]).digest();
+    if (key !== undefined) {
+        const d = createHash("sha256").update(key).digest();
         // compare against every key, always, so the time taken says nothing about which matched
         for (const k of keys) ok = timingSafeEqual(d, k) || ok;
     }
     if (!ok) {
-        throw new ApiError(401, m ? "Incorrect API key provided." : "You didn't provide an API key: send it as 'Authorization: Bearer KEY'.",
+        throw new ApiError(401, key !== undefined ? "Incorrect API key provided." : "You didn't provide an API key: send it as 'Authorization: Bearer KEY' or 'x-api-key: KEY'.",
             "authentication_error", null, "invalid_api_key");
     }
 }

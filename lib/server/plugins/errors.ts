@@ -1,9 +1,9 @@
-// Every error a request meets, answered in OpenAI's shape (errors.ts): schema validation failures
+// Every error a request meets, answered in OpenAI's shape (errors.ts), or Anthropic's on the routes that speak its API: schema validation failures
 // (validation.ts), fastify's own (told apart by code), and what the routes throw, whose engine fields
 // are named in the route's terms: the route's API comes from its registration (config.api).
 import type { FastifyReply, FastifyRequest } from "fastify";
 import { shared, type ServerContext } from "../context.js";
-import { ApiError, toApiError, unsupportedMediaType, type ErrorScope } from "../errors.js";
+import { anthropicError, ApiError, toApiError, unsupportedMediaType, type ErrorScope } from "../errors.js";
 import { validationError, type ValidationFailure } from "../validation.js";
 
 /** The error of a request in its route's terms: its API's field names, its body. */
@@ -19,6 +19,12 @@ export const errorHandling = shared("batchwise-errors", async (app, { ctx }) => 
         else e = toApiError(err, scopeOf(req), ctx.settings.retryAfter);
         if (e.status >= 500) req.log.error({ err }, "request failed");
         if (e.retryAfter !== undefined) reply.header("retry-after", String(e.retryAfter));
+        if (req.routeOptions?.config?.api?.errorShape === "anthropic") {
+            // the Anthropic routes (/v1/messages): Anthropic's body and statuses
+            const a = anthropicError(e, req.id);
+            void reply.code(a.status).send(a.body);
+            return;
+        }
         void reply.code(e.status).send(e.body());
     });
     app.setNotFoundHandler((req, reply) => {

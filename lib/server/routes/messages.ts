@@ -1,0 +1,97 @@
+// POST /v1/messages and /v1/messages/count_tokens: Anthropic's Messages API (what Claude Code speaks), an
+// adapter over the engine's chat path (anthropic.ts maps the body and shapes the answer). Served as the
+// other generation routes are (generate.ts: the model lookup, 503 while not ready, the abort when the client
+// goes, the drain count, the metrics and log line), with Anthropic's event stream and error shape.
+import type { FastifyReply, FastifyRequest } from "fastify";
+import type { Engine, GenerateResult, Generation } from "../../index.js";
+import {
+    anthropicUsage, BlockStream, contentBlocks, messagesApi, messagesRequest, messagesSchemas, stopReason, type MessagesBody,
+} from "../anthropic.js";
+import type { ServerContext, ServerPlugin } from "../context.js";
+import { choiceError, failIfErrored, pump, record, serve } from "../generate.js";
+import { scopeOf } from "../plugins/errors.js";
+import { Sse } from "../sse.js";
+
+export const messagesRoutes: ServerPlugin = async (app, { ctx }) => {
+    const { messagesBody, countTokensBody } = messagesSchemas();
+
+    app.post<{ Body: MessagesBody }>("/v1/messages", { schema: { body: messagesBody }, config: { api: messagesApi } }, (req, reply) => {
+        const b = req.body;
+        const id = `msg_${req.id}`;
+        const omitThinking = b.thinking?.display === "omitted";
+        let request!: ReturnType<typeof messagesRequest>;
+        return serve(ctx, req, reply, b.model, (engine, signal) => {
+            request = messagesRequest(b); // a 400 here is counted as a rejection, as on the other routes
+            return [engine.chat({ ...request, signal })];
+        }, async (name, engine, gens) => {
+            const gen = gens[0];
+            if (b.stream === true) {
+                // message_start carries the prompt's size: counted as the chat counts it (the result's usage comes in message_delta)
+                const promptTokens = (await engine.chatPromptTokens(request)).length;
+                return streamMessage(ctx, req, reply, name, engine, gen, { id, promptTokens, stops: b.stop_sequences, omitThinking });
+            }
+            const result = await gen.result();
+            record(ctx, req, name, [result], false);
+            failIfErrored(req, [result]);
+            const c = result.choices[0];
+            return {
+                id, type: "message", role: "assistant", model: name,
+                content: contentBlocks(c.message, c.text, req.id, omitThinking),
+                ...stopReason(engine, c.finishReason, c.message, c.text, c.tokens, b.stop_sequences),
+                stop_details: null,
+                usage: anthropicUsage(result),
+            };
+        });
+    });
+
+    app.post<{ Body: MessagesBody }>("/v1/messages/count_tokens", { schema: { body: countTokensBody }, config: { api: messagesApi } }, async (req) => {
+        // answered while the server warms up, as /tokenize is (only generation waits for ready)
+        const { engine } = ctx.models.lookup(req.body.model);
+        // exactly the prompt a /v1/messages call with these fields is billed for (its usage's input_tokens plus cache_read_input_tokens)
+        const tokens = await engine.chatPromptTokens(messagesRequest(req.body, true));
+        return { input_tokens: tokens.length };
+    });
+};
+
+/** Anthropic's event stream of one message: message_start, ping, the content blocks, message_delta, message_stop. */
+function streamMessage(ctx: ServerContext, req: FastifyRequest, reply: FastifyReply, name: string, engine: Engine, gen: Generation,
+    o: { id: string; promptTokens: number; stops: string[] | undefined; omitThinking: boolean }): Promise<unknown> {
+    const sse = new Sse(reply, req.id, "anthropic");
+    const scope = scopeOf(req);
+    return sse.guard(req, scope, async () => {
+        const send = (event: string, data: unknown) => sse.event(event, data);
+        send("message_start", {
+            type: "message_start",
+            message: {
+                id: o.id, type: "message", role: "assistant", model: name, content: [], stop_reason: null, stop_sequence: null, stop_details: null,
+                usage: { input_tokens: o.promptTokens, cache_creation_input_tokens: 0, cache_read_input_tokens: 0, output_tokens: 0 },
+            },
+        });
+        send("ping", { type: "ping" });
+        const blocks = new BlockStream(send, req.id, o.omitThinking);
+        let failed = false;
+        const result: GenerateResult = await pump(gen, (ev) => {
+            if (ev.type === "finish") {
+                if (ev.finishReason === "error") {
+                    failed = true;
+                    sse.error(choiceError(ev.error, scope));
+                }
+                return;
+            }
+            blocks.push(ev.message ?? (ev.text.length > 0 ? [{ content: ev.text }] : []));
+        });
+        record(ctx, req, name, [result], true);
+        if (failed) return sse.end();
+        blocks.stop();
+        const c = result.choices[0];
+        const u = anthropicUsage(result);
+        send("message_delta", {
+            type: "message_delta",
+            delta: { ...stopReason(engine, c.finishReason, c.message, c.text, c.tokens, o.stops), stop_details: null },
+            // the totals: the prompt's split between the cache and the rest is known only now
+            usage: { input_tokens: u.input_tokens, cache_creation_input_tokens: 0, cache_read_input_tokens: u.cache_read_input_tokens, output_tokens: u.output_tokens },
+        });
+        send("message_stop", { type: "message_stop" });
+        sse.end();
+    });
+}
