@@ -2,7 +2,8 @@
 // bodies of every shape with field values at and around each limit (vocabulary size, context size, 0,
 // -1, 2^31, 2^32, 1e999, NaN-like text, huge and special-token strings, lone surrogates, deep nesting,
 // odd schemas). Every response must be a 200 (a stream that ends with [DONE] and holds no error event),
-// or a 4xx with an OpenAI error body {"error": {"message", "type", "param", "code"}}: never a 5xx, a
+// or a 4xx with an OpenAI error body {"error": {"message", "type", "param", "code"}} (Anthropic's
+// {"type": "error", "error": {"type", "message"}} and event stream on /v1/messages): never a 5xx, a
 // dropped connection or a hang. After every request the server must still answer and its KV cache be
 // back to no used blocks. A server that dies is restarted, and the input that killed it is reported
 // with the server's last output.
@@ -212,6 +213,7 @@ describe("fuzz: HTTP routes", { timeout: testTimeoutMs(90, 5) }, () => {
         if (a.aborted) return;
         assert.ok(a.status < 500, `a 5xx: ${where}`);
         if (c.method === "HEAD" || c.method === "OPTIONS") return;
+        if (c.path.startsWith("/v1/messages") && c.method === "POST") return checkAnthropic(c, a, where);
         if (a.status >= 400) {
             let body: { error?: Record<string, unknown> };
             try {
@@ -248,6 +250,47 @@ describe("fuzz: HTTP routes", { timeout: testTimeoutMs(90, 5) }, () => {
             for (const t of body.tokens as number[]) assert.ok(Number.isInteger(t) && t >= 0 && t < vocab, `token ${t} outside the vocabulary: ${where}`);
         } else if (c.path === "/detokenize") {
             assert.equal(typeof body.prompt, "string", where);
+        }
+    }
+
+    /** /v1/messages and /v1/messages/count_tokens: Anthropic's error body, event stream and message. */
+    function checkAnthropic(c: Case, a: Answer, where: string): void {
+        if (a.status >= 400) {
+            let body: { type?: unknown; error?: Record<string, unknown> };
+            try {
+                body = JSON.parse(a.text);
+            } catch {
+                assert.fail(`a ${a.status} whose body is not JSON: ${where}`);
+            }
+            assert.equal(body.type, "error", `a ${a.status} without type 'error': ${where}`);
+            const e = body.error;
+            assert.ok(e && typeof e === "object", `a ${a.status} without an 'error' object: ${where}`);
+            assert.equal(typeof e.message, "string", `error.message is not a string: ${where}`);
+            assert.ok(["invalid_request_error", "authentication_error", "not_found_error", "request_too_large", "rate_limit_error", "overloaded_error"].includes(e.type as string),
+                `error.type ${String(e.type)}: ${where}`);
+            return;
+        }
+        assert.equal(a.status, 200, `not a 200 or 4xx: ${where}`);
+        if (a.contentType.startsWith("text/event-stream")) {
+            const events = a.text.split("\n\n").filter((b) => b.trim().length > 0).map((block) => {
+                const lines = block.split("\n");
+                assert.ok(lines.length === 2 && lines[0].startsWith("event: ") && lines[1].startsWith("data: "), `not an Anthropic SSE event: ${block.slice(0, 200)} in ${where}`);
+                const data = JSON.parse(lines[1].slice(6)) as { type?: string };
+                assert.equal(data.type, lines[0].slice(7), `an event whose data has another type: ${where}`);
+                return data.type;
+            });
+            assert.ok(!events.includes("error"), `an error event in a 200 stream: ${where}`);
+            assert.equal(events[0], "message_start", `a stream that does not open with message_start: ${where}`);
+            assert.equal(events.at(-1), "message_stop", `a stream that does not end with message_stop: ${where}`);
+            return;
+        }
+        const body = JSON.parse(a.text) as { type?: string; content?: unknown; stop_reason?: string; input_tokens?: unknown };
+        if (c.path === "/v1/messages/count_tokens") {
+            assert.ok(Number.isInteger(body.input_tokens) && (body.input_tokens as number) > 0, `input_tokens: ${where}`);
+        } else {
+            assert.equal(body.type, "message", where);
+            assert.ok(Array.isArray(body.content), where);
+            assert.ok(["end_turn", "max_tokens", "stop_sequence", "tool_use"].includes(body.stop_reason ?? ""), `stop_reason ${body.stop_reason}: ${where}`);
         }
     }
 
@@ -407,6 +450,58 @@ describe("fuzz: HTTP routes", { timeout: testTimeoutMs(90, 5) }, () => {
         ), 95),
     }, { requiredKeys: [] });
 
+    // Anthropic's Messages API: content blocks of every kind (and none), tools of every type, the thinking and tool_choice shapes
+    const anthropicBlock = () => fc.oneof(
+        { weight: 4, arbitrary: fc.record({ type: fc.constant("text"), text: value(nastyText(40)) }) },
+        { weight: 2, arbitrary: fc.record({ type: fc.constant("tool_use"), id: value(fc.constantFrom("t1", "toolu_1", "")), name: value(fc.constantFrom("f", "get_weather", "")), input: fc.oneof(fc.jsonValue({ maxDepth: 2 }), W()) }, { requiredKeys: ["type"] }) },
+        { weight: 2, arbitrary: fc.record({ type: fc.constant("tool_result"), tool_use_id: value(fc.constantFrom("t1", "toolu_1", "")), content: fc.oneof(nastyText(20), fc.array(fc.record({ type: fc.constantFrom("text", "image"), text: nastyText(10) }), { maxLength: 2 }), W()), is_error: maybe(value(fc.boolean()), 30) }, { requiredKeys: ["type"] }) },
+        { weight: 1, arbitrary: fc.record({ type: fc.constantFrom("thinking", "redacted_thinking"), thinking: value(nastyText(20)), signature: fc.string({ maxLength: 4 }), data: fc.string({ maxLength: 4 }) }, { requiredKeys: ["type"] }) },
+        { weight: 1, arbitrary: fc.record({ type: fc.constantFrom("image", "document", "server_tool_use", "", "TEXT"), source: fc.jsonValue({ maxDepth: 2 }) }, { requiredKeys: ["type"] }) },
+        { weight: 1, arbitrary: W() },
+    );
+    const anthropicMessage = () => fc.oneof(
+        // mostly a turn the API takes (text, as a string or blocks), so that bodies reach the engine
+        { weight: 6, arbitrary: fc.record({ role: fc.constantFrom("user", "assistant"), content: fc.oneof(nastyText(), fc.array(fc.record({ type: fc.constant("text"), text: nastyText(40) }), { minLength: 1, maxLength: 2 })) }) },
+        { weight: 3, arbitrary: fc.record({
+            role: fc.oneof({ weight: 6, arbitrary: fc.constantFrom("user", "assistant") }, { weight: 1, arbitrary: fc.constantFrom("system", "tool", "", "developer") }),
+            content: maybe(fc.oneof({ weight: 3, arbitrary: nastyText() }, { weight: 3, arbitrary: fc.array(anthropicBlock(), { maxLength: 4 }) }, { weight: 1, arbitrary: W() }), 95),
+        }, { requiredKeys: ["role"] }) },
+        ...(chaos ? [{ weight: 1, arbitrary: W() }] : []),
+    );
+    const anthropicTool = () => fc.oneof(
+        { weight: 4, arbitrary: fc.record({ name: value(fc.constantFrom("get_weather", "f", "a-b.c:d")), description: maybe(nastyText(20), 50), input_schema: fc.oneof({ weight: 4, arbitrary: fc.constant({ type: "object", properties: { days: { type: "integer", minimum: 1, maximum: 7 } }, required: ["days"] }) }, { weight: 1, arbitrary: oddSchema() }) }, { requiredKeys: ["name"] }) },
+        { weight: 1, arbitrary: fc.record({ type: fc.constantFrom("custom", "web_search_20250305", "bash_20250124", "", null), name: fc.constantFrom("web_search", "bash", "f") }, { requiredKeys: ["type", "name"] }) },
+        { weight: 1, arbitrary: W() },
+    );
+    const anthropicFields = () => ({
+        model: maybe(fc.oneof({ weight: 8, arbitrary: fc.constant("tiny") }, { weight: 1, arbitrary: fc.constantFrom("", "nope", "claude-sonnet-4-5") }), 95),
+        system: maybe(fc.oneof(nastyText(), fc.array(fc.record({ type: fc.constantFrom("text", "image"), text: nastyText(20) }), { maxLength: 3 }), W()), 30),
+        messages: maybe(fc.oneof({ weight: 8, arbitrary: fc.array(anthropicMessage(), { minLength: 1, maxLength: 3 }) }, { weight: 1, arbitrary: fc.constant([]) }, { weight: 1, arbitrary: W() }), 95),
+        tools: maybe(fc.oneof(fc.array(anthropicTool(), { maxLength: 3 }), W()), 25),
+        tool_choice: maybe(fc.oneof(
+            fc.record({ type: fc.constantFrom("auto", "any", "tool", "none", "required", ""), name: maybe(fc.constantFrom("get_weather", "nope", ""), 50), disable_parallel_tool_use: maybe(value(fc.boolean()), 30) }, { requiredKeys: ["type"] }),
+            W(),
+        ), 20),
+        thinking: maybe(fc.oneof(
+            fc.record({ type: fc.constantFrom("enabled", "disabled", "adaptive", "between_tools", ""), budget_tokens: maybe(value(fc.constantFrom(1, 4, 1024), -1, 0, 2 ** 31), 70), display: maybe(fc.constantFrom("summarized", "omitted", null, "x"), 20) }, { requiredKeys: ["type"] }),
+            W(),
+        ), 15),
+        output_config: maybe(fc.oneof(fc.record({ effort: maybe(fc.constantFrom("low", "high", "max", null, 3), 50), format: maybe(fc.oneof(fc.record({ type: fc.constantFrom("json_schema", "text"), schema: oddSchema() }), W()), 50) }, { requiredKeys: [] }), W()), 8),
+    });
+    const messagesBody = () => fc.record({
+        ...anthropicFields(),
+        max_tokens: maybe(value(small, 0, 1, CTX - 1, CTX, 2 ** 31 - 1, 2 ** 31), 92),
+        stop_sequences: maybe(fc.oneof(fc.array(fc.oneof(fc.string({ maxLength: 4 }), fc.constantFrom(...SPECIAL_TOKENS), fc.constant("x".repeat(257)), loneSurrogate), { maxLength: 17 }), W()), 20),
+        temperature: maybe(value(fc.constantFrom(0, 0.5, 1), -1, 0, 1, 2), 40),
+        top_p: maybe(value(fc.constantFrom(1e-9, 0.5, 1), 0, 1, 2), 15),
+        top_k: maybe(value(fc.constantFrom(0, 1, 40), -1, 0, vocab, 2 ** 31), 15),
+        stream: maybe(value(fc.boolean()), 50),
+        metadata: maybe(fc.oneof(fc.record({ user_id: value(fc.string({ maxLength: 8 })) }), W()), 10),
+        container: maybe(fc.oneof(fc.string({ maxLength: 4 }), W()), 3),
+        priority: maybe(value(fc.integer({ min: -5, max: 5 }), -(2 ** 31), 2 ** 31), 5),
+    }, { requiredKeys: ["model", "messages", "max_tokens"] }); // (maybe() still leaves each out at times)
+    const countTokensBody = () => fc.record(anthropicFields(), { requiredKeys: ["model", "messages"] });
+
     const postCase = (path: string, body: fc.Arbitrary<Record<string, unknown>>): fc.Arbitrary<Case> =>
         fc.tuple(body, fc.oneof({ weight: 9, arbitrary: fc.constant(undefined) }, { weight: 1, arbitrary: fc.integer({ min: 0, max: 400 }) }))
             .map(([b, abortAfterMs]) => ({ method: "POST", path, body: serialize(b), abortAfterMs, shown: { path, body: b, abortAfterMs } }));
@@ -415,7 +510,7 @@ describe("fuzz: HTTP routes", { timeout: testTimeoutMs(90, 5) }, () => {
     const oddCase: fc.Arbitrary<Case> = fc.oneof(
         fc.record({
             method: fc.constant("POST"),
-            path: fc.constantFrom("/v1/completions", "/v1/chat/completions", "/tokenize", "/detokenize"),
+            path: fc.constantFrom("/v1/completions", "/v1/chat/completions", "/tokenize", "/detokenize", "/v1/messages", "/v1/messages/count_tokens"),
             body: fc.oneof(
                 fc.constantFrom("", "{", "}", "null", "[]", "{}", "1e999", "\"x\"", "{\"prompt\":", "{\"prompt\":\"a\"}garbage", "\u0000", "{\"prompt\":\"a\",\"prompt\":[1]}"),
                 fc.integer({ min: 1, max: longFuzz ? 2_000_000 : 100_000 }).map((d) => deepJsonText(d)),
@@ -426,7 +521,7 @@ describe("fuzz: HTTP routes", { timeout: testTimeoutMs(90, 5) }, () => {
         }, { requiredKeys: ["method", "path", "body"] }),
         fc.record({
             method: fc.constantFrom("GET", "HEAD", "OPTIONS", "PUT", "DELETE", "PATCH"),
-            path: fc.constantFrom("/v1/completions", "/v1/chat/completions", "/tokenize", "/detokenize", "/v1/models", "/v1/models/tiny", "/health"),
+            path: fc.constantFrom("/v1/completions", "/v1/chat/completions", "/tokenize", "/detokenize", "/v1/models", "/v1/models/tiny", "/health", "/v1/messages"),
         }),
         fc.oneof(fc.constantFrom("tiny", "", "nope", "tiny/../tiny", "%00", "%ZZ", "%F0%9F%A6%99", "a".repeat(5000), "..%2F..%2Fetc%2Fpasswd"), fc.string({ maxLength: 20 }).map(encodeURIComponent))
             .map((id) => ({ method: "GET", path: `/v1/models/${id}` })),
@@ -438,6 +533,7 @@ describe("fuzz: HTTP routes", { timeout: testTimeoutMs(90, 5) }, () => {
         { weight: 4, arbitrary: postCase("/v1/chat/completions", both(chatBody)) },
         { weight: 2, arbitrary: postCase("/tokenize", both(tokenizeBody)) },
         { weight: 1, arbitrary: postCase("/detokenize", both(detokenizeBody)) },
+        { weight: 2, arbitrary: postCase("/v1/messages", both(messagesBody)) },
         { weight: 1, arbitrary: oddCase },
     );
 
@@ -449,6 +545,10 @@ describe("fuzz: HTTP routes", { timeout: testTimeoutMs(90, 5) }, () => {
 
     it("/v1/chat/completions", { timeout: testTimeoutMs(10) }, async () => {
         await fuzz("chat", postCase("/v1/chat/completions", both(chatBody)), runOne, 150, 10);
+    });
+
+    it("/v1/messages, /v1/messages/count_tokens", { timeout: testTimeoutMs(8) }, async () => {
+        await fuzz("messages", fc.oneof({ weight: 4, arbitrary: postCase("/v1/messages", both(messagesBody)) }, { weight: 1, arbitrary: postCase("/v1/messages/count_tokens", both(countTokensBody)) }), runOne, 120, 8);
     });
 
     it("/tokenize, /detokenize, /v1/models, odd bodies, content types and methods", { timeout: testTimeoutMs(6) }, async () => {
