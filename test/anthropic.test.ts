@@ -225,6 +225,19 @@ describe("Anthropic Messages API (@anthropic-ai/sdk)", () => {
         assert.ok(bare.input_tokens < count.input_tokens);
     });
 
+    it("a last assistant turn is a prefill: the answer continues it", async () => {
+        const prefill: Anthropic.MessageParam[] = [...ask, { role: "assistant", content: "The weather in Paris is" }];
+        const count = await client.messages.countTokens({ model: "qwen2.5", messages: prefill });
+        const tokenize = async (continued: boolean) => fetch(`${url}/tokenize`, {
+            method: "POST", headers: { "content-type": "application/json", "x-api-key": KEY },
+            body: JSON.stringify({ model: "qwen2.5", messages: prefill, continue_final_message: continued, add_generation_prompt: !continued }),
+        }).then((r) => r.json() as Promise<{ count: number }>);
+        assert.equal(count.input_tokens, (await tokenize(true)).count);
+        assert.notEqual(count.input_tokens, (await tokenize(false)).count);
+        const m = await client.messages.create({ model: "qwen2.5", max_tokens: 4, messages: prefill, ...greedy });
+        assert.equal(m.usage.input_tokens + (m.usage.cache_read_input_tokens ?? 0), count.input_tokens);
+    });
+
     it("errors in Anthropic's shape, as the SDK's typed errors", async () => {
         const raw = async (body: unknown, headers: Record<string, string> = { "x-api-key": KEY }, path = "/v1/messages") => {
             const r = await fetch(`${url}${path}`, { method: "POST", headers: { "content-type": "application/json", ...headers }, body: JSON.stringify(body) });

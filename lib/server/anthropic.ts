@@ -162,6 +162,8 @@ export function messagesRequest(b: MessagesBody, count = false): ChatRequest {
     }
     const { messages } = chatMessages(b);
     const r: ChatRequest = { messages };
+    // a last assistant turn is a prefill, as Anthropic reads it: the answer continues it (and holds only what follows)
+    if (b.messages.length > 0 && b.messages[b.messages.length - 1].role === "assistant" && messages.at(-1)?.role === "assistant") r.continueFinalMessage = true;
     if (!count) {
         if (b.max_tokens === undefined) throw badRequest("'max_tokens' is required", "max_tokens"); // as Anthropic requires it
         r.maxTokens = b.max_tokens;
@@ -386,6 +388,7 @@ export const messagesApi: RouteApi = {
         maxTokens: "max_tokens", topK: "top_k", topP: "top_p", stop: "stop_sequences", cacheSalt: "cache_salt",
         messages: messageField,
         prompt: () => "messages",
+        continueFinalMessage: (_rest, at) => `messages[${Math.max(0, ((at.body as MessagesBody | undefined)?.messages?.length ?? 1) - 1)}]`,
         tools: (rest) => "tools" + rest.replace(/^(\[\d+\])\.function\.parameters/, "$1.input_schema").replace(/^(\[\d+\])\.function/, "$1").replace(/^(\[\d+\])\.type/, "$1.type"),
         toolChoice: (rest) => "tool_choice" + rest.replace(/^\.function\.name/, ".name").replace(/^\.function/, ""),
         parallelToolCalls: "tool_choice.disable_parallel_tool_use",

@@ -53,6 +53,9 @@ export const messagesRoutes: ServerPlugin = async (app, { ctx }) => {
     });
 };
 
+/** How often an idle stream gets a ping event. */
+const PING_MS = 10_000;
+
 /** Anthropic's event stream of one message: message_start, ping, the content blocks, message_delta, message_stop. */
 function streamMessage(ctx: ServerContext, req: FastifyRequest, reply: FastifyReply, name: string, engine: Engine, gen: Generation,
     o: { id: string; promptTokens: number; stops: string[] | undefined; omitThinking: boolean }): Promise<unknown> {
@@ -68,18 +71,31 @@ function streamMessage(ctx: ServerContext, req: FastifyRequest, reply: FastifyRe
             },
         });
         send("ping", { type: "ping" });
-        const blocks = new BlockStream(send, req.id, o.omitThinking);
+        // and one every PING_MS while nothing else is sent (a long prompt's prefill), for clients and proxies that time out idle streams
+        let last = Date.now();
+        const pinger = setInterval(() => {
+            if (Date.now() - last >= PING_MS) send("ping", { type: "ping" });
+        }, PING_MS / 2);
+        const blocks = new BlockStream((event, data) => {
+            last = Date.now();
+            send(event, data);
+        }, req.id, o.omitThinking);
         let failed = false;
-        const result: GenerateResult = await pump(gen, (ev) => {
-            if (ev.type === "finish") {
-                if (ev.finishReason === "error") {
-                    failed = true;
-                    sse.error(choiceError(ev.error, scope));
+        let result: GenerateResult;
+        try {
+            result = await pump(gen, (ev) => {
+                if (ev.type === "finish") {
+                    if (ev.finishReason === "error") {
+                        failed = true;
+                        sse.error(choiceError(ev.error, scope));
+                    }
+                    return;
                 }
-                return;
-            }
-            blocks.push(ev.message ?? (ev.text.length > 0 ? [{ content: ev.text }] : []));
-        });
+                blocks.push(ev.message ?? (ev.text.length > 0 ? [{ content: ev.text }] : []));
+            });
+        } finally {
+            clearInterval(pinger);
+        }
         record(ctx, req, name, [result], true);
         if (failed) return sse.end();
         blocks.stop();
