@@ -180,9 +180,15 @@ describe("Anthropic Messages API (@anthropic-ai/sdk)", () => {
         assert.ok(["end_turn", "max_tokens", "tool_use"].includes(second.stop_reason!), second.stop_reason!);
         const count = await client.messages.countTokens({ model: "qwen3-coder", messages, tools });
         assert.equal(count.input_tokens, second.usage.input_tokens + (second.usage.cache_read_input_tokens ?? 0));
-        // the tool's answer is in that prompt: without it the count is smaller
-        const without = await client.messages.countTokens({ model: "qwen3-coder", messages: messages.slice(0, 2), tools });
+        // the call and the tool's answer are in that prompt: without them the count is smaller
+        const without = await client.messages.countTokens({ model: "qwen3-coder", messages: ask, tools });
         assert.ok(without.input_tokens < count.input_tokens);
+        // a last assistant turn that calls a tool cannot be continued (a prefill): the call needs its tool_result
+        await assert.rejects(client.messages.countTokens({ model: "qwen3-coder", messages: messages.slice(0, 2), tools }), (e: unknown) => {
+            assert.ok(e instanceof Anthropic.BadRequestError, String(e));
+            assert.match(e.message, /'messages\[1\]'/);
+            return true;
+        });
     });
 
     it("thinking enabled with a budget on a thinking template: a thinking block comes first, streamed and not", async () => {
