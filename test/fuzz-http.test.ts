@@ -450,7 +450,8 @@ describe("fuzz: HTTP routes", { timeout: testTimeoutMs(90, 5) }, () => {
         ), 95),
     }, { requiredKeys: [] });
 
-    // Anthropic's Messages API: content blocks of every kind (and none), tools of every type, the thinking and tool_choice shapes
+    // Anthropic's Messages API: content blocks of every kind (and none), tools of every type, the thinking and tool_choice shapes.
+    // (Schemas nest at most 500 deep here: the 2,000 of oddSchema's default, inside a tool list, can overflow serialize()'s stack.)
     const anthropicBlock = () => fc.oneof(
         { weight: 4, arbitrary: fc.record({ type: fc.constant("text"), text: value(nastyText(40)) }) },
         { weight: 2, arbitrary: fc.record({ type: fc.constant("tool_use"), id: value(fc.constantFrom("t1", "toolu_1", "")), name: value(fc.constantFrom("f", "get_weather", "")), input: fc.oneof(fc.jsonValue({ maxDepth: 2 }), W()) }, { requiredKeys: ["type"] }) },
@@ -469,7 +470,7 @@ describe("fuzz: HTTP routes", { timeout: testTimeoutMs(90, 5) }, () => {
         ...(chaos ? [{ weight: 1, arbitrary: W() }] : []),
     );
     const anthropicTool = () => fc.oneof(
-        { weight: 4, arbitrary: fc.record({ name: value(fc.constantFrom("get_weather", "f", "a-b.c:d")), description: maybe(nastyText(20), 50), input_schema: fc.oneof({ weight: 4, arbitrary: fc.constant({ type: "object", properties: { days: { type: "integer", minimum: 1, maximum: 7 } }, required: ["days"] }) }, { weight: 1, arbitrary: oddSchema() }) }, { requiredKeys: ["name"] }) },
+        { weight: 4, arbitrary: fc.record({ name: value(fc.constantFrom("get_weather", "f", "a-b.c:d")), description: maybe(nastyText(20), 50), input_schema: fc.oneof({ weight: 4, arbitrary: fc.constant({ type: "object", properties: { days: { type: "integer", minimum: 1, maximum: 7 } }, required: ["days"] }) }, { weight: 1, arbitrary: oddSchema(500) }) }, { requiredKeys: ["name"] }) },
         { weight: 1, arbitrary: fc.record({ type: fc.constantFrom("custom", "web_search_20250305", "bash_20250124", "", null), name: fc.constantFrom("web_search", "bash", "f") }, { requiredKeys: ["type", "name"] }) },
         { weight: 1, arbitrary: W() },
     );
@@ -486,7 +487,7 @@ describe("fuzz: HTTP routes", { timeout: testTimeoutMs(90, 5) }, () => {
             fc.record({ type: fc.constantFrom("enabled", "disabled", "adaptive", "between_tools", ""), budget_tokens: maybe(value(fc.constantFrom(1, 4, 1024), -1, 0, 2 ** 31), 70), display: maybe(fc.constantFrom("summarized", "omitted", null, "x"), 20) }, { requiredKeys: ["type"] }),
             W(),
         ), 15),
-        output_config: maybe(fc.oneof(fc.record({ effort: maybe(fc.constantFrom("low", "high", "max", null, 3), 50), format: maybe(fc.oneof(fc.record({ type: fc.constantFrom("json_schema", "text"), schema: oddSchema() }), W()), 50) }, { requiredKeys: [] }), W()), 8),
+        output_config: maybe(fc.oneof(fc.record({ effort: maybe(fc.constantFrom("low", "high", "max", null, 3), 50), format: maybe(fc.oneof(fc.record({ type: fc.constantFrom("json_schema", "text"), schema: oddSchema(500) }), W()), 50) }, { requiredKeys: [] }), W()), 8),
     });
     const messagesBody = () => fc.record({
         ...anthropicFields(),
