@@ -11,6 +11,8 @@ import { vocabDir } from "../lib/index.js";
 import { anthropicError, ApiError, toApiError } from "../lib/server/errors.js";
 import { createServer, type BatchwiseServer } from "../lib/server/server.js";
 import { BatchwiseError, ErrorCode } from "../lib/binding/index.js";
+import { Sse } from "../lib/server/sse.js";
+import type { FastifyReply } from "fastify";
 import { gpu, gpuLayers, modelPath, tinyQwen } from "./helpers.js";
 
 const KEY = "anthropic-test-key";
@@ -325,5 +327,31 @@ describe("Anthropic's error statuses", () => {
         assert.equal(anthropicError(new ApiError(413, "big")).body.error.type, "request_too_large");
         assert.equal(anthropicError(new ApiError(415, "media")).body.error.type, "invalid_request_error");
         assert.equal(anthropicError(new ApiError(429, "slow", "rate_limit_error")).status, 429);
+    });
+});
+
+describe("Anthropic's event framing", () => {
+    it("named events, an error as `event: error` with Anthropic's body, and no [DONE]", () => {
+        let head: Record<string, unknown> = {};
+        let out = "";
+        let ended = false;
+        const raw = {
+            writableEnded: false, destroyed: false,
+            writeHead: (_status: number, h: Record<string, unknown>) => (head = h),
+            write: (t: string) => (out += t),
+            end: (t?: string) => {
+                out += t ?? "";
+                ended = true;
+            },
+        };
+        const reply = { hijack: () => {}, raw, getHeaders: () => ({}) } as unknown as FastifyReply;
+        const sse = new Sse(reply, "req-1", "anthropic");
+        assert.equal(head["x-request-id"], "req-1");
+        sse.event("ping", { type: "ping" });
+        sse.error(toApiError(new BatchwiseError(ErrorCode.QueueFull, "full")));
+        sse.end();
+        assert.ok(ended);
+        assert.equal(out, 'event: ping\ndata: {"type":"ping"}\n\n' +
+            'event: error\ndata: {"type":"error","error":{"type":"overloaded_error","message":"full"},"request_id":"req-1"}\n\n');
     });
 });
