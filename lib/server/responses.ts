@@ -307,6 +307,8 @@ export const responsesApi: RouteApi = {
         maxTokens: "max_output_tokens", topK: "top_k", topP: "top_p", minP: "min_p", repeatPenalty: "repetition_penalty",
         presencePenalty: "presence_penalty", frequencyPenalty: "frequency_penalty", cacheSalt: "cache_salt",
         grammar: format("text.format"), schema: format("text.format.schema"), responseFormat: format("text.format"), "responseFormat.schema": format("text.format.schema"),
+        // the chat layer's name for the response format's schema, when it makes the grammar with the tools'
+        jsonSchema: format("text.format.schema"),
         prompt: () => "input",
         messages: messageField,
         templateVariables: "chat_template_kwargs",
