@@ -342,6 +342,9 @@ describe("POST /v1/responses (openai client)", () => {
         await bad({ text: { format: { type: "json_schema", name: "x", schema: { type: "object", properties: { a: { type: "nope" } } } } } }, "text.format.schema");
         await bad({ input: [{ role: "user", content: ASK }, { type: "function_call", call_id: "c", name: "get_weather", arguments: "{not json" }] }, "input[1].arguments");
         await bad({ input: [] }, "input");
+        await bad({ n: 2 }, "n");
+        await bad({ grammar: 'root ::= "x"', text: { format: { type: "json_object" } } }, "grammar");
+        await bad({ structured_outputs: { regex: "(" } }, "structured_outputs.regex");
         assert.equal((await bad({ max_output_tokens: 100_000 }, "input")).type, "invalid_request_error", "too long for the context: the input is at fault (context_length_exceeded)");
         const e = await bad({ model: "nope" }, "model", 404);
         assert.equal(e.type, "not_found_error");

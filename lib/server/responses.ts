@@ -7,7 +7,7 @@ import { randomBytes } from "node:crypto";
 import type { AssistantMessage, ChatMessage, ChatRequest, ChatTool, Engine, FinishReason, GenerateResult, MessageDelta, ToolChoice } from "../index.js";
 import { ApiError, badRequest, leadingIndex, type FieldContext, type FieldRule, type RouteApi } from "./errors.js";
 import { samplingOptions, type SamplingBody } from "./openai.js";
-import { refuseUnsupported } from "./structured.js";
+import { constraintField, outputOptions } from "./structured.js";
 
 // ---- the request ------------------------------------------------------------------------------------
 
@@ -38,7 +38,7 @@ export interface ResponsesTool {
 
 export type TextFormat = { type: "text" } | { type: "json_object" } | { type: "json_schema"; name?: string; schema: Record<string, unknown>; strict?: boolean | null; description?: string };
 
-export interface ResponsesBody {
+export interface ResponsesBody extends Omit<SamplingBody, "max_tokens" | "n" | "stream" | "stream_options" | "temperature" | "top_p" | "user"> {
     model?: string;
     input?: string | InputItem[];
     instructions?: string | null;
@@ -64,15 +64,9 @@ export interface ResponsesBody {
     prompt?: unknown;
     context_management?: unknown;
     moderation?: unknown;
-    // the extensions the other routes take too (vLLM's and llama-server's names)
-    top_k?: number | null;
-    min_p?: number | null;
-    seed?: number | null;
-    presence_penalty?: number | null;
-    frequency_penalty?: number | null;
-    repetition_penalty?: number | null;
-    priority?: number | null;
-    cache_salt?: string | null;
+    // the extensions the other routes take too (vLLM's and llama-server's names): top_k, min_p, seed, stop, the penalties,
+    // logit_bias, priority, cache_salt, grammar, structured_outputs, ... (SamplingBody's, read by samplingOptions and outputOptions)
+    n?: number | null;
     chat_template_kwargs?: Record<string, unknown> | null;
     reasoning_budget_tokens?: number | null;
 }
@@ -256,17 +250,18 @@ function toolChoice(tc: NonNullable<ResponsesBody["tool_choice"]>): ToolChoice {
 /** The engine's chat request for a /v1/responses body; every field it cannot honour is a 400 naming it. */
 export function responsesRequest(b: ResponsesBody): { request: ChatRequest; sources: MessageSource[] } {
     refuseResponsesFields(b);
-    refuseUnsupported(b as Record<string, unknown>, "chat");
-    const { messages, sources } = inputMessages(b);
-    const sampling: SamplingBody = {
-        max_tokens: b.max_output_tokens, temperature: b.temperature, top_p: b.top_p, top_k: b.top_k, min_p: b.min_p, seed: b.seed,
-        presence_penalty: b.presence_penalty, frequency_penalty: b.frequency_penalty, repetition_penalty: b.repetition_penalty,
-        priority: b.priority, cache_salt: b.cache_salt,
-    };
-    const r: ChatRequest = { ...samplingOptions(sampling, undefined), messages };
+    if (b.n != null && b.n !== 1) throw badRequest("'n' other than 1 is not supported on /v1/responses: a response has one output", "n", "unsupported_parameter");
+    // the sampling and constraint fields the other routes take (vLLM's and llama-server's names) are taken here too
+    const sampling: SamplingBody = { ...(b as SamplingBody), max_tokens: b.max_output_tokens, n: undefined };
+    const r: ChatRequest = { ...samplingOptions(sampling, undefined), ...outputOptions(b, "chat"), messages: [] };
     const f = b.text?.format;
-    if (f && f.type === "json_object") r.responseFormat = { type: "json_object" };
-    else if (f && f.type === "json_schema") r.responseFormat = { type: "json_schema", schema: f.schema };
+    if (f && f.type !== "text") {
+        const other = constraintField(b);
+        if (other !== undefined) throw badRequest(`'text.format' and '${other}' both constrain the output: give only one`, other);
+        r.responseFormat = f.type === "json_object" ? { type: "json_object" } : { type: "json_schema", schema: f.schema };
+    }
+    const { messages, sources } = inputMessages(b);
+    r.messages = messages;
     if (b.tools != null && b.tools.length > 0) r.tools = b.tools.map(chatTool);
     if (b.tool_choice != null) r.toolChoice = toolChoice(b.tool_choice);
     if (b.parallel_tool_calls != null) r.parallelToolCalls = b.parallel_tool_calls;
@@ -298,7 +293,8 @@ function messageField(rest: string, at: FieldContext): string {
     return s.field + (i.after.startsWith(".content") && s.field !== "input" ? ".content" : "");
 }
 
-const format = (field: string): FieldRule => () => field;
+/** The engine's grammar and JSON format are text.format, or the request field of the other routes' the constraint came from (structured.ts). */
+const constraint = (fallback: string): FieldRule => (rest, at) => (constraintField(at.body) ?? fallback) + rest;
 
 /** /v1/responses: the prompt is the input items (and instructions) through the chat template; tools are flat. */
 export const responsesApi: RouteApi = {
@@ -306,9 +302,11 @@ export const responsesApi: RouteApi = {
     fields: {
         maxTokens: "max_output_tokens", topK: "top_k", topP: "top_p", minP: "min_p", repeatPenalty: "repetition_penalty",
         presencePenalty: "presence_penalty", frequencyPenalty: "frequency_penalty", cacheSalt: "cache_salt",
-        grammar: format("text.format"), schema: format("text.format.schema"), responseFormat: format("text.format"), "responseFormat.schema": format("text.format.schema"),
+        ignoreEos: "ignore_eos", penaltyLastN: "penalty_last_n", logitBias: "logit_bias", stop: "stop",
+        // the constraint: text.format, or the field of the other routes' it came from (structured.ts)
+        grammar: constraint("text.format"), schema: constraint("text.format.schema"), responseFormat: constraint("text.format"), "responseFormat.schema": constraint("text.format.schema"),
         // the chat layer's name for the response format's schema, when it makes the grammar with the tools'
-        jsonSchema: format("text.format.schema"),
+        jsonSchema: constraint("text.format.schema"),
         prompt: () => "input",
         messages: messageField,
         templateVariables: "chat_template_kwargs",
@@ -526,12 +524,21 @@ const num = (extra: Record<string, unknown>) => nullable({ type: "number", ...ex
 const textParts = { type: "array", items: { type: "object", required: ["type"], properties: { type: { type: "string" }, text: { type: "string" } } } };
 const functionName = { type: "string", pattern: "^[A-Za-z0-9_.:-]{1,128}$", description: "1-128 letters, digits, '_', '-', '.' or ':'" };
 
+/** The fields of the chat body's schema that /v1/responses takes too, checked the same way. */
+const SHARED_FIELDS = [
+    "top_k", "min_p", "seed", "n", "stop", "stop_token_ids", "presence_penalty", "frequency_penalty", "repetition_penalty", "penalty_last_n", "logit_bias",
+    "ignore_eos", "priority", "cache_salt", "response_format", "grammar", "json_schema", "structured_outputs", "guided_json", "guided_regex", "guided_choice",
+    "guided_grammar", "guided_decoding_backend", "chat_template_kwargs", "reasoning_budget_tokens",
+];
+
 /** The /v1/responses body's schema (fastify's Ajv); what it lets through, responsesRequest checks further. */
-export function responsesBodySchema(maxCacheSalt: number): object {
+export function responsesBodySchema(chatBody: { properties: Record<string, unknown> }): object {
+    const shared = Object.fromEntries(SHARED_FIELDS.map((k) => [k, chatBody.properties[k]]));
     return {
         type: "object",
         required: ["input"],
         properties: {
+            ...shared,
             model: { type: "string", minLength: 1 },
             input: {
                 description: "a string or a list of input items",
@@ -601,16 +608,6 @@ export function responsesBodySchema(maxCacheSalt: number): object {
             top_logprobs: int(0, 20),
             truncation: nullable({ enum: ["auto", "disabled"] }),
             background: nullable({ type: "boolean" }),
-            top_k: int(-1, 2 ** 31 - 1),
-            min_p: num({ minimum: 0, maximum: 1 }),
-            seed: int(0, 4294967294),
-            presence_penalty: num({ minimum: -2, maximum: 2 }),
-            frequency_penalty: num({ minimum: -2, maximum: 2 }),
-            repetition_penalty: num({ exclusiveMinimum: 0, maximum: 10 }),
-            priority: int(-(2 ** 31), 2 ** 31),
-            cache_salt: nullable({ type: "string", maxLength: maxCacheSalt }),
-            chat_template_kwargs: nullable({ type: "object" }),
-            reasoning_budget_tokens: int(-1, 2 ** 31 - 1),
         },
     };
 }

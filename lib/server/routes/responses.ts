@@ -3,17 +3,17 @@
 // the message's changes as they are read, each with an `event:` line and its sequence_number.
 import type { ServerPlugin } from "../context.js";
 import { choiceError, failIfErrored, pump, record, serve } from "../generate.js";
-import { requestLimits } from "../../engine/limits.js";
 import { scopeOf } from "../plugins/errors.js";
 import {
     outputItems, reasoningTokens, responseObject, responsesApi, responsesBodySchema, responsesRequest, responseUsage,
     ResponseEvents, wantsEncryptedReasoning, type ResponseEvent, type ResponseHead, type ResponsesBody,
 } from "../responses.js";
+import { bodySchemas } from "../schemas.js";
 import { Sse } from "../sse.js";
 import type { ApiError } from "../errors.js";
 
 export const responsesRoutes: ServerPlugin = async (app, { ctx }) => {
-    const schema = responsesBodySchema(requestLimits().maxCacheSalt);
+    const schema = responsesBodySchema(bodySchemas().chatBody as { properties: Record<string, unknown> });
     app.post<{ Body: ResponsesBody }>("/v1/responses", { schema: { body: schema }, config: { api: responsesApi } }, (req, reply) => {
         const b = req.body;
         const created = Math.floor(Date.now() / 1000);
