@@ -342,14 +342,15 @@ export interface ResponseHead {
 /** The response object: in progress (no output yet), or done with its output items and usage. */
 export function responseObject(head: ResponseHead, done?: { output: OutputItem[]; finishReason: FinishReason; usage: ReturnType<typeof responseUsage> }) {
     const b = head.body;
-    const incomplete = done?.finishReason === "length";
+    // cut by max_output_tokens, or by a drain that timed out (the chat route's finish_reason "abort")
+    const incomplete = done?.finishReason === "length" || done?.finishReason === "abort";
     const text = (done?.output ?? []).flatMap((o) => (o.type === "message" ? o.content.map((c) => c.text) : [])).join("");
     return {
         id: head.id, object: "response" as const, created_at: head.created,
         status: !done ? "in_progress" : incomplete ? "incomplete" : "completed",
         ...(done && { completed_at: Math.floor(Date.now() / 1000) }),
         background: false, error: null,
-        incomplete_details: incomplete ? { reason: "max_output_tokens" } : null,
+        incomplete_details: incomplete ? { reason: done.finishReason === "length" ? "max_output_tokens" : "abort" } : null,
         instructions: b.instructions ?? null,
         max_output_tokens: b.max_output_tokens ?? null,
         model: head.model,
@@ -406,7 +407,7 @@ export function outputItems(m: AssistantMessage, finishReason: FinishReason, enc
     if (m.reasoningContent.length > 0) out.push(reasoningItem(m.reasoningContent, encryptedReasoning, "completed"));
     if (m.content.length > 0 || (m.toolCalls.length === 0 && out.length === 0)) out.push(messageItem(m.content, "completed"));
     for (const c of m.toolCalls) out.push(callItem({ id: c.id, name: c.function.name, arguments: c.function.arguments }, "completed"));
-    if (finishReason === "length" && out.length > 0) out[out.length - 1].status = "incomplete";
+    if ((finishReason === "length" || finishReason === "abort") && out.length > 0) out[out.length - 1].status = "incomplete";
     return out;
 }
 
@@ -511,7 +512,7 @@ export class ResponseEvents {
     /** The message ended: its last item is done (incomplete when cut by max_output_tokens); an answer with no item gets an empty message. */
     finish(finishReason: FinishReason): void {
         if (this.output.length === 0) this.open(messageItem("", "in_progress"));
-        this.close(finishReason === "length" ? "incomplete" : "completed");
+        this.close(finishReason === "length" || finishReason === "abort" ? "incomplete" : "completed");
     }
 }
 
