@@ -15,6 +15,7 @@ import { chatRoutes } from "./routes/chat.js";
 import { completionsRoutes } from "./routes/completions.js";
 import { modelsRoutes } from "./routes/models.js";
 import { probeRoutes } from "./routes/probes.js";
+import { responsesRoutes } from "./routes/responses.js";
 import { tokenizeRoutes } from "./routes/tokenize.js";
 
 export function buildApp(ctx: ServerContext, logger: Logger | boolean | undefined): FastifyInstance {
@@ -63,6 +64,7 @@ export function buildApp(ctx: ServerContext, logger: Logger | boolean | undefine
     void app.register(modelsRoutes, opts);
     void app.register(completionsRoutes, opts);
     void app.register(chatRoutes, opts);
+    void app.register(responsesRoutes, opts);
     void app.register(tokenizeRoutes, opts);
     return app;
 }

@@ -97,7 +97,7 @@ export function failIfErrored(req: FastifyRequest, results: GenerateResult[]): v
 }
 
 /** Feeds a generation's events to `on` and resolves with its result. */
-async function pump(gen: Generation, on: (ev: StreamEvent) => void): Promise<GenerateResult> {
+export async function pump(gen: Generation, on: (ev: StreamEvent) => void): Promise<GenerateResult> {
     for await (const ev of gen) {
         if (ev.type === "done") return ev;
         on(ev);

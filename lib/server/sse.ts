@@ -7,12 +7,26 @@
 // abort is the serving code's (generate.ts aborts them when the response closes unfinished).
 import type { OutgoingHttpHeaders, ServerResponse } from "node:http";
 import type { FastifyReply, FastifyRequest } from "fastify";
-import { toApiError, type ErrorScope } from "./errors.js";
+import { toApiError, type ApiError, type ErrorScope } from "./errors.js";
+
+/**
+ * How a dialect frames its stream, where it is not OpenAI's chat and completions framing (data lines,
+ * an error as {"error": ...}, a last "data: [DONE]"): the Responses and Messages APIs name each event
+ * (an `event:` line), end without [DONE], and send an error as an event of their own.
+ */
+export interface SseFraming {
+    /** Whether the stream ends with "data: [DONE]" (default true). */
+    done?: boolean;
+    /** The event an error after the headers went out is sent as (default: its OpenAI body, unnamed). */
+    error?: (e: ApiError) => { event?: string; data: unknown };
+}
 
 export class Sse {
     private readonly res: ServerResponse;
+    private readonly framing: SseFraming;
 
-    constructor(reply: FastifyReply, requestId: string) {
+    constructor(reply: FastifyReply, requestId: string, framing: SseFraming = {}) {
+        this.framing = framing;
         reply.hijack();
         this.res = reply.raw;
         this.res.writeHead(200, {
@@ -30,12 +44,13 @@ export class Sse {
         return this.res.writableEnded || this.res.destroyed;
     }
 
-    send(data: unknown): void {
-        if (!this.closed) this.res.write(`data: ${JSON.stringify(data)}\n\n`);
+    /** One event: its data as JSON, named by an `event:` line when `event` is given. */
+    send(data: unknown, event?: string): void {
+        if (!this.closed) this.res.write(`${event !== undefined ? `event: ${event}\n` : ""}data: ${JSON.stringify(data)}\n\n`);
     }
 
     end(): void {
-        if (!this.closed) this.res.end("data: [DONE]\n\n");
+        if (!this.closed) this.res.end(this.framing.done === false ? undefined : "data: [DONE]\n\n");
     }
 
     /** Runs the stream's body; a failure after the headers went out ends the stream with an error event. */
@@ -44,7 +59,13 @@ export class Sse {
             return await body();
         } catch (e) {
             req.log.error({ err: e }, "stream failed");
-            this.send(toApiError(e, scope).body());
+            const api = toApiError(e, scope);
+            if (this.framing.error) {
+                const ev = this.framing.error(api);
+                this.send(ev.data, ev.event);
+            } else {
+                this.send(api.body());
+            }
             this.end();
             return undefined;
         }
