@@ -350,7 +350,7 @@ std::string failing_schema(const common_json & root, std::string & why) {
             json_schema_to_grammar(schema, true);
             return true;
         } catch (const std::exception & e) {
-            why = short_what(e);
+            why = schema_conversion_error(e);
             return false;
         }
     };

@@ -188,6 +188,18 @@ void check_schema_cost(const common_json & v, int64_t & cost) {
     }
 }
 
+std::string schema_conversion_error(const std::exception & e) {
+    std::string msg = e.what();
+    const std::string prefix = "JSON schema conversion failed:\n";
+    if (msg.rfind(prefix, 0) == 0) {
+        msg = msg.substr(prefix.size());
+    }
+    while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' ')) {
+        msg.pop_back();
+    }
+    return msg;
+}
+
 Napi::Value json_schema_to_grammar_js(const Napi::CallbackInfo & info) {
     Napi::Env env = info.Env();
     return guard(env, [&]() -> Napi::Value {
@@ -205,14 +217,7 @@ Napi::Value json_schema_to_grammar_js(const Napi::CallbackInfo & info) {
         try {
             return Napi::String::New(env, json_schema_to_grammar(schema, true));
         } catch (const std::exception & e) {
-            std::string msg = e.what();
-            const std::string prefix = "JSON schema conversion failed:\n";
-            if (msg.rfind(prefix, 0) == 0) {
-                msg = msg.substr(prefix.size());
-            }
-            while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' ')) {
-                msg.pop_back();
-            }
+            const std::string msg = schema_conversion_error(e);
             throw bw_error(code::invalid_argument, "the JSON schema cannot be turned into a grammar: " + msg, "schema",
                            "cannot be turned into a grammar: " + msg);
         }

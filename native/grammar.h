@@ -11,6 +11,9 @@ namespace bw {
 // llama-server uses for response_format), from its common library.
 Napi::Value json_schema_to_grammar_js(const Napi::CallbackInfo & info);
 
+// What llama.cpp's JSON-schema converter said was wrong, without its "JSON schema conversion failed:" heading.
+std::string schema_conversion_error(const std::exception & e);
+
 // Throws ERR_INVALID_ARGUMENT (field "grammar") for a GBNF grammar llama.cpp's parser must not be given: longer
 // than limits::max_grammar_bytes, groups nested deeper than limits::max_grammar_nesting (the parser recurses per
 // level), or a repetition {m,n} with n < m (it would make 2^64 rules). `what` starts the message ("the grammar").

@@ -330,6 +330,9 @@ static bool accept_token(seq_sampler & s, llama_token t, std::string & why) {
         llama_sampler_accept(s.grammar.get(), t);
     }
     llama_sampler_accept(s.chain.get(), t);
+    if (s.rebuild) {
+        s.accepted.push_back(t);
+    }
     return true;
 }
 
@@ -405,6 +408,13 @@ seq_sampler build_sampler(const sampler_params & p, const llama_vocab * vocab, i
             s.grammar.reset(llama_sampler_init_grammar_lazy_patterns(vocab, p.grammar.c_str(), p.grammar_root.c_str(),
                                                                      patterns_c.data(), patterns_c.size(), tokens.data(), tokens.size()));
             s.lazy = true;
+            auto info = std::make_shared<seq_sampler::rebuild_info>();
+            info->params  = p;
+            info->params.history.clear();
+            info->vocab   = vocab;
+            info->n_vocab = n_vocab;
+            info->n_ctx   = n_ctx;
+            s.rebuild = std::move(info);
         } else {
             trigger_patterns(p.grammar_triggers, code::sampler_invalid, "grammarTriggers"); // checked, unused
             s.grammar.reset(llama_sampler_init_grammar(vocab, p.grammar.c_str(), p.grammar_root.c_str()));
@@ -553,12 +563,54 @@ static llama_token sample_constrained(seq_sampler & s, llama_context * ctx, int3
     if (t == token_none) {
         return token_none;
     }
-    if (!accept_token(s, t, scratch.error)) {
-        // the budget ended the thinking with a tag the grammar refuses: the request's grammar and tags disagree
-        scratch.error = "the reasoning budget's end tag does not fit the grammar";
-        return token_failed;
+    // a lazy grammar throws at the token that completes its trigger when the rest of that token's text does not fit
+    // it: the sampler is rebuilt as it was before that token, which is banned, and another is picked (a few times)
+    std::vector<llama_token> banned;
+    for (int attempt = 0;; attempt++) {
+        try {
+            if (!accept_token(s, t, scratch.error)) {
+                // the budget ended the thinking with a tag the grammar refuses: the request's grammar and tags disagree
+                scratch.error = "the reasoning budget's end tag does not fit the grammar";
+                return token_failed;
+            }
+            return t;
+        } catch (const bw_error &) {
+            throw;
+        } catch (const std::exception &) {
+            if (!s.rebuild || attempt >= 8) {
+                throw;
+            }
+        }
+        const auto info = s.rebuild;
+        std::vector<llama_token> history = std::move(s.accepted);
+        sampler_params p = info->params;
+        p.history = history;
+        seq_sampler fresh;
+        try {
+            fresh = build_sampler(p, info->vocab, info->n_vocab, info->n_ctx);
+        } catch (const std::exception & e) {
+            // this sequence alone (a bw_error here would fail the whole batch): it was built from these before
+            throw std::runtime_error(std::string("rebuilding the lazy grammar failed: ") + e.what());
+        }
+        fresh.backend = s.backend;
+        s = std::move(fresh);
+        banned.push_back(t);
+        all = fill();
+        for (llama_token b : banned) {
+            cand[b].logit = -INFINITY;
+        }
+        if (grammar_should_apply(s)) {
+            llama_sampler_apply(s.grammar.get(), &all);
+        }
+        llama_sampler_apply(s.chain.get(), &all);
+        if (nothing(all)) {
+            return token_none;
+        }
+        t = all.data[all.selected].id;
+        if (grammar_should_apply(s) && !grammar_allows(s.grammar.get(), t)) {
+            return token_none;
+        }
     }
-    return t;
 }
 
 llama_token sample_row(seq_sampler & s, llama_context * ctx, int32_t row, int32_t n_vocab, sampling_scratch & scratch) {

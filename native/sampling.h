@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <string>
+#include <memory>
 #include <vector>
 
 namespace bw {
@@ -81,6 +82,18 @@ struct seq_sampler {
     bool    lazy     = false;    // the grammar is lazy (it then stands aside while the budget counts thinking)
     bool    backend  = false;    // attached to the context with llama_set_sampler (sampled inside the graph)
     int32_t logprobs = -1;       // as in sampler_params
+
+    // A lazy grammar allows every token until a trigger appears, and throws when the token that completes a trigger
+    // carries text the grammar refuses (a state it cannot be asked about first). To pick another token then, the
+    // sampler is rebuilt as it was: what it was built from, and every token it accepted since (lazy grammars only).
+    struct rebuild_info {
+        sampler_params      params; // history left empty: `accepted` holds it
+        const llama_vocab * vocab   = nullptr;
+        int32_t             n_vocab = 0;
+        int32_t             n_ctx   = 0;
+    };
+    std::shared_ptr<const rebuild_info> rebuild;
+    std::vector<llama_token>            accepted;
 };
 
 // Builds the chain (and the grammar) for `p` and feeds it the history. n_ctx bounds the penalty window and the

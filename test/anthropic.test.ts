@@ -331,7 +331,7 @@ describe("Anthropic's error statuses", () => {
 });
 
 describe("Anthropic's event framing", () => {
-    it("named events, an error as `event: error` with Anthropic's body, and no [DONE]", () => {
+    it("named events, an error as `event: error` with Anthropic's body, and no [DONE]", async () => {
         let head: Record<string, unknown> = {};
         let out = "";
         let ended = false;
@@ -345,11 +345,14 @@ describe("Anthropic's event framing", () => {
             },
         };
         const reply = { hijack: () => {}, raw, getHeaders: () => ({}) } as unknown as FastifyReply;
-        const sse = new Sse(reply, "req-1", "anthropic");
+        // the framing the /v1/messages route gives its stream
+        const sse = new Sse(reply, "req-1", { done: false, error: (e) => ({ event: "error", data: anthropicError(e, "req-1").body }) });
         assert.equal(head["x-request-id"], "req-1");
-        sse.event("ping", { type: "ping" });
-        sse.error(toApiError(new BatchwiseError(ErrorCode.QueueFull, "full")));
-        sse.end();
+        sse.send({ type: "ping" }, "ping");
+        const req = { log: { error: () => {} } } as unknown as Parameters<Sse["guard"]>[0];
+        await sse.guard(req, {}, async () => {
+            throw new BatchwiseError(ErrorCode.QueueFull, "full");
+        });
         assert.ok(ended);
         assert.equal(out, 'event: ping\ndata: {"type":"ping"}\n\n' +
             'event: error\ndata: {"type":"error","error":{"type":"overloaded_error","message":"full"},"request_id":"req-1"}\n\n');

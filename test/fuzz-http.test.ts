@@ -230,6 +230,21 @@ describe("fuzz: HTTP routes", { timeout: testTimeoutMs(90, 5) }, () => {
             return;
         }
         assert.equal(a.status, 200, `not a 200 or 4xx: ${where}`);
+        if (a.contentType.startsWith("text/event-stream") && c.path === "/v1/responses") {
+            // the Responses API's events: each named, in sequence, ending with the whole response; no [DONE]
+            const blocks = a.text.split("\n\n").filter((b) => b.trim() !== "");
+            let last: { type?: string; sequence_number?: number } = {};
+            for (const [i, block] of blocks.entries()) {
+                const m = /^event: (\S+)\ndata: (.*)$/s.exec(block);
+                assert.ok(m, `not a named SSE event: ${where}`);
+                last = JSON.parse(m[2]) as typeof last;
+                assert.equal(last.type, m[1], `an event named apart from its type: ${where}`);
+                assert.notEqual(last.type, "error", `an error event in a 200 stream: ${where}`);
+                assert.equal(last.sequence_number, i, `events out of sequence: ${where}`);
+            }
+            assert.ok(last.type === "response.completed" || last.type === "response.incomplete", `a stream that does not end with the response: ${where}`);
+            return;
+        }
         if (a.contentType.startsWith("text/event-stream")) {
             assert.ok(a.text.endsWith("data: [DONE]\n\n"), `a stream that does not end with [DONE]: ${where}`);
             for (const block of a.text.split("\n\n")) {
@@ -241,8 +256,12 @@ describe("fuzz: HTTP routes", { timeout: testTimeoutMs(90, 5) }, () => {
             }
             return;
         }
-        const body = JSON.parse(a.text) as { choices?: { finish_reason?: string }[]; tokens?: unknown; prompt?: unknown; data?: unknown; id?: unknown };
-        if (c.path.includes("completions")) {
+        const body = JSON.parse(a.text) as { choices?: { finish_reason?: string }[]; tokens?: unknown; prompt?: unknown; data?: unknown; id?: unknown; object?: unknown; status?: unknown; output?: unknown };
+        if (c.path === "/v1/responses") {
+            assert.equal(body.object, "response", where);
+            assert.ok(body.status === "completed" || body.status === "incomplete", `status ${String(body.status)}: ${where}`);
+            assert.ok(Array.isArray(body.output) && body.output.length > 0, `a response without output: ${where}`);
+        } else if (c.path.includes("completions")) {
             assert.ok(Array.isArray(body.choices) && body.choices.length > 0, `a 200 without choices: ${where}`);
             for (const ch of body.choices) assert.ok(["stop", "length", "abort"].includes(ch.finish_reason ?? ""), `finish_reason ${ch.finish_reason}: ${where}`);
         } else if (c.path === "/tokenize") {
@@ -432,6 +451,49 @@ describe("fuzz: HTTP routes", { timeout: testTimeoutMs(90, 5) }, () => {
         chat_template_kwargs: maybe(fc.oneof(fc.dictionary(fc.constantFrom("enable_thinking", "add_generation_prompt", "messages", "tools", "x"), fc.jsonValue({ maxDepth: 2 })), W()), 10),
     }, { requiredKeys: [] });
 
+    /** A Responses input item: messages, function calls and their outputs, reasoning items, and what is not one. */
+    const inputItem = fc.oneof(
+        { weight: 6, arbitrary: fc.record({ type: maybe(fc.constant("message"), 50), role: fc.oneof({ weight: 5, arbitrary: fc.constantFrom("user", "system", "developer", "assistant") }, { weight: 1, arbitrary: fc.constantFrom("tool", "", "<|im_start|>") }), content: maybe(fc.oneof(
+            { weight: 5, arbitrary: nastyText() },
+            { weight: 2, arbitrary: fc.array(fc.record({ type: fc.constantFrom("input_text", "output_text", "input_image", "refusal", ""), text: fc.oneof(nastyText(40), W()) }, { requiredKeys: ["type"] }), { maxLength: 3 }) },
+            { weight: 1, arbitrary: W() },
+        ), 95) }, { requiredKeys: ["role"] }) },
+        { weight: 2, arbitrary: fc.record({ type: fc.constant("function_call"), call_id: fc.oneof(fc.string({ maxLength: 8 }), W()), name: fc.oneof(fc.constantFrom("get_weather", "f", ""), W()), arguments: fc.oneof(fc.constantFrom("{}", '{"days":3}', "{not json", "[]", "null"), nastyText(20), W()) }, { requiredKeys: ["type"] }) },
+        { weight: 2, arbitrary: fc.record({ type: fc.constant("function_call_output"), call_id: fc.oneof(fc.string({ maxLength: 8 }), W()), output: fc.oneof(nastyText(40), fc.array(fc.record({ type: fc.constantFrom("input_text", "input_image"), text: nastyText(10) }), { maxLength: 2 }), W()) }, { requiredKeys: ["type"] }) },
+        { weight: 1, arbitrary: fc.record({ type: fc.constant("reasoning"), summary: fc.array(fc.record({ type: fc.constantFrom("summary_text", "x"), text: nastyText(20) }), { maxLength: 2 }), content: maybe(fc.array(fc.record({ type: fc.constant("reasoning_text"), text: nastyText(20) }), { maxLength: 2 }), 50), encrypted_content: maybe(fc.oneof(fc.constantFrom("bw1:", "bw1:aGk=", "gAAAA"), nastyText(20), W()), 30) }, { requiredKeys: ["type"] }) },
+        { weight: 1, arbitrary: fc.record({ type: fc.constantFrom("item_reference", "web_search_call", "", "local_shell_call"), id: fc.string({ maxLength: 5 }) }) },
+        { weight: 1, arbitrary: W() },
+    );
+    const responsesTool = fc.oneof(
+        { weight: 4, arbitrary: fc.record({ type: fc.constant("function"), name: fc.oneof(fc.constantFrom("get_weather", "f", "a.b:c", ""), nastyText(10)), description: maybe(nastyText(20), 50), parameters: maybe(fc.oneof(oddSchema(), fc.constant({ type: "object", properties: { days: { type: "integer", minimum: 1, maximum: 7 } }, required: ["days"] })), 70), strict: maybe(fc.boolean(), 30) }, { requiredKeys: ["type"] }) },
+        { weight: 1, arbitrary: fc.record({ type: fc.constantFrom("web_search", "file_search", "mcp", "custom", "") }) },
+        { weight: 1, arbitrary: W() },
+    );
+    const responsesBody = () => {
+        const { max_tokens, n: _n, ...sampling } = samplingFields(); // n other than 1 is a 400 here: left out, more bodies reach the engine
+        return fc.record({
+            ...sampling,
+            max_output_tokens: max_tokens,
+            input: maybe(fc.oneof({ weight: 4, arbitrary: nastyText() }, { weight: 5, arbitrary: fc.array(inputItem, { minLength: 0, maxLength: 5 }) }, { weight: 1, arbitrary: W() }), 95),
+            instructions: maybe(fc.oneof(nastyText(60), W()), 20),
+            tools: maybe(fc.oneof(fc.constant([]), fc.array(responsesTool, { maxLength: 3 }), W()), 20),
+            tool_choice: maybe(fc.oneof(fc.constantFrom("none", "auto", "required", { type: "function", name: "get_weather" }, { type: "function", name: "nope" }, { type: "web_search_preview" }, { type: "allowed_tools" }), W()), 15),
+            parallel_tool_calls: maybe(value(fc.boolean()), 10),
+            text: maybe(fc.oneof(
+                fc.record({ format: fc.oneof(fc.constant({ type: "text" }), fc.constant({ type: "json_object" }), fc.record({ type: fc.constant("json_schema"), name: fc.string({ maxLength: 5 }), schema: oddSchema(), strict: fc.boolean() }, { requiredKeys: ["type", "schema"] }), fc.record({ type: fc.constantFrom("json_schema", "grammar", ""), schema: W() }, { requiredKeys: ["type"] }), W()), verbosity: maybe(fc.constantFrom("low", "medium", "high"), 20) }, { requiredKeys: [] }),
+                W(),
+            ), 20),
+            reasoning: maybe(fc.oneof(fc.record({ effort: fc.constantFrom("none", "minimal", "low", "medium", "high", "xhigh", null), summary: fc.constantFrom("auto", "concise", "detailed", null), mode: maybe(fc.constantFrom("standard", "pro"), 20) }, { requiredKeys: [] }), W()), 15),
+            store: maybe(value(fc.boolean()), 15),
+            previous_response_id: maybe(fc.oneof(fc.constant("resp_1"), W()), 5),
+            include: maybe(fc.oneof(fc.array(fc.constantFrom("reasoning.encrypted_content", "message.output_text.logprobs", "file_search_call.results", ""), { maxLength: 2 }), W()), 10),
+            truncation: maybe(fc.oneof(fc.constantFrom("auto", "disabled"), W()), 5),
+            background: maybe(value(fc.boolean()), 5),
+            metadata: maybe(fc.oneof(fc.dictionary(fc.string({ maxLength: 8 }), fc.oneof(fc.string({ maxLength: 8 }), W()), { maxKeys: 18 }), W()), 10),
+            reasoning_budget_tokens: maybe(value(fc.constantFrom(-1, 0, 4), -2, -1, 0, 2 ** 31), 10),
+        }, { requiredKeys: [] });
+    };
+
     const tokenizeBody = () => fc.record({
         model: maybe(fc.constantFrom("tiny", "nope"), 30),
         prompt: maybe(fc.oneof({ weight: 5, arbitrary: nastyText() }, { weight: 1, arbitrary: W() }), 60),
@@ -511,7 +573,7 @@ describe("fuzz: HTTP routes", { timeout: testTimeoutMs(90, 5) }, () => {
     const oddCase: fc.Arbitrary<Case> = fc.oneof(
         fc.record({
             method: fc.constant("POST"),
-            path: fc.constantFrom("/v1/completions", "/v1/chat/completions", "/tokenize", "/detokenize", "/v1/messages", "/v1/messages/count_tokens"),
+            path: fc.constantFrom("/v1/completions", "/v1/chat/completions", "/v1/responses", "/tokenize", "/detokenize", "/v1/messages", "/v1/messages/count_tokens"),
             body: fc.oneof(
                 fc.constantFrom("", "{", "}", "null", "[]", "{}", "1e999", "\"x\"", "{\"prompt\":", "{\"prompt\":\"a\"}garbage", "\u0000", "{\"prompt\":\"a\",\"prompt\":[1]}"),
                 fc.integer({ min: 1, max: longFuzz ? 2_000_000 : 100_000 }).map((d) => deepJsonText(d)),
@@ -522,7 +584,7 @@ describe("fuzz: HTTP routes", { timeout: testTimeoutMs(90, 5) }, () => {
         }, { requiredKeys: ["method", "path", "body"] }),
         fc.record({
             method: fc.constantFrom("GET", "HEAD", "OPTIONS", "PUT", "DELETE", "PATCH"),
-            path: fc.constantFrom("/v1/completions", "/v1/chat/completions", "/tokenize", "/detokenize", "/v1/models", "/v1/models/tiny", "/health", "/v1/messages"),
+            path: fc.constantFrom("/v1/completions", "/v1/chat/completions", "/v1/responses", "/tokenize", "/detokenize", "/v1/models", "/v1/models/tiny", "/health", "/v1/messages"),
         }),
         fc.oneof(fc.constantFrom("tiny", "", "nope", "tiny/../tiny", "%00", "%ZZ", "%F0%9F%A6%99", "a".repeat(5000), "..%2F..%2Fetc%2Fpasswd"), fc.string({ maxLength: 20 }).map(encodeURIComponent))
             .map((id) => ({ method: "GET", path: `/v1/models/${id}` })),
@@ -532,6 +594,7 @@ describe("fuzz: HTTP routes", { timeout: testTimeoutMs(90, 5) }, () => {
     const anyCase = (): fc.Arbitrary<Case> => fc.oneof(
         { weight: 4, arbitrary: postCase("/v1/completions", both(completionBody)) },
         { weight: 4, arbitrary: postCase("/v1/chat/completions", both(chatBody)) },
+        { weight: 3, arbitrary: postCase("/v1/responses", both(responsesBody)) },
         { weight: 2, arbitrary: postCase("/tokenize", both(tokenizeBody)) },
         { weight: 1, arbitrary: postCase("/detokenize", both(detokenizeBody)) },
         { weight: 2, arbitrary: postCase("/v1/messages", both(messagesBody)) },
@@ -546,6 +609,10 @@ describe("fuzz: HTTP routes", { timeout: testTimeoutMs(90, 5) }, () => {
 
     it("/v1/chat/completions", { timeout: testTimeoutMs(10) }, async () => {
         await fuzz("chat", postCase("/v1/chat/completions", both(chatBody)), runOne, 150, 10);
+    });
+
+    it("/v1/responses", { timeout: testTimeoutMs(10) }, async () => {
+        await fuzz("responses", postCase("/v1/responses", both(responsesBody)), runOne, 150, 10);
     });
 
     it("/v1/messages, /v1/messages/count_tokens", { timeout: testTimeoutMs(8) }, async () => {

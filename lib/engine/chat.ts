@@ -172,7 +172,16 @@ export class Chats {
     apply(request: ChatOptions & { messages: readonly ChatMessage[] }, constraint: ChatConstraint | undefined): { result: ChatApplyResult; plan: ChatPlan } {
         const templates = this.templates(request.template);
         const inputs = this.inputs(request, templates, constraint);
-        const result = templates.apply(inputs);
+        let result: ChatApplyResult;
+        try {
+            result = templates.apply(inputs);
+        } catch (e) {
+            // the JSON format's schema is the request's responseFormat.schema (as a completion's error names it)
+            if (e instanceof BatchwiseError && e.field === "jsonSchema" && e.reason !== undefined) {
+                throw fieldError(e.code as ErrorCode, "responseFormat.schema", e.reason, e);
+            }
+            throw e;
+        }
         const tools = inputs.tools !== undefined && inputs.tools.length > 0 && inputs.toolChoice !== "none";
         const sampler: ChatPlan["sampler"] = {};
         if (constraint?.grammar !== undefined) {

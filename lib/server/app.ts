@@ -16,6 +16,7 @@ import { completionsRoutes } from "./routes/completions.js";
 import { messagesRoutes } from "./routes/messages.js";
 import { modelsRoutes } from "./routes/models.js";
 import { probeRoutes } from "./routes/probes.js";
+import { responsesRoutes } from "./routes/responses.js";
 import { tokenizeRoutes } from "./routes/tokenize.js";
 
 export function buildApp(ctx: ServerContext, logger: Logger | boolean | undefined): FastifyInstance {
@@ -64,6 +65,7 @@ export function buildApp(ctx: ServerContext, logger: Logger | boolean | undefine
     void app.register(modelsRoutes, opts);
     void app.register(completionsRoutes, opts);
     void app.register(chatRoutes, opts);
+    void app.register(responsesRoutes, opts);
     void app.register(tokenizeRoutes, opts);
     void app.register(messagesRoutes, opts);
     return app;

@@ -7,19 +7,26 @@
 // abort is the serving code's (generate.ts aborts them when the response closes unfinished).
 import type { OutgoingHttpHeaders, ServerResponse } from "node:http";
 import type { FastifyReply, FastifyRequest } from "fastify";
-import { anthropicError, toApiError, type ApiError, type ErrorScope } from "./errors.js";
+import { toApiError, type ApiError, type ErrorScope } from "./errors.js";
 
 /**
- * How events are framed: OpenAI's (`data:` lines, an error as an {"error"} data event, `data: [DONE]` at
- * the end) or Anthropic's (each event named in an `event:` line, an error as `event: error` with Anthropic's
- * error body, nothing after its last event).
+ * How a dialect frames its stream, where it is not OpenAI's chat and completions framing (data lines,
+ * an error as {"error": ...}, a last "data: [DONE]"): the Responses and Messages APIs name each event
+ * (an `event:` line), end without [DONE], and send an error as an event of their own.
  */
-export type SseDialect = "openai" | "anthropic";
+export interface SseFraming {
+    /** Whether the stream ends with "data: [DONE]" (default true). */
+    done?: boolean;
+    /** The event an error after the headers went out is sent as (default: its OpenAI body, unnamed). */
+    error?: (e: ApiError) => { event?: string; data: unknown };
+}
 
 export class Sse {
     private readonly res: ServerResponse;
+    private readonly framing: SseFraming;
 
-    constructor(reply: FastifyReply, private readonly requestId: string, private readonly dialect: SseDialect = "openai") {
+    constructor(reply: FastifyReply, requestId: string, framing: SseFraming = {}) {
+        this.framing = framing;
         reply.hijack();
         this.res = reply.raw;
         this.res.writeHead(200, {
@@ -37,26 +44,13 @@ export class Sse {
         return this.res.writableEnded || this.res.destroyed;
     }
 
-    send(data: unknown): void {
-        if (!this.closed) this.res.write(`data: ${JSON.stringify(data)}\n\n`);
-    }
-
-    /** A named event (Anthropic's framing). */
-    event(name: string, data: unknown): void {
-        if (!this.closed) this.res.write(`event: ${name}\ndata: ${JSON.stringify(data)}\n\n`);
-    }
-
-    /** An error after the headers went out, in the dialect's shape (the stream goes on; end() ends it). */
-    error(e: ApiError): void {
-        if (this.dialect === "anthropic") this.event("error", anthropicError(e, this.requestId).body);
-        else this.send(e.body());
+    /** One event: its data as JSON, named by an `event:` line when `event` is given. */
+    send(data: unknown, event?: string): void {
+        if (!this.closed) this.res.write(`${event !== undefined ? `event: ${event}\n` : ""}data: ${JSON.stringify(data)}\n\n`);
     }
 
     end(): void {
-        if (!this.closed) {
-            if (this.dialect === "anthropic") this.res.end();
-            else this.res.end("data: [DONE]\n\n");
-        }
+        if (!this.closed) this.res.end(this.framing.done === false ? undefined : "data: [DONE]\n\n");
     }
 
     /** Runs the stream's body; a failure after the headers went out ends the stream with an error event. */
@@ -65,7 +59,13 @@ export class Sse {
             return await body();
         } catch (e) {
             req.log.error({ err: e }, "stream failed");
-            this.error(toApiError(e, scope));
+            const api = toApiError(e, scope);
+            if (this.framing.error) {
+                const ev = this.framing.error(api);
+                this.send(ev.data, ev.event);
+            } else {
+                this.send(api.body());
+            }
             this.end();
             return undefined;
         }

@@ -9,6 +9,9 @@ llama=$(node scripts/fetch-llama.mjs | tail -1)
 bash ../shared/device/prepare-carry.sh "$llama" >/dev/null
 # the FIM tests' vocabulary (the shared script carries qwen2 and llama-spm)
 cp "$llama"/models/ggml-vocab-deepseek-coder.gguf .carry/
+# the tool-calling tests' chat templates and Llama 3's vocabulary
+cp "$llama"/models/ggml-vocab-llama-bpe.gguf .carry/
+tar cJf .carry/templates.tar.xz -C "$llama"/models templates
 tar cJf .carry/node_modules.tar.xz --exclude=node_modules/typescript --exclude=node_modules/@types \
     --exclude=node_modules/prebuildify node_modules
 tar cJf .carry/dist.tar.xz dist

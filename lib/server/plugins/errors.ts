@@ -1,6 +1,7 @@
-// Every error a request meets, answered in OpenAI's shape (errors.ts), or Anthropic's on the routes that speak its API: schema validation failures
-// (validation.ts), fastify's own (told apart by code), and what the routes throw, whose engine fields
-// are named in the route's terms: the route's API comes from its registration (config.api).
+// Every error a request meets, answered in OpenAI's shape (errors.ts), or in Anthropic's on the routes
+// whose API says so (errorShape): schema validation failures (validation.ts), fastify's own (told apart
+// by code), and what the routes throw, whose engine fields are named in the route's terms: the route's
+// API comes from its registration (config.api).
 import type { FastifyReply, FastifyRequest } from "fastify";
 import { shared, type ServerContext } from "../context.js";
 import { anthropicError, ApiError, toApiError, unsupportedMediaType, type ErrorScope } from "../errors.js";

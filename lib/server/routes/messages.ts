@@ -8,6 +8,7 @@ import {
     anthropicUsage, BlockStream, contentBlocks, messagesApi, messagesRequest, messagesSchemas, stopReason, type MessagesBody,
 } from "../anthropic.js";
 import type { ServerContext, ServerPlugin } from "../context.js";
+import { anthropicError } from "../errors.js";
 import { choiceError, failIfErrored, pump, record, serve } from "../generate.js";
 import { scopeOf } from "../plugins/errors.js";
 import { Sse } from "../sse.js";
@@ -59,10 +60,11 @@ const PING_MS = 10_000;
 /** Anthropic's event stream of one message: message_start, ping, the content blocks, message_delta, message_stop. */
 function streamMessage(ctx: ServerContext, req: FastifyRequest, reply: FastifyReply, name: string, engine: Engine, gen: Generation,
     o: { id: string; promptTokens: number; stops: string[] | undefined; omitThinking: boolean }): Promise<unknown> {
-    const sse = new Sse(reply, req.id, "anthropic");
+    // Anthropic's framing: named events, no [DONE], an error as `event: error` with Anthropic's body
+    const sse = new Sse(reply, req.id, { done: false, error: (e) => ({ event: "error", data: anthropicError(e, req.id).body }) });
     const scope = scopeOf(req);
     return sse.guard(req, scope, async () => {
-        const send = (event: string, data: unknown) => sse.event(event, data);
+        const send = (event: string, data: unknown) => sse.send(data, event);
         send("message_start", {
             type: "message_start",
             message: {
@@ -87,7 +89,7 @@ function streamMessage(ctx: ServerContext, req: FastifyRequest, reply: FastifyRe
                 if (ev.type === "finish") {
                     if (ev.finishReason === "error") {
                         failed = true;
-                        sse.error(choiceError(ev.error, scope));
+                        send("error", anthropicError(choiceError(ev.error, scope), req.id).body);
                     }
                     return;
                 }
