@@ -32,15 +32,44 @@ class Raw {
     }
 }
 
-/** JSON text of a body that may hold Raw values (undefined fields are left out). */
+/**
+ * JSON text of a body that may hold Raw values (undefined fields are left out; undefined in an array is null).
+ * Written with a work list, not recursion: generated bodies nest thousands deep, past what a JS stack (or
+ * JSON.stringify with a replacer) takes.
+ */
 function serialize(v: unknown): string {
-    if (v instanceof Raw) return v.text;
-    if (Array.isArray(v)) return "[" + v.map((x) => (x === undefined ? "null" : serialize(x))).join(",") + "]";
-    if (v !== null && typeof v === "object") {
-        return "{" + Object.entries(v).filter(([, x]) => x !== undefined).map(([k, x]) => JSON.stringify(k) + ":" + serialize(x)).join(",") + "}";
+    type Item = { v: unknown } | string;
+    const out: string[] = [];
+    const work: Item[] = [{ v }];
+    const pushAll = (items: Item[]) => {
+        for (let i = items.length - 1; i >= 0; i--) work.push(items[i]);
+    };
+    while (work.length > 0) {
+        const item = work.pop()!;
+        if (typeof item === "string") {
+            out.push(item);
+            continue;
+        }
+        const x = item.v;
+        if (x instanceof Raw) {
+            out.push(x.text);
+        } else if (Array.isArray(x)) {
+            const items: Item[] = ["["];
+            x.forEach((e, i) => items.push(...(i > 0 ? [","] : []), e === undefined ? "null" : { v: e }));
+            pushAll([...items, "]"]);
+        } else if (x !== null && typeof x === "object") {
+            const items: Item[] = ["{"];
+            for (const [k, e] of Object.entries(x)) {
+                if (e === undefined) continue;
+                if (items.length > 1) items.push(",");
+                items.push(JSON.stringify(k) + ":", { v: e });
+            }
+            pushAll([...items, "}"]);
+        } else {
+            out.push(typeof x === "bigint" ? x.toString() : JSON.stringify(x) ?? "null");
+        }
     }
-    if (typeof v === "bigint") return v.toString();
-    return JSON.stringify(v) ?? "null";
+    return out.join("");
 }
 
 const RAW_NUMBERS = ["1e999", "-1e999", "1e-999", "-0", "0.0", "1.0", "1e2", "123456789012345678901234567890", "-123456789012345678901234567890", "0.1e1", "2147483648", "4294967296", "9007199254740993"];
