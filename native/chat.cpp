@@ -281,6 +281,14 @@ void check_messages(const common_json & messages) {
                 if (!fn.contains("arguments")) {
                     throw arg_error(code::invalid_argument, cf + ".function.arguments", "is required");
                 }
+                // arguments are JSON text the template layer parses (and turns into Jinja values) recursively, on
+                // the calling thread: nested past the schema depth they would overflow its stack
+                const common_json & args = fn.at("arguments");
+                const std::string args_text = args.is_string() ? args.get<std::string>() : args.dump();
+                if (json_text_depth(args_text, limits::max_schema_depth) > limits::max_schema_depth) {
+                    throw arg_error(code::invalid_argument, cf + ".function.arguments",
+                                    "nests objects and arrays more than " + std::to_string(limits::max_schema_depth) + " deep");
+                }
                 if (c.contains("id") && !c.at("id").is_string()) {
                     throw arg_error(code::invalid_argument, cf + ".id", "must be a string");
                 }

@@ -276,20 +276,24 @@ Napi::Value chat_parser_wrap::update(const Napi::CallbackInfo & info) {
                 out.push_back(std::move(h));
                 sent_names_.insert(i);
             };
-            for (auto & d : all) {
-                for (size_t i = 0; i < msg_.tool_calls.size(); ++i) {
-                    if (sent_names_.count(i) || msg_.tool_calls[i].name.empty()) {
-                        continue;
-                    }
-                    if (d.tool_call_index != i || !d.tool_call_delta.arguments.empty()) {
-                        header(i);
+            // a call is announced where it starts: right before its first change, after whatever text came before it
+            // in this update (llama-server announces every named call before any change of the update, so text that
+            // preceded a call in the same update came after its header and split the call in two for the streams
+            // built from these deltas: Anthropic's blocks, the Responses items)
+            auto announce_through = [&](size_t last) {
+                for (size_t k = 0; k <= last && k < msg_.tool_calls.size(); ++k) {
+                    if (!sent_names_.count(k) && !msg_.tool_calls[k].name.empty()) {
+                        header(k);
                     }
                 }
+            };
+            for (auto & d : all) {
                 if (d.tool_call_index == std::string::npos) {
                     out.push_back(std::move(d));
                     continue;
                 }
                 const size_t i = d.tool_call_index;
+                announce_through(i);
                 if (sent_names_.count(i)) {
                     if (!d.tool_call_delta.arguments.empty()) {
                         d.tool_call_delta.name.clear();
@@ -303,12 +307,9 @@ Napi::Value chat_parser_wrap::update(const Napi::CallbackInfo & info) {
                     sent_names_.insert(i);
                 }
             }
-            if (!partial) {
-                for (size_t i = 0; i < msg_.tool_calls.size(); ++i) {
-                    if (!sent_names_.count(i) && !msg_.tool_calls[i].name.empty()) {
-                        header(i);
-                    }
-                }
+            // calls whose name is known and that had no change of their own yet: announced last
+            if (!msg_.tool_calls.empty()) {
+                announce_through(msg_.tool_calls.size() - 1);
             }
         }
         Napi::Array a = Napi::Array::New(env, out.size());

@@ -577,8 +577,14 @@ static llama_token sample_constrained(seq_sampler & s, llama_context * ctx, int3
         } catch (const bw_error &) {
             throw;
         } catch (const std::exception &) {
-            if (!s.rebuild || attempt >= 8) {
+            if (!s.rebuild) {
                 throw;
+            }
+            if (attempt >= 8) {
+                // a trigger that nearly every token completes (a pattern that matches empty text) with a grammar that
+                // refuses nearly all of them: the request's grammar leaves nothing to sample (the sequence ends; its
+                // sampler is set anew before the id is used again)
+                return token_none;
             }
         }
         const auto info = s.rebuild;

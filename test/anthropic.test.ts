@@ -273,7 +273,6 @@ describe("Anthropic Messages API (@anthropic-ai/sdk)", () => {
         await bad({ messages: [{ role: "user", content: [{ type: "image", source: { type: "base64", media_type: "image/png", data: "" } }] }] }, "messages[0].content[0]");
         await bad({ messages: [...ask, { role: "assistant", content: [{ type: "tool_use", id: "t1", name: "get_weather", input: "days=3" }] }] }, "messages[1].content[0].input");
         await bad({ thinking: { type: "enabled", budget_tokens: 8 } }, "thinking.budget_tokens"); // not less than max_tokens
-        await bad({ thinking: { type: "enabled", budget_tokens: 2 }, max_tokens: 8 }, "thinking.budget_tokens"); // a template that does not think
         await bad({ container: "c1" }, "container");
         await bad({ max_tokens: 4, messages: [{ role: "user", content: "hello ".repeat(5000) }] }, "messages");
 

@@ -224,6 +224,30 @@ describe("ChatTemplates over real templates (vocab-only model)", () => {
         ct.dispose();
     });
 
+    it("a call is announced after the text that came before it in the same update (streams split it in two otherwise)", () => {
+        const ct = ChatTemplates.create(model, { template: template("Qwen-Qwen2.5-7B-Instruct.jinja") });
+        const r = ct.apply({ messages: USER, tools: [WEATHER], toolChoice: "auto" });
+        const p = ChatParser.create(r.parser);
+        p.update("Sure", true);
+        const d = p.update(' thing\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Pa', true);
+        const kinds = d.map((x) => (x.content !== undefined ? "content" : x.toolCall?.name !== undefined ? "header" : "args"));
+        const header = kinds.indexOf("header");
+        assert.ok(header >= 0, JSON.stringify(d));
+        assert.ok(kinds.slice(header).every((k) => k !== "content"), `text after the call's header: ${JSON.stringify(d)}`);
+        assert.ok(kinds.slice(0, header).every((k) => k === "content"), `arguments before the call's header: ${JSON.stringify(d)}`);
+        ct.dispose();
+    });
+
+    it("tool-call arguments nested past the schema depth are refused, not parsed into the template (a stack overflow)", () => {
+        // a reviewer found it: 100,000 levels of '[' in one call's arguments killed the process (rc 139) in the template layer
+        const ct = ChatTemplates.create(model, { template: template("Qwen-Qwen2.5-7B-Instruct.jinja") });
+        const deep = "[".repeat(100_000) + "]".repeat(100_000);
+        const messages = [...USER, { role: "assistant", content: null, tool_calls: [{ id: "c", type: "function", function: { name: "get_weather", arguments: deep } }] },
+            { role: "tool", tool_call_id: "c", content: "ok" }];
+        assert.throws(() => ct.apply({ messages }), code(ErrorCode.InvalidArgument, "messages[1].tool_calls[0].function.arguments"));
+        ct.dispose();
+    });
+
     it("a final text the format cannot read is the content, with no tool calls; partial text never throws", () => {
         const ct = ChatTemplates.create(model, { template: template("Qwen3-Coder.jinja") });
         const r = ct.apply({ messages: USER, tools: [WEATHER], toolChoice: "required" });

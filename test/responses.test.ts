@@ -338,7 +338,7 @@ describe("POST /v1/responses (openai client)", () => {
         await bad({ tools: [weather], tool_choice: { type: "function", name: "nope" } }, "tool_choice.name");
         await bad({ tools: [weather, weather] }, "tools[1].name");
         await bad({ tool_choice: "required" }, "tool_choice");
-        await bad({ reasoning: { effort: "high" } }, "reasoning.effort");
+        await bad({ reasoning: { effort: "huge" } }, "reasoning.effort");
         await bad({ text: { format: { type: "json_schema", name: "x", schema: { type: "object", properties: { a: { type: "nope" } } } } } }, "text.format.schema");
         await bad({ input: [{ role: "user", content: ASK }, { type: "function_call", call_id: "c", name: "get_weather", arguments: "{not json" }] }, "input[1].arguments");
         await bad({ input: [] }, "input");

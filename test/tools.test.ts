@@ -212,7 +212,7 @@ describe("tool calling through the server (openai client)", () => {
         await bad({ chat_template: "{{ messages }}" }, "chat_template");
         await bad({ continue_final_message: true, add_generation_prompt: true, messages: [...ask, { role: "assistant", content: "It is" }] }, "continue_final_message");
         await bad({ continue_final_message: true }, "continue_final_message");
-        await bad({ reasoning_budget_tokens: 8 }, "reasoning_budget_tokens");
+        await bad({ reasoning_budget_tokens: -2 }, "reasoning_budget_tokens");
         await bad({ chat_template_kwargs: { enable_thinking: "yes" } }, "chat_template_kwargs.enable_thinking");
         await bad({ messages: [{ role: "assistant", content: null, tool_calls: [{ id: "c", type: "function", function: { name: "f", arguments: "{not json" } }] }] }, "messages[0].tool_calls[0].function.arguments");
     });
@@ -229,6 +229,15 @@ describe("tool calling through the server (openai client)", () => {
                 assert.equal(tok.tokens[0], bos);
                 assert.notEqual(tok.tokens[1], bos, "two BOS tokens");
             }
+        }
+    });
+
+    it("a thinking budget or a reasoning effort on a template that does not think is taken and changes nothing", async () => {
+        const base = { model: "qwen2.5", messages: ask as OpenAI.ChatCompletionMessageParam[], temperature: 0, max_tokens: 6 };
+        const plain = await client.chat.completions.create(base);
+        for (const extra of [{ reasoning_budget_tokens: 8 }, { reasoning_effort: "high" }]) {
+            const r = await client.chat.completions.create({ ...base, ...extra } as OpenAI.ChatCompletionCreateParamsNonStreaming);
+            assert.equal(r.choices[0].message.content, plain.choices[0].message.content, JSON.stringify(extra));
         }
     });
 

@@ -203,10 +203,10 @@ export class Chats {
         if (request.reasoningBudget !== undefined) {
             const budget = request.reasoningBudget;
             if (!Number.isInteger(budget) || budget < 0 || budget > 2 ** 31 - 1) throw bad("reasoningBudget", "must be an integer from 0 to 2147483647");
-            if (!result.thinking.supported || result.thinking.endTags.length === 0 || result.thinking.startTag.length === 0) {
-                throw bad("reasoningBudget", "needs a chat template that thinks (this one has no thinking tags)");
-            }
-            if (inputs.enableThinking !== false) {
+            // a template that does not think has nothing to cap: the budget changes nothing there (clients such as
+            // Claude Code send one whatever the model), so it is taken and has no effect
+            const thinks = result.thinking.supported && result.thinking.endTags.length > 0 && result.thinking.startTag.length > 0;
+            if (thinks && inputs.enableThinking !== false) {
                 sampler.reasoningBudget = {
                     tokens: budget, startTag: result.thinking.startTag, endTags: result.thinking.endTags, prefill: result.generationPrompt,
                 };
@@ -320,9 +320,9 @@ export class Chats {
             if (effort === "none") {
                 enableThinking = false;
             } else {
-                const readsEffort = templates.source.includes("reasoning_effort");
-                if (!readsEffort && !templates.caps.thinking) throw bad("reasoningEffort", "needs a model that reasons: this chat template neither thinks nor reads a reasoning effort");
-                if (readsEffort) vars.reasoning_effort = effort;
+                // templates that read it get it; for one that neither thinks nor reads it there is nothing to set (agents
+                // such as Codex send an effort whatever the model): it is taken and changes nothing
+                if (templates.source.includes("reasoning_effort")) vars.reasoning_effort = effort;
             }
         }
         if (Object.keys(vars).length > 0) {

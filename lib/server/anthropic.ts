@@ -275,7 +275,9 @@ export type StopReason = "end_turn" | "max_tokens" | "stop_sequence" | "tool_use
  */
 export function stopReason(engine: Engine, reason: FinishReason, m: AssistantMessage | undefined, text: string, tokens: readonly number[],
     stops: readonly string[] | undefined): { stop_reason: StopReason; stop_sequence: string | null } {
-    if (reason === "length") return { stop_reason: "max_tokens", stop_sequence: null };
+    // an answer cut short (by max_tokens, or by a drain that ran out of time) must not read as a finished turn:
+    // Anthropic has no "incomplete", and max_tokens is what a client already handles as "cut off"
+    if (reason === "length" || reason === "abort") return { stop_reason: "max_tokens", stop_sequence: null };
     if (m !== undefined && m.toolCalls.length > 0) return { stop_reason: "tool_use", stop_sequence: null };
     if (reason === "stop" && stops !== undefined && stops.length > 0) {
         const seq = matchedStop(engine, text, tokens, stops);
