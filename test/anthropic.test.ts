@@ -3,20 +3,17 @@
 // streamed and not (the stream's final message is the non-streamed one), a forced tool call, a two-turn tool
 // loop, thinking with a budget, stop sequences, count_tokens, and errors in Anthropic's shape.
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import Anthropic from "@anthropic-ai/sdk";
-import { vocabDir } from "../lib/index.js";
 import { anthropicError, ApiError, toApiError } from "../lib/server/errors.js";
 import { createServer, type BatchwiseServer } from "../lib/server/server.js";
 import { BatchwiseError, ErrorCode } from "../lib/binding/index.js";
 import { Sse } from "../lib/server/sse.js";
 import type { FastifyReply } from "fastify";
-import { gpu, gpuLayers, modelPath, tinyQwen } from "./helpers.js";
+import { gpu, gpuLayers, modelPath, tinyQwen, template } from "./helpers.js";
 
 const KEY = "anthropic-test-key";
-const template = (file: string) => readFileSync(join(vocabDir(), "templates", file), "utf8");
 const engineOptions = { gpuLayers, contextSize: 4096, maxRunning: 4, batchTokens: 512, flashAttention: gpu ? ("on" as const) : ("auto" as const) };
 
 // small argument spaces, as in tools.test.ts: a random model under the grammar ends a call in a few dozen tokens

@@ -310,7 +310,9 @@ describe("fuzz: binding", { timeout: testTimeoutMs(90, 8) }, () => {
         })).v;
         const message = fc.oneof(
             fc.record({ role: fc.constantFrom("user", "assistant", "system", "tool", "developer", ""), content: fc.oneof(nastyText(20), fc.constant(null), fc.array(fc.record({ type: fc.constantFrom("text", "image_url"), text: nastyText(5) }), { maxLength: 2 })) }),
-            fc.record({ role: fc.constant("assistant"), content: fc.constant(null), tool_calls: fc.array(fc.record({ id: fc.string(), type: fc.constant("function"), function: fc.record({ name: fc.constantFrom("f", "g", ""), arguments: fc.oneof(fc.constantFrom("{}", '{"a":1}', "{", ""), jsonish) }) }), { maxLength: 3 }) }),
+            fc.record({ role: fc.constant("assistant"), content: fc.constant(null), tool_calls: fc.array(fc.record({ id: fc.string(), type: fc.constant("function"), function: fc.record({ name: fc.constantFrom("f", "g", ""), arguments: fc.oneof(fc.constantFrom("{}", '{"a":1}', "{", ""), jsonish,
+                // nested at and past the depth the template layer takes (100,000 levels overflowed its stack)
+                fc.constantFrom(127, 128, 129, 100_000).map((n) => "[".repeat(n) + "]".repeat(n))) }) }), { maxLength: 3 }) }),
             fc.record({ role: fc.constant("tool"), tool_call_id: fc.string(), content: nastyText(10) }),
             jsonish,
         );

@@ -4,7 +4,7 @@ import { createHash } from "node:crypto";
 import { mkdirSync, existsSync, readFileSync, readdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { createRandomModel, LlamaContext, LlamaModel, type ContextOptions, type RandomModelOptions } from "../lib/index.js";
+import { createRandomModel, LlamaContext, LlamaModel, vocabDir, type ContextOptions, type RandomModelOptions } from "../lib/index.js";
 
 /** BATCHWISE_TEST_GPU=1 runs the suite with every layer offloaded (CUDA build). */
 export const gpu = process.env.BATCHWISE_TEST_GPU === "1";
@@ -129,4 +129,9 @@ export function randomPrompt(n: number, seed: number, vocab = 30000): number[] {
         x = (x * 1103515245 + 12345) >>> 0;
         return 100 + (x % (vocab - 200));
     });
+}
+
+/** A real chat template from llama.cpp's models/templates (Qwen3-Coder.jinja, ...). */
+export function template(file: string): string {
+    return readFileSync(join(vocabDir(), "templates", file), "utf8");
 }

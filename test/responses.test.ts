@@ -4,17 +4,13 @@
 // turn, json_schema output, instructions, reasoning on thinking templates, and the 400s that say what is
 // not served. The input-item mapping itself is checked directly, without a model.
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
-import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import OpenAI from "openai";
-import { vocabDir } from "../lib/index.js";
 import { inputMessages, type ResponsesBody } from "../lib/server/responses.js";
 import { createServer, type BatchwiseServer } from "../lib/server/server.js";
-import { gpu, gpuLayers, modelPath, tinyQwen } from "./helpers.js";
+import { gpu, gpuLayers, modelPath, tinyQwen, template } from "./helpers.js";
 
 const KEY = "responses-test-key";
-const template = (file: string) => readFileSync(join(vocabDir(), "templates", file), "utf8");
 
 const FORMATS: { name: string; file: string; thinks?: boolean }[] = [
     { name: "qwen3-coder", file: "Qwen3-Coder.jinja" },

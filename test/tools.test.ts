@@ -2,13 +2,11 @@
 // templates from llama.cpp's models/templates: through the engine, and through the server with the
 // official openai client (streamed and not, a multi-turn agent loop), on every format tested.
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
-import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import OpenAI from "openai";
-import { Engine, vocabDir, type ChatTool } from "../lib/index.js";
+import { Engine, type ChatTool } from "../lib/index.js";
 import { createServer, type BatchwiseServer } from "../lib/server/server.js";
-import { gpu, gpuLayers, modelPath, tinyQwen, type Shape } from "./helpers.js";
+import { gpu, gpuLayers, modelPath, tinyQwen, type Shape, template } from "./helpers.js";
 
 /** llama architecture with Llama 3's 128K BPE tokenizer, which adds BOS (and whose template writes it too). */
 const tinyLlama3: Shape = {
@@ -17,7 +15,6 @@ const tinyLlama3: Shape = {
 };
 
 const KEY = "tools-test-key";
-const template = (file: string) => readFileSync(join(vocabDir(), "templates", file), "utf8");
 
 /** The formats tested (docs/server.md lists the same): a name for the server's model, and the template file. */
 const FORMATS: { name: string; file: string; thinks?: boolean }[] = [

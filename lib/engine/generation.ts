@@ -16,6 +16,8 @@ export class Generation implements AsyncIterable<GenerateEvent> {
     private settleQueued!: { resolve: () => void; reject: (e: unknown) => void };
     /** Set once the request is queued. */
     id = -1;
+    /** The prompt's tokens (for a chat, after the template), set once the request is queued; -1 before. */
+    promptTokens = -1;
     /** @internal */ onAbort: (() => void) | null = null;
 
     constructor() {

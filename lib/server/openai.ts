@@ -5,7 +5,7 @@ import type {
 } from "../index.js";
 import { requestLimits } from "../engine/limits.js";
 import { badRequest, leadingIndex, type FieldContext, type FieldRule, type RouteApi } from "./errors.js";
-import { constraintField, outputOptions } from "./structured.js";
+import { constraintRule, outputOptions } from "./structured.js";
 
 export interface SamplingBody {
     model?: string;
@@ -71,7 +71,8 @@ export interface ChatBody extends SamplingBody {
     continue_final_message?: boolean | null;
 }
 
-const orUndef = <T>(v: T | null | undefined): T | undefined => (v === null ? undefined : v);
+/** A request field's null as absent. */
+export const orUndef = <T>(v: T | null | undefined): T | undefined => (v === null ? undefined : v);
 
 /** The sampling fields shared by both routes, as engine options. */
 export function samplingOptions(b: SamplingBody, defaultMaxTokens: number | undefined): RequestOptions {
@@ -243,15 +244,13 @@ function stopField(rest: string, at: FieldContext): string {
     return typeof stop === "string" ? "stop" + i.after : `stop[${i.index}]${i.after}`;
 }
 
-/** The engine's grammar, and the JSON format and schema it is made from, are the request field the constraint came from (structured.ts). */
-const constraint = (fallback: string): FieldRule => (rest, at) => (constraintField(at.body) ?? fallback) + rest;
 
 const SAMPLING_FIELDS: Record<string, FieldRule> = {
     maxTokens: "max_tokens", topK: "top_k", topP: "top_p", minP: "min_p", repeatPenalty: "repetition_penalty",
     presencePenalty: "presence_penalty", frequencyPenalty: "frequency_penalty", logitBias: "logit_bias",
     ignoreEos: "ignore_eos", cacheSalt: "cache_salt", penaltyLastN: "penalty_last_n", stop: stopField,
-    grammar: constraint("grammar"), schema: constraint("response_format.json_schema.schema"), responseFormat: constraint("response_format"),
-    "responseFormat.schema": constraint("response_format.json_schema.schema"),
+    grammar: constraintRule("grammar"), schema: constraintRule("response_format.json_schema.schema"), responseFormat: constraintRule("response_format"),
+    "responseFormat.schema": constraintRule("response_format.json_schema.schema"),
 };
 
 /** /v1/completions: each prompt of a list is its own generation, so its fields are 'prompt[i]...'. */

@@ -6,8 +6,8 @@
 import { randomBytes } from "node:crypto";
 import type { AssistantMessage, ChatMessage, ChatRequest, ChatTool, Engine, FinishReason, GenerateResult, MessageDelta, ToolChoice } from "../index.js";
 import { ApiError, badRequest, leadingIndex, type FieldContext, type FieldRule, type RouteApi } from "./errors.js";
-import { samplingOptions, type SamplingBody } from "./openai.js";
-import { constraintField, outputOptions } from "./structured.js";
+import { orUndef, samplingOptions, type SamplingBody } from "./openai.js";
+import { constraintField, constraintRule, outputOptions } from "./structured.js";
 
 // ---- the request ------------------------------------------------------------------------------------
 
@@ -72,7 +72,6 @@ export interface ResponsesBody extends Omit<SamplingBody, "max_tokens" | "n" | "
 }
 
 const present = (v: unknown) => v !== undefined && v !== null;
-const orUndef = <T>(v: T | null | undefined): T | undefined => (v === null ? undefined : v);
 
 /** The one include value served: reasoning items carry their text back to the client (see reasoningItem). */
 const ENCRYPTED_REASONING = "reasoning.encrypted_content";
@@ -293,8 +292,6 @@ function messageField(rest: string, at: FieldContext): string {
     return s.field + (i.after.startsWith(".content") && s.field !== "input" ? ".content" : "");
 }
 
-/** The engine's grammar and JSON format are text.format, or the request field of the other routes' the constraint came from (structured.ts). */
-const constraint = (fallback: string): FieldRule => (rest, at) => (constraintField(at.body) ?? fallback) + rest;
 
 /** /v1/responses: the prompt is the input items (and instructions) through the chat template; tools are flat. */
 export const responsesApi: RouteApi = {
@@ -304,9 +301,9 @@ export const responsesApi: RouteApi = {
         presencePenalty: "presence_penalty", frequencyPenalty: "frequency_penalty", cacheSalt: "cache_salt",
         ignoreEos: "ignore_eos", penaltyLastN: "penalty_last_n", logitBias: "logit_bias", stop: "stop",
         // the constraint: text.format, or the field of the other routes' it came from (structured.ts)
-        grammar: constraint("text.format"), schema: constraint("text.format.schema"), responseFormat: constraint("text.format"), "responseFormat.schema": constraint("text.format.schema"),
+        grammar: constraintRule("text.format"), schema: constraintRule("text.format.schema"), responseFormat: constraintRule("text.format"), "responseFormat.schema": constraintRule("text.format.schema"),
         // the chat layer's name for the response format's schema, when it makes the grammar with the tools'
-        jsonSchema: constraint("text.format.schema"),
+        jsonSchema: constraintRule("text.format.schema"),
         prompt: () => "input",
         messages: messageField,
         templateVariables: "chat_template_kwargs",

@@ -6,7 +6,7 @@
 import type { RequestOptions, ResponseFormat } from "../index.js";
 import { ErrorCode, fieldError, jsonSchemaToGrammar } from "../binding/index.js";
 import { choiceToGrammar, regexToGrammar } from "../engine/constraints.js";
-import { badRequest } from "./errors.js";
+import { badRequest, type FieldRule } from "./errors.js";
 
 export type Route = "completions" | "chat";
 
@@ -269,3 +269,9 @@ export function outputOptions(body: object, route: Route): Pick<RequestOptions, 
     }
     return toOptions(s, noWhitespace);
 }
+
+/**
+ * A route table's rule for the engine's grammar and JSON format: the request field the constraint came from, else
+ * `fallback` (the route's own name for it).
+ */
+export const constraintRule = (fallback: string): FieldRule => (rest, at) => (constraintField(at.body) ?? fallback) + rest;

@@ -20,15 +20,13 @@ export const messagesRoutes: ServerPlugin = async (app, { ctx }) => {
         const b = req.body;
         const id = `msg_${req.id}`;
         const omitThinking = b.thinking?.display === "omitted";
-        let request!: ReturnType<typeof messagesRequest>;
-        return serve(ctx, req, reply, b.model, (engine, signal) => {
-            request = messagesRequest(b); // a 400 here is counted as a rejection, as on the other routes
-            return [engine.chat({ ...request, signal })];
-        }, async (name, engine, gens) => {
+        // a 400 from messagesRequest is counted as a rejection, as on the other routes
+        return serve(ctx, req, reply, b.model, (engine, signal) => [engine.chat({ ...messagesRequest(b), signal })], async (name, engine, gens) => {
             const gen = gens[0];
             if (b.stream === true) {
-                // message_start carries the prompt's size: counted as the chat counts it (the result's usage comes in message_delta)
-                const promptTokens = (await engine.chatPromptTokens(request)).length;
+                // message_start carries the prompt's size, known once the request is queued (serve() waited for that);
+                // the result's usage comes in message_delta
+                const promptTokens = gen.promptTokens;
                 return streamMessage(ctx, req, reply, name, engine, gen, { id, promptTokens, stops: b.stop_sequences, omitThinking });
             }
             const result = await gen.result();
