@@ -341,6 +341,22 @@ describe("server timeouts", () => {
         assert.ok(idle.ms >= headersTimeoutMs - 50 && idle.ms < headersTimeoutMs + 3000, `cut after ${Math.round(idle.ms)} ms`);
     });
 
+    it("a drain is not held up by a connection still sending a request no one will serve", async () => {
+        // the soak saw it: after the load, an idle server took more than 30 s to exit on SIGTERM
+        const server = await start({ bodyTimeoutMs: 60_000 });
+        const { port } = new URL(server.url);
+        const s = connect(Number(port), "127.0.0.1");
+        await new Promise<void>((r) => s.once("connect", () => r()));
+        s.write("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"prompt\"");
+        s.on("error", () => {});
+        await sleep(200);
+        const t0 = performance.now();
+        await server.close();
+        const ms = performance.now() - t0;
+        s.destroy();
+        assert.ok(ms < 5_000, `the drain took ${Math.round(ms)} ms with a body half sent`);
+    });
+
     it("leaves an idle keep-alive connection alone between requests", async () => {
         const { hostname, port } = new URL(url);
         const s = connect(Number(port), hostname);

@@ -88,10 +88,15 @@ export class BatchwiseServer {
             // would hold the listener open for the keep-alive timeout (72 s), past any drain deadline: end those too
             const closing = this.app.close();
             const idle = setInterval(() => this.app.server.closeIdleConnections(), 50);
+            // the drain has waited for the requests in flight: a connection still busy now is one still sending a
+            // request (a slow body, half its headers) that no one will serve, and close() would wait for its own
+            // timeout (the body's 30 s, past a soak's or a pod's grace): after a second, every connection goes
+            const rest = setTimeout(() => this.app.server.closeAllConnections(), 1000);
             try {
                 await closing;
             } finally {
                 clearInterval(idle);
+                clearTimeout(rest);
             }
         });
     }
