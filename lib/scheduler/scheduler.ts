@@ -174,13 +174,22 @@ function better(a: Sequence, b: Sequence): number {
     return ra.spec.priority - rb.spec.priority || ra.arrival - rb.arrival || a.index - b.index;
 }
 
+/**
+ * Sampler fields that keep no state between tokens (a seed does once sampling is random, which greedy is not; the
+ * penalties do once they are on). Any other field (a grammar, a thinking budget, whatever is added next) makes the
+ * chain stateful: listed by what is known stateless, so that a new field is set fresh per sequence until said otherwise.
+ */
+const STATELESS_FIELDS = new Set(["temperature", "topK", "topP", "minP", "logitBias", "logprobs", "backend", "seed",
+    "repeatPenalty", "presencePenalty", "frequencyPenalty", "penaltyLastN"]);
+
 function samplerKey(p: SamplerParams | null): string | null {
     // a chain whose result depends only on the logits can be kept between requests; one with a random
-    // generator or a token history must be set fresh for each sequence
+    // generator, a token history or state of its own must be set fresh for each sequence
     if (p === null) return "host-greedy";
     const greedy = (p.temperature ?? 1) <= 0;
-    // (a grammar and a thinking budget carry state: where the output is in the grammar, tokens thought)
-    const stateless = greedy && (p.repeatPenalty ?? 1) === 1 && !p.presencePenalty && !p.frequencyPenalty && !p.grammar && p.reasoningBudget === undefined;
+    const fields = p as Record<string, unknown>;
+    const stateless = greedy && (p.repeatPenalty ?? 1) === 1 && !p.presencePenalty && !p.frequencyPenalty &&
+        Object.keys(fields).every((k) => fields[k] === undefined || STATELESS_FIELDS.has(k));
     return stateless ? JSON.stringify(p) : null;
 }
 
