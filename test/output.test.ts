@@ -18,10 +18,10 @@ function seq(o: Partial<SequenceCounters> = {}): SequenceCounters {
     return { promptLength: 7, cachedTokens: 0, sampled: 0, preemptions: 0, firstScheduledAt: -1, ...o };
 }
 
-function output(n: number, o: { stop?: string[]; logprobs?: boolean; seqs?: SequenceCounters[]; totals?: OutputTotals } = {}) {
+function output(n: number, o: { stop?: string[]; requestStops?: number; logprobs?: boolean; seqs?: SequenceCounters[]; totals?: OutputTotals } = {}) {
     const gen = new Generation();
     const events: GenerateEvent[] = [];
-    const out = new RequestOutput(1, gen, o.seqs ?? Array.from({ length: n }, () => seq()), { stopStrings: o.stop ?? [], logprobs: o.logprobs ?? false },
+    const out = new RequestOutput(1, gen, o.seqs ?? Array.from({ length: n }, () => seq()), { stopStrings: o.stop ?? [], requestStops: o.requestStops, logprobs: o.logprobs ?? false },
         performance.now(), (t) => table.piece(t), o.totals ?? totals());
     // every event as it is pushed (synchronously), and the same events as an iterating caller gets them
     const push = gen.push.bind(gen);
@@ -75,6 +75,28 @@ describe("request output", () => {
         assert.equal(done.finishReason, "stop");
         assert.equal(t.finished.stop, 1);
         assert.equal(t.generatedTokens, 3);
+    });
+
+    it("reports which of the request's stop strings ended a choice: the one that begins first, not a template's", async () => {
+        // "lo w" begins before "wor"; "llo" (a template's stop, after the request's two) begins earlier still
+        const run = async (stop: string[], requestStops: number) => {
+            const { out, events, collect } = output(1, { stop, requestStops });
+            for (const t of [0, 1, 2]) out.token(0, { token: t });
+            await collect;
+            const fin = events.find((e) => e.type === "finish") as Extract<GenerateEvent, { type: "finish" }>;
+            const done = events.at(-1) as Extract<GenerateEvent, { type: "done" }>;
+            assert.equal(fin.stopString, done.choices[0].stopString, "the finish event and the result agree");
+            return { text: done.text, stopString: done.choices[0].stopString };
+        };
+        assert.deepEqual(await run(["wor", "lo w"], 2), { text: "Hel", stopString: "lo w" });
+        assert.deepEqual(await run(["wor", "lo w", "llo"], 2), { text: "He", stopString: undefined });
+        assert.deepEqual(await run(["wor", "lo w", "llo"], 3), { text: "He", stopString: "llo" });
+        // a choice that ends without one reports none
+        const { out, events, collect } = output(1, { stop: ["zzz"] });
+        out.token(0, { token: 0 });
+        out.finish(0, "stop");
+        await collect;
+        assert.equal((events.at(-1) as Extract<GenerateEvent, { type: "done" }>).choices[0].stopString, undefined);
     });
 
     it("releases text held back for a stop string that never came when the choice ends", async () => {

@@ -223,7 +223,7 @@ export class Engine {
             }, this.nextId++);
             gen.id = sched.id;
             gen.promptTokens = prompt.length;
-            const output = new RequestOutput(sched.id, gen, sched.seqs, { stopStrings: valid.stopStrings, logprobs: valid.logprobs >= 0 },
+            const output = new RequestOutput(sched.id, gen, sched.seqs, { stopStrings: valid.stopStrings, requestStops: valid.requestStops, logprobs: valid.logprobs >= 0 },
                 startedAt, (t) => this.pieces.piece(t), this.counters.totals,
                 chat ? { parser: chat.plan.parser, specialTokens: chat.specialTokens, specialPiece: (t) => this.model.tokenToPiece(t, { special: true }) } : null);
             this.requests.set(sched, { sched, output });

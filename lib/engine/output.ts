@@ -40,6 +40,8 @@ interface ChoiceState {
     logprobs: TokenLogprob[] | undefined;
     stream: TextStream;
     finishReason: FinishReason | null;
+    /** The request's stop string that ended the choice. */
+    stopString?: string;
     error?: unknown;
     lastTokenAt: number;
     /** A chat's parser (null: a completion, or a chat whose text is all content). */
@@ -60,14 +62,16 @@ export class RequestOutput {
     private open: number;
     private firstTokenAt = -1;
     private readonly interTokenMs: number[] = [];
+    private readonly requestStops: ReadonlySet<string>;
     /** Called once, when the last choice has ended and the result is out. */
     onDone: (() => void) | null = null;
 
     constructor(readonly id: number, readonly gen: Generation, private readonly seqs: readonly SequenceCounters[],
-        options: { stopStrings: readonly string[]; logprobs: boolean }, private readonly startedAt: number,
+        options: { stopStrings: readonly string[]; requestStops?: number; logprobs: boolean }, private readonly startedAt: number,
         private readonly piece: (token: number) => Uint8Array, private readonly totals: OutputTotals,
         private readonly chat: ChatOutput | null = null) {
         this.open = seqs.length;
+        this.requestStops = new Set(options.stopStrings.slice(0, options.requestStops ?? options.stopStrings.length));
         this.choices = seqs.map(() => ({
             text: [], tokens: [], logprobs: options.logprobs ? [] : undefined, stream: new TextStream(options.stopStrings),
             finishReason: null, lastTokenAt: -1, reader: chat?.parser ? new MessageReader(chat.parser) : null,
@@ -104,7 +108,8 @@ export class RequestOutput {
         if (c.lastTokenAt >= 0) this.interTokenMs.push(t - c.lastTokenAt);
         c.lastTokenAt = t;
         this.totals.generatedTokens++;
-        const { text, stopped } = c.stream.push(this.bytesOf(e.token));
+        const { text, stopped, stop } = c.stream.push(this.bytesOf(e.token));
+        if (stop !== undefined && this.requestStops.has(stop)) c.stopString = stop;
         c.tokens.push(e.token);
         let lp: TokenLogprob[] | undefined;
         if (c.logprobs && e.logprob !== undefined) {
@@ -144,6 +149,7 @@ export class RequestOutput {
         c.error = error;
         this.totals.finished[reason]++;
         const fin: GenerateEvent = { type: "finish", index, finishReason: reason };
+        if (c.stopString !== undefined) fin.stopString = c.stopString;
         if (error !== undefined) fin.error = error;
         this.gen.push(fin);
         if (--this.open === 0) this.done();
@@ -167,6 +173,7 @@ export class RequestOutput {
         this.totals.cachedTokens += cachedTokens;
         const choices: Choice[] = this.choices.map((c, index) => {
             const ch: Choice = { index, text: c.text.join(""), tokens: c.tokens, finishReason: c.finishReason! };
+            if (c.stopString !== undefined) ch.stopString = c.stopString;
             if (c.error !== undefined) ch.error = c.error;
             if (c.logprobs) ch.logprobs = c.logprobs;
             if (this.chat !== null) ch.message = c.reader ? c.reader.message() : plainMessage(ch.text);

@@ -61,7 +61,10 @@ export interface GenerateRequest extends RequestOptions {
 export interface ValidRequest {
     n: number;
     maxTokens: number | undefined;
+    /** The request's stop strings, then (a chat) its template's. */
     stopStrings: string[];
+    /** How many of stopStrings the request gave: the ones a choice reports as its `stopString`. */
+    requestStops: number;
     stopTokens: Set<number>;
     ignoreEos: boolean;
     priority: number;
@@ -172,7 +175,7 @@ export function validateRequest(req: RequestOptions, vocabSize: number): ValidRe
     const seed0 = seed ?? Math.floor(Math.random() * 0xffffffff);
     const samplers = Array.from({ length: n }, (_, i) => (temperature > 0 ? { ...base, seed: (seed0 + i) % 0xffffffff } : { ...base }));
     return {
-        n, maxTokens, stopStrings, stopTokens, ignoreEos: o.ignoreEos === true, priority,
+        n, maxTokens, stopStrings, requestStops: stopStrings.length, stopTokens, ignoreEos: o.ignoreEos === true, priority,
         cacheSalt: (o.cacheSalt as string | undefined) ?? "", useCache: o.cache !== false, samplers, logprobs: logprobs ?? -1,
     };
 }

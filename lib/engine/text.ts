@@ -13,17 +13,22 @@ export class StopMatcher {
         this.stops = stops.filter((s) => s.length > 0);
     }
 
-    push(text: string): { text: string; stopped: boolean } {
+    /** The text safe to show now, and, when a stop string ended it, that string (`stop`; the first given of those that begin earliest). */
+    push(text: string): { text: string; stopped: boolean; stop?: string } {
         if (this.stops.length === 0) return { text, stopped: false };
         const s = this.held + text;
         let at = -1;
+        let found = "";
         for (const stop of this.stops) {
             const i = s.indexOf(stop);
-            if (i >= 0 && (at < 0 || i < at)) at = i;
+            if (i >= 0 && (at < 0 || i < at)) {
+                at = i;
+                found = stop;
+            }
         }
         if (at >= 0) {
             this.held = "";
-            return { text: s.slice(0, at), stopped: true };
+            return { text: s.slice(0, at), stopped: true, stop: found };
         }
         // hold back the longest tail of s that is a proper prefix of a stop string
         let keep = 0;
@@ -57,8 +62,8 @@ export class TextStream {
         this.matcher = new StopMatcher(stops);
     }
 
-    /** Adds a token's bytes; returns the text to show now and whether a stop string ended the output. */
-    push(bytes: Uint8Array): { text: string; stopped: boolean } {
+    /** Adds a token's bytes; returns the text to show now and whether a stop string ended the output (and which: `stop`). */
+    push(bytes: Uint8Array): { text: string; stopped: boolean; stop?: string } {
         if (this.done) return { text: "", stopped: true };
         const r = this.matcher.push(this.decoder.decode(bytes, { stream: true }));
         if (r.stopped) this.done = true;

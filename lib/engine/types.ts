@@ -120,7 +120,7 @@ export type GenerateEvent =
           /** A chat's parsed changes for this text: content, thinking, tool calls (empty while a call's text is still being read). */
           message?: MessageDelta[];
       }
-    | { type: "finish"; index: number; finishReason: FinishReason; error?: unknown }
+    | { type: "finish"; index: number; finishReason: FinishReason; stopString?: string; error?: unknown }
     | ({ type: "done" } & GenerateResult);
 
 export interface Choice {
@@ -128,6 +128,8 @@ export interface Choice {
     text: string;
     tokens: number[];
     finishReason: FinishReason;
+    /** The request's stop string that ended this choice (finishReason "stop"; absent for an end-of-generation token or a template's stop). */
+    stopString?: string;
     error?: unknown;
     logprobs?: TokenLogprob[];
     /** A chat's answer: its text read as content, thinking and tool calls. */

@@ -2,7 +2,7 @@
 // Messages body to the engine's chat request (system, content blocks, tool_use and tool_result, tools with
 // input_schema, tool_choice, thinking), and the engine's answer back as Anthropic's message (content blocks:
 // thinking, text, tool_use with parsed input; stop_reason; usage) and as its stream's events.
-import type { AssistantMessage, ChatMessage, ChatRequest, ChatTool, Engine, FinishReason, GenerateResult, MessageDelta, ToolChoice } from "../index.js";
+import type { AssistantMessage, ChatMessage, ChatRequest, ChatTool, Choice, GenerateResult, MessageDelta, ToolChoice } from "../index.js";
 import { requestLimits } from "../engine/limits.js";
 import { badRequest, leadingIndex, type FieldContext, type FieldRule, type RouteApi } from "./errors.js";
 
@@ -267,46 +267,14 @@ export function contentBlocks(m: AssistantMessage | undefined, text: string, req
 
 export type StopReason = "end_turn" | "max_tokens" | "stop_sequence" | "tool_use";
 
-/**
- * Why the turn ended, as Anthropic says it, and the stop sequence that ended it. The engine says "stop"
- * for an end-of-generation token, a template's stop and a request's stop string alike, and drops the stop
- * string from the text: which stop sequence matched is read from the choice's tokens, whose text is the
- * output followed by the stop string where one ended it (exactly the bytes the engine's stop matcher saw).
- */
-export function stopReason(engine: Engine, reason: FinishReason, m: AssistantMessage | undefined, text: string, tokens: readonly number[],
-    stops: readonly string[] | undefined): { stop_reason: StopReason; stop_sequence: string | null } {
+/** Why the turn ended, as Anthropic says it, and the request's stop sequence that ended it (the engine reports which). */
+export function stopReason(c: Choice): { stop_reason: StopReason; stop_sequence: string | null } {
     // an answer cut short (by max_tokens, or by a drain that ran out of time) must not read as a finished turn:
     // Anthropic has no "incomplete", and max_tokens is what a client already handles as "cut off"
-    if (reason === "length" || reason === "abort") return { stop_reason: "max_tokens", stop_sequence: null };
-    if (m !== undefined && m.toolCalls.length > 0) return { stop_reason: "tool_use", stop_sequence: null };
-    if (reason === "stop" && stops !== undefined && stops.length > 0) {
-        const seq = matchedStop(engine, text, tokens, stops);
-        if (seq !== null) return { stop_reason: "stop_sequence", stop_sequence: seq };
-    }
+    if (c.finishReason === "length" || c.finishReason === "abort") return { stop_reason: "max_tokens", stop_sequence: null };
+    if (c.message !== undefined && c.message.toolCalls.length > 0) return { stop_reason: "tool_use", stop_sequence: null };
+    if (c.finishReason === "stop" && c.stopString !== undefined) return { stop_reason: "stop_sequence", stop_sequence: c.stopString };
     return { stop_reason: "end_turn", stop_sequence: null };
-}
-
-function matchedStop(engine: Engine, text: string, tokens: readonly number[], stops: readonly string[]): string | null {
-    // the last tokens hold the stop string: enough of them for the longest, and some of the text before it
-    const longest = Math.max(...stops.map((s) => Buffer.byteLength(s)));
-    const pieces: Uint8Array[] = [];
-    let bytes = 0;
-    for (let i = tokens.length - 1; i >= 0 && bytes < longest + 32; i--) {
-        const p = engine.tokenBytes(tokens[i]);
-        pieces.unshift(p);
-        bytes += p.length;
-    }
-    const tail = Buffer.concat(pieces);
-    const out = Buffer.from(text, "utf8");
-    // the cut between the output and the stop string: the tail before it ends the output's text (the longest such overlap)
-    for (let cut = tail.length - 1; cut >= 0; cut--) {
-        if (cut > out.length || !out.subarray(out.length - cut).equals(tail.subarray(0, cut))) continue;
-        const after = tail.subarray(cut);
-        const hits = stops.filter((s) => after.subarray(0, Buffer.byteLength(s)).equals(Buffer.from(s, "utf8")));
-        // the shortest: the matcher ends at the first stop string completed
-        if (hits.length > 0) return hits.reduce((a, s) => (s.length < a.length ? s : a));
-    }
-    return null;
 }
 
 /** Anthropic's usage: input_tokens are the prompt tokens not read from the cache (Anthropic's sum is input + cache read + cache creation). */

@@ -3,7 +3,7 @@
 // other generation routes are (generate.ts: the model lookup, 503 while not ready, the abort when the client
 // goes, the drain count, the metrics and log line), with Anthropic's event stream and error shape.
 import type { FastifyReply, FastifyRequest } from "fastify";
-import type { Engine, GenerateResult, Generation } from "../../index.js";
+import type { GenerateResult, Generation } from "../../index.js";
 import {
     anthropicUsage, BlockStream, contentBlocks, messagesApi, messagesRequest, messagesSchemas, stopReason, type MessagesBody,
 } from "../anthropic.js";
@@ -21,13 +21,13 @@ export const messagesRoutes: ServerPlugin = async (app, { ctx }) => {
         const id = `msg_${req.id}`;
         const omitThinking = b.thinking?.display === "omitted";
         // a 400 from messagesRequest is counted as a rejection, as on the other routes
-        return serve(ctx, req, reply, b.model, (engine, signal) => [engine.chat({ ...messagesRequest(b), signal })], async (name, engine, gens) => {
+        return serve(ctx, req, reply, b.model, (engine, signal) => [engine.chat({ ...messagesRequest(b), signal })], async (name, _engine, gens) => {
             const gen = gens[0];
             if (b.stream === true) {
                 // message_start carries the prompt's size, known once the request is queued (serve() waited for that);
                 // the result's usage comes in message_delta
                 const promptTokens = gen.promptTokens;
-                return streamMessage(ctx, req, reply, name, engine, gen, { id, promptTokens, stops: b.stop_sequences, omitThinking });
+                return streamMessage(ctx, req, reply, name, gen, { id, promptTokens, omitThinking });
             }
             const result = await gen.result();
             record(ctx, req, name, [result], false);
@@ -36,7 +36,7 @@ export const messagesRoutes: ServerPlugin = async (app, { ctx }) => {
             return {
                 id, type: "message", role: "assistant", model: name,
                 content: contentBlocks(c.message, c.text, req.id, omitThinking),
-                ...stopReason(engine, c.finishReason, c.message, c.text, c.tokens, b.stop_sequences),
+                ...stopReason(c),
                 stop_details: null,
                 usage: anthropicUsage(result),
             };
@@ -56,8 +56,8 @@ export const messagesRoutes: ServerPlugin = async (app, { ctx }) => {
 const PING_MS = 10_000;
 
 /** Anthropic's event stream of one message: message_start, ping, the content blocks, message_delta, message_stop. */
-function streamMessage(ctx: ServerContext, req: FastifyRequest, reply: FastifyReply, name: string, engine: Engine, gen: Generation,
-    o: { id: string; promptTokens: number; stops: string[] | undefined; omitThinking: boolean }): Promise<unknown> {
+function streamMessage(ctx: ServerContext, req: FastifyRequest, reply: FastifyReply, name: string, gen: Generation,
+    o: { id: string; promptTokens: number; omitThinking: boolean }): Promise<unknown> {
     // Anthropic's framing: named events, no [DONE], an error as `event: error` with Anthropic's body
     const sse = new Sse(reply, req.id, { done: false, error: (e) => ({ event: "error", data: anthropicError(e, req.id).body }) });
     const scope = scopeOf(req);
@@ -103,7 +103,7 @@ function streamMessage(ctx: ServerContext, req: FastifyRequest, reply: FastifyRe
         const u = anthropicUsage(result);
         send("message_delta", {
             type: "message_delta",
-            delta: { ...stopReason(engine, c.finishReason, c.message, c.text, c.tokens, o.stops), stop_details: null },
+            delta: { ...stopReason(c), stop_details: null },
             // the totals: the prompt's split between the cache and the rest is known only now
             usage: { input_tokens: u.input_tokens, cache_creation_input_tokens: 0, cache_read_input_tokens: u.cache_read_input_tokens, output_tokens: u.output_tokens },
         });
