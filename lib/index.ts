@@ -9,10 +9,12 @@ export {
     cachedRandomModel,
     createRandomModel,
     getDevices,
+    heapStats,
     jsonSchemaToGrammar,
     resolveVocab,
     setLogger,
     systemInfo,
+    trimHeap,
     vocabDir,
 } from "./binding/index.js";
 export type {
@@ -21,6 +23,7 @@ export type {
     DecodeBatch,
     DecodeResult,
     DeviceInfo,
+    HeapStats,
     KvCacheType,
     ModelLoadOptions,
     ModelMetadata,

@@ -9,6 +9,7 @@
 #include "grammar.h"
 #include "limits.h"
 #include "log.h"
+#include "memory.h"
 #include "model.h"
 #include "random_model.h"
 
@@ -20,6 +21,8 @@ static Napi::Object init(Napi::Env env, Napi::Object exports) {
     exports.Set("ChatParser", bw::chat_parser_wrap::define(env));
     exports.Set("getDevices", Napi::Function::New(env, bw::get_devices, "getDevices"));
     exports.Set("systemInfo", Napi::Function::New(env, bw::system_info, "systemInfo"));
+    exports.Set("heapStats", Napi::Function::New(env, bw::heap_stats, "heapStats"));
+    exports.Set("trimHeap", Napi::Function::New(env, bw::trim_heap, "trimHeap"));
     exports.Set("setLogger", Napi::Function::New(env, bw::set_logger, "setLogger"));
     exports.Set("jsonSchemaToGrammar", Napi::Function::New(env, bw::json_schema_to_grammar_js, "jsonSchemaToGrammar"));
     exports.Set("createRandomModel", Napi::Function::New(env, bw::create_random_model, "createRandomModel"));

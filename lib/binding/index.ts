@@ -28,13 +28,14 @@ import {
     type NativeModel,
     type SamplerParams,
     type SystemInfo,
+    type HeapStats,
 } from "./native.js";
 
 export { BatchwiseError, ErrorCode, fieldError, type ErrorDetails } from "./errors.js";
 export type {
     ChatApplyInputs, ChatApplyResult, ChatMessageDelta, ChatParserOptions, ChatParserSpec, ChatTemplateCaps, GrammarTrigger,
     ParsedChatMessage, ReasoningBudget, ReasoningFormat,
-    ChatMessage, ContextInfo, DeviceInfo, ModelMetadata, SamplerParams, SystemInfo,
+    ChatMessage, ContextInfo, DeviceInfo, HeapStats, ModelMetadata, SamplerParams, SystemInfo,
     NativeDecodeBatch as DecodeBatch, NativeDecodeResult as DecodeResult,
 } from "./native.js";
 
@@ -393,6 +394,19 @@ export function getDevices(): DeviceInfo[] {
 
 export function systemInfo(): SystemInfo {
     return native(() => loadNative().systemInfo());
+}
+
+/** The process heap under glibc's malloc (all of it: the addon's, llama.cpp's and Node's); null elsewhere. */
+export function heapStats(): HeapStats | null {
+    return native(() => loadNative().heapStats());
+}
+
+/**
+ * Gives the free pages malloc holds back to the system (glibc's malloc_trim; false elsewhere, or when
+ * there was nothing to give). The engine calls it on its own (EngineOptions.trimHeapMs).
+ */
+export function trimHeap(): boolean {
+    return native(() => loadNative().trimHeap());
 }
 
 export const LogLevel = { Debug: 1, Info: 2, Warn: 3, Error: 4 } as const;

@@ -77,6 +77,8 @@ export interface NativeAddon {
     ChatParser: { create(spec: ChatParserSpec, options: object): NativeChatParser };
     getDevices(): DeviceInfo[];
     systemInfo(): SystemInfo;
+    heapStats(): HeapStats | null;
+    trimHeap(): boolean;
     setLogger(fn: ((level: number, text: string) => void) | null, minLevel?: number): void;
     createRandomModel(options: object): Promise<{ path: string; sizeBytes: number; vocabSize: number }>;
     jsonSchemaToGrammar(schemaJson: string): string;
@@ -300,6 +302,16 @@ export interface DeviceInfo {
     backend: string;
     freeBytes: number;
     totalBytes: number;
+}
+
+/** The process heap as glibc's malloc keeps it (every thread's arena, and blocks mapped on their own). */
+export interface HeapStats {
+    /** Bytes allocated and not freed. */
+    inUseBytes: number;
+    /** Bytes malloc has taken from the system; heldBytes - inUseBytes is free memory it keeps. */
+    heldBytes: number;
+    /** Of those, bytes in blocks mapped on their own (large allocations). */
+    mmapBytes: number;
 }
 
 export interface SystemInfo {

@@ -5,7 +5,7 @@
 //
 // The rest of the engine: types.ts (its public types), options.ts (options to settings, the context),
 // generation.ts (a request's handle), request.ts (field checks), input.ts, output.ts, stats.ts.
-import { BatchwiseError, ErrorCode, LlamaModel, fieldError, type LlamaContext, type ModelMetadata } from "../binding/index.js";
+import { BatchwiseError, ErrorCode, LlamaModel, fieldError, trimHeap, type LlamaContext, type ModelMetadata } from "../binding/index.js";
 import { runSwaps, Scheduler, type SchedRequest, type SchedulerEvent } from "../scheduler/scheduler.js";
 import { Chats, type ChatMessage, type ChatPlan } from "./chat.js";
 import { Generation } from "./generation.js";
@@ -26,6 +26,8 @@ interface Live {
 }
 
 const now = () => performance.now();
+/** The least time between two heap trims when the engine goes idle. */
+const IDLE_TRIM_MS = 1000;
 
 export class Engine {
     private readonly scheduler: Scheduler;
@@ -42,6 +44,7 @@ export class Engine {
     private broken: unknown = null;
     private pendingAdmissions = 0;
     private lastProgress = now();
+    private lastTrim = now();
 
     private constructor(readonly model: LlamaModel, readonly context: LlamaContext, readonly options: Readonly<EngineOptions>,
         /** The settings in force, defaults resolved: what load() made of the options. */
@@ -272,6 +275,7 @@ export class Engine {
                     this.dispatch(events);
                     if (!this.scheduler.busy) {
                         if (this.closed) break;
+                        this.maybeTrimHeap(IDLE_TRIM_MS); // what the burst freed goes back now, not at the next one
                         await new Promise<void>((r) => (this.wakeLoop = r));
                         this.lastProgress = now(); // idle time is not a stall
                     } else {
@@ -283,8 +287,9 @@ export class Engine {
                 const t1 = now();
                 const decoding = this.context.decode(step.batch);
                 decoding.catch(() => {});
-                // the decode runs off the JS thread: hand out the last step's tokens meanwhile
+                // the decode runs off the JS thread: hand out the last step's tokens meanwhile (and trim the heap, now and then)
                 this.dispatch(events);
+                this.maybeTrimHeap(this.settings.trimHeapMs);
                 let decodeMs = 0;
                 try {
                     const result = await decoding;
@@ -300,6 +305,16 @@ export class Engine {
         } catch (e) {
             this.fatal(e);
         }
+    }
+
+    /** Gives malloc's free pages back to the system when the last trim is `everyMs` old (trimHeapMs 0: never). */
+    private maybeTrimHeap(everyMs: number): void {
+        const t = now();
+        if (this.settings.trimHeapMs === 0 || t - this.lastTrim < everyMs) return;
+        trimHeap();
+        this.lastTrim = now();
+        this.counters.heap.trims++;
+        this.counters.heap.trimMs += this.lastTrim - t;
     }
 
     /** An internal failure: every request ends with the error, the engine takes no more. */

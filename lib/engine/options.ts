@@ -31,6 +31,7 @@ export interface ResolvedOptions {
     watermark: number;
     maxQueued: number;
     maxPromptLength: number | undefined;
+    trimHeapMs: number;
     contextSize: number | undefined;
     context: Pick<ContextOptions, "flashAttention" | "kvCacheTypeK" | "kvCacheTypeV" | "threads" | "threadsBatch">;
 }
@@ -75,6 +76,7 @@ export function resolveOptions(options: EngineOptions): ResolvedOptions {
     const longPrefills = int("longPrefills", 1, 1)!;
     const maxQueued = int("maxQueued", 1024, 1)!;
     const maxPromptLength = int("maxPromptLength", undefined, 1);
+    const trimHeapMs = int("trimHeapMs", 10_000, 0)!;
     const contextSize = int("contextSize", undefined, 0) || undefined;
     const blockSize = int("blockSize", undefined, 1, 4096);
     const fa = o.flashAttention;
@@ -100,7 +102,7 @@ export function resolveOptions(options: EngineOptions): ResolvedOptions {
             gpuLayers: o.gpuLayers, splitMode: o.splitMode, tensorSplit: o.tensorSplit, mainGpu: o.mainGpu, useMmap: o.useMmap, onProgress: o.onProgress,
         }),
         maxRunning, cacheSeqIds, batchTokens, ubatchSize, prefillChunk, longPrefills, blockSize, pagedKv, pagedKvExplicit: o.pagedKv === true,
-        prefixCache, preemption, swapSpaceBytes, watermark, maxQueued, maxPromptLength, contextSize,
+        prefixCache, preemption, swapSpaceBytes, watermark, maxQueued, maxPromptLength, trimHeapMs, contextSize,
         context: defined({ flashAttention: fa, kvCacheTypeK: o.kvCacheTypeK, kvCacheTypeV: o.kvCacheTypeV, threads: o.threads, threadsBatch: o.threadsBatch }),
     };
 }
@@ -149,7 +151,7 @@ export async function createEngineContext(model: LlamaModel, r: ResolvedOptions)
         maxRunning: r.maxRunning, seqIds: seqIdsFor(r, paged), cacheSeqIds: paged ? 0 : r.cacheSeqIds, numBlocks, blockSize, maxContext,
         batchTokens: r.batchTokens, ubatchSize: r.ubatchSize, prefillChunk: r.prefillChunk, longPrefills: r.longPrefills,
         pagedKv: paged, prefixCache: r.prefixCache, preemption: r.preemption, swapSpaceBytes: r.swapSpaceBytes, watermark: r.watermark,
-        maxQueued: r.maxQueued, maxPromptLength: r.maxPromptLength ?? 16 * maxContext,
+        maxQueued: r.maxQueued, maxPromptLength: r.maxPromptLength ?? 16 * maxContext, trimHeapMs: r.trimHeapMs,
     };
     return { context, settings };
 }

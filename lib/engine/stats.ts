@@ -12,6 +12,7 @@ export class EngineCounters {
         promptTokens: 0, cachedTokens: 0, computedPromptTokens: 0, generatedTokens: 0,
     };
     readonly time = { stepMs: 0, planMs: 0, decodeMs: 0 };
+    readonly heap = { trims: 0, trimMs: 0 };
     private readonly window: { t: number; gen: number; prompt: number }[] = [];
 
     /** A request taken, with its prompt tokens. */
@@ -45,7 +46,7 @@ export class EngineCounters {
                 usage: s.kv.used / s.kv.numBlocks, seqIds: s.kv.seqIds, parkedSeqIds: s.kv.parkedSeqIds,
             },
             prefixCache: { queries: s.kv.queries, hits: s.kv.hits, hitRate: s.kv.queries > 0 ? s.kv.hits / s.kv.queries : 0, evictions: s.kv.evictions },
-            preemptions: s.preemptions, steps: s.steps, time: { ...this.time },
+            preemptions: s.preemptions, steps: s.steps, time: { ...this.time }, heap: { ...this.heap },
             tokensPerSecond: gen / span, promptTokensPerSecond: prompt / span,
             totals: { ...this.totals, finished: { ...this.totals.finished } },
             healthy: extra.healthy, closing: extra.closing, stalledMs: extra.stalledMs,

@@ -68,6 +68,13 @@ export interface EngineOptions {
      * averages far fewer; tokens of natural text and code are 3-5 characters).
      */
     maxPromptLength?: number;
+    /**
+     * How often, in ms, the engine gives the free memory malloc holds back to the system while it works
+     * (and each time it goes idle, at most every 1 s). Under glibc, the memory a server's threads freed
+     * stays in their malloc arenas and the resident size creeps up for hours after the memory in use
+     * stopped growing; a trim costs a few ms of the JS thread, during a decode. 0: never. Default 10000.
+     */
+    trimHeapMs?: number;
     flashAttention?: ContextOptions["flashAttention"];
     kvCacheTypeK?: KvCacheType;
     kvCacheTypeV?: KvCacheType;
@@ -105,6 +112,7 @@ export interface EngineSettings {
     watermark: number;
     maxQueued: number;
     maxPromptLength: number;
+    trimHeapMs: number;
 }
 
 export interface TokenLogprob {
@@ -193,6 +201,8 @@ export interface EngineStats {
      * decodeMs over stepMs is the share the model itself took.
      */
     time: { stepMs: number; planMs: number; decodeMs: number };
+    /** The heap trims since load (EngineOptions.trimHeapMs) and the JS-thread time they took, in ms. */
+    heap: { trims: number; trimMs: number };
     /** Generated and prompt tokens per second over the last 10 s. */
     tokensPerSecond: number;
     promptTokensPerSecond: number;

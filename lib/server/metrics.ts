@@ -3,7 +3,7 @@
 // read batchwise as they read vLLM; batchwise_ metrics add what vLLM has no name for. Every metric of
 // a model carries model_name. Engine counters are read at scrape time, less what warm-up did.
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
-import type { Engine, EngineStats, GenerateResult } from "../index.js";
+import { heapStats, type Engine, type EngineStats, type GenerateResult } from "../index.js";
 
 export interface MetricsModel {
     name: string;
@@ -82,6 +82,19 @@ export class ServerMetrics {
         gauge("batchwise_generation_tokens_per_second", "Tokens generated per second over the last 10 s.", (s) => s.tokensPerSecond);
         gauge("batchwise_prompt_tokens_per_second", "Prompt tokens computed per second over the last 10 s.", (s) => s.promptTokensPerSecond);
         gauge("batchwise_engine_healthy", "1 while the model's engine loop is alive.", (s) => (s.healthy ? 1 : 0));
+        new Gauge({
+            name: "batchwise_heap_bytes",
+            help: "The process heap under glibc's malloc: in_use (allocated, not freed) and held (taken from the system; held - in_use is free memory malloc keeps).",
+            labelNames: ["state"], registers: [r],
+            collect() {
+                this.reset();
+                const h = heapStats();
+                if (h === null) return;
+                this.set({ state: "in_use" }, h.inUseBytes);
+                this.set({ state: "held" }, h.heldBytes);
+            },
+        });
+        counter("batchwise_heap_trims_total", "Times the engine gave malloc's free pages back to the system (EngineOptions.trimHeapMs).", (s, b) => s.heap.trims - b.heap.trims);
         new Gauge({
             name: "batchwise_ready", help: "1 when the server is ready for traffic (models loaded and warmed up, not draining).", registers: [r],
             collect() {
