@@ -6,7 +6,8 @@
 // against the /metrics of a live server (in-process, tiny model, after real requests).
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { parse as parseYaml } from "yaml";
@@ -345,6 +346,18 @@ describe("deploy: Prometheus rules", () => {
 const dashboardFile = join(deploy, "grafana", "dashboard.json");
 
 describe("deploy: Grafana dashboard", () => {
+    it("is what deploy/grafana/build-dashboard.mjs writes", () => {
+        const dir = mkdtempSync(join(tmpdir(), "batchwise-dashboard-"));
+        try {
+            const out = join(dir, "dashboard.json");
+            const r = spawnSync(process.execPath, [join(deploy, "grafana", "build-dashboard.mjs"), out], { encoding: "utf8" });
+            assert.equal(r.status, 0, r.stderr);
+            assert.equal(readFileSync(dashboardFile, "utf8"), readFileSync(out, "utf8"), "run node deploy/grafana/build-dashboard.mjs after editing it");
+        } finally {
+            rmSync(dir, { recursive: true, force: true });
+        }
+    });
+
     it("is a dashboard: unique panel ids, panels in 24 columns without overlap, every query on the Prometheus variable", () => {
         const d = JSON.parse(readFileSync(dashboardFile, "utf8"));
         assert.equal(typeof d.title, "string");
