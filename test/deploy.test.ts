@@ -506,7 +506,7 @@ describe("deploy: every metric queried is one the server exports", () => {
         await chat.text();
         assert.equal((await post("/v1/completions", { model: "nope", prompt: "x", max_tokens: 1 })).status, 404);
         const ac = new AbortController();
-        const gone = await post("/v1/completions", { model: "coder", prompt: "x", max_tokens: 500, ignore_eos: true, stream: true }, ac.signal);
+        const gone = await post("/v1/completions", { model: "coder", prompt: "x", max_tokens: 1500, ignore_eos: true, stream: true }, ac.signal);
         const reader = gone.body!.getReader();
         await reader.read();
         ac.abort();
