@@ -436,7 +436,7 @@ describe("server limits and lifecycle", () => {
         }
     });
 
-    it("turns /health to 503 when a decode is stuck, and back to 200 when it moves", async () => {
+    it("turns /health and /ready to 503 when a decode is stuck, and back to 200 when it moves", async () => {
         const server = await createServer({
             models: [{ name: "q", path: await modelPath(tinyQwen), options: engineOptions }],
             port: 0, logger: false, warmup: false, livenessTimeoutMs: 300,
@@ -455,10 +455,16 @@ describe("server limits and lifecycle", () => {
             await until(async () => (await send(server.url, "/health")).status === 503, 5000, "/health to report the stall");
             const h = await send(server.url, "/health");
             assert.match(h.body.failed[0].reason, /no step finished/);
+            // a balancer takes the replica out of rotation at once, not when liveness restarts it
+            const r = await send(server.url, "/ready");
+            assert.equal(r.status, 503);
+            assert.equal(r.body.status, "unhealthy");
+            assert.match(r.body.failed[0].reason, /no step finished/);
             ctx.decode = real;
             release();
             assert.equal((await pending).status, 200);
             assert.equal((await send(server.url, "/health")).status, 200);
+            assert.equal((await send(server.url, "/ready")).status, 200);
         } finally {
             await server.close();
         }

@@ -4,7 +4,8 @@ import type { ServerPlugin } from "../context.js";
 
 export const probeRoutes: ServerPlugin = async (app, { ctx }) => {
     const probe = { config: { probe: true } };
-    app.get("/health", probe, async (_req, reply) => {
+    /** Models whose engine stopped, or has had work and finished no step for livenessTimeoutMs (a stuck decode). */
+    const failedModels = () => {
         const failed: { model: string; reason: string }[] = [];
         for (const e of ctx.models.list()) {
             const s = e.engine?.stats();
@@ -12,6 +13,10 @@ export const probeRoutes: ServerPlugin = async (app, { ctx }) => {
             if (!s.healthy) failed.push({ model: e.name, reason: "the engine loop stopped after an internal error" });
             else if (s.stalledMs > ctx.settings.livenessTimeoutMs) failed.push({ model: e.name, reason: `no step finished for ${Math.round(s.stalledMs / 1000)} s with work waiting` });
         }
+        return failed;
+    };
+    app.get("/health", probe, async (_req, reply) => {
+        const failed = failedModels();
         if (failed.length > 0 || ctx.lifecycle.state === "failed") {
             const failure = ctx.lifecycle.failure;
             return reply.code(503).send({ status: "error", failed, error: failure ? String(failure) : undefined });
@@ -19,9 +24,11 @@ export const probeRoutes: ServerPlugin = async (app, { ctx }) => {
         return { status: "ok", state: ctx.lifecycle.state };
     });
     app.get("/ready", probe, async (_req, reply) => {
-        if (ctx.lifecycle.state === "ready") return { status: "ready", models: ctx.models.names };
+        // a replica whose engine stopped or is stuck takes no traffic until liveness restarts it
+        const failed = ctx.lifecycle.state === "ready" ? failedModels() : [];
+        if (ctx.lifecycle.state === "ready" && failed.length === 0) return { status: "ready", models: ctx.models.names };
         void reply.header("retry-after", String(ctx.settings.retryAfter));
-        return reply.code(503).send({ status: ctx.lifecycle.state });
+        return reply.code(503).send(failed.length > 0 ? { status: "unhealthy", failed } : { status: ctx.lifecycle.state });
     });
     app.get("/metrics", probe, async (_req, reply) => {
         const text = await ctx.metrics.text();
