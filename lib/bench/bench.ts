@@ -171,6 +171,8 @@ interface Sizes {
     ideRates: number[]; ideDurationS: number; ideWarmupS: number;
     /** ide: the safety cap on requests in flight; a first token awaited this long stops a rate (diverged); the drain after it. */
     ideMaxInFlight: number; ideDivergeS: number; ideDrainS: number;
+    /** ide: the pause between rates (five times this after a rate that left requests unfinished, so the server can end them). */
+    idePauseS: number;
     /** long: runs (the first a warm-up), output tokens; longContext is set from the model and ctx-size. */
     longRuns: number; longOut: number; longContext: number;
 }
@@ -179,12 +181,12 @@ function sizes(quick: boolean, o: Pick<BenchOptions, "ideRates" | "ideDurationS"
     const z = quick
         ? {
             in: 128, out: 16, c1: 3, c16: 16, c64: 32, prefix: 256, unique: 32, prefixN: 16, shortIn: 64, shortOut: 8, longIn: 1024, longs: 2, idleShorts: 8, steady: 4,
-            ideUsers: 4, idePrefix: 128, ideFresh: 32, ideOut: 8, ideRates: [2, 4], ideDurationS: 4, ideMaxInFlight: 64, ideDivergeS: 10, ideDrainS: 10,
+            ideUsers: 4, idePrefix: 128, ideFresh: 32, ideOut: 8, ideRates: [2, 4], ideDurationS: 4, ideMaxInFlight: 64, ideDivergeS: 10, ideDrainS: 10, idePauseS: 0.2,
             longRuns: 3, longOut: 8,
         }
         : {
             in: 512, out: 128, c1: 8, c16: 48, c64: 192, prefix: 2000, unique: 100, prefixN: 48, shortIn: 128, shortOut: 16, longIn: 32768, longs: 4, idleShorts: 24, steady: 10,
-            ideUsers: 16, idePrefix: 1536, ideFresh: 512, ideOut: 48, ideRates: [4, 8, 16, 24, 32], ideDurationS: 30, ideMaxInFlight: 1024, ideDivergeS: 10, ideDrainS: 30,
+            ideUsers: 16, idePrefix: 1536, ideFresh: 512, ideOut: 48, ideRates: [4, 8, 16, 24, 32], ideDurationS: 30, ideMaxInFlight: 1024, ideDivergeS: 10, ideDrainS: 30, idePauseS: 1,
             longRuns: 3, longOut: 32,
         };
     const ideRates = [...(o.ideRates ?? z.ideRates)].sort((a, b) => a - b);
@@ -399,7 +401,7 @@ async function runWorkloads(kind: ServerKind, o: BenchOptions, z: Sizes, s: Runn
                     `${x.firstError ? ` (${x.firstError})` : ""}`,
             });
             // requests aborted at the end of a drain may still be winding down on the server
-            await new Promise((r) => setTimeout(r, x.unfinished > 0 ? 5000 : 1000));
+            await new Promise((r) => setTimeout(r, 1000 * z.idePauseS * (x.unfinished > 0 ? 5 : 1)));
         }
         const k = knee(rates);
         o.log(`  ide knee (highest rate with TTFT p95 under ${IDE_BUDGET_MS} ms): ${k === null ? `below ${z.ideRates[0]}` : k} req/s`);
