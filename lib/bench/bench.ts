@@ -41,8 +41,8 @@ export interface BenchOptions {
     parallel: number;
     /**
      * llama-server's KV layout: "slots" (as it comes with -np: contextSize / parallel tokens per slot,
-     * each attended alone) or "unified" (-kvu, one pool). The head-of-line workload's 32K prompts do not
-     * fit a slot, so with "slots" llama-server is restarted with -kvu for it.
+     * each attended alone) or "unified" (-kvu, one pool). The head-of-line workload's 32K prompts and the long
+     * workload's prompt do not fit a slot, so with "slots" llama-server is restarted with -kvu for those two.
      */
     llamaKv: "slots" | "unified";
     /** Concurrencies of the throughput workload (default 1, 16, 64). */
