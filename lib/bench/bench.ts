@@ -7,8 +7,11 @@ import { createServer as netServer } from "node:net";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { cacheDir, cachedRandomModel, systemInfo, LlamaModel, type RandomModelOptions } from "../index.js";
-import { closedLoop, percentile, randomTokens, streamOne, summarize, type BenchRequest, type RequestRecord, type RunStats } from "./loadgen.js";
-import { markdown, svg, type BoundResult, type CaseResult, type Report } from "./report.js";
+import {
+    closedLoop, knee, measuredWindow, openLoop, openLoopStats, percentile, poissonSchedule, randomTokens, streamOne, summarize,
+    type BenchRequest, type OpenLoopStats, type RequestRecord, type RunStats,
+} from "./loadgen.js";
+import { ideKnees, markdown, svg, type BoundResult, type CaseResult, type LongStats, type Report } from "./report.js";
 
 const packageRoot = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
 
@@ -21,7 +24,13 @@ export const SHAPES: Record<string, Omit<RandomModelOptions, "out">> = {
 };
 
 export type ServerKind = "batchwise" | "llama-server" | "llama-server -bs";
-export type WorkloadName = "throughput" | "prefix" | "hol" | "cold";
+export type WorkloadName = "throughput" | "prefix" | "hol" | "cold" | "ide" | "long";
+export const WORKLOADS: readonly WorkloadName[] = ["cold", "throughput", "prefix", "hol", "ide", "long"];
+
+/** The ide workload's latency budget: a rate meets it when TTFT p95 is under this. */
+export const IDE_BUDGET_MS = 500;
+/** The long workload's prompt, as a share of the context (the longest sequence a request may have). */
+export const LONG_SHARE = 0.9;
 
 export interface BenchOptions {
     /** A GGUF file, or a shape name from SHAPES (made once, cached). Default "7b". */
@@ -32,12 +41,16 @@ export interface BenchOptions {
     parallel: number;
     /**
      * llama-server's KV layout: "slots" (as it comes with -np: contextSize / parallel tokens per slot,
-     * each attended alone) or "unified" (-kvu, one pool). The head-of-line workload's 32K prompts do not
-     * fit a slot, so with "slots" llama-server is restarted with -kvu for it.
+     * each attended alone) or "unified" (-kvu, one pool). The head-of-line workload's 32K prompts and the long
+     * workload's prompt do not fit a slot, so with "slots" llama-server is restarted with -kvu for those two.
      */
     llamaKv: "slots" | "unified";
     /** Concurrencies of the throughput workload (default 1, 16, 64). */
     concurrency?: number[];
+    /** Arrival rates of the ide workload, requests a second (default 4, 8, 16, 24, 32; quick 2, 4). */
+    ideRates?: number[];
+    /** Seconds of arrivals per ide rate (default 30; quick 4); the first sixth is not measured. */
+    ideDurationS?: number;
     /** Multi-GPU: how both servers (and the bound) spread the model; unset: each one's default (layer). */
     splitMode?: "none" | "layer" | "row" | "tensor";
     /** With splitMode "none": the GPU. */
@@ -152,15 +165,78 @@ interface Sizes {
     prefix: number; unique: number; prefixN: number;
     shortIn: number; shortOut: number; longIn: number; longs: number; idleShorts: number;
     steady: number;
+    /** ide: users, each with a file prefix of its own (the same in all its requests), fresh tokens and output tokens a request. */
+    ideUsers: number; idePrefix: number; ideFresh: number; ideOut: number;
+    /** ide: rates (req/s), seconds of arrivals a rate, of which the first ideWarmupS are not measured. */
+    ideRates: number[]; ideDurationS: number; ideWarmupS: number;
+    /** ide: the safety cap on requests in flight; a first token awaited this long stops a rate (diverged); the drain after it. */
+    ideMaxInFlight: number; ideDivergeS: number; ideDrainS: number;
+    /** ide: the pause between rates (five times this after a rate that left requests unfinished, so the server can end them). */
+    idePauseS: number;
+    /** long: runs (the first a warm-up), output tokens; longContext is set from the model and ctx-size. */
+    longRuns: number; longOut: number; longContext: number;
 }
 
-function sizes(quick: boolean): Sizes {
-    return quick
-        ? { in: 128, out: 16, c1: 3, c16: 16, c64: 32, prefix: 256, unique: 32, prefixN: 16, shortIn: 64, shortOut: 8, longIn: 1024, longs: 2, idleShorts: 8, steady: 4 }
-        : { in: 512, out: 128, c1: 8, c16: 48, c64: 192, prefix: 2000, unique: 100, prefixN: 48, shortIn: 128, shortOut: 16, longIn: 32768, longs: 4, idleShorts: 24, steady: 10 };
+function sizes(quick: boolean, o: Pick<BenchOptions, "ideRates" | "ideDurationS"> = {}): Sizes {
+    const z = quick
+        ? {
+            in: 128, out: 16, c1: 3, c16: 16, c64: 32, prefix: 256, unique: 32, prefixN: 16, shortIn: 64, shortOut: 8, longIn: 1024, longs: 2, idleShorts: 8, steady: 4,
+            ideUsers: 4, idePrefix: 128, ideFresh: 32, ideOut: 8, ideRates: [2, 4], ideDurationS: 4, ideMaxInFlight: 64, ideDivergeS: 10, ideDrainS: 10, idePauseS: 0.2,
+            longRuns: 3, longOut: 8,
+        }
+        : {
+            in: 512, out: 128, c1: 8, c16: 48, c64: 192, prefix: 2000, unique: 100, prefixN: 48, shortIn: 128, shortOut: 16, longIn: 32768, longs: 4, idleShorts: 24, steady: 10,
+            ideUsers: 16, idePrefix: 1536, ideFresh: 512, ideOut: 48, ideRates: [4, 8, 16, 24, 32], ideDurationS: 30, ideMaxInFlight: 1024, ideDivergeS: 10, ideDrainS: 30, idePauseS: 1,
+            longRuns: 3, longOut: 32,
+        };
+    const ideRates = [...(o.ideRates ?? z.ideRates)].sort((a, b) => a - b);
+    const ideDurationS = o.ideDurationS ?? z.ideDurationS;
+    return { ...z, ideRates, ideDurationS, ideWarmupS: ideDurationS / 6, longContext: 0 };
 }
 
 const req = (n: number, seed: number, out: number): BenchRequest => ({ prompt: randomTokens(n, seed), maxTokens: out });
+
+/**
+ * The IDE workload: open loop at each rate, Poisson arrivals, each request from a user drawn at random:
+ * that user's file prefix (the same in all its requests, at every rate) + fresh tokens.
+ */
+async function ideRate(url: string, z: Sizes, rate: number, rateIndex: number) {
+    const prefixes = Array.from({ length: z.ideUsers }, (_, u) => randomTokens(z.idePrefix, 40_000 + u));
+    const schedule = poissonSchedule(rate, z.ideDurationS, z.ideUsers, 19_000 + rateIndex);
+    const arrivals = schedule.map((a, i) => ({
+        atMs: a.atMs, request: { prompt: [...prefixes[a.user], ...randomTokens(z.ideFresh, 1_000_000 + 100_000 * rateIndex + i)], maxTokens: z.ideOut },
+    }));
+    const r = await openLoop(url, undefined, { arrivals, durationMs: z.ideDurationS * 1000, maxInFlight: z.ideMaxInFlight, divergeMs: z.ideDivergeS * 1000, drainMs: z.ideDrainS * 1000 });
+    const stats = openLoopStats(r, { targetRps: rate, durationS: z.ideDurationS, warmupS: z.ideWarmupS, budgetMs: IDE_BUDGET_MS, maxInFlight: z.ideMaxInFlight, scheduled: schedule.length });
+    // the case's RunStats: the measured requests' TTFT (as in stats) and ITL, and the window's completions
+    const run = summarize(measuredWindow(r, z.ideWarmupS).records, stats.windowS * 1000);
+    run.errors = stats.failed;
+    run.ttftMs = { p50: stats.ttftMs.p50, p99: stats.ttftMs.p99, mean: stats.ttftMs.mean };
+    run.outputTokensPerS = stats.outputTokensPerS;
+    run.outputTokens = Math.round(stats.outputTokensPerS * stats.windowS);
+    if (stats.firstError) run.firstError = stats.firstError;
+    else delete run.firstError;
+    return { stats, run, wallS: r.wallMs / 1000 };
+}
+
+/** The long workload: one prompt at LONG_SHARE of the context, longRuns times (a fresh prompt each; the first a warm-up). */
+async function longPrompt(url: string, z: Sizes): Promise<{ stats: LongStats; run: RunStats }> {
+    const promptTokens = Math.floor(LONG_SHARE * z.longContext);
+    const t0 = performance.now();
+    const records: RequestRecord[] = [];
+    for (let i = 0; i < z.longRuns; i++) records.push(await streamOne(url, undefined, req(promptTokens, 60_000 + i, z.longOut), t0));
+    const measured = records.slice(1);
+    const ttft = measured.filter((r) => r.ok).map((r) => r.ttftMs);
+    const mean = ttft.length === measured.length && ttft.length > 0 ? ttft.reduce((a, b) => a + b, 0) / ttft.length : NaN;
+    const stats: LongStats = {
+        contextTokens: z.longContext, promptTokens, outputTokens: z.longOut,
+        warmupTtftMs: records[0].ok ? records[0].ttftMs : NaN, ttftMs: ttft, ttftMsMean: mean, prefillTokensPerS: promptTokens / (mean / 1000),
+        failed: records.filter((r) => !r.ok).length,
+    };
+    const bad = records.find((r) => !r.ok);
+    if (bad?.error) stats.firstError = bad.error;
+    return { stats, run: summarize(measured, performance.now() - t0) };
+}
 
 /** Short requests at concurrency 8 while long prompts arrive one a second: TTFT of the short ones. */
 async function headOfLine(url: string, z: Sizes, seed: number, mark: () => Promise<void>): Promise<{ stats: RunStats; extra: Record<string, number> }> {
@@ -230,12 +306,18 @@ interface Phase {
     workloads: WorkloadName[];
 }
 
-/** One server process per phase: llama-server with per-slot KV cannot hold the head-of-line workload's long prompts. */
+/** Workloads whose prompts do not fit one of llama-server's per-slot KV slots (contextSize / parallel). */
+const NEED_UNIFIED: readonly WorkloadName[] = ["hol", "long"];
+
+/**
+ * One server process per phase: llama-server with per-slot KV cannot hold the head-of-line workload's 32K
+ * prompts or the long workload's prompt, so with "slots" it is restarted with -kvu for those two.
+ */
 function phases(kind: ServerKind, o: BenchOptions): Phase[] {
     if (kind === "batchwise" || o.llamaKv === "unified") return [{ unified: kind !== "batchwise", workloads: o.workloads }];
     return [
-        { unified: false, workloads: o.workloads.filter((w) => w !== "hol") },
-        { unified: true, workloads: o.workloads.filter((w) => w === "hol") },
+        { unified: false, workloads: o.workloads.filter((w) => !NEED_UNIFIED.includes(w)) },
+        { unified: true, workloads: o.workloads.filter((w) => NEED_UNIFIED.includes(w)) },
     ].filter((p) => p.workloads.length > 0);
 }
 
@@ -259,13 +341,18 @@ async function runWorkloads(kind: ServerKind, o: BenchOptions, z: Sizes, s: Runn
     const mark = async () => {
         if (kind === "batchwise") before = await engineCounters(s.url);
     };
-    const add = async (workload: WorkloadName, label: string, stats: RunStats, extra?: Record<string, number>) => {
-        const figures = kind === "batchwise" ? engineFigures(before, await engineCounters(s.url), stats.wallS) : {};
+    /** Records one case; `own` holds the ide or long figures and the line logged for them, `wallS` the time the engine figures cover. */
+    const add = async (workload: WorkloadName, label: string, stats: RunStats, extra?: Record<string, number>,
+        own?: { ide?: CaseResult["ide"]; long?: CaseResult["long"]; line: string; wallS: number }) => {
+        const figures = kind === "batchwise" ? engineFigures(before, await engineCounters(s.url), own?.wallS ?? stats.wallS) : {};
         const all = { ...extra, ...figures };
-        results.push({ workload, label, server: kind, stats, ...(Object.keys(all).length > 0 && { extra: all }) });
+        results.push({
+            workload, label, server: kind, stats, ...(Object.keys(all).length > 0 && { extra: all }),
+            ...(own?.ide && { ide: own.ide }), ...(own?.long && { long: own.long }),
+        });
         save(); // after each case: a run cut short keeps what it measured
-        o.log(`  ${label}: ${stats.outputTokensPerS.toFixed(0)} out tok/s, TTFT p50 ${stats.ttftMs.p50.toFixed(0)} ms p99 ${stats.ttftMs.p99.toFixed(0)} ms, ` +
-            `ITL p50 ${stats.itlMs.p50.toFixed(1)} ms, errors ${stats.errors}${stats.firstError ? ` (${stats.firstError})` : ""}` +
+        o.log(`  ${label}: ` + (own?.line ?? `${stats.outputTokensPerS.toFixed(0)} out tok/s, TTFT p50 ${stats.ttftMs.p50.toFixed(0)} ms p99 ${stats.ttftMs.p99.toFixed(0)} ms, ` +
+            `ITL p50 ${stats.itlMs.p50.toFixed(1)} ms, errors ${stats.errors}${stats.firstError ? ` (${stats.firstError})` : ""}`) +
             (Object.keys(figures).length > 0 ? `; ${Object.entries(figures).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(", ")}` : ""));
     };
     if (workloads.includes("cold")) {
@@ -297,6 +384,37 @@ async function runWorkloads(kind: ServerKind, o: BenchOptions, z: Sizes, s: Runn
     if (workloads.includes("hol")) {
         const r = await headOfLine(s.url, z, 9000, mark);
         await add("hol", `head-of-line: ${z.shortIn}-token requests at concurrency 8, ${z.longs} prompts of ${z.longIn} arriving`, r.stats, r.extra);
+    }
+    if (workloads.includes("ide")) {
+        const rates: OpenLoopStats[] = [];
+        for (const [i, rate] of z.ideRates.entries()) {
+            await mark();
+            const r = await ideRate(s.url, z, rate, i);
+            rates.push(r.stats);
+            const x = r.stats;
+            await add("ide", `ide: ${z.ideUsers} users x ${z.idePrefix} prefix + ${z.ideFresh} fresh in / ${z.ideOut} out, ${rate} req/s`, r.run, undefined, {
+                ide: x, wallS: r.wallS,
+                line: `achieved ${x.achievedRps.toFixed(1)} req/s (offered ${x.offeredRps.toFixed(1)}), ${x.outputTokensPerS.toFixed(0)} out tok/s, ` +
+                    `TTFT p50 ${x.ttftMs.p50.toFixed(0)} p95 ${x.ttftMs.p95.toFixed(0)} p99 ${x.ttftMs.p99.toFixed(0)} ms, ` +
+                    `${(100 * x.withinBudget).toFixed(0)}% within ${x.budgetMs} ms, ${x.measured} measured, failed ${x.failed}, unfinished ${x.unfinished}, ` +
+                    `peak ${x.peakInFlight} in flight${x.stopReason ? `, stopped at ${x.stoppedEarlyS!.toFixed(1)} s (${x.stopReason})` : ""}` +
+                    `${x.firstError ? ` (${x.firstError})` : ""}`,
+            });
+            // requests aborted at the end of a drain may still be winding down on the server
+            await new Promise((r) => setTimeout(r, 1000 * z.idePauseS * (x.unfinished > 0 ? 5 : 1)));
+        }
+        const k = knee(rates);
+        o.log(`  ide knee (highest rate with TTFT p95 under ${IDE_BUDGET_MS} ms): ${k === null ? `below ${z.ideRates[0]}` : k} req/s`);
+    }
+    if (workloads.includes("long")) {
+        await mark();
+        const r = await longPrompt(s.url, z);
+        const x = r.stats;
+        await add("long", `long: ${x.promptTokens}-token prompt (${100 * LONG_SHARE}% of ${x.contextTokens}) / ${z.longOut} out`, r.run, undefined, {
+            long: x, wallS: r.run.wallS,
+            line: `TTFT ${x.ttftMsMean.toFixed(0)} ms (runs ${x.ttftMs.map((t) => t.toFixed(0)).join(", ")}; warm-up ${x.warmupTtftMs.toFixed(0)}), ` +
+                `prefill ${x.prefillTokensPerS.toFixed(0)} tok/s, failed ${x.failed}${x.firstError ? ` (${x.firstError})` : ""}`,
+        });
     }
 }
 
@@ -336,7 +454,7 @@ function gpuInfo(): { device: string; driver?: string; gpus: number } {
 }
 
 export async function runBench(o: BenchOptions, command: string): Promise<Report> {
-    const z = sizes(o.quick);
+    const z = sizes(o.quick, o);
     const { path, shape } = await resolveModel(o.model, o.log);
     let bin = o.llamaBin;
     const needLlama = o.servers.some((s) => s !== "batchwise") || (!o.skipBound && o.workloads.some((w) => w === "throughput" || w === "prefix"));
@@ -349,6 +467,8 @@ export async function runBench(o: BenchOptions, command: string): Promise<Report
         m.dispose();
         return md;
     });
+    // the longest sequence one request may have, the same on both servers: the KV pool or the trained context, the smaller
+    z.longContext = Math.min(o.contextSize, meta.trainedContext > 0 ? meta.trainedContext : o.contextSize);
     const { gpus, ...gpu } = gpuInfo();
     const report: Report = {
         date: new Date().toISOString().slice(0, 10), command, ...gpu, llamaTag: systemInfo().llamaTag,
@@ -356,12 +476,14 @@ export async function runBench(o: BenchOptions, command: string): Promise<Report
         settings: {
             gpuLayers: o.gpuLayers, contextSize: o.contextSize, parallel: o.parallel, flashAttention: o.flashAttention, llamaKv: o.llamaKv,
             splitMode: o.splitMode ?? "default", mainGpu: o.mainGpu, gpus, quick: o.quick, batchwiseArgs: o.batchwiseArgs ?? [], sizes: z,
+            ideBudgetMs: IDE_BUDGET_MS, longShare: LONG_SHARE,
         },
         servers: [], results: [], bounds: [],
     };
     mkdirSync(o.out, { recursive: true });
     // written after each case, so a run cut short keeps what it measured
     const save = () => {
+        if (report.results.some((c) => c.ide)) report.ideKnees = ideKnees(report.results);
         writeFileSync(join(o.out, "report.json"), JSON.stringify(report, null, 2));
         writeFileSync(join(o.out, "report.md"), markdown(report));
         writeFileSync(join(o.out, "chart.svg"), svg(report));

@@ -1,6 +1,24 @@
 // The benchmark report: Markdown tables of the figures and of ratios against llama-server, and an SVG
 // bar chart of output tokens/s. No charting library: a few rectangles and labels.
-import type { RunStats } from "./loadgen.js";
+import { knee, type OpenLoopStats, type RunStats } from "./loadgen.js";
+
+/** The long-prompt workload: one prompt at a share of the context, a few times, one at a time. */
+export interface LongStats {
+    /** The longest sequence one request may have on both servers: min(ctx-size, the model's trained context). */
+    contextTokens: number;
+    promptTokens: number;
+    outputTokens: number;
+    /** The first run's TTFT: a warm-up, not in the figures below. */
+    warmupTtftMs: number;
+    /** TTFT of each measured run (a fresh prompt each, so no prefix cache helps). */
+    ttftMs: number[];
+    ttftMsMean: number;
+    /** promptTokens / mean TTFT. */
+    prefillTokensPerS: number;
+    /** Runs (the warm-up included) that failed. */
+    failed: number;
+    firstError?: string;
+}
 
 export interface CaseResult {
     workload: string;
@@ -10,6 +28,10 @@ export interface CaseResult {
     stats: RunStats;
     /** Extra figures a workload reports (idle TTFT, cold start, ...). */
     extra?: Record<string, number>;
+    /** The ide workload: one rate's figures. */
+    ide?: OpenLoopStats;
+    /** The long workload's figures. */
+    long?: LongStats;
 }
 
 export interface BoundResult {
@@ -33,6 +55,20 @@ export interface Report {
     bounds: BoundResult[];
     /** Servers that did not start or stopped mid-run, with the error (the rest of the run went on). */
     failures?: { server: string; error: string }[];
+    /** The ide workload's knee per server, from its rates in results (null: the lowest rate missed the budget). */
+    ideKnees?: { server: string; kneeRps: number | null; rates: number[] }[];
+}
+
+/** Workloads with tables of their own (not output tokens/s at a fixed load). */
+const OWN_TABLE = new Set(["ide", "long"]);
+
+/** Each server's ide knee, from the rates it ran. */
+export function ideKnees(results: readonly CaseResult[]): NonNullable<Report["ideKnees"]> {
+    const servers = [...new Set(results.filter((c) => c.ide).map((c) => c.server))];
+    return servers.map((server) => {
+        const rates = results.filter((c) => c.server === server && c.ide).map((c) => c.ide!);
+        return { server, kneeRps: knee(rates), rates: rates.map((x) => x.targetRps) };
+    });
 }
 
 const f = (x: number, d = 0) => (Number.isFinite(x) ? x.toFixed(d) : "n/a");
@@ -47,9 +83,11 @@ export function markdown(r: Report, reference = "llama-server"): string {
         for (const p of r.servers) lines.push(`- ${p.server} (${p.workloads.join(", ")}): \`${p.args.join(" ")}\``);
         lines.push("");
     }
-    const labels = [...new Set(r.results.map((c) => c.label))];
-    lines.push("| workload | server | out tok/s | vs " + reference + " | of bound | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | errors |");
-    lines.push("|---|---|---|---|---|---|---|---|---|---|");
+    const labels = [...new Set(r.results.filter((c) => !OWN_TABLE.has(c.workload)).map((c) => c.label))];
+    if (labels.length > 0) {
+        lines.push("| workload | server | out tok/s | vs " + reference + " | of bound | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | errors |");
+        lines.push("|---|---|---|---|---|---|---|---|---|---|");
+    }
     for (const label of labels) {
         const rows = r.results.filter((c) => c.label === label);
         const ref = rows.find((c) => c.server === reference);
@@ -62,6 +100,8 @@ export function markdown(r: Report, reference = "llama-server"): string {
         }
         if (bound) lines.push(`| ${label} | llama-batched-bench (raw engine bound) | ${f(bound.outputTokensPerS)} | ${ref ? `${(bound.outputTokensPerS / ref.stats.outputTokensPerS).toFixed(2)}x` : ""} | 100% | | | | | |`);
     }
+    ideTables(r, reference, lines);
+    longTable(r, reference, lines);
     for (const x of r.failures ?? []) lines.push("", `**${x.server} failed:** ${x.error.split("\n").slice(0, 3).join(" / ").slice(0, 600)}`);
     const extras = r.results.filter((c) => c.extra);
     if (extras.length > 0) {
@@ -73,10 +113,61 @@ export function markdown(r: Report, reference = "llama-server"): string {
     return lines.join("\n") + "\n";
 }
 
+/** A ratio against the reference's figure, blank where there is none. */
+const ratio = (x: number, ref: number | undefined) => (ref !== undefined && ref > 0 && Number.isFinite(x) && Number.isFinite(ref) ? `${(x / ref).toFixed(2)}x` : "");
+
+function ideTables(r: Report, reference: string, lines: string[]): void {
+    const cases = r.results.filter((c) => c.ide);
+    if (cases.length === 0) return;
+    const { budgetMs: budget, durationS, warmupS } = cases[0].ide!;
+    lines.push("", `IDE latency budget (open loop, seeded Poisson arrivals, ${f(durationS, 0)} s a rate, the arrivals of its first ${f(warmupS, 1)} s not measured; ` +
+        `TTFT from each request's send; budget: TTFT p95 under ${budget} ms):`, "");
+    lines.push(`| workload | server | achieved req/s | out tok/s | TTFT p50 ms | TTFT p95 ms | p95 vs ${reference} | TTFT p99 ms | within ${budget} ms | failed | notes |`);
+    lines.push("|---|---|---|---|---|---|---|---|---|---|---|");
+    for (const c of [...cases].sort((a, b) => a.ide!.targetRps - b.ide!.targetRps)) {
+        const x = c.ide!;
+        const ref = cases.find((d) => d.server === reference && d.ide!.targetRps === x.targetRps)?.ide;
+        const notes = [
+            ...(x.stopReason ? [`stopped at ${f(x.stoppedEarlyS!, 1)} s (${x.stopReason === "cap" ? `${x.maxInFlight} in flight: the cap` : "a request waited past the divergence limit"})`] : []),
+            ...(x.unfinished > 0 ? [`${x.unfinished} unfinished, aborted`] : []),
+            ...(x.ttftLowerBounds > 0 ? [`${x.ttftLowerBounds} TTFTs are lower bounds`] : []),
+            `peak ${x.peakInFlight} in flight`,
+        ];
+        lines.push(`| ${c.label} | ${c.server} | ${f(x.achievedRps, 1)} | ${f(x.outputTokensPerS)} | ${f(x.ttftMs.p50)} | ${x.meetsBudget ? f(x.ttftMs.p95) : `**${f(x.ttftMs.p95)}**`} | ` +
+            `${ratio(x.ttftMs.p95, ref?.ttftMs.p95)} | ${f(x.ttftMs.p99)} | ${f(100 * x.withinBudget)}% | ${x.failed} | ${notes.join("; ")} |`);
+    }
+    const knees = r.ideKnees ?? ideKnees(r.results);
+    const refEntry = knees.find((k) => k.server === reference);
+    const refKnee = refEntry?.kneeRps ?? undefined;
+    lines.push("", `| server | knee: highest rate with TTFT p95 under ${budget} ms, req/s | vs ${reference} |`, "|---|---|---|");
+    for (const k of knees) {
+        const top = Math.max(...k.rates);
+        const shown = k.kneeRps === null ? `below ${Math.min(...k.rates)}` : k.kneeRps === top ? `${k.kneeRps} (every rate run)` : String(k.kneeRps);
+        // the reference missed its lowest rate: the ratio is more than against that rate
+        const vs = k.kneeRps === null ? "" : refEntry && refEntry.kneeRps === null ? `> ${ratio(k.kneeRps, Math.min(...refEntry.rates))}` : ratio(k.kneeRps, refKnee);
+        lines.push(`| ${k.server} | ${shown} | ${vs} |`);
+    }
+}
+
+function longTable(r: Report, reference: string, lines: string[]): void {
+    const cases = r.results.filter((c) => c.long);
+    if (cases.length === 0) return;
+    lines.push("", `Long prompt (one at a time, a fresh prompt each run; the first run a warm-up, not in the figures):`, "");
+    lines.push(`| workload | server | context | prompt tokens | TTFT ms | vs ${reference} | prefill tok/s | vs ${reference} | warm-up TTFT ms | runs measured | failed |`);
+    lines.push("|---|---|---|---|---|---|---|---|---|---|---|");
+    for (const c of cases) {
+        const x = c.long!;
+        const ref = cases.find((d) => d.server === reference && d.label === c.label)?.long;
+        lines.push(`| ${c.label} | ${c.server} | ${x.contextTokens} | ${x.promptTokens} | ${f(x.ttftMsMean)} | ${ratio(x.ttftMsMean, ref?.ttftMsMean)} | ` +
+            `${f(x.prefillTokensPerS)} | ${ratio(x.prefillTokensPerS, ref?.prefillTokensPerS)} | ${f(x.warmupTtftMs)} | ${x.ttftMs.length} | ${x.failed} |`);
+    }
+}
+
 const COLORS = ["#2b6cb0", "#c05621", "#718096", "#2f855a", "#6b46c1"];
 
 /** Grouped bars: one group per workload label, one bar per server (and the bound, hatched grey). */
-export function svg(r: Report): string {
+export function svg(report: Report): string {
+    const r = { ...report, results: report.results.filter((c) => !OWN_TABLE.has(c.workload)) };
     const labels = [...new Set(r.results.map((c) => c.label))];
     const servers = [...new Set(r.results.map((c) => c.server))];
     const series = [...servers, "raw bound"];

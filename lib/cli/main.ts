@@ -9,7 +9,7 @@ import cliProgress from "cli-progress";
 import { pino } from "pino";
 import { cachedRandomModel, createRandomModel, getDevices, resolveVocab, systemInfo, type EngineOptions, type KvCacheType, type RandomModelOptions, type SplitMode } from "../index.js";
 import { createServer, parseOrigin, type BatchwiseServer, type ServedModel } from "../server/server.js";
-import { runBench, SHAPES, type ServerKind, type WorkloadName } from "../bench/bench.js";
+import { runBench, SHAPES, WORKLOADS, type ServerKind, type WorkloadName } from "../bench/bench.js";
 import { markdown } from "../bench/report.js";
 
 const pkg = JSON.parse(readFileSync(join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..", "package.json"), "utf8")) as { version: string };
@@ -237,6 +237,8 @@ interface BenchFlags {
     flashAttn: "on" | "off" | "auto";
     llamaKv: "slots" | "unified";
     concurrency?: number[];
+    ideRates?: number[];
+    ideDuration?: number;
     splitMode?: "none" | "layer" | "row" | "tensor";
     mainGpu?: number;
     servers: string;
@@ -252,13 +254,15 @@ async function bench(flags: BenchFlags): Promise<void> {
     const servers = flags.servers.split(",").map((s) => s.trim()) as ServerKind[];
     const workloads = flags.workloads.split(",").map((s) => s.trim()) as WorkloadName[];
     for (const s of servers) if (!["batchwise", "llama-server", "llama-server -bs"].includes(s)) throw new InvalidArgumentError(`unknown server '${s}'`);
-    for (const w of workloads) if (!["throughput", "prefix", "hol", "cold"].includes(w)) throw new InvalidArgumentError(`unknown workload '${w}'`);
+    for (const w of workloads) if (!WORKLOADS.includes(w)) throw new InvalidArgumentError(`unknown workload '${w}' (workloads: ${WORKLOADS.join(", ")})`);
     for (const c of flags.concurrency ?? []) if (!Number.isInteger(c) || c < 1) throw new InvalidArgumentError(`--concurrency: ${c} is not a whole number >= 1`);
+    for (const r of flags.ideRates ?? []) if (!(r > 0)) throw new InvalidArgumentError(`--ide-rates: ${r} is not a rate > 0`);
+    if (flags.ideDuration !== undefined && !(flags.ideDuration > 0)) throw new InvalidArgumentError("--ide-duration: expected seconds > 0");
     if (!SHAPES[flags.model] && !existsSync(flags.model)) throw new InvalidArgumentError(`--model: no such file or shape '${flags.model}' (shapes: ${Object.keys(SHAPES).join(", ")})`);
     const t0 = performance.now();
     const report = await runBench({
         model: flags.model, gpuLayers: flags.gpuLayers, contextSize: flags.ctxSize, parallel: flags.parallel, flashAttention: flags.flashAttn,
-        llamaKv: flags.llamaKv, concurrency: flags.concurrency, splitMode: flags.splitMode, mainGpu: flags.mainGpu, servers, workloads, llamaBin: flags.llamaBin, quick: flags.quick === true, out: resolve(flags.out),
+        llamaKv: flags.llamaKv, concurrency: flags.concurrency, ideRates: flags.ideRates, ideDurationS: flags.ideDuration, splitMode: flags.splitMode, mainGpu: flags.mainGpu, servers, workloads, llamaBin: flags.llamaBin, quick: flags.quick === true, out: resolve(flags.out),
         batchwiseArgs: flags.batchwiseArgs ? flags.batchwiseArgs.split(/\s+/).filter(Boolean) : [], skipBound: !flags.bound,
         log: (line) => process.stderr.write(`[bench] ${line}\n`),
     }, `npx batchwise bench ${process.argv.slice(3).map((a) => (/[\s,]/.test(a) ? JSON.stringify(a) : a)).join(" ")}`.trim());
@@ -332,13 +336,15 @@ function program(): Command {
         .option("--ctx-size <tokens>", "KV cache tokens, both servers (llama-server: ctx-size / parallel per slot)", int(1), 262144)
         .option("--parallel <n>", "sequences at once, both servers", int(1), 64)
         .addOption(new Option("--flash-attn <mode>", "flash attention, both servers").choices(["on", "off", "auto"]).default("on"))
-        .addOption(new Option("--llama-kv <layout>", "llama-server's KV: per-slot as it comes, or one unified pool (-kvu); head-of-line always runs with -kvu")
+        .addOption(new Option("--llama-kv <layout>", "llama-server's KV: per-slot as it comes, or one unified pool (-kvu); head-of-line and long always run with -kvu")
             .choices(["slots", "unified"]).default("slots"))
         .option("--concurrency <list>", "concurrencies of the throughput workload (default 1,16,64)", numList)
+        .option("--ide-rates <list>", "arrival rates of the ide workload, requests/s (default 4,8,16,24,32; --quick 2,4)", numList)
+        .option("--ide-duration <seconds>", "seconds of arrivals per ide rate, the first sixth not measured (default 30; --quick 4)", Number)
         .addOption(new Option("--split-mode <mode>", "multi-GPU split, both servers and the bound (default: each one's, layer)").choices(["none", "layer", "row", "tensor"]))
         .option("--main-gpu <n>", "with --split-mode none: the GPU", int(0))
         .option("--servers <list>", "which servers, in order", "batchwise,llama-server,llama-server -bs")
-        .option("--workloads <list>", "which workloads: throughput, prefix, hol, cold", "cold,throughput,prefix,hol")
+        .option("--workloads <list>", `which workloads: ${WORKLOADS.join(", ")}`, WORKLOADS.join(","))
         .option("--llama-bin <dir>", "folder with llama-server and llama-batched-bench (default: build them from the pinned source)")
         .option("--quick", "small counts and prompts (a smoke run, e.g. on the CPU)")
         .option("--no-bound", "leave out the llama-batched-bench bound")
