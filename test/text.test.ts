@@ -11,7 +11,7 @@ describe("text stream", () => {
         assert.deepEqual(m.push("en"), { text: "", stopped: false });
         assert.deepEqual(m.push("x more"), { text: "</enx more", stopped: false }, "a false start is released");
         assert.deepEqual(m.push(" ST"), { text: " ", stopped: false });
-        assert.deepEqual(m.push("OP and after"), { text: "", stopped: true });
+        assert.deepEqual(m.push("OP and after"), { text: "", stopped: true, stop: "STOP" });
         assert.equal(new StopMatcher(["ab"]).flush(), "");
     });
 
