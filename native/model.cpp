@@ -57,6 +57,18 @@ void model_wrap::check_token(int32_t token, const char * what, const char * fiel
     }
 }
 
+static std::string meta_str(const llama_model * model, const char * key);
+
+// A whole-number GGUF value (0 when the key is missing or not a number below 2^31).
+static double meta_uint(const llama_model * model, const std::string & key) {
+    const std::string s = meta_str(model, key.c_str());
+    if (s.empty() || s.size() > 10 || s.find_first_not_of("0123456789") != std::string::npos) {
+        return 0;
+    }
+    const long long v = std::stoll(s);
+    return v <= INT32_MAX ? (double) v : 0;
+}
+
 static std::string meta_str(const llama_model * model, const char * key) {
     char buf[512];
     int32_t n = llama_model_meta_val_str(model, key, buf, sizeof(buf));
@@ -90,8 +102,10 @@ model_wrap::model_wrap(const Napi::CallbackInfo & info) : Napi::ObjectWrap<model
     m.Set("architecture", meta_str(model_, "general.architecture"));
     m.Set("name", meta_str(model_, "general.name"));
     m.Set("description", desc);
-    m.Set("trainedContext", llama_model_n_ctx_train(model_));
-    m.Set("embeddingSize", llama_model_n_embd(model_));
+    // a vocab-only load reads no hyperparameters: these two then come from the GGUF's own keys
+    const std::string arch = meta_str(model_, "general.architecture");
+    m.Set("trainedContext", vocab_only ? meta_uint(model_, arch + ".context_length") : (double) llama_model_n_ctx_train(model_));
+    m.Set("embeddingSize", vocab_only ? meta_uint(model_, arch + ".embedding_length") : (double) llama_model_n_embd(model_));
     m.Set("vocabOnly", vocab_only);
     m.Set("layers", vocab_only ? 0 : llama_model_n_layer(model_));
     m.Set("heads", vocab_only ? 0 : llama_model_n_head(model_)); // per-layer arrays are not loaded without weights

@@ -200,6 +200,9 @@ describe("model", () => {
         assert.deepEqual([...(await m.tokenize("hello world"))], [...(await qwen.tokenize("hello world"))]);
         assert.equal(m.metadata.vocabOnly, true);
         assert.equal(m.metadata.vocabSize, 151936);
+        // read from the file's keys (llama.cpp loads no hyperparameters without weights): a benchmark sizes prompts by it
+        assert.equal(m.metadata.trainedContext, tinyQwen.contextLength);
+        assert.equal(m.metadata.embeddingSize, tinyQwen.embeddingSize);
         await assert.rejects(m.createContext(), { code: "ERR_INVALID_ARGUMENT", message: /vocabOnly/ });
         m.dispose();
     });
