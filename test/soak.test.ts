@@ -31,10 +31,16 @@ describe("soak", () => {
             });
             const code = await new Promise<number | null>((resolve) => child.on("exit", (c) => resolve(c)));
             assert.equal(code, 0, `the soak failed (exit ${code}):\n${log.slice(-6000)}`);
-            const report = JSON.parse(readFileSync(out, "utf8")) as { ok: boolean; load: { requests: number; byResult: Record<string, number> }; kv: { usedAfterLoad: number | null } };
+            const report = JSON.parse(readFileSync(out, "utf8")) as {
+                ok: boolean; load: { requests: number; byResult: Record<string, number> }; kv: { usedAfterLoad: number | null };
+                samples: { mallocInUseMb: number | null; mallocHeldMb: number | null }[];
+            };
             assert.equal(report.ok, true);
             assert.ok(report.load.requests > 0, "the load completed no request");
             assert.equal(report.kv.usedAfterLoad, 0);
+            // the server's malloc books are sampled (what tells a leak from held memory), on glibc
+            const glibc = (process.report?.getReport() as { header?: { glibcVersionRuntime?: string } } | undefined)?.header?.glibcVersionRuntime !== undefined;
+            if (glibc) assert.ok(report.samples.some((x) => x.mallocInUseMb !== null && x.mallocHeldMb !== null && x.mallocHeldMb >= x.mallocInUseMb));
         } finally {
             rmSync(dir, { recursive: true, force: true });
         }

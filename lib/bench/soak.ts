@@ -67,6 +67,9 @@ interface Sample {
     preemptions: number | null;
     disconnects: number | null;
     heapMb: number | null;
+    /** The server's malloc heap: allocated (in use) and taken from the system (held), from batchwise_heap_bytes. */
+    mallocInUseMb: number | null;
+    mallocHeldMb: number | null;
     /** Tokens generated per second over the server's last 10 s, and engine steps so far. */
     genTps: number | null;
     steps: number | null;
@@ -99,6 +102,8 @@ export interface SoakReport {
         firstMb: number | null; maxMb: number | null; lastMb: number | null;
         warmupSeconds: number; windowSeconds: number; samples: number;
         slopeMbPerMin: number | null; growthMb: number | null;
+        /** The same slope of the malloc heap in use (reported, not judged): growing with RSS is a leak; flat while RSS grows, memory malloc holds. */
+        mallocInUseSlopeMbPerMin: number | null;
         maxSlope: number; maxGrowthMb: number;
         verdict: "pass" | "fail" | "not judged";
         why: string;
@@ -399,6 +404,7 @@ async function sample(s: Server, t: number, phase: Sample["phase"]): Promise<Sam
         kvBlocks: v("batchwise_kv_blocks"), kvUsed: v("batchwise_kv_blocks_used"), kvCached: v("batchwise_kv_blocks_cached"), kvUsage: v("vllm:kv_cache_usage_perc"),
         running: v("vllm:num_requests_running"), waiting: v("vllm:num_requests_waiting"), preemptions: v("vllm:num_preemptions_total"),
         disconnects: v("batchwise_client_disconnects_total"), heapMb: mb(v("nodejs_heap_size_used_bytes")),
+        mallocInUseMb: mb(v('batchwise_heap_bytes\\{state="in_use"\\}')), mallocHeldMb: mb(v('batchwise_heap_bytes\\{state="held"\\}')),
         genTps: v("batchwise_generation_tokens_per_second"), steps: v("batchwise_engine_steps_total"),
     };
 }
@@ -525,6 +531,8 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
     const perSecond = slope(pts);
     const slopeMbPerMin = perSecond === null ? null : perSecond * 60;
     const growthMb = pts.length > 1 ? pts.at(-1)!.y - pts[0].y : null;
+    const inUse = slope(samples.filter((s) => s.phase === "load" && s.mallocInUseMb !== null && s.t >= warmupSeconds).map((s) => ({ t: s.t, y: s.mallocInUseMb! })));
+    const mallocInUseSlopeMbPerMin = inUse === null ? null : inUse * 60;
     let verdict: SoakReport["rss"]["verdict"] = "not judged";
     let why: string;
     if (slopeMbPerMin === null) {
@@ -568,7 +576,7 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
         },
         rss: {
             firstMb: rss[0] ?? null, maxMb: rss.length > 0 ? Math.max(...rss) : null, lastMb: rss.at(-1) ?? null,
-            warmupSeconds, windowSeconds, samples: pts.length, slopeMbPerMin, growthMb, maxSlope: o.maxRssSlope, maxGrowthMb: o.maxRssGrowthMb, verdict, why,
+            warmupSeconds, windowSeconds, samples: pts.length, slopeMbPerMin, growthMb, mallocInUseSlopeMbPerMin, maxSlope: o.maxRssSlope, maxGrowthMb: o.maxRssGrowthMb, verdict, why,
         },
         finalRequest,
         samples,
@@ -585,7 +593,8 @@ function summaryText(r: SoakReport): string {
         `  latency of completed requests: p50 ${f(r.load.latencyMs.p50, 0)} ms, p99 ${f(r.load.latencyMs.p99, 0)} ms`,
         `  KV: ${r.kv.blocks} blocks, at most ${r.kv.usedMax} used (usage ${f((r.kv.usageMax ?? NaN) * 100, 0)}%), ${r.kv.preemptions} preemptions, ${r.kv.usedAfterLoad} used after the load`,
         `  RSS: ${f(r.rss.firstMb)} MB first, ${f(r.rss.maxMb)} MB max, ${f(r.rss.lastMb)} MB last; after the ${f(r.rss.warmupSeconds, 0)} s warm-up: ` +
-            `slope ${f(r.rss.slopeMbPerMin, 2)} MB/min over ${f(r.rss.windowSeconds / 60, 1)} min (${r.rss.samples} samples), growth ${f(r.rss.growthMb)} MB: ${r.rss.verdict}`,
+            `slope ${f(r.rss.slopeMbPerMin, 2)} MB/min over ${f(r.rss.windowSeconds / 60, 1)} min (${r.rss.samples} samples), growth ${f(r.rss.growthMb)} MB: ${r.rss.verdict}` +
+            ` (malloc in use: ${f(r.rss.mallocInUseSlopeMbPerMin, 2)} MB/min)`,
         `    ${r.rss.why}`,
         `  a request after the load: ${r.finalRequest}`,
         ...r.notes.map((n) => `  note: ${n}`),
