@@ -1,0 +1,204 @@
+// The fleet test, short version (the long one, with the prefix-affinity measurement: npm run test:fleet).
+// Three `batchwise serve` replicas (the demo model) on loopback behind nginx and then HAProxy, both started
+// from the shipped configs in deploy/ (rendered with loopback ports), under a closed loop of streamed and
+// non-streamed requests through a SIGKILL, a SIGTERM drain, a rolling restart and a 90/10 split.
+// Also: the shipped configs differ from the tested ones only in addresses, ports, weights and paths, carry
+// the settings the fleet depends on, and deploy/envoy/envoy.yaml (not run: no envoy here) has them too.
+import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { before, describe, it } from "node:test";
+import { parse } from "yaml";
+import { renderHaproxy, renderNginx, sameApartFromSites } from "./fleet/render.js";
+import { failures, makeBalancer, runFleet, SHORT, type BalancerFigures, type FleetReport, type PhaseFigures } from "./fleet/scenario.js";
+
+const root = join(import.meta.dirname, "..", "..");
+const deploy = (p: string) => readFileSync(join(root, "deploy", p), "utf8");
+const replicas = [1, 2, 3].map((i) => ({ name: `r${i}`, host: "127.0.0.1", port: 40000 + i, weight: i === 3 ? 9 : 1 }));
+const nginxBin = makeBalancer("nginx", root, "/nonexistent").binary;
+const haproxyBin = makeBalancer("haproxy", root, "/nonexistent").binary;
+
+/** A directive's value(s): the text after `name` on the lines that start with it (comments dropped). */
+function directives(text: string, name: string): string[] {
+    return text.split("\n").map((l) => l.replace(/#.*$/, "").trim().replace(/;$/, "")).filter((l) => l === name || l.startsWith(`${name} `)).map((l) => l.slice(name.length).trim());
+}
+
+/** The text without its comments. */
+function code(text: string): string {
+    return text.split("\n").map((l) => l.replace(/#.*$/, "")).join("\n");
+}
+
+function seconds(v: string): number {
+    const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(v.trim());
+    assert.ok(m, `a duration: ${v}`);
+    const n = Number(m[1]);
+    return m[2] === "ms" ? n / 1000 : m[2] === "m" ? n * 60 : m[2] === "h" ? n * 3600 : n;
+}
+
+describe("deploy: balancer configs", () => {
+    it("nginx.conf as the test runs it is the shipped text apart from replicas, weights, port and paths", () => {
+        const shipped = deploy("nginx/nginx.conf");
+        const rendered = renderNginx(shipped, { replicas, port: 48080, dir: "/tmp/x" });
+        assert.deepEqual(sameApartFromSites(shipped, rendered), { same: true });
+        assert.match(rendered, /server 127\.0\.0\.1:40003 weight=9 max_fails=1 fail_timeout=\d+s;/);
+        assert.doesNotMatch(code(rendered), /10\.0\.0\.|\/var\/|\/run\//, "every site value replaced");
+        // and the check catches a change elsewhere
+        assert.equal(sameApartFromSites(shipped, rendered.replace("proxy_buffering off", "proxy_buffering on")).same, false);
+    });
+
+    it("haproxy.cfg as the test runs it is the shipped text apart from replicas, weights, port and paths", () => {
+        const shipped = deploy("haproxy/haproxy.cfg");
+        const rendered = renderHaproxy(shipped, { replicas, port: 48080, dir: "/tmp/x" });
+        assert.deepEqual(sameApartFromSites(shipped, rendered), { same: true });
+        assert.match(rendered, /server r3 127\.0\.0\.1:40003 weight 9 track batchwise\/r3/);
+        assert.doesNotMatch(code(rendered), /10\.0\.0\.|\/run\//, "every site value replaced");
+        assert.equal(sameApartFromSites(shipped, rendered.replace("retry-on conn-failure", "retry-on none")).same, false);
+    });
+
+    it("nginx.conf: retries on errors and 503 for any method, passive checks, no response buffering, long read timeouts, keep-alive, affinity by session", () => {
+        const c = deploy("nginx/nginx.conf");
+        const next = directives(c, "proxy_next_upstream")[0].split(/\s+/);
+        for (const w of ["error", "timeout", "http_503", "non_idempotent"]) assert.ok(next.includes(w), `proxy_next_upstream has ${w}`);
+        assert.ok(!next.includes("http_429"), "a full queue (429) is not retried");
+        assert.ok(Number(directives(c, "proxy_next_upstream_tries")[0]) >= 3);
+        assert.deepEqual(directives(c, "proxy_buffering"), ["off"]);
+        assert.deepEqual(directives(c, "proxy_request_buffering"), ["on"], "a retry resends the body: it must be buffered");
+        assert.ok(seconds(directives(c, "proxy_read_timeout")[0]) >= 600);
+        assert.ok(seconds(directives(c, "proxy_connect_timeout")[0]) <= 5);
+        assert.deepEqual(directives(c, "proxy_http_version"), ["1.1"]);
+        assert.ok(directives(c, "proxy_set_header").includes('Connection ""'));
+        for (const k of directives(c, "keepalive_timeout")) assert.ok(seconds(k) < 72, "upstream idle connections close before the server's 72 s");
+        assert.deepEqual(directives(c, "hash"), ["$http_x_session_id consistent"]);
+        assert.deepEqual(directives(c, "least_conn"), [""]);
+        for (const s of directives(c, "server").filter((s) => /:\d+/.test(s))) assert.match(s, /max_fails=\d+ fail_timeout=\d+s/);
+        assert.deepEqual(directives(c, "client_max_body_size"), ["16m"], "the server's --body-limit");
+    });
+
+    it("haproxy.cfg: checks on /ready, L7 retries with redispatch, buffered requests, long timeouts, no Nagle delay on streams, affinity by session", () => {
+        const c = deploy("haproxy/haproxy.cfg");
+        assert.deepEqual(directives(c, "option httpchk"), ["GET /ready"]);
+        assert.deepEqual(directives(c, "http-check expect"), ["status 200"]);
+        const retryOn = directives(c, "retry-on")[0].split(/\s+/);
+        for (const w of ["conn-failure", "empty-response", "503"]) assert.ok(retryOn.includes(w), `retry-on has ${w}`);
+        assert.ok(Number(directives(c, "retries")[0]) >= 2);
+        assert.deepEqual(directives(c, "option redispatch"), ["1"], "every retry on another replica");
+        assert.deepEqual(directives(c, "option http-buffer-request"), [""], "L7 retries replay a buffered request");
+        assert.ok(Number(directives(c, "tune.bufsize")[0]) >= 16384);
+        assert.deepEqual(directives(c, "option http-no-delay"), [""]);
+        for (const t of ["timeout server", "timeout client"]) assert.ok(seconds(directives(c, t)[0]) >= 600, t);
+        assert.ok(seconds(directives(c, "timeout connect")[0]) <= 5);
+        assert.deepEqual(directives(c, "balance"), ["leastconn", "hdr(x-session-id)"]);
+        assert.deepEqual(directives(c, "hash-type"), ["consistent"]);
+        assert.match(directives(c, "default-server")[0], /\bcheck\b.*\binter 1s\b.*\bfall 2\b/);
+    });
+
+    it("envoy.yaml (not run here: no envoy binary): checks on /ready, retries on connect-failure, reset and 503, ring hash on the session header, no request timeout", () => {
+        const doc = parse(deploy("envoy/envoy.yaml")) as any;
+        const hcm = doc.static_resources.listeners[0].filter_chains[0].filters[0].typed_config;
+        assert.equal(hcm["@type"], "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager");
+        assert.ok(seconds(hcm.stream_idle_timeout) >= 600);
+        assert.equal(hcm.http_filters.at(-1).name, "envoy.filters.http.router");
+        const vh = hcm.route_config.virtual_hosts[0];
+        const retry = vh.retry_policy;
+        assert.deepEqual(retry.retry_on.split(",").sort(), ["connect-failure", "reset", "retriable-status-codes"]);
+        assert.deepEqual(retry.retriable_status_codes, [503]);
+        assert.ok(retry.num_retries >= 2);
+        assert.equal(retry.retry_host_predicate[0].name, "envoy.retry_host_predicates.previous_hosts");
+        const [byHeader, rest] = vh.routes;
+        assert.deepEqual(byHeader.match.headers, [{ name: "x-session-id", present_match: true }]);
+        assert.equal(byHeader.route.cluster, "batchwise_affinity");
+        assert.deepEqual(byHeader.route.hash_policy, [{ header: { header_name: "x-session-id" } }]);
+        assert.equal(rest.route.cluster, "batchwise");
+        for (const r of vh.routes) {
+            assert.equal(seconds(r.route.timeout), 0, "no bound on a whole request: a stream lasts its generation");
+            assert.ok(seconds(r.route.idle_timeout) >= 600);
+        }
+        const clusters = Object.fromEntries(doc.static_resources.clusters.map((c: any) => [c.name, c]));
+        assert.equal(clusters.batchwise.lb_policy, "LEAST_REQUEST");
+        assert.equal(clusters.batchwise_affinity.lb_policy, "RING_HASH");
+        const endpoints = (c: any) => c.load_assignment.endpoints[0].lb_endpoints.map((e: any) => e.endpoint.address.socket_address);
+        assert.deepEqual(endpoints(clusters.batchwise_affinity), endpoints(clusters.batchwise), "both clusters list the same replicas");
+        for (const c of Object.values(clusters) as any[]) {
+            assert.equal(c.load_assignment.cluster_name, c.name);
+            const hc = c.health_checks[0];
+            assert.equal(hc.http_health_check.path, "/ready");
+            assert.ok(seconds(hc.interval) <= 2 && hc.unhealthy_threshold <= 3);
+            assert.ok(seconds(c.connect_timeout) <= 5);
+            const http = c.typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"];
+            assert.ok(seconds(http.common_http_protocol_options.idle_timeout) < 72, "idle upstream connections close before the server's 72 s");
+            assert.ok(http.explicit_http_config.http_protocol_options, "HTTP/1.1 to the replicas");
+        }
+        // every typed config names a v3 type
+        const types: string[] = [];
+        JSON.stringify(doc, (k, v) => (k === "@type" && types.push(v), v));
+        for (const t of types) assert.match(t, /^type\.googleapis\.com\/envoy\.[a-z0-9_.]+\.v3\.[A-Za-z]+$/);
+    });
+});
+
+const none = !nginxBin && !haproxyBin;
+describe("fleet: 3 replicas behind nginx, then HAProxy (short)", { skip: none && "neither nginx nor haproxy is installed (apt-get install nginx-light haproxy)" }, () => {
+    let report: FleetReport;
+    before(async () => {
+        report = await runFleet({ ...SHORT, phaseSeconds: 2, root, balancers: [...(nginxBin ? ["nginx" as const] : []), ...(haproxyBin ? ["haproxy" as const] : [])] });
+    });
+
+    for (const [name, bin, pkg] of [["nginx", nginxBin, "nginx-light"], ["haproxy", haproxyBin, "haproxy"]] as const) {
+        describe(name, { skip: !bin && `${name} is not installed (apt-get install ${pkg})` }, () => {
+            const fig = (): BalancerFigures => report.balancers.find((b) => b.balancer === name)!;
+            const phase = (p: string): PhaseFigures => fig().phases.find((x) => x.phase === p)!;
+
+            it("no non-streamed request fails through the kill, the drain, the rolling restart and the reload to the split", () => {
+                for (const p of ["kill", "drain", "rolling", "split"]) {
+                    const f = phase(p);
+                    assert.ok(f.plain.sent > 0, `${p}: requests were sent`);
+                    assert.equal(failures(f.plain), 0, `${p}: ${JSON.stringify(f.plain.failed)}`);
+                    // the client's one resend after a reset kept-alive connection hides nothing in (a)-(c): the
+                    // balancer closes a client's connection only on its own reload (the split's)
+                    if (p !== "split") assert.equal(f.clientRetries, 0, `${p}: requests resent by the client`);
+                }
+            });
+
+            it("streams: only those on the killed replica are cut, each without [DONE]; a drain cuts none", () => {
+                for (const f of fig().phases) {
+                    // a stream that ended with [DONE] had its finish_reason and no error event
+                    assert.equal(f.streams.failed.bad ?? 0, 0, `${f.phase}: incomplete streams ending in [DONE]`);
+                    for (const k of Object.keys(f.streams.failed)) assert.equal(k, "cut", `${f.phase}: streams failed by ${k}`);
+                    if (f.phase !== "kill") assert.equal(f.cut.count, 0, `${f.phase}: ${JSON.stringify(f.cut)}`);
+                }
+                const k = phase("kill");
+                assert.equal(k.cut.unattributed, 0);
+                assert.deepEqual(Object.keys(k.cut.byReplica).filter((r) => r !== k.events[0].replica), [], "cut streams were on the killed replica");
+                assert.equal(k.streamsDone + k.cut.count, k.streams.sent, "every stream ended with [DONE] or was cut");
+            });
+
+            it("a killed or draining replica is out of rotation within 5 s", () => {
+                for (const p of ["kill", "drain", "rolling"]) {
+                    for (const e of phase(p).events) {
+                        if (name === "haproxy") assert.notEqual(e.outOfRotationMs, null, `${p} ${e.replica}: HAProxy never showed it DOWN`);
+                        assert.ok((e.outOfRotationMs ?? 0) < 5000, `${p} ${e.replica}: ${e.outOfRotationMs} ms`);
+                        assert.ok(e.readyAgainMs !== undefined, `${p} ${e.replica}: back after the restart`);
+                    }
+                }
+            });
+
+            it("one replica per session id; requests without one spread over the replicas", () => {
+                const a = fig().affinityCheck;
+                assert.equal(a.failed, 0);
+                for (const [s, served] of Object.entries(a.sessions)) assert.equal(new Set(served).size, 1, `${s}: ${served.join(",")}`);
+                assert.ok(new Set(a.noHeader).size >= 2, `no header: ${a.noHeader.join(",")}`);
+            });
+
+            it("the 90/10 split sends a minority of requests to the second version", () => {
+                const s = phase("split").split!;
+                const n = Object.values(s.byModel).reduce((x, y) => x + y, 0);
+                assert.ok(n >= 30, `${n} requests in the split`);
+                assert.ok((s.byModel["demo-v2"] ?? 0) > 0, `the second version answered none: ${JSON.stringify(s.byModel)}`);
+                assert.ok(s.greenShare < 0.4, `${(s.greenShare * 100).toFixed(0)}% to the second version`);
+            });
+
+            it("every request the client sent is in the balancer's log", () => {
+                assert.equal(fig().unlogged, 0);
+            });
+        });
+    }
+});
