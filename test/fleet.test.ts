@@ -77,7 +77,8 @@ describe("deploy: balancer configs", () => {
         assert.ok(directives(c, "proxy_set_header").includes('Connection ""'));
         for (const k of directives(c, "keepalive_timeout")) assert.ok(seconds(k) < 72, "upstream idle connections close before the server's 72 s");
         assert.deepEqual(directives(c, "hash"), ["$http_x_session_id consistent"]);
-        assert.deepEqual(directives(c, "least_conn"), [""]);
+        // round robin (no method directive in the default pool): weights split requests as they say
+        assert.deepEqual(directives(c, "least_conn"), []);
         for (const s of directives(c, "server").filter((s) => /:\d+/.test(s))) assert.match(s, /max_fails=\d+ fail_timeout=\d+s/);
         assert.deepEqual(directives(c, "client_max_body_size"), ["16m"], "the server's --body-limit");
     });
@@ -95,7 +96,7 @@ describe("deploy: balancer configs", () => {
         assert.deepEqual(directives(c, "option http-no-delay"), [""]);
         for (const t of ["timeout server", "timeout client"]) assert.ok(seconds(directives(c, t)[0]) >= 600, t);
         assert.ok(seconds(directives(c, "timeout connect")[0]) <= 5);
-        assert.deepEqual(directives(c, "balance"), ["leastconn", "hdr(x-session-id)"]);
+        assert.deepEqual(directives(c, "balance"), ["roundrobin", "hdr(x-session-id)"]);
         assert.deepEqual(directives(c, "hash-type"), ["consistent"]);
         assert.match(directives(c, "default-server")[0], /\bcheck\b.*\binter 1s\b.*\bfall 2\b/);
     });
@@ -297,12 +298,13 @@ describe("fleet: 3 replicas behind nginx, then HAProxy (short)", { skip: fleetSk
                 assert.ok(new Set(a.noHeader).size >= 2, `no header: ${a.noHeader.join(",")}`);
             });
 
-            it("the 90/10 split sends a minority of requests to the second version", () => {
+            it("the 90/10 split sends about 10% of requests to the second version", () => {
                 const s = phase("split").split!;
                 const n = Object.values(s.byModel).reduce((x, y) => x + y, 0);
                 assert.ok(n >= 30, `${n} requests in the split`);
-                assert.ok((s.byModel["demo-v2"] ?? 0) > 0, `the second version answered none: ${JSON.stringify(s.byModel)}`);
-                assert.ok(s.greenShare < 0.4, `${(s.greenShare * 100).toFixed(0)}% to the second version`);
+                // weighted round robin: 1 in 10 in steady state; a short run, retries and the reload's edge blur it
+                assert.ok(s.greenShare >= 0.04 && s.greenShare <= 0.2, `${(s.greenShare * 100).toFixed(1)}% of ${n} to the second version: ${JSON.stringify(s.byModel)}`);
+                assert.equal(s.byReplica.g1 ?? 0, s.byModel["demo-v2"] ?? 0, "the balancer's log and the answers' model agree");
             });
 
             it("every request the client sent is in the balancer's log", () => {

@@ -1,6 +1,6 @@
 // Prefix affinity: an IDE-like workload (each user re-sends the same file prefix with fresh tokens after
-// it) over three replicas, routed by least connections (no session header) or by a consistent hash of
-// X-Session-Id; the prefix-cache hit rate (the servers' vllm:prefix_cache_hits_total / _queries_total, and
+// it) over three replicas, routed by round robin (no session header: the configs' default pool) or by a
+// consistent hash of X-Session-Id; the prefix-cache hit rate (the servers' vllm:prefix_cache_hits_total / _queries_total, and
 // each answer's usage.prompt_tokens_details.cached_tokens) and TTFT; and what happens to the hit rate
 // when one replica leaves (SIGTERM) halfway through.
 import { mkdtempSync, rmSync } from "node:fs";
@@ -13,7 +13,7 @@ import { Load, type RequestRecord } from "./load.js";
 import { httpGet, sleep } from "./proc.js";
 import { makeBalancer, percentile, type BalancerName } from "./scenario.js";
 
-export type Routing = "least_conn" | "affinity";
+export type Routing = "round_robin" | "affinity";
 
 export interface AffinityOptions {
     root: string;
@@ -39,7 +39,7 @@ export interface AffinityOptions {
 }
 
 export const AFFINITY: Omit<AffinityOptions, "root"> = {
-    balancers: ["nginx", "haproxy"], routings: ["least_conn", "affinity"], users: 16, prefixTokens: 1536, freshTokens: 64, maxTokens: 4,
+    balancers: ["nginx", "haproxy"], routings: ["round_robin", "affinity"], users: 16, prefixTokens: 1536, freshTokens: 64, maxTokens: 4,
     seconds: 40, thinkMs: [1000, 3000], ctx: 16384, threads: 1, maxRunning: 16, leave: true,
 };
 
@@ -171,7 +171,7 @@ async function oneRun(
             headers: routing === "affinity" ? { "x-session-id": `user-${u}` } : ({} as Record<string, string>),
         }),
     });
-    // least_conn requests carry no session header: the user is named in the request id instead
+    // round-robin requests carry no session header: the user is the client number
     load.start();
     const half = start + (o.seconds * 1000) / 2;
     await sleep(half - Date.now());

@@ -64,14 +64,14 @@ export interface EventFigures {
     exitMs?: number;
     readyAgainMs?: number;
     /**
-     * ms from the event until the balancer stopped sending new requests to the replica. nginx: the last
-     * attempt on it (its log's $upstream_addr) in the burst that follows the event (attempts less than 1 s
-     * apart); HAProxy: when its runtime API showed the replica DOWN.
+     * ms from the event until the balancer took the replica out of rotation. nginx (passive, max_fails=1):
+     * its first failed attempt on it after the event, by its log ($upstream_addr, $upstream_status);
+     * HAProxy: when its runtime API showed the replica DOWN.
      */
     outOfRotationMs: number | null;
     /** Attempts on the replica after the event while it was gone (nginx's log; HAProxy logs only the last try). */
     attemptsWhileGone: number | null;
-    /** nginx: attempts after the burst while it was still gone (passive checks let one request through per fail_timeout). */
+    /** nginx: failed attempts after the first while it was still gone (passive checks let one request through per fail_timeout). */
     reprobes: number | null;
     /** Requests the balancer retried in the event's window (nginx: several upstreams; HAProxy: %rc > 0). */
     retried: number;
@@ -194,15 +194,22 @@ function eventFigures(
         outOfRotationMs: null, attemptsWhileGone: null, reprobes: null, retried,
     };
     if (b.name === "nginx") {
-        // every attempt on the replica is in $upstream_addr; the ones that did not end in a 200 from it are its failures
-        const tries = window.filter((e) => e.attempts.includes(ev.replica)).map((e) => e.start).sort((x, y) => x - y);
+        // $upstream_addr and $upstream_status list every attempt and its answer. With max_fails=1 the first
+        // failed attempt (a refused connection: 502 in the log; a 503 from a draining replica) takes the
+        // replica out for fail_timeout; each later failed one is a re-probe (one request let through per
+        // fail_timeout, while it is still gone)
+        const tries: { at: number; ok: boolean }[] = [];
+        for (const e of window) {
+            e.attempts.forEach((a, k) => {
+                if (a === ev.replica) tries.push({ at: e.start, ok: e.attemptStatuses[k] === "200" });
+            });
+        }
+        tries.sort((x, y) => x.at - y.at);
+        const failedTries = tries.filter((t) => !t.ok);
         out.attemptsWhileGone = tries.length;
-        let last = tries.length > 0 ? tries[0] : null;
-        let burst = tries.length > 0 ? 1 : 0;
-        for (let i = 1; i < tries.length && tries[i] - tries[i - 1] < 1000; i++, burst++) last = tries[i];
-        // no attempt on it at all: nothing to measure (null)
-        out.outOfRotationMs = last === null ? null : last - ev.at;
-        out.reprobes = tries.length - burst;
+        // no failed attempt on it at all: nothing to measure (null)
+        out.outOfRotationMs = failedTries.length > 0 ? failedTries[0].at - ev.at : null;
+        out.reprobes = Math.max(0, failedTries.length - 1);
     } else {
         const down = b.stateLog.find((s) => s.server === ev.replica && s.at >= ev.at && (s.status === "DOWN" || s.status === "MAINT"));
         out.outOfRotationMs = down ? down.at - ev.at : null;
