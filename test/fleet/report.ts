@@ -56,11 +56,11 @@ export function fleetTable(r: FleetReport): string {
 
 export function affinityTable(r: AffinityReport): string {
     const out: string[] = [];
-    const rows = [["balancer", "routing", "requests", "failed", "hit rate (metrics)", "hit rate (usage)", "TTFT p50/p95 ms", "users per replica"]];
+    const rows = [["balancer", "routing", "requests", "failed", "hit rate (metrics)", "hit rate (usage)", "TTFT p50/p95 ms", "users per replica", "replicas per user"]];
     for (const m of r.runs) {
         rows.push([
             m.balancer, m.routing, String(m.requests), String(m.failed), `${(m.metricsHitRate * 100).toFixed(1)}%`, `${(m.usageHitRate * 100).toFixed(1)}%`,
-            `${ms(m.ttftMs.p50)}/${ms(m.ttftMs.p95)}`, Object.entries(m.usersPerReplica).map(([k, n]) => `${k}:${n}`).join(" "),
+            `${ms(m.ttftMs.p50)}/${ms(m.ttftMs.p95)}`, Object.entries(m.usersPerReplica).sort().map(([k, n]) => `${k}:${n}`).join(" "), m.replicasPerUser.toFixed(1),
         ]);
     }
     out.push(table(rows));
@@ -68,8 +68,8 @@ export function affinityTable(r: AffinityReport): string {
         if (!m.leave) continue;
         const w = m.leave;
         out.push(`  ${m.balancer} ${m.routing}: ${w.replica} left at ${(w.atS).toFixed(1)} s; hit rate before ${(w.before * 100).toFixed(1)}%, ` +
-            `first ${w.windowS} s after ${(w.justAfter * 100).toFixed(1)}%, then ${(w.later * 100).toFixed(1)}%; ` +
-            `${w.movedUsers} of its users moved, ${w.otherUsersMoved} other users moved`);
+            `first ${w.windowS} s after ${(w.justAfter * 100).toFixed(1)}%, then ${(w.later * 100).toFixed(1)}%; TTFT p50 ${ms(w.ttftBeforeP50)} ms before, ${ms(w.ttftJustAfterP50)} ms just after` +
+            (m.routing === "affinity" ? `; ${w.movedUsers} users were on it, ${w.otherUsersMoved} users of other replicas changed replica` : ""));
     }
     return out.join("\n");
 }

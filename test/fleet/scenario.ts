@@ -185,7 +185,8 @@ function eventFigures(
     entries: BalancerEntry[], until: number,
 ): EventFigures {
     const goneUntil = ev.readyAt ?? until;
-    const window = entries.filter((e) => e.start >= ev.at && e.start < goneUntil);
+    // the requests in flight at the event and those sent until the replica was ready again
+    const window = entries.filter((e) => e.end >= ev.at && e.start < goneUntil);
     const retried = window.filter((e) => e.retries > 0).length;
     const out: EventFigures = {
         event: ev.event, replica: ev.replica, at: ev.at,
@@ -201,7 +202,11 @@ function eventFigures(
         const tries: { at: number; ok: boolean }[] = [];
         for (const e of window) {
             e.attempts.forEach((a, k) => {
-                if (a === ev.replica) tries.push({ at: e.start, ok: e.attemptStatuses[k] === "200" });
+                if (a !== ev.replica) return;
+                const ok = e.attemptStatuses[k] === "200";
+                // one in flight at the event: if it failed, it failed then (the connection dropped with the kill)
+                if (e.start < ev.at && ok) return;
+                tries.push({ at: Math.max(e.start, ev.at), ok });
             });
         }
         tries.sort((x, y) => x.at - y.at);
