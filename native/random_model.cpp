@@ -9,11 +9,13 @@
 #include "llama.h"
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -193,7 +195,10 @@ void build(shape & s) {
         throw bw_error(code::model_load_failed, "llama.cpp could not build a " + a + " model of this shape" + (why.empty() ? "" : ": " + why));
     }
     s.n_vocab  = llama_vocab_n_tokens(llama_model_get_vocab(model));
-    std::string tmp = s.out + ".tmp";
+    // a file of this process and thread alone: several processes may make the same model at once (replicas
+    // started together on a fresh machine), and the rename below makes whichever finishes last the one kept
+    std::string tmp = s.out + "." + std::to_string((long long) getpid()) + "." +
+                      std::to_string(std::hash<std::thread::id>{}(std::this_thread::get_id())) + ".tmp";
     std::remove(tmp.c_str());
     llama_model_save_to_file(model, tmp.c_str());
     llama_model_free(model);
