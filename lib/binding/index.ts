@@ -8,6 +8,7 @@ import { BatchwiseError, ErrorCode, native, nativeAsync } from "./errors.js";
 import {
     loadNative,
     packageRoot,
+    vocabPackageDir,
     type ChatApplyInputs,
     type ChatApplyResult,
     type ChatMessage,
@@ -444,17 +445,29 @@ export interface RandomModelOptions {
     threads?: number;
 }
 
-/** Folder of the vocab-only GGUFs that ship with the llama.cpp source batchwise builds from. */
+/**
+ * Folders of vocab-only GGUFs, searched in order: the @batchwise/vocab package (the few the demo model, make-model and
+ * the README use), then the llama.cpp source batchwise builds from (LLAMA_CPP_DIR or deps/llama.cpp: all of them).
+ */
+export function vocabDirs(): string[] {
+    const pkg = vocabPackageDir();
+    const source = join(process.env.LLAMA_CPP_DIR ?? join(packageRoot, "deps", "llama.cpp"), "models");
+    return pkg ? [pkg, source] : [source];
+}
+
+/** The first folder of vocabDirs() that exists (the last one when none does). */
 export function vocabDir(): string {
-    return join(process.env.LLAMA_CPP_DIR ?? join(packageRoot, "deps", "llama.cpp"), "models");
+    const dirs = vocabDirs();
+    return dirs.find((d) => existsSync(d)) ?? dirs[dirs.length - 1];
 }
 
 /** Resolves a vocab name ("qwen2") or path to a file path. */
 export function resolveVocab(vocab: string): string {
     if (isAbsolute(vocab) || vocab.endsWith(".gguf")) return vocab;
-    const p = join(vocabDir(), `ggml-vocab-${vocab}.gguf`);
-    if (!existsSync(p)) {
-        throw new BatchwiseError(ErrorCode.ModelNotFound, `no vocabulary named '${vocab}' (looked for ${p})`);
+    const tried = vocabDirs().map((d) => join(d, `ggml-vocab-${vocab}.gguf`));
+    const p = tried.find((f) => existsSync(f));
+    if (!p) {
+        throw new BatchwiseError(ErrorCode.ModelNotFound, `no vocabulary named '${vocab}' (looked for ${tried.join(", ")})`);
     }
     return p;
 }
