@@ -29,7 +29,7 @@ import { createRequire } from "node:module";
 import { cpus } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { buildFlavour, flag, missingToolchain, setting } from "./settings.mjs";
+import { buildFlavour, flag, missingToolchain, onPath, setting } from "./settings.mjs";
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const pkg = JSON.parse(readFileSync(join(root, "package.json"), "utf8"));
@@ -133,16 +133,20 @@ const seconds = () => ((Date.now() - t0) / 1000).toFixed(1);
 
 if (prebuildDir) {
     // the addon, the libraries it links (one file each: no versions, no links) and the backend libraries
-    const built = join(buildDir, "prebuild");
+    const built = join(buildDir, "bin");
     const files = readdirSync(built).filter((f) => f === "batchwise.node" || /^lib(batchwise|ggml)-[^/]*\.so$/.test(f));
     if (!files.includes("batchwise.node")) fail(`the build finished but ${join(built, "batchwise.node")} is missing`);
     if (!files.some((f) => f.startsWith("libggml-cpu"))) fail(`the build finished but ${built} has no CPU backend (libggml-cpu*.so)`);
     if (cuda && !files.includes("libggml-cuda.so")) fail(`the build finished but ${built} has no libggml-cuda.so`);
     rmSync(prebuildDir, { recursive: true, force: true });
     mkdirSync(prebuildDir, { recursive: true });
+    const strip = onPath("strip");
     for (const f of files) {
         if (!statSync(join(built, f)).isFile()) continue;
-        copyFileSync(join(built, f), join(prebuildDir, f === "batchwise.node" ? "batchwise.napi.glibc.node" : f));
+        const dest = join(prebuildDir, f === "batchwise.node" ? "batchwise.napi.glibc.node" : f);
+        copyFileSync(join(built, f), dest);
+        // the symbol tables only (about 15% of the size): what the libraries export stays
+        if (strip) spawnSync(strip, ["--strip-unneeded", dest], { stdio: "inherit" });
     }
     process.stderr.write(`[batchwise] prebuild of ${files.length} files in ${prebuildDir} (${seconds()} s)\n`);
 } else {
