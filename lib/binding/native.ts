@@ -491,9 +491,8 @@ function checkBackends(loaded: NativeAddon, c: Candidate, skipped: string[]): vo
         if (gpuChoice() === "cuda") {
             throw new BatchwiseError(ErrorCode.NativeNotBuilt, `BATCHWISE_GPU=cuda, but ${why}; see docs/building.md for the CUDA runtime it needs`);
         }
-        process.emitWarning(`${why}: running on the CPU. Set BATCHWISE_GPU=cpu to use the CPU package quietly; docs/building.md says what CUDA needs.`, {
-            code: "BATCHWISE_CUDA_UNAVAILABLE",
-        });
+        const quiet = gpuChoice() === "auto" && c.packageName === platformPackages().cuda ? " Set BATCHWISE_GPU=cpu to use the CPU package quietly;" : "";
+        process.emitWarning(`${why}: running on the CPU.${quiet} docs/building.md says what CUDA needs.`, { code: "BATCHWISE_CUDA_UNAVAILABLE" });
     } else if (skipped.length > 0 && c.source === "package" && skipped.some((s) => s.startsWith(platformPackages().cuda))) {
         process.emitWarning(`the CUDA build did not load (${skipped.join("; ")}): running on the CPU`, { code: "BATCHWISE_CUDA_UNAVAILABLE" });
     }
