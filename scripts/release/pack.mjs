@@ -84,7 +84,7 @@ function prebuildKey(name, env) {
     const h = createHash("sha256");
     for (const p of ["native", "CMakeLists.txt", "scripts/build-native.mjs", "scripts/settings.mjs", "scripts/fetch-llama.mjs"]) hashTree(h, join(root, p));
     h.update(JSON.stringify({ llama: pkg.llama, name, cpuVariants, env, llamaDir: process.env.LLAMA_CPP_DIR ?? null }));
-    return `${name}-${h.digest("hex").slice(0, 16)}`;
+    return `${name.replace(/^@/, "").replace(/\//g, "+")}-${h.digest("hex").slice(0, 16)}`;
 }
 
 /** Builds (or takes from the cache) the prebuild folder of a platform package into dest. */

@@ -9,6 +9,7 @@
 #     --cpu        a dry run without a GPU: installs the CPU package instead and decodes on the CPU
 # Environment: NPM_CACHE (default .carry-release/npm-cache): an npm cache holding batchwise's registry dependencies
 # (scripts/release/carry.sh fills one); without it npm needs the network. OUT (default /tmp/out): logs and report.
+# KEEP_VERIFY=1 keeps the project it installed into (/tmp/bw-verify-*).
 set -uo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 rel=$root/release
@@ -31,6 +32,7 @@ for t in "${tarballs[@]}"; do [ -f "$t" ] || { echo "verify: missing $t (npm run
 
 # a PATH with node, npm and sh alone (npm runs scripts with sh)
 work=$(mktemp -d /tmp/bw-verify-XXXX)
+[ "${KEEP_VERIFY:-0}" = 1 ] || trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/bin" "$work/app"
 ln -s "$(readlink -f "$(command -v node)")" "$work/bin/node"
 ln -s /bin/sh "$work/bin/sh"
@@ -41,16 +43,17 @@ ln -s "$(readlink -f "$npmcli")" "$work/bin/npm"
 cp "$root/scripts/release/verify-probe.mjs" "$work/app/"
 echo '{ "name": "verify", "private": true, "type": "module" }' > "$work/app/package.json"
 cd "$work/app"
-export PATH=$work/bin HOME=$work XDG_CACHE_HOME=$work/cache
-for tool in nvcc cmake c++ g++ cc gcc git; do
-    if command -v $tool >/dev/null; then echo "verify: $tool is still on PATH"; exit 1; fi
-done
-echo "PATH=$PATH: no nvcc, cmake, compiler or git" | tee "$OUT/verify.log"
+# npm and node run with this environment alone; the script's own tools (tee, du, ldd) keep the usual PATH
+bare() { env -i PATH="$work/bin" HOME="$work" XDG_CACHE_HOME="$work/cache" TMPDIR=/tmp ${CUDA_VISIBLE_DEVICES+CUDA_VISIBLE_DEVICES="$CUDA_VISIBLE_DEVICES"} ${LD_LIBRARY_PATH:+LD_LIBRARY_PATH="$LD_LIBRARY_PATH"} "$@"; }
+if bare sh -c 'command -v nvcc || command -v cmake || command -v c++ || command -v g++ || command -v cc || command -v gcc || command -v git'; then
+    echo "verify: the bare PATH still has a toolchain"; exit 1
+fi
+echo "PATH=$work/bin: no nvcc, cmake, compiler or git" | tee "$OUT/verify.log"
 
 offline=()
 [ -d "$cache" ] && offline=(--offline --cache "$cache")
 t0=$(date +%s%N)
-npm install --no-audit --no-fund --foreground-scripts "${offline[@]}" "${tarballs[@]}" >> "$OUT/verify.log" 2>&1
+bare npm install --no-audit --no-fund --foreground-scripts "${offline[@]}" "${tarballs[@]}" >> "$OUT/verify.log" 2>&1
 rc=$?
 t1=$(date +%s%N)
 tail -5 "$OUT/verify.log"
@@ -63,15 +66,15 @@ pre=node_modules/@batchwise/linux-x64$([ $cpu = 1 ] || echo -cuda)/prebuilds/lin
 ls -l "$pre" | tee -a "$OUT/sizes.txt"
 if [ $cpu = 0 ]; then
     # which CUDA libraries the backend resolves to (the driver's libcuda, the toolkit's or the wheels' runtime)
-    LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-} /usr/bin/ldd "$pre/libggml-cuda.so" | grep -E "cuda|cublas" | tee "$OUT/ldd.txt"
+    ldd "$pre/libggml-cuda.so" | grep -E "cuda|cublas" | tee "$OUT/ldd.txt"
 fi
 
 echo "--- decode $([ $cpu = 1 ] && echo "on the CPU" || echo "on the GPU")"
-node verify-probe.mjs $([ $cpu = 1 ] && echo --cpu) 2>&1 | tee "$OUT/probe.json"
+bare node verify-probe.mjs $([ $cpu = 1 ] && echo --cpu) 2>&1 | tee "$OUT/probe.json"
 rc=${PIPESTATUS[0]}
 if [ $cpu = 0 ]; then
     echo "--- no GPU visible (CUDA_VISIBLE_DEVICES=\"\"): the CPU, with a warning"
-    CUDA_VISIBLE_DEVICES= node verify-probe.mjs --fallback 2>&1 | tee "$OUT/probe-fallback.json"
+    CUDA_VISIBLE_DEVICES= bare node verify-probe.mjs --fallback 2>&1 | tee "$OUT/probe-fallback.json"
     [ ${PIPESTATUS[0]} -eq 0 ] || rc=1
 fi
 echo "verify: $([ $rc -eq 0 ] && echo PASSED || echo FAILED)" | tee -a "$OUT/verify.log"
