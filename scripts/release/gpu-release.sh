@@ -3,7 +3,7 @@
 # builds @batchwise/linux-x64-cuda (the addon, every x86 CPU variant and libggml-cuda.so for CUDA 13), packs it into
 # release/, then installs it with batchwise and the vocab package from the tarballs, offline and with nvcc off the PATH,
 # and decodes on the GPU (scripts/release/verify-cuda.sh). Logs, sizes and the manifest go to $OUT.
-#   BATCHWISE_CUDA_ARCHITECTURES  default "80-real;86-real;89-real;90a-real" (pack.mjs); "90a-real" for a quick check
+#   BATCHWISE_CUDA_ARCHITECTURES  default "80-real;90a-real;90-virtual" (pack.mjs); "90a-real" for a quick check
 #   BATCHWISE_JOBS                default: all cores
 # The build keeps its folder (build-native/prebuild-cuda-*): a run cut short at the device's 10-minute limit resumes
 # where it stopped when the same command runs again while the machine is still warm.
@@ -26,4 +26,7 @@ if [ $rc -eq 124 ]; then echo "the build was cut at ${BUILD_TIMEOUT:-540} s: run
 [ $rc -eq 0 ] || { tail -30 "$OUT/build.log"; exit $rc; }
 cp .carry-release/release/*.tgz release/
 cp release/manifest.json "$OUT/"
+ls -l release/*.tgz | tee "$OUT/tarballs.txt"
+# the device hands back files of 16 MiB at most: a larger CUDA tarball stays there (its size and sha256 are in the manifest)
+for t in release/batchwise-linux-x64-cuda-*.tgz; do [ "$(stat -c %s "$t")" -le 16777216 ] && cp "$t" "$OUT/"; done
 NPM_CACHE=$PWD/.carry-release/npm-cache OUT=$OUT bash scripts/release/verify-cuda.sh release

@@ -13,8 +13,10 @@
 //
 // --cpu-variants one builds a single CPU backend (ggml's default flags: AVX2, FMA, F16C) instead of the 13 x86
 // variants: what CI's install test uses, a quarter of the build. A release is built with all (the default).
-// CUDA architectures: BATCHWISE_CUDA_ARCHITECTURES, default "80-real;86-real;89-real;90a-real" (A100, RTX 30xx/A10/A40,
-// L4/L40/RTX 40xx, H100/H200; 86 and 89 run 80's code too, so "80-real;90a-real" halves the build for a quick check).
+// CUDA architectures: BATCHWISE_CUDA_ARCHITECTURES, default "80-real;90a-real;90-virtual": sm_80 code, which every
+// compute capability 8.x runs (A100/A30, A10/A40/RTX 30xx, L4/L40/RTX 40xx), sm_90a for H100/H200, and compute_90 PTX
+// that newer GPUs (Blackwell) compile on their first run. Three compiler passes; "80-real;86-real;89-real;90a-real"
+// adds code tuned for 8.6 and 8.9 at the cost of a longer build, "90a-real" alone is a quick check.
 // --no-prepare packs batchwise without running its prepare script (tsc): dist/ must be current.
 // --prebuild-cache dir keeps each prebuild under dir/<package>-<hash of its sources and settings>, and reuses it.
 //
@@ -48,7 +50,7 @@ for (const o of only) if (!["main", "cpu", "vocab", "cuda"].includes(o)) fail(`-
 const cpuVariants = option("--cpu-variants") ?? "all";
 const outDir = resolve(option("--out") ?? join(root, "release"));
 const cacheDir = option("--prebuild-cache") !== undefined ? resolve(option("--prebuild-cache")) : undefined;
-const cudaArchs = setting("CUDA_ARCHITECTURES") ?? "80-real;86-real;89-real;90a-real";
+const cudaArchs = setting("CUDA_ARCHITECTURES") ?? "80-real;90a-real;90-virtual";
 const platform = `${process.platform}-${process.arch}`;
 if (platform !== "linux-x64" && (only.includes("cpu") || only.includes("cuda"))) fail(`prebuilt packages are made for linux-x64, not ${platform}`);
 
