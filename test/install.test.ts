@@ -1,8 +1,8 @@
 // The user's install, as npm does it from the registry: the tarballs `npm run release:pack` writes (batchwise, its
 // CPU prebuild @batchwise/linux-x64 and @batchwise/vocab) installed into an empty project with cmake, the compilers and
 // git off the PATH (a PATH holding only node, npm, npx and sh), then the README's first example, require("batchwise"),
-// `npx batchwise serve` with its demo model and one request, the addon in worker threads, and a CUDA library that
-// cannot load. The install is timed and node_modules measured.
+// `npx batchwise serve` with its demo model and one request, the addon in worker threads, a CUDA package whose CUDA
+// library cannot load, and a source build asked for without a toolchain. The install is timed and node_modules measured.
 //
 // The CPU prebuild is built once (release:pack --cpu-variants one: one CPU backend, a quarter of the all-variants
 // build) and kept in the cache folder under a hash of its sources; BATCHWISE_TEST_CPU_VARIANTS=all tests the
@@ -218,12 +218,17 @@ describe("install from the packed packages, no toolchain", { skip }, () => {
         }
     });
 
-    it("runs on the CPU, with a warning, when a CUDA library beside the addon cannot load; BATCHWISE_GPU=cuda makes it an error", (t) => {
+    it("prefers an installed CUDA package; where CUDA cannot load, runs on the CPU with a warning (an error with BATCHWISE_GPU=cuda)", (t) => {
         const cc = spawnSync("sh", ["-c", "command -v cc"], { encoding: "utf8" }).stdout.trim();
         if (!cc) return t.skip("no C compiler to make the stand-in CUDA library");
-        // a copy of the prebuild with a libggml-cuda.so that needs a libcuda.so.1 this machine lacks
-        const dir = join(work, "fake-cuda");
-        cpSync(join(app, "node_modules", "@batchwise", "linux-x64", "prebuilds", "linux-x64"), dir, { recursive: true });
+        // a stand-in @batchwise/linux-x64-cuda: the CPU package's files and a libggml-cuda.so that needs a libcuda.so.1
+        // this machine lacks (as on a machine without the NVIDIA driver)
+        const scope = join(app, "node_modules", "@batchwise");
+        const fake = join(scope, "linux-x64-cuda");
+        cpSync(join(scope, "linux-x64"), fake, { recursive: true });
+        const setVersion = (v: string) => writeFileSync(join(fake, "package.json"),
+            JSON.stringify({ ...JSON.parse(readFileSync(join(scope, "linux-x64", "package.json"), "utf8")), name: "@batchwise/linux-x64-cuda", version: v }));
+        setVersion(JSON.parse(readFileSync(join(app, "node_modules", "batchwise", "package.json"), "utf8")).version);
         const stub = join(work, "stub");
         mkdirSync(stub);
         writeFileSync(join(stub, "cuda.c"), "int cuInit(unsigned int flags) { return flags ? 1 : 0; }\n");
@@ -231,36 +236,52 @@ describe("install from the packed packages, no toolchain", { skip }, () => {
         const mk = (args: string[]) => spawnSync(cc, args, { cwd: stub, encoding: "utf8" });
         let r = mk(["-shared", "-fPIC", "-o", "libcuda.so.1", "-Wl,-soname,libcuda.so.1", "cuda.c"]);
         assert.equal(r.status, 0, out(r));
-        r = mk(["-shared", "-fPIC", "-o", join(dir, "libggml-cuda.so"), "backend.c", join(stub, "libcuda.so.1")]);
+        r = mk(["-shared", "-fPIC", "-o", join(fake, "prebuilds", "linux-x64", "libggml-cuda.so"), "backend.c", join(stub, "libcuda.so.1")]);
         assert.equal(r.status, 0, out(r));
         rmSync(join(stub, "libcuda.so.1"));
         const probe = `
             const warnings = [];
             process.on("warning", (w) => warnings.push(w.code + " " + w.message));
-            const b = require("batchwise");
             (async () => {
+                const b = require("batchwise");
+                const { addonLocation } = await import(require.resolve("batchwise/package.json").replace(/package\\.json$/, "dist/lib/binding/native.js"));
                 const s = b.systemInfo();
                 const { path } = await b.createRandomModel({ vocabFrom: "qwen2", out: ${JSON.stringify(join(work, "fallback.gguf"))}, layers: 1, embeddingSize: 64, heads: 2, kvHeads: 1, feedForwardSize: 64 });
                 const model = await b.LlamaModel.load(path, { gpuLayers: -1 });
                 const n = (await model.tokenize("still runs")).length;
                 model.dispose();
                 await new Promise((r) => setImmediate(r));
-                console.log(JSON.stringify({ cuda: s.cuda, errors: s.backendErrors, backends: s.backends, n, warnings }));
+                const loc = addonLocation();
+                console.log(JSON.stringify({ pkg: loc.packageName, skipped: loc.skipped, cuda: s.cuda, errors: s.backendErrors, backends: s.backends, n, warnings }));
             })().catch((e) => { console.log(JSON.stringify({ error: e.code + " " + e.message })); });`;
-        const addon = join(dir, "batchwise.napi.glibc.node");
-        r = inApp("node", ["-e", probe], { BATCHWISE_ADDON: addon });
-        assert.equal(r.status, 0, out(r));
-        const s = JSON.parse(r.stdout.trim().split("\n").at(-1)!);
-        assert.equal(s.cuda, false);
-        assert.deepEqual(s.backends, ["CPU"]);
-        assert.ok(s.n > 0);
-        assert.equal(s.errors.length, 1);
-        assert.match(s.errors[0], /^libggml-cuda\.so: (.*libcuda\.so\.1|loaded, but)/);
-        assert.equal(s.warnings.length, 1, JSON.stringify(s.warnings));
-        assert.match(s.warnings[0], /^BATCHWISE_CUDA_UNAVAILABLE .*CUDA is not usable here .*running on the CPU/);
-        r = inApp("node", ["-e", probe], { BATCHWISE_ADDON: addon, BATCHWISE_GPU: "cuda" });
-        assert.equal(r.status, 0, out(r));
-        assert.match(JSON.parse(r.stdout.trim().split("\n").at(-1)!).error, /^ERR_NATIVE_NOT_BUILT BATCHWISE_GPU=cuda, but .*CUDA is not usable here/);
+        const run = (extra: NodeJS.ProcessEnv = {}) => {
+            const p = inApp("node", ["-e", probe], extra);
+            assert.equal(p.status, 0, out(p));
+            return JSON.parse(p.stdout.trim().split("\n").at(-1)!);
+        };
+        try {
+            let s = run();
+            assert.equal(s.pkg, "@batchwise/linux-x64-cuda", JSON.stringify(s));
+            assert.equal(s.cuda, false);
+            assert.deepEqual(s.backends, ["CPU"]);
+            assert.ok(s.n > 0);
+            assert.equal(s.errors.length, 1);
+            assert.match(s.errors[0], /^libggml-cuda\.so: (.*libcuda\.so\.1|loaded, but)/);
+            assert.equal(s.warnings.length, 1, JSON.stringify(s.warnings));
+            assert.match(s.warnings[0], /^BATCHWISE_CUDA_UNAVAILABLE @batchwise\/linux-x64-cuda: CUDA is not usable here .*running on the CPU\. Set BATCHWISE_GPU=cpu/);
+            s = run({ BATCHWISE_GPU: "cpu" });
+            assert.equal(s.pkg, "@batchwise/linux-x64");
+            assert.deepEqual(s.warnings, []);
+            assert.deepEqual(s.errors, []);
+            assert.match(run({ BATCHWISE_GPU: "cuda" }).error, /^ERR_NATIVE_NOT_BUILT BATCHWISE_GPU=cuda, but .*CUDA is not usable here/);
+            setVersion("0.0.1");
+            s = run();
+            assert.equal(s.pkg, "@batchwise/linux-x64", "a CUDA package of another version is passed over");
+            assert.ok(s.skipped.some((k: string) => /^@batchwise\/linux-x64-cuda: version 0\.0\.1, batchwise is /.test(k)), JSON.stringify(s.skipped));
+            assert.deepEqual(s.warnings, []);
+        } finally {
+            rmSync(fake, { recursive: true, force: true });
+        }
     });
 
     it("asked to build from source without a toolchain: one message saying what to install, no stack", () => {

@@ -445,20 +445,18 @@ export interface RandomModelOptions {
     threads?: number;
 }
 
+/** Folder of the vocab-only GGUFs (and chat templates) that ship with the llama.cpp source batchwise builds from. */
+export function vocabDir(): string {
+    return join(process.env.LLAMA_CPP_DIR ?? join(packageRoot, "deps", "llama.cpp"), "models");
+}
+
 /**
- * Folders of vocab-only GGUFs, searched in order: the @batchwise/vocab package (the few the demo model, make-model and
- * the README use), then the llama.cpp source batchwise builds from (LLAMA_CPP_DIR or deps/llama.cpp: all of them).
+ * Folders resolveVocab searches, in order: the @batchwise/vocab package (the vocabulary the demo model, make-model and
+ * the README use, installed with the prebuilt binaries), then vocabDir() (every vocabulary llama.cpp has).
  */
 export function vocabDirs(): string[] {
     const pkg = vocabPackageDir();
-    const source = join(process.env.LLAMA_CPP_DIR ?? join(packageRoot, "deps", "llama.cpp"), "models");
-    return pkg ? [pkg, source] : [source];
-}
-
-/** The first folder of vocabDirs() that exists (the last one when none does). */
-export function vocabDir(): string {
-    const dirs = vocabDirs();
-    return dirs.find((d) => existsSync(d)) ?? dirs[dirs.length - 1];
+    return pkg ? [pkg, vocabDir()] : [vocabDir()];
 }
 
 /** Resolves a vocab name ("qwen2") or path to a file path. */

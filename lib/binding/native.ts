@@ -454,15 +454,17 @@ export function loadNative(): NativeAddon {
     if (addon) return addon;
     const require = createRequire(import.meta.url);
     const { candidates, skipped } = addonCandidates();
+    const failed: string[] = [];
     for (const c of candidates) {
         let loaded: NativeAddon;
         try {
             loaded = require(c.path) as NativeAddon;
         } catch (e) {
-            skipped.push(`${c.packageName ?? c.path}: ${firstLine(e)}`);
+            failed.push(`${c.packageName ?? c.path}: ${firstLine(e)}`);
+            skipped.push(failed[failed.length - 1]);
             continue;
         }
-        checkBackends(loaded, c, skipped);
+        checkBackends(loaded, c, failed);
         addon = loaded;
         location = { ...c, skipped };
         return addon;
@@ -478,7 +480,15 @@ export function loadNative(): NativeAddon {
 
 // A prebuild loads its backends from its folder: none for the CPU is fatal; a CUDA backend that ships but does not
 // run here is a warning (the CPU takes over), or an error when BATCHWISE_GPU=cuda asked for it.
-function checkBackends(loaded: NativeAddon, c: Candidate, skipped: string[]): void {
+function checkBackends(loaded: NativeAddon, c: Candidate, failed: string[]): void {
+    if (gpuChoice() === "cuda" && c.source === "package" && c.packageName !== platformPackages().cuda) {
+        throw new BatchwiseError(ErrorCode.NativeNotBuilt, `BATCHWISE_GPU=cuda, but the CUDA build did not load (${failed.join("; ")})`);
+    }
+    if (failed.length > 0) {
+        process.emitWarning(`${failed.join("; ")}: using ${c.packageName ?? c.path} instead`, {
+            code: failed.some((f) => f.startsWith(platformPackages().cuda)) ? "BATCHWISE_CUDA_UNAVAILABLE" : "BATCHWISE_ADDON_FALLBACK",
+        });
+    }
     const info = loaded.systemInfo();
     if (!info.dynamicBackends) return;
     const where = c.packageName ?? c.path;
@@ -493,7 +503,5 @@ function checkBackends(loaded: NativeAddon, c: Candidate, skipped: string[]): vo
         }
         const quiet = gpuChoice() === "auto" && c.packageName === platformPackages().cuda ? " Set BATCHWISE_GPU=cpu to use the CPU package quietly;" : "";
         process.emitWarning(`${why}: running on the CPU.${quiet} docs/building.md says what CUDA needs.`, { code: "BATCHWISE_CUDA_UNAVAILABLE" });
-    } else if (skipped.length > 0 && c.source === "package" && skipped.some((s) => s.startsWith(platformPackages().cuda))) {
-        process.emitWarning(`the CUDA build did not load (${skipped.join("; ")}): running on the CPU`, { code: "BATCHWISE_CUDA_UNAVAILABLE" });
     }
 }
