@@ -16,6 +16,27 @@ int32_t common_cpu_get_num_math();
 
 namespace bw {
 
+// ggml_threadpool_new and _free belong to the CPU backend: reached through its registry entry, as llama.cpp's common
+// library does, so that they are found also when the CPU backend is a library loaded at run time (a prebuild)
+template <typename F>
+static F * cpu_backend_fn(const char * name) {
+    ggml_backend_dev_t dev = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
+    ggml_backend_reg_t reg = dev != nullptr ? ggml_backend_dev_backend_reg(dev) : nullptr;
+    return reg != nullptr ? (F *) ggml_backend_reg_get_proc_address(reg, name) : nullptr;
+}
+
+static ggml_threadpool * threadpool_new(ggml_threadpool_params * params) {
+    static auto * fn = cpu_backend_fn<decltype(ggml_threadpool_new)>("ggml_threadpool_new");
+    return fn != nullptr ? fn(params) : nullptr;
+}
+
+static void threadpool_free(ggml_threadpool * pool) {
+    static auto * fn = cpu_backend_fn<decltype(ggml_threadpool_free)>("ggml_threadpool_free");
+    if (fn != nullptr && pool != nullptr) {
+        fn(pool);
+    }
+}
+
 Napi::Function context_wrap::define(Napi::Env env) {
     Napi::Function fn = DefineClass(env, "Context", {
         StaticMethod<&context_wrap::create>("create"),
@@ -230,10 +251,10 @@ context_wrap::context_wrap(const Napi::CallbackInfo & info) : Napi::ObjectWrap<c
     ggml_threadpool_params tpp = ggml_threadpool_params_default(llama_n_threads(ctx_));
     ggml_threadpool_params tpp_batch = ggml_threadpool_params_default(llama_n_threads_batch(ctx_));
     if (!ggml_threadpool_params_match(&tpp, &tpp_batch)) {
-        threadpool_batch_ = ggml_threadpool_new(&tpp_batch);
+        threadpool_batch_ = threadpool_new(&tpp_batch);
         tpp.paused = true; // llama.cpp resumes whichever pool a batch uses
     }
-    threadpool_ = ggml_threadpool_new(&tpp);
+    threadpool_ = threadpool_new(&tpp);
     if (threadpool_) {
         llama_attach_threadpool(ctx_, threadpool_, threadpool_batch_);
     }
@@ -264,11 +285,11 @@ void context_wrap::free_context() {
     llama_free(ctx_);
     ctx_ = nullptr;
     if (threadpool_) {
-        ggml_threadpool_free(threadpool_);
+        threadpool_free(threadpool_);
         threadpool_ = nullptr;
     }
     if (threadpool_batch_) {
-        ggml_threadpool_free(threadpool_batch_);
+        threadpool_free(threadpool_batch_);
         threadpool_batch_ = nullptr;
     }
     samplers_.clear(); // after llama_free: the context held the chains sampled in its graph

@@ -1,4 +1,5 @@
 // Devices (GPUs and the CPU) with their memory, and llama.cpp's build/system information.
+#include "backends.h"
 #include "common.h"
 #include "devices.h"
 
@@ -44,16 +45,30 @@ Napi::Value get_devices(const Napi::CallbackInfo & info) {
     });
 }
 
-// systemInfo() -> { llamaTag, cuda, gpuOffload, maxDevices, maxSeqIds, maxSequences (its old name), mmap, info }
+static Napi::Array string_array(Napi::Env env, const std::vector<std::string> & v) {
+    Napi::Array a = Napi::Array::New(env, v.size());
+    for (size_t i = 0; i < v.size(); i++) {
+        a.Set((uint32_t) i, v[i]);
+    }
+    return a;
+}
+
+// systemInfo() -> { llamaTag, cuda, gpuOffload, maxDevices, maxSeqIds, maxSequences (its old name), mmap, info,
+//                   backends, dynamicBackends, backendLibraries, backendErrors }
 Napi::Value system_info(const Napi::CallbackInfo & info) {
     Napi::Env env = info.Env();
     Napi::Object o = Napi::Object::New(env);
     o.Set("llamaTag", BATCHWISE_LLAMA_TAG);
-#ifdef BATCHWISE_CUDA
-    o.Set("cuda", true);
-#else
-    o.Set("cuda", false);
-#endif
+    o.Set("cuda", backends_cuda());
+    std::vector<std::string> regs;
+    for (size_t i = 0; i < ggml_backend_reg_count(); i++) {
+        regs.push_back(ggml_backend_reg_name(ggml_backend_reg_get(i)));
+    }
+    const backends_state & bs = backends_info();
+    o.Set("backends", string_array(env, regs));
+    o.Set("dynamicBackends", bs.dynamic);
+    o.Set("backendLibraries", string_array(env, bs.libraries));
+    o.Set("backendErrors", string_array(env, bs.errors));
     o.Set("gpuOffload", llama_supports_gpu_offload());
     o.Set("maxDevices", (double) llama_max_devices());
     o.Set("maxSeqIds", (double) llama_max_parallel_sequences()); // the most seqIds a context may have

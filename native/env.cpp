@@ -1,6 +1,7 @@
 // Per-environment instance data and its teardown (see env.h).
 #include "env.h"
 
+#include "backends.h"
 #include "chat.h"
 #include "context.h"
 #include "log.h"
@@ -55,8 +56,9 @@ void env_init(Napi::Env env) {
     // tables) and the log callback, which log.cpp fans out to the environments that set a logger
     static std::once_flag once;
     std::call_once(once, []() {
-        llama_backend_init();
         log_install();
+        backends_load(); // a prebuild's backends, from the addon's folder (nothing to do in a source build)
+        llama_backend_init();
         // llama.cpp's common library (the chat layer) logs through its own logger, straight to stderr and past
         // setLogger: kept quiet. What goes wrong there reaches JS as the errors it causes
         common_log_set_verbosity_thold(-1);

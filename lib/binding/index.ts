@@ -8,6 +8,7 @@ import { BatchwiseError, ErrorCode, native, nativeAsync } from "./errors.js";
 import {
     loadNative,
     packageRoot,
+    vocabPackageDir,
     type ChatApplyInputs,
     type ChatApplyResult,
     type ChatMessage,
@@ -458,17 +459,27 @@ export interface RandomModelOptions {
     threads?: number;
 }
 
-/** Folder of the vocab-only GGUFs that ship with the llama.cpp source batchwise builds from. */
+/** Folder of the vocab-only GGUFs (and chat templates) that ship with the llama.cpp source batchwise builds from. */
 export function vocabDir(): string {
     return join(process.env.LLAMA_CPP_DIR ?? join(packageRoot, "deps", "llama.cpp"), "models");
+}
+
+/**
+ * Folders resolveVocab searches, in order: the @batchwise/vocab package (the vocabulary the demo model, make-model and
+ * the README use, installed with the prebuilt binaries), then vocabDir() (every vocabulary llama.cpp has).
+ */
+export function vocabDirs(): string[] {
+    const pkg = vocabPackageDir();
+    return pkg ? [pkg, vocabDir()] : [vocabDir()];
 }
 
 /** Resolves a vocab name ("qwen2") or path to a file path. */
 export function resolveVocab(vocab: string): string {
     if (isAbsolute(vocab) || vocab.endsWith(".gguf")) return vocab;
-    const p = join(vocabDir(), `ggml-vocab-${vocab}.gguf`);
-    if (!existsSync(p)) {
-        throw new BatchwiseError(ErrorCode.ModelNotFound, `no vocabulary named '${vocab}' (looked for ${p})`);
+    const tried = vocabDirs().map((d) => join(d, `ggml-vocab-${vocab}.gguf`));
+    const p = tried.find((f) => existsSync(f));
+    if (!p) {
+        throw new BatchwiseError(ErrorCode.ModelNotFound, `no vocabulary named '${vocab}' (looked for ${tried.join(", ")})`);
     }
     return p;
 }

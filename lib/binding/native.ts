@@ -1,5 +1,8 @@
-// Loads the compiled addon (prebuilds/ or build/Release via node-gyp-build) and types its raw surface.
+// Loads the compiled addon and types its raw surface. Where the addon comes from (see addonCandidates): BATCHWISE_ADDON,
+// a source build in this package (build/Release), or a prebuilt package (@batchwise/<platform>-<arch>[-cuda], found
+// with node-gyp-build in its prebuilds/<platform>-<arch>/).
 // Nothing outside lib/binding imports this file: use the classes of lib/binding/index.ts.
+import { existsSync, readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -316,6 +319,7 @@ export interface HeapStats {
 
 export interface SystemInfo {
     llamaTag: string;
+    /** A CUDA backend is in use: a CUDA source build, or a prebuild whose libggml-cuda.so loaded and found a GPU. */
     cuda: boolean;
     gpuOffload: boolean;
     maxDevices: number;
@@ -325,24 +329,191 @@ export interface SystemInfo {
     maxSequences: number;
     mmap: boolean;
     info: string;
+    /** ggml's registered backends ("CPU", "CUDA", ...). */
+    backends: string[];
+    /** A prebuild: the backends are libraries loaded at run time from the addon's folder. */
+    dynamicBackends: boolean;
+    /** A prebuild: the backend libraries loaded (the CPU variant picked for this processor, libggml-cuda.so). */
+    backendLibraries: string[];
+    /** A prebuild: why a backend library beside the addon is not in use (a CUDA runtime or driver missing, no GPU). */
+    backendErrors: string[];
+}
+
+/** Where the addon was loaded from (loadNative), and what was passed over on the way. */
+export interface AddonLocation {
+    /** The .node file. */
+    path: string;
+    /** BATCHWISE_ADDON; a source build in the package (build/Release); or a prebuilt package. */
+    source: "env" | "build" | "package";
+    /** The prebuilt package, e.g. "@batchwise/linux-x64". */
+    packageName?: string;
+    /** Candidates tried before this one, each with why it was passed over. */
+    skipped: string[];
+}
+
+interface Candidate {
+    path: string;
+    source: AddonLocation["source"];
+    packageName?: string;
+}
+
+/** The prebuilt packages for this platform: the CPU one (an optional dependency) and the CUDA one (installed by hand). */
+export function platformPackages(): { cpu: string; cuda: string } {
+    const base = `@batchwise/${process.platform}-${process.arch}`;
+    return { cpu: base, cuda: `${base}-cuda` };
+}
+
+/** BATCHWISE_GPU: auto (default: the CUDA package when installed), cuda (it, or an error), cpu (the CPU package). */
+function gpuChoice(): "auto" | "cuda" | "cpu" {
+    const v = (process.env.BATCHWISE_GPU ?? "").trim().toLowerCase();
+    if (v === "" || v === "auto") return "auto";
+    if (["cuda", "1", "on", "true", "yes"].includes(v)) return "cuda";
+    if (["cpu", "0", "off", "false", "no", "none"].includes(v)) return "cpu";
+    throw new BatchwiseError(ErrorCode.InvalidArgument, `BATCHWISE_GPU is auto, cuda or cpu, not '${process.env.BATCHWISE_GPU}'`);
+}
+
+function ownVersion(): string {
+    return (JSON.parse(readFileSync(join(packageRoot, "package.json"), "utf8")) as { version: string }).version;
+}
+
+/**
+ * The addons that may be loaded, in order, with the reasons others were passed over: BATCHWISE_ADDON alone when it is
+ * set; else a source build in this package (build/Release, as node-gyp-build finds it: built on purpose, so it comes
+ * first); then the prebuilt packages: CUDA first unless BATCHWISE_GPU=cpu, then the CPU package.
+ */
+export function addonCandidates(): { candidates: Candidate[]; skipped: string[] } {
+    const require = createRequire(import.meta.url);
+    const override = process.env.BATCHWISE_ADDON;
+    if (override) return { candidates: [{ path: override, source: "env" }], skipped: [] };
+    const candidates: Candidate[] = [];
+    const skipped: string[] = [];
+    const gyp = require("node-gyp-build") as { path(dir: string): string };
+    try {
+        candidates.push({ path: gyp.path(packageRoot), source: "build" });
+    } catch {
+        // no source build: the usual case for an installed package
+    }
+    const gpu = gpuChoice();
+    const { cpu, cuda } = platformPackages();
+    const names = gpu === "cpu" ? [cpu, cuda] : [cuda, cpu];
+    const version = ownVersion();
+    for (const name of names) {
+        let dir: string;
+        try {
+            dir = dirname(require.resolve(`${name}/package.json`));
+        } catch {
+            if (name === cpu) skipped.push(`${name}: not installed`);
+            continue; // the CUDA package is installed by hand: its absence is no news
+        }
+        const v = (JSON.parse(readFileSync(join(dir, "package.json"), "utf8")) as { version: string }).version;
+        if (v !== version) {
+            skipped.push(`${name}: version ${v}, batchwise is ${version} (the two must match)`);
+            continue;
+        }
+        try {
+            candidates.push({ path: gyp.path(dir), source: "package", packageName: name });
+        } catch {
+            skipped.push(`${name}: no binary in it for ${process.platform}-${process.arch}`);
+        }
+    }
+    if (gpu === "cuda" && !candidates.some((c) => c.packageName === cuda || c.source !== "package")) {
+        throw new BatchwiseError(
+            ErrorCode.NativeNotBuilt,
+            `BATCHWISE_GPU=cuda, but ${cuda} is not installed${skipped.length ? ` (${skipped.join("; ")})` : ""}: ` +
+                `npm install ${cuda}@${version}`,
+        );
+    }
+    return { candidates, skipped };
+}
+
+/**
+ * Electron: a file inside app.asar that was unpacked (asarUnpack) lives at the same path under app.asar.unpacked,
+ * which is where native code (the addon, llama.cpp opening a GGUF) must read it. Other paths come back as they are.
+ */
+export function asarUnpacked(path: string): string {
+    const m = /\.asar([\\/])/.exec(path);
+    if (!m) return path;
+    const unpacked = path.slice(0, m.index) + ".asar.unpacked" + path.slice(m.index + 5);
+    return existsSync(unpacked) ? unpacked : path;
+}
+
+/** The folder of the @batchwise/vocab package (the vocab-only GGUFs the demo and make-model use), or null. */
+export function vocabPackageDir(): string | null {
+    try {
+        return asarUnpacked(dirname(createRequire(import.meta.url).resolve("@batchwise/vocab/package.json")));
+    } catch {
+        return null;
+    }
 }
 
 let addon: NativeAddon | undefined;
+let location: AddonLocation | undefined;
 
-/** The addon, loaded once. Throws ERR_NATIVE_NOT_BUILT with the fix when it is missing. */
+/** Where the loaded addon came from; undefined before loadNative. */
+export function addonLocation(): AddonLocation | undefined {
+    return location;
+}
+
+function firstLine(e: unknown): string {
+    return String((e as Error)?.message ?? e).split("\n")[0];
+}
+
+/**
+ * The addon, loaded once. Throws ERR_NATIVE_NOT_BUILT with the fix when none loads. A prebuild whose CUDA backend
+ * cannot run here (no driver, no CUDA runtime, no GPU) runs on the CPU with a warning, unless BATCHWISE_GPU=cuda.
+ */
 export function loadNative(): NativeAddon {
     if (addon) return addon;
     const require = createRequire(import.meta.url);
-    const override = process.env.BATCHWISE_ADDON;
-    try {
-        addon = (override ? require(override) : require("node-gyp-build")(packageRoot)) as NativeAddon;
-    } catch (e) {
-        throw new BatchwiseError(
-            ErrorCode.NativeNotBuilt,
-            `the batchwise native addon could not be loaded (${(e as Error).message.split("\n")[0]}); ` +
-                "build it with `npm run build:native` (BATCHWISE_CUDA=1 for CUDA)",
-            { cause: e },
-        );
+    const { candidates, skipped } = addonCandidates();
+    const failed: string[] = [];
+    for (const c of candidates) {
+        let loaded: NativeAddon;
+        try {
+            loaded = require(c.path) as NativeAddon;
+        } catch (e) {
+            failed.push(`${c.packageName ?? c.path}: ${firstLine(e)}`);
+            skipped.push(failed[failed.length - 1]);
+            continue;
+        }
+        checkBackends(loaded, c, failed);
+        addon = loaded;
+        location = { ...c, skipped };
+        return addon;
     }
-    return addon;
+    const { cpu } = platformPackages();
+    throw new BatchwiseError(
+        ErrorCode.NativeNotBuilt,
+        `the batchwise native addon could not be loaded (${skipped.length ? skipped.join("; ") : "no source build, no prebuilt package"}). ` +
+            `Install the prebuilt package (npm install ${cpu}), or build from source: ` +
+            "BATCHWISE_BUILD_FROM_SOURCE=1 npm rebuild batchwise (in a checkout: npm run build:native; BATCHWISE_CUDA=1 for CUDA)",
+    );
+}
+
+// A prebuild loads its backends from its folder: none for the CPU is fatal; a CUDA backend that ships but does not
+// run here is a warning (the CPU takes over), or an error when BATCHWISE_GPU=cuda asked for it.
+function checkBackends(loaded: NativeAddon, c: Candidate, failed: string[]): void {
+    if (gpuChoice() === "cuda" && c.source === "package" && c.packageName !== platformPackages().cuda) {
+        throw new BatchwiseError(ErrorCode.NativeNotBuilt, `BATCHWISE_GPU=cuda, but the CUDA build did not load (${failed.join("; ")})`);
+    }
+    if (failed.length > 0) {
+        process.emitWarning(`${failed.join("; ")}: using ${c.packageName ?? c.path} instead`, {
+            code: failed.some((f) => f.startsWith(platformPackages().cuda)) ? "BATCHWISE_CUDA_UNAVAILABLE" : "BATCHWISE_ADDON_FALLBACK",
+        });
+    }
+    const info = loaded.systemInfo();
+    if (!info.dynamicBackends) return;
+    const where = c.packageName ?? c.path;
+    if (!info.backends.includes("CPU")) {
+        throw new BatchwiseError(ErrorCode.NativeNotBuilt, `${where}: ${info.backendErrors.join("; ") || "no CPU backend loaded"}`);
+    }
+    const cudaErrors = info.backendErrors.filter((e) => e.startsWith("libggml-cuda"));
+    if (cudaErrors.length > 0 && !info.cuda) {
+        const why = `${where}: CUDA is not usable here (${cudaErrors.join("; ")})`;
+        if (gpuChoice() === "cuda") {
+            throw new BatchwiseError(ErrorCode.NativeNotBuilt, `BATCHWISE_GPU=cuda, but ${why}; see docs/building.md for the CUDA runtime it needs`);
+        }
+        const quiet = gpuChoice() === "auto" && c.packageName === platformPackages().cuda ? " Set BATCHWISE_GPU=cpu to use the CPU package quietly;" : "";
+        process.emitWarning(`${why}: running on the CPU.${quiet} docs/building.md says what CUDA needs.`, { code: "BATCHWISE_CUDA_UNAVAILABLE" });
+    }
 }
