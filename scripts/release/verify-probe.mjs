@@ -33,6 +33,8 @@ if (expectCuda) {
 } else if (sys.cuda) {
     fail("CUDA is in use where the CPU was expected");
 }
+// process.emitWarning delivers on the next tick: let the loader's warnings arrive before they are read
+await new Promise((r) => setImmediate(r));
 if (args.includes("--fallback") && !warnings.some((w) => w.startsWith("BATCHWISE_CUDA_UNAVAILABLE"))) fail("no BATCHWISE_CUDA_UNAVAILABLE warning");
 
 // a random-weight model from the vocab package, every layer on the GPU, greedy decoding
