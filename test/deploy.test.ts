@@ -626,9 +626,16 @@ describe("deploy: Dockerfile", () => {
         assert.match(run, /npm prune --omit=dev/);
         // Node from the image's build satisfies package.json's engines
         const engines = JSON.parse(readFileSync(join(root, "package.json"), "utf8")).engines.node as string;
-        const need = /^>=(\d+)\.(\d+)\.(\d+)$/.exec(engines)!.slice(1).map(Number);
         const have = globals.get("NODE_VERSION")!.split(".").map(Number);
-        assert.ok(have[0] === need[0] && (have[1] > need[1] || (have[1] === need[1] && have[2] >= need[2])), `Node ${have.join(".")} for ${engines}`);
+        const atLeast = (v: number[]) => have[0] > v[0] || (have[0] === v[0] && (have[1] > v[1] || (have[1] === v[1] && have[2] >= v[2])));
+        // each alternative of the range: "^a.b.c" (the same major, at least a.b.c) or ">=a.b.c"
+        const ok = engines.split("||").map((r) => r.trim()).some((r) => {
+            const m = /^(\^|>=)(\d+)\.(\d+)\.(\d+)$/.exec(r);
+            assert.ok(m, `an engines range this test reads: ${r}`);
+            const v = m.slice(2).map(Number);
+            return atLeast(v) && (m[1] === ">=" || have[0] === v[0]);
+        });
+        assert.ok(ok, `Node ${have.join(".")} for ${engines}`);
         // what the build copies from the context gets through the .dockerignore, and exists
         const ignore = readFileSync(join(deploy, "docker", "Dockerfile.dockerignore"), "utf8").split("\n").filter((l) => l && !l.startsWith("#"));
         assert.equal(ignore[0], "*", "the context is an allowlist");
