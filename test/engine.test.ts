@@ -455,7 +455,7 @@ describe("engine", () => {
                 maxRunning: 16, seqIds: paged ? 16 : 32, cacheSeqIds: paged ? 0 : 16, numBlocks: 4096 / BS, blockSize: BS, maxContext: e.maxContext,
                 batchTokens: 512, ubatchSize: 512, prefillChunk: 512, longPrefills: 1,
                 pagedKv: paged, prefixCache: true, preemption: "recompute", swapSpaceBytes: 4 * 2 ** 30, watermark: 0.01,
-                maxQueued: 1024, maxPromptLength: 16 * e.maxContext,
+                maxQueued: 1024, maxPromptLength: 16 * e.maxContext, trimHeapMs: 10_000,
             }, "load() resolved every default");
             const messages = [{ role: "user", content: "Write a haiku about GPUs." }];
             const r = await e.chat({ messages, maxTokens: 4, temperature: 0, ignoreEos: true }).result();
