@@ -29,7 +29,7 @@ import { createRequire } from "node:module";
 import { cpus } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { buildFlavour, flag, missingToolchain, onPath, setting } from "./settings.mjs";
+import { buildFlavour, flag, missingToolchain, onPath, optionValue, setting } from "./settings.mjs";
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const pkg = JSON.parse(readFileSync(join(root, "package.json"), "utf8"));
@@ -40,12 +40,7 @@ function fail(msg) {
 }
 
 const args = process.argv.slice(2);
-function option(name) {
-    const i = args.indexOf(name);
-    if (i < 0) return undefined;
-    if (i + 1 >= args.length || args[i + 1].startsWith("--")) fail(`${name} needs a value`);
-    return args[i + 1];
-}
+const option = (name) => optionValue(args, name, fail);
 const prebuildDir = option("--prebuild") !== undefined ? resolve(option("--prebuild")) : undefined;
 const cpuVariants = option("--cpu-variants") ?? "all";
 if (!["all", "one"].includes(cpuVariants)) fail(`--cpu-variants is all or one, not ${cpuVariants}`);

@@ -77,3 +77,11 @@ export function missingToolchain({ cuda = false, git = true } = {}) {
         "  Alpine: apk add cmake g++ make git    macOS: xcode-select --install && brew install cmake"
     );
 }
+
+/** The value after `name` in `args` (undefined when absent); `fail(message)` when the value is missing. */
+export function optionValue(args, name, fail) {
+    const i = args.indexOf(name);
+    if (i < 0) return undefined;
+    if (i + 1 >= args.length || args[i + 1].startsWith("--")) fail(`${name} needs a value`);
+    return args[i + 1];
+}

@@ -27,7 +27,7 @@ import { createHash } from "node:crypto";
 import { cpSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { dirname, join, relative, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { flag, setting } from "../settings.mjs";
+import { flag, optionValue, setting } from "../settings.mjs";
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const pkg = JSON.parse(readFileSync(join(root, "package.json"), "utf8"));
@@ -38,12 +38,7 @@ function fail(msg) {
 }
 
 const args = process.argv.slice(2);
-function option(name) {
-    const i = args.indexOf(name);
-    if (i < 0) return undefined;
-    if (i + 1 >= args.length || args[i + 1].startsWith("--")) fail(`${name} needs a value`);
-    return args[i + 1];
-}
+const option = (name) => optionValue(args, name, fail);
 const withCuda = args.includes("--cuda") || flag("PACK_CUDA");
 const only = (option("--only") ?? ["main", "cpu", "vocab", ...(withCuda ? ["cuda"] : [])].join(",")).split(",").filter(Boolean);
 for (const o of only) if (!["main", "cpu", "vocab", "cuda"].includes(o)) fail(`--only takes main, cpu, vocab, cuda; not ${o}`);
