@@ -149,7 +149,7 @@ for (const layout of LAYOUTS) describe(`scheduler (${layout} KV)`, () => {
         }
     });
 
-    it("lets a short prompt past long ones: one long prompt prefills at a time while others wait, and the step's leftover goes back to it", async () => {
+    it("lets a short prompt past long ones: one long prompt prefills at a time while others wait, and the step's leftover goes back to it only when nobody gets a token from the step", async () => {
         const run = setup({ layout, batchTokens: 32, prefillChunk: 8, longPrefills: 1, numBlocks: 256, maxContext: 256, maxRunning: 4 });
         const long = submit(run, prompt(200, 4), { maxTokens: 2 });
         await step(run);
@@ -160,9 +160,13 @@ for (const layout of LAYOUTS) describe(`scheduler (${layout} KV)`, () => {
         assert.equal(short.seqs[0].numComputed, 6, "the short prompt went in at once, past the second long one");
         assert.equal(run.outputs.get(short)!.tokens[0].length, 1, "and has its first token");
         assert.equal(long2.seqs[0].state, "waiting", "the second long prompt waits for the first one's turn to end");
-        assert.equal(long.seqs[0].numComputed, 32 + 8 + 18, "the first long prompt: its chunk, plus what the short one left of the step");
+        assert.equal(long.seqs[0].numComputed, 32 + 8, "the first long prompt: only its chunk, since the short one gets its first token from this step");
         await step(run);
-        assert.equal(long.seqs[0].numComputed, 32 + 26 + 31, "a decode and one long prompt share the next step");
+        assert.equal(long.seqs[0].numComputed, 32 + 8 + 8, "a decode and one long prompt share the next step: again only the chunk, so the decode's step stays short");
+        while (short.seqs[0].state !== "finished") await step(run);
+        const before = long.seqs[0].numComputed;
+        await step(run);
+        assert.equal(long.seqs[0].numComputed, before + 32, "with nobody waiting for a token, the long prompt takes the whole step again");
         await drain(run);
         for (const r of [long, long2, short]) {
             const want = fakeReference(r.seqs[0].tokens.slice(0, r.seqs[0].promptLength), r.spec.maxTokens, 256, VOCAB);

@@ -345,9 +345,13 @@ export class Scheduler {
             scheduled.set(seq, e);
             budget -= r;
         }
-        // what is left goes back to the prompts the cap cut short, where the KV has room (no preemption)
+        // what is left goes back to the prompts the cap cut short, where the KV has room (no preemption); but only when
+        // nobody gets a token from this step (no decode, no prompt that ends here): every token of a step delays those,
+        // and a long prompt's full-budget chunk (four micro-batches, at 32K tokens of context about 160 ms on an H100)
+        // would set everyone's inter-token latency and the first token of whoever was admitted (head-of-line blocking)
+        const someoneWaits = entries.some((e) => e.output);
         for (const e of entries) {
-            if (budget <= 0) break;
+            if (budget <= 0 || someoneWaits) break;
             const seq = e.seq;
             const more = Math.min(seq.tokens.length - seq.numComputed - e.n, budget);
             if (more <= 0 || e.n === 0 || !this.kv.reserve(seq.seqId, seq.numComputed + e.n + more)) continue;
