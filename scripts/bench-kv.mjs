@@ -35,12 +35,19 @@
 // usage: npm run build && node scripts/bench-kv.mjs [--shape 7b | --model PATH.gguf] [--npp 512,4096]
 //            [--ntg 128] [--npl 64] [--modes streams,unified,paged,paged-shared] [--block-size 128]
 //            [--gpu-layers N] [--split-mode none|layer|tensor] [--timing native|decode|wall] [--seed 1] [--out docs/bench/kv-layouts.md]
-//            [--json PATH] [--isolate]
+//            [--json PATH] [--isolate] [--tie-check]     (modes may name a K/V type: paged@q8_0)
 // --isolate runs each (mode, npp) in a child process of its own (the model is loaded again for each), so a native
 // abort (a failed GGML_ASSERT, a CUDA error) becomes that mode's recorded error and the run goes on; without it,
 // a native abort ends the run and the output marks the mode it died in.
 // CPU smoke run:
 //        node scripts/bench-kv.mjs --shape tiny --npp 64,128 --ntg 8 --npl 4 --gpu-layers 0 --out /tmp/kv.md
+//
+// K/V types: a mode written MODE@TYPE (paged@q8_0, streams@q4_0) runs with kvCacheTypeK/V = TYPE (default f16).
+// Its table row gives its prefill and decode tok/s against the same mode in f16, and the K/V bytes a token takes.
+// --tie-check: quantized K/V rounds differently in each kernel, so paged@T is held against streams@T (the same
+// quantized data through llama.cpp's own per-sequence path) by the near-tie rule of test/engine.test.ts: every
+// sequence samples the same greedy tokens, or first diverges where the reference's top-2 logprob gap is under
+// 0.01. The gaps come from an extra, untimed generation pass of each streams@T mode with logprobs on.
 //
 // Output: a Markdown report (--out: date, devices, model, the command, one table of prefill and decode tokens/s
 // per mode with the ratios paged/streams and paged/unified, and one for paged-shared), the same tables on
@@ -53,6 +60,10 @@ import { LlamaModel, getDevices, systemInfo } from "../dist/lib/binding/index.js
 import { randomTokens, seededRandom } from "../dist/lib/bench/loadgen.js";
 
 const MODES = ["streams", "unified", "paged", "paged-shared"];
+const KV_TYPES = ["f16", "bf16", "f32", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl"];
+const NEAR_TIE = 0.01; // nats, as test/engine.test.ts
+/** Bytes per K/V element (ggml's block sizes: q8_0 is 34 bytes a block of 32). */
+const KV_TYPE_BYTES = { f32: 4, f16: 2, bf16: 2, q8_0: 34 / 32, q4_0: 18 / 32, q4_1: 20 / 32, q5_0: 22 / 32, q5_1: 24 / 32, iq4_nl: 18 / 32 };
 const BATCH = 2048;
 const UBATCH = 512;
 
@@ -72,6 +83,7 @@ const { values: args } = parseArgs({
         out: { type: "string", default: "docs/bench/kv-layouts.md" },
         json: { type: "string" },
         isolate: { type: "boolean", default: false },
+        "tie-check": { type: "boolean", default: false },
         child: { type: "string" }, // internal: --isolate runs one "mode:npp" per child process
         help: { type: "boolean", short: "h" },
     },
@@ -79,7 +91,8 @@ const { values: args } = parseArgs({
 if (args.help) {
     console.log("usage: node scripts/bench-kv.mjs [--shape 7b | --model PATH] [--npp 512,4096] [--ntg 128] [--npl 64]\n" +
         "       [--modes streams,unified,paged,paged-shared] [--block-size 128] [--gpu-layers N] [--split-mode layer|tensor|none] [--timing native|decode|wall]\n" +
-        "       [--seed 1] [--out docs/bench/kv-layouts.md] [--json PATH] [--isolate]\n(see the comment at the top of this file)");
+        "       [--seed 1] [--out docs/bench/kv-layouts.md] [--json PATH] [--isolate] [--tie-check]\n" +
+        "       a mode may name a K/V type: paged@q8_0, streams@q4_0 (see the comment at the top of this file)");
     process.exit(0);
 }
 
@@ -97,7 +110,17 @@ const seed = int("seed", args.seed, 0);
 const splitMode = args["split-mode"]; // checked by the binding (ERR_INVALID_ARGUMENT) when the model loads
 const loadOptions = { gpuLayers, ...(splitMode && { splitMode }) };
 const modes = args.modes.split(",").filter(Boolean);
-for (const m of modes) if (!MODES.includes(m)) throw new Error(`unknown mode '${m}' (modes: ${MODES.join(", ")})`);
+/** A mode's layout and K/V type: "paged@q8_0" -> ["paged", "q8_0"]. */
+const split = (mode) => {
+    const [base, type = "f16"] = mode.split("@");
+    return [base, type];
+};
+for (const m of modes) {
+    const [base, type] = split(m);
+    if (!MODES.includes(base)) throw new Error(`unknown mode '${m}' (modes: ${MODES.join(", ")}, each optionally @TYPE)`);
+    if (!KV_TYPES.includes(type)) throw new Error(`unknown K/V type in '${m}' (types: ${KV_TYPES.join(", ")})`);
+}
+const tieCheck = args["tie-check"];
 if (!["native", "decode", "wall"].includes(args.timing)) throw new Error("--timing must be native, decode or wall");
 const outMd = args.out;
 const outJson = args.json ?? (outMd.endsWith(".md") ? outMd.slice(0, -3) + ".json" : outMd + ".json");
@@ -117,7 +140,7 @@ function shuffled(n, rand) {
 }
 
 const roundUp = (x, m) => Math.ceil(x / m) * m;
-const isPaged = (mode) => mode === "paged" || mode === "paged-shared";
+const isPaged = (mode) => split(mode)[0] === "paged" || split(mode)[0] === "paged-shared";
 
 /** The context size used for every mode at one npp (see the header). */
 function contextSizeFor(npp) {
@@ -138,9 +161,10 @@ async function resolveModel() {
 }
 
 function contextOptions(mode, contextSize) {
-    const base = { contextSize, maxSequences: npl, batchSize: BATCH, ubatchSize: UBATCH, flashAttention: "on" };
-    if (mode === "streams") return { ...base, kvUnified: false };
-    if (mode === "unified") return { ...base, kvUnified: true, kvBlockSize: 0 };
+    const [layout, type] = split(mode);
+    const base = { contextSize, maxSequences: npl, batchSize: BATCH, ubatchSize: UBATCH, flashAttention: "on", kvCacheTypeK: type, kvCacheTypeV: type };
+    if (layout === "streams") return { ...base, kvUnified: false };
+    if (layout === "unified") return { ...base, kvUnified: true, kvBlockSize: 0 };
     return { ...base, kvUnified: true, kvBlockSize: B };
 }
 
@@ -194,7 +218,8 @@ const ms = (t) => (args.timing === "native" ? t.decodeMs + t.sampleMs : args.tim
 async function runMode(model, mode, npp, contextSize) {
     const vocab = model.metadata.vocabSize;
     const perSeqBlocks = Math.ceil((npp + ntg) / B);
-    const shared = mode === "paged-shared" ? Math.floor(npp / B) : 0; // full blocks of the common prefix
+    const [layout, kvType] = split(mode);
+    const shared = layout === "paged-shared" ? Math.floor(npp / B) : 0; // full blocks of the common prefix
     const sharedTokens = shared * B;
 
     // the same prompts in every mode (seeded per npp); paged-shared copies sequence 0's first shared*B tokens
@@ -209,7 +234,7 @@ async function runMode(model, mode, npp, contextSize) {
         r.context = info;
         r.createMs = performance.now() - t0;
         const batch = Math.min(BATCH, info.batchSize);
-        if (mode === "streams" && info.sequenceContextSize < npp + ntg) {
+        if (layout === "streams" && info.sequenceContextSize < npp + ntg) {
             throw new Error(`each stream holds ${info.sequenceContextSize} cells, fewer than npp+ntg = ${npp + ntg}`);
         }
 
@@ -242,7 +267,7 @@ async function runMode(model, mode, npp, contextSize) {
         // prefill
         const pre = timer();
         let first;
-        if (mode === "paged-shared" && shared > 0) {
+        if (layout === "paged-shared" && shared > 0) {
             const prefix = Array.from({ length: sharedTokens }, (_, p) => [prompts[0][p], p, 0, p === npp - 1]);
             const fromPrefix = await decodeChunked(ctx, pre, prefix, batch);
             for (let s = 1; s < npl; s++) ctx.seqCopy(0, s, 0, sharedTokens);
@@ -264,13 +289,48 @@ async function runMode(model, mode, npp, contextSize) {
         let hash = 0x811c9dc5; // FNV-1a over every sampled token: the layouts should produce the same greedy text
         const mix = (tok) => (hash = Math.imul(hash ^ (tok & 0xffffffff), 0x01000193) >>> 0);
         last.forEach(mix);
+        const tokens = last.map((tok) => [tok]); // per sequence: the first token, then one per step
         for (let t = 0; t < ntg; t++) {
             const toks = await decode(ctx, gen, last.map((tok, s) => [tok >= 0 ? tok : 0, npp + t, s, true]));
             last = Array.from(toks);
             last.forEach(mix);
+            last.forEach((tok, s) => tokens[s].push(tok));
         }
         r.decode = gen;
-        r.generated = { firstTokens: Array.from({ length: npl }, (_, s) => first.get(s)), hash: hash.toString(16).padStart(8, "0") };
+        r.generated = { firstTokens: Array.from({ length: npl }, (_, s) => first.get(s)), hash: hash.toString(16).padStart(8, "0"), tokens };
+        r.kvType = kvType;
+        // K and V of every layer for the whole context, from the shape (llama.cpp's per-layer K/V for a plain attention model)
+        const md = model.metadata;
+        const headDim = md.heads > 0 ? md.embeddingSize / md.heads : 0;
+        r.kvBytes = Math.round(md.layers * info.contextSize * 2 * md.kvHeads * headDim * KV_TYPE_BYTES[kvType]);
+
+        // --tie-check, the reference side (streams@TYPE for a quantized TYPE): the generation again, untimed, with
+        // the top-2 logprobs of each step, from the same prefill (the cache is rolled back to the prompts)
+        if (tieCheck && layout === "streams" && kvType !== "f16") {
+            for (let s = 0; s < npl; s++) ctx.seqRemove(s, npp, -1);
+            for (let s = 0; s < npl; s++) ctx.setSampler(s, { temperature: 0, logprobs: 2 });
+            const ref = first;
+            let cur = Array.from({ length: npl }, (_, s) => ref.get(s));
+            const gaps = cur.map(() => [null]); // the first token's gap is not known: it came from the timed prefill
+            const again = cur.map((tok) => [tok]);
+            for (let t = 0; t < ntg; t++) {
+                const n = cur.length;
+                const batch = { tokens: new Int32Array(n), positions: new Int32Array(n), seqIds: new Int32Array(n), outputs: new Uint8Array(n).fill(1) };
+                cur.forEach((tok, s) => {
+                    batch.tokens[s] = tok >= 0 ? tok : 0;
+                    batch.positions[s] = npp + t;
+                    batch.seqIds[s] = s;
+                });
+                const out = await ctx.decode(batch);
+                cur = Array.from(out.tokens);
+                cur.forEach((tok, s) => {
+                    again[s].push(tok);
+                    const top = out.topLogprobs;
+                    gaps[s].push(top && out.topK >= 2 ? +(top[s * out.topK] - top[s * out.topK + 1]).toFixed(5) : null);
+                });
+            }
+            r.tieReference = { tokens: again, gaps };
+        }
         r.prefillTokPerS = (npl * npp) / (ms(pre) / 1000);
         r.decodeTokPerS = (npl * ntg) / (ms(gen) / 1000);
         r.totalMs = performance.now() - t0;
@@ -288,7 +348,7 @@ const ratio = (a, b) => (a && b ? `${(a / b).toFixed(2)}x` : "");
 function tables(results) {
     const get = (mode, npp) => results.find((r) => r.mode === mode && r.npp === npp);
     const cell = (r, key) => (!r ? "" : r.error ? "error" : fmt(r[key]));
-    const main = modes.filter((m) => m !== "paged-shared");
+    const main = modes.filter((m) => m !== "paged-shared" && split(m)[1] === "f16"); // other K/V types: a table of their own
     const lines = [];
     if (main.length) {
         const hasPaged = main.includes("paged");
@@ -342,6 +402,30 @@ function tables(results) {
         lines.push("");
         lines.push(`Sampled tokens (all npl x ntg greedy tokens, hashed): ${same.join(", ")}.`);
     }
+    const quantized = results.filter((r) => split(r.mode)[1] !== "f16" && !r.error);
+    if (quantized.length) {
+        lines.push("");
+        lines.push("K/V types: each mode against the same layout in f16 (KV MiB: K and V of every layer for the whole context, computed from the shape and the type's block size).");
+        lines.push("");
+        lines.push("| npp | mode | K/V | KV MiB | vs f16 | prefill tok/s | vs f16 | decode tok/s | vs f16 |");
+        lines.push("|---|---|---|---|---|---|---|---|---|");
+        for (const r of quantized) {
+            const base = get(split(r.mode)[0], r.npp);
+            const mib = (b) => (b ? (b / 2 ** 20).toFixed(0) : "");
+            lines.push(`| ${r.npp} | ${r.mode} | ${r.kvType} | ${mib(r.kvBytes)} | ${ratio(r.kvBytes, base?.kvBytes)} | ${fmt(r.prefillTokPerS)} | ` +
+                `${ratio(r.prefillTokPerS, base?.prefillTokPerS)} | ${fmt(r.decodeTokPerS)} | ${ratio(r.decodeTokPerS, base?.decodeTokPerS)} |`);
+        }
+        const ties = tieResults(results);
+        if (ties.length) {
+            lines.push("");
+            lines.push(`Greedy tokens, paged@TYPE against streams@TYPE (near-tie rule: a sequence may first diverge only where the reference's top-2 logprob gap is under ${NEAR_TIE}):`);
+            lines.push("");
+            for (const t of ties) {
+                lines.push(`- npp ${t.npp}, ${t.mode}: ${t.same} of ${t.sequences} sequences identical, ${t.nearTies} diverge at a near-tie` +
+                    `, ${t.other} elsewhere${t.other ? ` (first at step ${t.firstOther.step}, gap ${t.firstOther.gap})` : ""}: **${t.verdict}**`);
+            }
+        }
+    }
     const errors = results.filter((r) => r.error);
     if (errors.length) {
         lines.push("");
@@ -350,6 +434,29 @@ function tables(results) {
         for (const r of errors) lines.push(`- ${r.mode}, npp ${r.npp}: ${r.error.replace(/\s+/g, " ")}`);
     }
     return lines.join("\n");
+}
+
+/** --tie-check: each paged@TYPE against streams@TYPE's reference tokens and gaps, by the near-tie rule. */
+function tieResults(results) {
+    const out = [];
+    for (const r of results) {
+        const [layout, type] = split(r.mode);
+        if (layout !== "paged" || type === "f16" || !r.generated?.tokens) continue;
+        const ref = results.find((x) => x.mode === `streams@${type}` && x.npp === r.npp)?.tieReference;
+        if (!ref) continue;
+        let same = 0, nearTies = 0, other = 0, firstOther = null;
+        r.generated.tokens.forEach((toks, s) => {
+            const j = ref.tokens[s].findIndex((t, k) => toks[k] !== t);
+            if (j < 0) return void same++;
+            const gap = ref.gaps[s][j];
+            if (gap !== null && gap < NEAR_TIE) return void nearTies++;
+            other++;
+            firstOther ??= { sequence: s, step: j, gap };
+        });
+        out.push({ npp: r.npp, mode: r.mode, sequences: r.generated.tokens.length, same, nearTies, other, firstOther,
+            verdict: other === 0 ? "within the rule" : "outside the rule" });
+    }
+    return out;
 }
 
 function markdown(report) {
@@ -402,7 +509,7 @@ const RESULT = "@@bench-kv-result ";
 function measureIsolated(path, mode, npp) {
     const childArgs = [process.argv[1], "--model", path, "--npp", nppList.join(","), "--ntg", String(ntg), "--npl", String(npl),
         "--modes", modes.join(","), "--block-size", String(B), "--gpu-layers", String(gpuLayers), ...(splitMode ? ["--split-mode", splitMode] : []), "--timing", args.timing,
-        "--seed", String(seed), "--child", `${mode}:${npp}`];
+        "--seed", String(seed), ...(tieCheck ? ["--tie-check"] : []), "--child", `${mode}:${npp}`];
     return new Promise((resolve) => {
         const child = spawn(process.execPath, childArgs, { stdio: ["ignore", "pipe", "pipe"] });
         let stdout = "", stderrTail = "";

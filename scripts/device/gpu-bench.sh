@@ -47,11 +47,13 @@ bindir=$(node scripts/build-llama-tools.mjs 2> "$WORK/build.log")
 rc=$?
 echo "build (addon, llama-server, llama-batched-bench): rc=$rc, $(( $(date +%s) - t0 )) s" | tee -a "$WORK/runs.txt"
 [ $rc -eq 0 ] || { tail -30 "$WORK/build.log"; pack; exit $rc; }
+export BINDIR="$bindir" WORK # for PRE: the llama.cpp tools' folder, and where to write
 for m in ${MODELS:-}; do
     t=$(date +%s)
     node --input-type=module -e "const { resolveModel } = await import('./dist/lib/bench/bench.js'); await resolveModel('$m', console.log);" 2>&1 | tail -2
     echo "model $m: $(( $(date +%s) - t )) s" | tee -a "$WORK/runs.txt"
 done
+# PRE: a shell command run after the build and the models, before the runs (BINDIR and WORK are set)
 [ -n "${PRE:-}" ] && { t=$(date +%s); bash -c "$PRE" > "$WORK/pre.log" 2>&1; echo "pre: rc=$?, $(( $(date +%s) - t )) s" | tee -a "$WORK/runs.txt"; tail -25 "$WORK/pre.log"; }
 for spec in "$@"; do
     name=${spec%%=*}
