@@ -368,6 +368,48 @@ describe("decode", () => {
             });
         });
 
+        it("decodes beside other sequences' prompt chunks in one micro-batch give the tokens each gives alone, as with the equal split (patch 0009)", async () => {
+            const prompts = [randomPrompt(bs + 5, 51), randomPrompt(2 * bs + 3, 52), randomPrompt(9, 53)];
+            const ref: number[][] = [];
+            for (const p of prompts) ref.push(await withContext({ contextSize: 64 * bs, batchSize: 8 * bs }, (ctx) => generate(ctx, 0, p, 8)));
+            type Row = [token: number, pos: number, seq: number, output: boolean];
+            const decode = async (ctx: LlamaContext, rows: Row[]) => {
+                const r = await ctx.decode({
+                    tokens: Int32Array.from(rows, (x) => x[0]), positions: Int32Array.from(rows, (x) => x[1]),
+                    seqIds: Int32Array.from(rows, (x) => x[2]), outputs: Uint8Array.from(rows, (x) => (x[3] ? 1 : 0)),
+                });
+                return Array.from(r.tokens);
+            };
+            const chunk = (s: number, from: number, to: number): Row[] =>
+                Array.from({ length: to - from }, (_, i) => [prompts[s][from + i], from + i, s, from + i === prompts[s].length - 1]);
+            const run = () => withContext(paged(), async (ctx) => {
+                ctx.setBlockTable(0, table(10, 11, 12));
+                ctx.setBlockTable(1, table(20, 21, 22, 23));
+                ctx.setBlockTable(2, table(30, 31));
+                const out: number[][] = [[await prefill(ctx, 0, prompts[0])], [], []];
+                const next = (s: number): Row => [out[s][out[s].length - 1], prompts[s].length + out[s].length - 1, s, true];
+                // sequence 0's decode, sequence 1's whole prompt and the first 4 tokens of sequence 2's: three token counts in one batch
+                const [a0, a1] = await decode(ctx, [next(0), ...chunk(1, 0, prompts[1].length), ...chunk(2, 0, 4)]);
+                out[0].push(a0); out[1].push(a1);
+                // two decodes and the rest of a prompt
+                const [b0, b1, b2] = await decode(ctx, [next(0), next(1), ...chunk(2, 4, prompts[2].length)]);
+                out[0].push(b0); out[1].push(b1); out[2].push(b2);
+                while (out[2].length < 8) {
+                    const live = [0, 1, 2].filter((s) => out[s].length < 8);
+                    const got = await decode(ctx, live.map(next));
+                    live.forEach((s, i) => out[s].push(got[i]));
+                }
+                return out;
+            });
+            assert.deepEqual(await run(), ref, "mixed micro-batches");
+            process.env.LLAMA_PAGED_SPLIT = "equal";
+            try {
+                assert.deepEqual(await run(), ref, "micro-batches of one token count (LLAMA_PAGED_SPLIT=equal)");
+            } finally {
+                delete process.env.LLAMA_PAGED_SPLIT;
+            }
+        });
+
         it("refuses a position outside the table, a cell another sequence holds, and bad tables, and goes on", async () => {
             await withContext(paged(), async (ctx) => {
                 const prompt = randomPrompt(bs + 3, 41);
