@@ -460,11 +460,49 @@ describe("server limits and lifecycle", () => {
             assert.equal(r.status, 503);
             assert.equal(r.body.status, "unhealthy");
             assert.match(r.body.failed[0].reason, /no step finished/);
+            // and a request sent to it anyway gets a 503 at once (a balancer retries it elsewhere), not a wait
+            const refused = await send(server.url, "/v1/completions", { prompt: "y", max_tokens: 2 });
+            assertOpenAIError(refused, 503, null, "engine_unhealthy");
+            assert.match(refused.body.error.message, /no step finished/);
+            assert.ok(refused.headers.get("retry-after"));
             ctx.decode = real;
             release();
             assert.equal((await pending).status, 200);
             assert.equal((await send(server.url, "/health")).status, 200);
             assert.equal((await send(server.url, "/ready")).status, 200);
+            assert.equal((await send(server.url, "/v1/completions", { prompt: "y", max_tokens: 2 })).status, 200);
+        } finally {
+            await server.close();
+        }
+    });
+
+    it("answers 503 engine_unhealthy (not 500) when the engine loop stops after an internal error: the request it held and every later one", async () => {
+        const server = await createServer({
+            models: [{ name: "q", path: await modelPath(tinyQwen), options: engineOptions }],
+            port: 0, logger: false, warmup: false,
+        });
+        try {
+            await server.ready();
+            const engine = server.engine("q")! as unknown as { scheduler: { plan: () => unknown } };
+            const plan = engine.scheduler.plan.bind(engine.scheduler);
+            let calls = 0;
+            // a bug in the loop (here: the scheduler's plan) on the request's second step
+            engine.scheduler.plan = () => {
+                if (++calls === 2) throw new Error("planner bug");
+                return plan();
+            };
+            const held = await send(server.url, "/v1/completions", { prompt: "x", max_tokens: 8 });
+            assertOpenAIError(held, 503, null, "engine_unhealthy");
+            assert.match(held.body.error.message, /internal error: planner bug/);
+            assert.ok(held.headers.get("retry-after"));
+            for (const path of ["/v1/completions", "/v1/chat/completions"]) {
+                const body = path === "/v1/completions" ? { prompt: "x", max_tokens: 2 } : { messages: [{ role: "user", content: "x" }], max_tokens: 2 };
+                const later = await send(server.url, path, body);
+                assertOpenAIError(later, 503, null, "engine_unhealthy");
+                assert.match(later.body.error.message, /stopped after an internal error/);
+            }
+            assert.equal((await send(server.url, "/health")).status, 503);
+            assert.equal((await send(server.url, "/ready")).body.status, "unhealthy");
         } finally {
             await server.close();
         }

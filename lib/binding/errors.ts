@@ -30,6 +30,8 @@ export const ErrorCode = {
     QueueFull: "ERR_QUEUE_FULL",
     /** The engine is closing or closed. */
     EngineClosed: "ERR_ENGINE_CLOSED",
+    /** The engine stopped after an internal error: the requests it was serving failed with this, and it takes no more (a new engine is needed). */
+    EngineFailed: "ERR_ENGINE_FAILED",
 } as const;
 
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];

@@ -209,7 +209,7 @@ export class Engine {
 
     private refuseIfClosed(): void {
         if (this.closing) throw new BatchwiseError(ErrorCode.EngineClosed, "the engine is closing and takes no new requests");
-        if (this.broken !== null) throw new BatchwiseError(ErrorCode.Internal, `the engine stopped after an internal error: ${String(this.broken)}`, { cause: this.broken });
+        if (this.broken !== null) throw this.failure(this.broken);
     }
 
     private async enqueue(gen: Generation, request: GenerateRequest, startedAt: number, plan: ChatPlan | undefined): Promise<void> {
@@ -317,7 +317,7 @@ export class Engine {
         this.counters.heap.trimMs += this.lastTrim - t;
     }
 
-    /** An internal failure: every request ends with the error, the engine takes no more. */
+    /** An internal failure: every request ends with ERR_ENGINE_FAILED (the cause attached), the engine takes no more. */
     private fatal(e: unknown): void {
         this.broken = e;
         try {
@@ -325,7 +325,14 @@ export class Engine {
         } catch {
             // the failure may be in dispatch itself
         }
-        for (const live of [...this.requests.values()]) live.output.finishAll("error", e);
+        const failure = this.failure(e);
+        for (const live of [...this.requests.values()]) live.output.finishAll("error", failure);
+    }
+
+    /** The error a request gets from an engine that stopped after an internal error: no fault of the request's. */
+    private failure(cause: unknown): BatchwiseError {
+        const why = cause instanceof Error ? cause.message : String(cause);
+        return new BatchwiseError(ErrorCode.EngineFailed, `the engine stopped after an internal error: ${why}`, { cause });
     }
 
     private dispatch(events: SchedulerEvent[]): void {

@@ -126,6 +126,11 @@ export function toApiError(e: unknown, scope: ErrorScope = {}, retryAfter = 1): 
                 return new ApiError(429, e.message, "rate_limit_error", null, "queue_full", retryAfter);
             case ErrorCode.EngineClosed:
                 return new ApiError(503, "the server is shutting down and takes no new requests", "service_unavailable_error", null, "draining", retryAfter);
+            case ErrorCode.EngineFailed:
+                // the replica's fault, not the request's: a balancer retries it on another replica (503), and the
+                // liveness probe restarts this one (/health is 503)
+                return withCause(new ApiError(503, `${e.message}; another replica, or this one once restarted, can serve the request`,
+                    "service_unavailable_error", null, "engine_unhealthy", retryAfter), e);
             default:
                 return withCause(new ApiError(500, `internal error (${e.code}): ${e.message}`, "server_error", null, e.code), e);
         }

@@ -11,6 +11,7 @@ import type { FastifyReply, FastifyRequest } from "fastify";
 import { BatchwiseError, ErrorCode, systemInfo, type Engine, type GenerateEvent, type GenerateResult, type Generation } from "../index.js";
 import type { ServerContext } from "./context.js";
 import { ApiError, toApiError, type ErrorScope } from "./errors.js";
+import { engineTrouble } from "./lifecycle.js";
 import { usage } from "./openai.js";
 import { scopeOf } from "./plugins/errors.js";
 import { Sse } from "./sse.js";
@@ -34,6 +35,12 @@ export async function serve(ctx: ServerContext, req: FastifyRequest, reply: Fast
         ctx.lifecycle.admit();
         const picked = ctx.models.lookup(model);
         name = picked.name;
+        // an engine that stopped or is stuck would fail or hold the request: 503 at once, so that a balancer
+        // retries it on another replica (as /ready already sends it none)
+        const trouble = engineTrouble(picked.engine.stats(), ctx.settings.livenessTimeoutMs);
+        if (trouble !== null) {
+            throw new ApiError(503, `model '${name}' cannot serve requests now: ${trouble}`, "service_unavailable_error", null, "engine_unhealthy", ctx.settings.retryAfter);
+        }
         ctx.requests.note(req, { model: name });
         const ac = new AbortController();
         setMaxListeners(0, ac.signal); // one listener per generation: a list of prompts has many
@@ -82,17 +89,23 @@ export function record(ctx: ServerContext, req: FastifyRequest, name: string, re
     });
 }
 
-/** The error a failed choice answers with: a sampler the native side refused is the request's fault, anything else the server's. */
-export function choiceError(error: unknown, scope: ErrorScope): ApiError {
-    if (error instanceof BatchwiseError && (error.code === ErrorCode.SamplerInvalid || error.code === ErrorCode.InvalidArgument)) return toApiError(error, scope);
+/**
+ * The error a failed choice answers with: a sampler the native side refused is the request's fault, an engine that
+ * stopped after an internal error the replica's (503: retry elsewhere), anything else the server's.
+ */
+export function choiceError(error: unknown, scope: ErrorScope, retryAfter = 1): ApiError {
+    if (error instanceof BatchwiseError && (error.code === ErrorCode.SamplerInvalid || error.code === ErrorCode.InvalidArgument ||
+        error.code === ErrorCode.EngineFailed)) {
+        return toApiError(error, scope, retryAfter);
+    }
     return new ApiError(500, `generation failed: ${error instanceof Error ? error.message : String(error)}`, "server_error");
 }
 
 /** Throws the error of the first choice that failed (the index of its generation says which prompt). */
-export function failIfErrored(req: FastifyRequest, results: GenerateResult[]): void {
+export function failIfErrored(req: FastifyRequest, results: GenerateResult[], retryAfter = 1): void {
     for (const [index, r] of results.entries()) {
         const c = r.choices.find((x) => x.finishReason === "error");
-        if (c) throw choiceError(c.error, { ...scopeOf(req), index });
+        if (c) throw choiceError(c.error, { ...scopeOf(req), index }, retryAfter);
     }
 }
 

@@ -1,13 +1,24 @@
 // Readiness and draining: the server's state (loading, warming, ready, draining, stopped, failed), the
 // models' load and warm-up that move it to ready, the generations in flight that a drain waits for,
-// and the 503 that a generation request gets while the server is not ready.
+// and the 503 that a generation request gets while the server is not ready or a model's engine is unhealthy.
 import type { Logger } from "pino";
-import { BatchwiseError, Engine, ErrorCode } from "../index.js";
+import { BatchwiseError, Engine, ErrorCode, type EngineStats } from "../index.js";
 import { ApiError } from "./errors.js";
 import type { ServerMetrics } from "./metrics.js";
 import type { ModelRegistry } from "./models.js";
 import type { ServerOptions, ServerState } from "./options.js";
 import { warmUp } from "./warmup.js";
+
+/**
+ * Why an engine cannot serve, or null: its loop stopped after an internal error, or it has had work and
+ * finished no step for `livenessTimeoutMs` (a stuck decode). /health and /ready report it; a generation
+ * request for that model gets 503 with it.
+ */
+export function engineTrouble(s: EngineStats, livenessTimeoutMs: number): string | null {
+    if (!s.healthy) return "the engine loop stopped after an internal error";
+    if (s.stalledMs > livenessTimeoutMs) return `no step finished for ${Math.round(s.stalledMs / 1000)} s with work waiting`;
+    return null;
+}
 
 export class Lifecycle {
     private stateValue: ServerState = "loading";

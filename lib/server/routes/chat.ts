@@ -32,7 +32,7 @@ export const chatRoutes: ServerPlugin = async (app, { ctx }) => {
             }
             const result = await gen.result();
             record(ctx, req, name, [result], false);
-            failIfErrored(req, [result]);
+            failIfErrored(req, [result], ctx.settings.retryAfter);
             return {
                 id, object: "chat.completion", created, model: name,
                 choices: result.choices.map((c) => ({

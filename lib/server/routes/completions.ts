@@ -39,7 +39,7 @@ export const completionsRoutes: ServerPlugin = async (app, { ctx }) => {
             }
             const results = await Promise.all(gens.map((g) => g.result()));
             record(ctx, req, name, results, false);
-            failIfErrored(req, results);
+            failIfErrored(req, results, ctx.settings.retryAfter);
             return {
                 id, object: "text_completion", created, model: name,
                 choices: results.flatMap((r, p) => r.choices.map((c) => ({

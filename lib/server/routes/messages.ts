@@ -31,7 +31,7 @@ export const messagesRoutes: ServerPlugin = async (app, { ctx }) => {
             }
             const result = await gen.result();
             record(ctx, req, name, [result], false);
-            failIfErrored(req, [result]);
+            failIfErrored(req, [result], ctx.settings.retryAfter);
             const c = result.choices[0];
             return {
                 id, type: "message", role: "assistant", model: name,

@@ -1,6 +1,7 @@
 // The infrastructure endpoints, registered as probes (no API key, logged at debug level): /health
 // (liveness), /ready (readiness: loaded, warmed, not draining) and /metrics (Prometheus).
 import type { ServerPlugin } from "../context.js";
+import { engineTrouble } from "../lifecycle.js";
 
 export const probeRoutes: ServerPlugin = async (app, { ctx }) => {
     const probe = { config: { probe: true } };
@@ -9,9 +10,8 @@ export const probeRoutes: ServerPlugin = async (app, { ctx }) => {
         const failed: { model: string; reason: string }[] = [];
         for (const e of ctx.models.list()) {
             const s = e.engine?.stats();
-            if (!s) continue;
-            if (!s.healthy) failed.push({ model: e.name, reason: "the engine loop stopped after an internal error" });
-            else if (s.stalledMs > ctx.settings.livenessTimeoutMs) failed.push({ model: e.name, reason: `no step finished for ${Math.round(s.stalledMs / 1000)} s with work waiting` });
+            const reason = s ? engineTrouble(s, ctx.settings.livenessTimeoutMs) : null;
+            if (reason !== null) failed.push({ model: e.name, reason });
         }
         return failed;
     };

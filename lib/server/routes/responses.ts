@@ -54,7 +54,7 @@ export const responsesRoutes: ServerPlugin = async (app, { ctx }) => {
             }
             const result = await gen.result();
             record(ctx, req, name, [result], false);
-            failIfErrored(req, [result]);
+            failIfErrored(req, [result], ctx.settings.retryAfter);
             const c = result.choices[0];
             const message = c.message ?? { role: "assistant" as const, content: c.text, reasoningContent: "", toolCalls: [] };
             const usage = responseUsage(result, await reasoningTokens(engine, message.reasoningContent));
