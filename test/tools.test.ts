@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import OpenAI from "openai";
-import { Engine, type ChatTool } from "../lib/index.js";
+import { BatchwiseError, Engine, ErrorCode, type ChatTool, type GenerateEvent } from "../lib/index.js";
 import { createServer, type BatchwiseServer } from "../lib/server/server.js";
 import { gpu, gpuLayers, modelPath, tinyQwen, type Shape, template } from "./helpers.js";
 
@@ -95,6 +95,24 @@ describe("tool calling on each template (engine)", () => {
                 assert.ok(prompt.includes("get_weather"), prompt);
                 assert.ok(prompt.includes("celsius"), prompt);
                 assert.ok(prompt.includes("22 degrees and sunny"), prompt);
+            });
+
+            it("messageDeltas: false reads the message once, at the end: the same message, and the deltas carry none of it", async () => {
+                const request = { messages: ask, tools: [weather], toolChoice: "required" as const, parallelToolCalls: false, temperature: 0, maxTokens: 256, ...think };
+                const streamed = await engine.chat(request).result();
+                const deltas: GenerateEvent[] = [];
+                const gen = engine.chat({ ...request, messageDeltas: false });
+                for await (const ev of gen) if (ev.type === "delta") deltas.push(ev);
+                const changes = deltas.flatMap((ev, i) => (ev.type === "delta" && (ev.message?.length ?? 0) > 0 ? [i] : []));
+                const once = await gen.result();
+                assert.equal(once.text, streamed.text, "the same generation");
+                const strip = (m: NonNullable<typeof once.choices[0]["message"]>) => ({ ...m, toolCalls: m.toolCalls.map((c) => ({ ...c, id: "" })) });
+                assert.deepEqual(strip(once.choices[0].message!), strip(streamed.choices[0].message!));
+                // the text is read once, when the choice ends: its last delta carries the whole message's changes (a
+                // choice that ends at a stop token has no text in its last delta, and then no delta carries any)
+                assert.ok(changes.length === 0 || (changes.length === 1 && changes[0] === deltas.length - 1), `message changes in deltas ${changes} of ${deltas.length}`);
+                await assert.rejects(engine.chat({ ...request, messageDeltas: "no" as unknown as boolean }).result(),
+                    (e: BatchwiseError) => e.code === ErrorCode.InvalidArgument && e.field === "messageDeltas");
             });
 
             it("tool_choice auto leaves a model that does not call a tool free (no grammar before the trigger)", async () => {

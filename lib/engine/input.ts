@@ -23,7 +23,7 @@ export interface Prepared {
 /** The chat fields a ChatRequest has beyond a GenerateRequest's. */
 const CHAT_FIELDS = [
     "messages", "template", "templateVariables", "tools", "toolChoice", "parallelToolCalls", "enableThinking", "reasoningEffort",
-    "reasoningBudget", "addGenerationPrompt", "continueFinalMessage",
+    "reasoningBudget", "addGenerationPrompt", "continueFinalMessage", "messageDeltas",
 ] as const;
 
 export class Intake {

@@ -12,7 +12,7 @@ export const chatRoutes: ServerPlugin = async (app, { ctx }) => {
         const b = req.body;
         const id = `chatcmpl-${req.id}`;
         const created = Math.floor(Date.now() / 1000);
-        return serve(ctx, req, reply, b.model, (engine, signal) => [engine.chat({ ...chatRequest(b), signal })], async (name, engine, gens) => {
+        return serve(ctx, req, reply, b.model, (engine, signal) => [engine.chat({ ...chatRequest(b), messageDeltas: b.stream === true, signal })], async (name, engine, gens) => {
             const gen = gens[0];
             if (b.stream) {
                 const opening = Array.from({ length: b.n ?? 1 }, (_, index) => [{ index, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null }]);

@@ -21,7 +21,7 @@ export const messagesRoutes: ServerPlugin = async (app, { ctx }) => {
         const id = `msg_${req.id}`;
         const omitThinking = b.thinking?.display === "omitted";
         // a 400 from messagesRequest is counted as a rejection, as on the other routes
-        return serve(ctx, req, reply, b.model, (engine, signal) => [engine.chat({ ...messagesRequest(b), signal })], async (name, _engine, gens) => {
+        return serve(ctx, req, reply, b.model, (engine, signal) => [engine.chat({ ...messagesRequest(b), messageDeltas: b.stream === true, signal })], async (name, _engine, gens) => {
             const gen = gens[0];
             if (b.stream === true) {
                 // message_start carries the prompt's size, known once the request is queued (serve() waited for that);

@@ -18,7 +18,7 @@ export const responsesRoutes: ServerPlugin = async (app, { ctx }) => {
         const b = req.body;
         const created = Math.floor(Date.now() / 1000);
         const encrypted = wantsEncryptedReasoning(b);
-        return serve(ctx, req, reply, b.model, (engine, signal) => [engine.chat({ ...responsesRequest(b).request, signal })], async (name, engine, gens) => {
+        return serve(ctx, req, reply, b.model, (engine, signal) => [engine.chat({ ...responsesRequest(b).request, messageDeltas: b.stream === true, signal })], async (name, engine, gens) => {
             const gen = gens[0];
             const head: ResponseHead = { id: `resp_${req.id}`, created, model: name, body: b };
             if (b.stream) {
