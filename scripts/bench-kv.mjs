@@ -109,7 +109,7 @@ const gpuLayers = int("gpu-layers", args["gpu-layers"], -1);
 const seed = int("seed", args.seed, 0);
 const splitMode = args["split-mode"]; // checked by the binding (ERR_INVALID_ARGUMENT) when the model loads
 const loadOptions = { gpuLayers, ...(splitMode && { splitMode }) };
-const modes = args.modes.split(",").filter(Boolean);
+const modes = args.modes.split(",").filter(Boolean).map((m) => m.replace(/@f16$/, "")); // f16 is the default: paged@f16 is paged
 /** A mode's layout and K/V type: "paged@q8_0" -> ["paged", "q8_0"]. */
 const split = (mode) => {
     const [base, type = "f16"] = mode.split("@");
@@ -301,24 +301,26 @@ async function runMode(model, mode, npp, contextSize) {
         r.kvType = kvType;
         // K and V of every layer for the whole context, from the shape (llama.cpp's per-layer K/V for a plain attention model)
         const md = model.metadata;
-        const headDim = md.heads > 0 ? md.embeddingSize / md.heads : 0;
-        r.kvBytes = Math.round(md.layers * info.contextSize * 2 * md.kvHeads * headDim * KV_TYPE_BYTES[kvType]);
+        const key = (k) => Number(md.gguf[`${md.architecture}.attention.${k}`]);
+        const headK = key("key_length") || (md.heads > 0 ? md.embeddingSize / md.heads : 0);
+        const headV = key("value_length") || headK;
+        r.kvBytes = Math.round(md.layers * info.contextSize * md.kvHeads * (headK + headV) * KV_TYPE_BYTES[kvType]);
 
         // --tie-check, the reference side (streams@TYPE for a quantized TYPE): the generation again, untimed, with
-        // the top-2 logprobs of each step, from the same prefill (the cache is rolled back to the prompts)
+        // the top-2 logprobs of each step, from the same prefill: the cache is rolled back to the prompts less their
+        // last token, whose decode gives the first token and its gap
         if (tieCheck && layout === "streams" && kvType !== "f16") {
-            for (let s = 0; s < npl; s++) ctx.seqRemove(s, npp, -1);
+            for (let s = 0; s < npl; s++) ctx.seqRemove(s, npp - 1, -1);
             for (let s = 0; s < npl; s++) ctx.setSampler(s, { temperature: 0, logprobs: 2 });
-            const ref = first;
-            let cur = Array.from({ length: npl }, (_, s) => ref.get(s));
-            const gaps = cur.map(() => [null]); // the first token's gap is not known: it came from the timed prefill
-            const again = cur.map((tok) => [tok]);
-            for (let t = 0; t < ntg; t++) {
+            let cur = prompts.map((p) => p[npp - 1]);
+            const gaps = cur.map(() => []);
+            const again = cur.map(() => []);
+            for (let t = 0; t <= ntg; t++) {
                 const n = cur.length;
                 const batch = { tokens: new Int32Array(n), positions: new Int32Array(n), seqIds: new Int32Array(n), outputs: new Uint8Array(n).fill(1) };
                 cur.forEach((tok, s) => {
                     batch.tokens[s] = tok >= 0 ? tok : 0;
-                    batch.positions[s] = npp + t;
+                    batch.positions[s] = npp - 1 + t;
                     batch.seqIds[s] = s;
                 });
                 const out = await ctx.decode(batch);
