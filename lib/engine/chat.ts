@@ -96,8 +96,7 @@ export interface ChatPlan {
     stops: string[];
     /** Special tokens the parser must see as text (a call's start tag). */
     preservedTokens: string[];
-    /** How each choice's text becomes a message; null: it is all content. */
-    /** How the output is read; `deltas`: as it streams (ChatOptions.messageDeltas), else once at the end. */
+    /** How each choice's text becomes a message (null: it is all content); `deltas`: read as it streams (ChatOptions.messageDeltas), else once at the end. */
     parser: { spec: ChatParserSpec; parseToolCalls: boolean; isContinuation: boolean; deltas: boolean } | null;
 }
 
