@@ -9,6 +9,7 @@ import {
     BatchwiseError, ChatParser, ChatTemplates, ErrorCode, LIMITS, LlamaModel, vocabDir,
     type ChatApplyResult, type ChatMessageDelta, type LlamaContext, type ParsedChatMessage, type SamplerParams,
 } from "../lib/binding/index.js";
+import { MessageReader } from "../lib/engine/chat.js";
 import { contextOptions, gpuLayers, modelPath, tinyQwen } from "./helpers.js";
 
 const templatesDir = join(vocabDir(), "templates");
@@ -407,6 +408,35 @@ describe("ChatTemplates over real templates (vocab-only model)", () => {
             }
             ct.dispose();
         }
+    });
+
+    it("a stream's reader parses at once while a parse is cheap, and waits 500 parses' time between costly ones (the pieces read together)", () => {
+        const ct = ChatTemplates.create(model, { template: template("Qwen3-Coder.jinja") });
+        const spec = ct.apply({ messages: USER, tools: [WEATHER] }).parser;
+        const content = (d: ChatMessageDelta[]) => d.map((x) => x.content ?? "").join("");
+        for (const tick of [0.01, 0.1]) {
+            // a clock that moves `tick` ms at each read: a parse is read as taking `tick`
+            let t = 0;
+            const reader = new MessageReader({ spec, parseToolCalls: true, isContinuation: false, deltas: true }, () => (t += tick));
+            const out: string[] = [content(reader.update("Hello", false))];
+            out.push(content(reader.update(" there", false)));
+            t += 60; // past 500 x 0.1 ms
+            out.push(content(reader.update(", friend", false)));
+            out.push(content(reader.update("", true)));
+            if (tick < MessageReader.PARSE_COSTLY_MS) {
+                assert.deepEqual(out, ["Hello", " there", ", friend", ""], "cheap parses: every piece at once");
+            } else {
+                assert.deepEqual(out, ["Hello", "", " there, friend", ""], "a costly parse: the next piece waits, then both come together");
+            }
+            assert.equal(reader.message().content, "Hello there, friend");
+        }
+        // the last piece is read at once, whatever the last parse cost
+        let t = 0;
+        const reader = new MessageReader({ spec, parseToolCalls: true, isContinuation: false, deltas: true }, () => (t += 1));
+        assert.equal(content(reader.update("a", false)), "a");
+        assert.equal(content(reader.update("b", false)), "", "waits (a parse took 1 ms: up to 250 ms)");
+        assert.equal(content(reader.update("c", true)), "bc");
+        ct.dispose();
     });
 });
 
