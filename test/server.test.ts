@@ -381,13 +381,23 @@ describe("server", () => {
 });
 
 describe("server limits and lifecycle", () => {
-    it("answers 429 with Retry-After when the queue is full", async () => {
-        const server = await createServer({
-            models: [{ name: "q", path: await modelPath(tinyQwen), options: { ...engineOptions, maxSequences: 1, maxQueued: 1 } }],
-            port: 0, logger: false, warmup: false, retryAfterSeconds: 2,
+    type Server = Awaited<ReturnType<typeof createServer>>;
+    /** A ready server of the tiny model "q" (engine options over engineOptions, no warm-up), closed after `fn`. */
+    async function withServer(engine: Record<string, unknown>, server: Record<string, unknown>, fn: (s: Server) => Promise<void>): Promise<void> {
+        const s = await createServer({
+            models: [{ name: "q", path: await modelPath(tinyQwen), options: { ...engineOptions, ...engine } }],
+            port: 0, logger: false, warmup: false, ...server,
         });
         try {
-            await server.ready();
+            await s.ready();
+            await fn(s);
+        } finally {
+            await s.close();
+        }
+    }
+
+    it("answers 429 with Retry-After when the queue is full", async () => {
+        await withServer({ maxSequences: 1, maxQueued: 1 }, { retryAfterSeconds: 2 }, async (server) => {
             const long = { model: "q", prompt: "go", max_tokens: 400, ignore_eos: true };
             const first = send(server.url, "/v1/completions", long);
             await until(() => server.engine("q")!.stats().running === 1, 5000, "the first request to run");
@@ -398,9 +408,7 @@ describe("server limits and lifecycle", () => {
             assert.equal(third.headers.get("retry-after"), "2");
             assert.equal((await first).status, 200);
             assert.equal((await second).status, 200);
-        } finally {
-            await server.close();
-        }
+        });
     });
 
     it("is live but not ready while loading and warming up, then ready", async () => {
@@ -437,12 +445,7 @@ describe("server limits and lifecycle", () => {
     });
 
     it("turns /health and /ready to 503 when a decode is stuck, and back to 200 when it moves", async () => {
-        const server = await createServer({
-            models: [{ name: "q", path: await modelPath(tinyQwen), options: engineOptions }],
-            port: 0, logger: false, warmup: false, livenessTimeoutMs: 300,
-        });
-        try {
-            await server.ready();
+        await withServer({}, { livenessTimeoutMs: 300 }, async (server) => {
             const ctx = server.engine("q")!.context;
             const real = ctx.decode.bind(ctx);
             let release!: () => void;
@@ -471,18 +474,11 @@ describe("server limits and lifecycle", () => {
             assert.equal((await send(server.url, "/health")).status, 200);
             assert.equal((await send(server.url, "/ready")).status, 200);
             assert.equal((await send(server.url, "/v1/completions", { prompt: "y", max_tokens: 2 })).status, 200);
-        } finally {
-            await server.close();
-        }
+        });
     });
 
     it("answers 503 engine_unhealthy (not 500) when the engine loop stops after an internal error: the request it held and every later one", async () => {
-        const server = await createServer({
-            models: [{ name: "q", path: await modelPath(tinyQwen), options: engineOptions }],
-            port: 0, logger: false, warmup: false,
-        });
-        try {
-            await server.ready();
+        await withServer({}, {}, async (server) => {
             const engine = server.engine("q")! as unknown as { scheduler: { plan: () => unknown } };
             const plan = engine.scheduler.plan.bind(engine.scheduler);
             let calls = 0;
@@ -503,9 +499,7 @@ describe("server limits and lifecycle", () => {
             }
             assert.equal((await send(server.url, "/health")).status, 503);
             assert.equal((await send(server.url, "/ready")).body.status, "unhealthy");
-        } finally {
-            await server.close();
-        }
+        });
     });
 
     it("drains on SIGTERM: not ready, new requests refused, the request in flight finished, exit 0", async () => {
