@@ -173,10 +173,12 @@ export class Engine {
 
     stats(): EngineStats {
         const t = now();
-        return this.counters.snapshot(this.scheduler.stats(), t, {
-            intakeSequences: this.intake.sequences, healthy: this.broken === null, closing: this.closing,
-            stalledMs: this.scheduler.busy || this.requests.size > 0 ? Math.max(0, t - this.lastProgress) : 0,
-        });
+        return this.counters.snapshot(this.scheduler.stats(), t, { intakeSequences: this.intake.sequences, closing: this.closing, ...this.health(t) });
+    }
+
+    /** stats()'s `healthy` and `stalledMs` alone, without the counters (cheap enough for every request). */
+    health(t = now()): Pick<EngineStats, "healthy" | "stalledMs"> {
+        return { healthy: this.broken === null, stalledMs: this.scheduler.busy || this.requests.size > 0 ? Math.max(0, t - this.lastProgress) : 0 };
     }
 
     /**

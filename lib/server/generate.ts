@@ -37,7 +37,7 @@ export async function serve(ctx: ServerContext, req: FastifyRequest, reply: Fast
         name = picked.name;
         // an engine that stopped or is stuck would fail or hold the request: 503 at once, so that a balancer
         // retries it on another replica (as /ready already sends it none)
-        const trouble = engineTrouble(picked.engine.stats(), ctx.settings.livenessTimeoutMs);
+        const trouble = engineTrouble(picked.engine.health(), ctx.settings.livenessTimeoutMs);
         if (trouble !== null) {
             throw new ApiError(503, `model '${name}' cannot serve requests now: ${trouble}`, "service_unavailable_error", null, "engine_unhealthy", ctx.settings.retryAfter);
         }

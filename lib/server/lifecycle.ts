@@ -14,7 +14,7 @@ import { warmUp } from "./warmup.js";
  * finished no step for `livenessTimeoutMs` (a stuck decode). /health and /ready report it; a generation
  * request for that model gets 503 with it.
  */
-export function engineTrouble(s: EngineStats, livenessTimeoutMs: number): string | null {
+export function engineTrouble(s: Pick<EngineStats, "healthy" | "stalledMs">, livenessTimeoutMs: number): string | null {
     if (!s.healthy) return "the engine loop stopped after an internal error";
     if (s.stalledMs > livenessTimeoutMs) return `no step finished for ${Math.round(s.stalledMs / 1000)} s with work waiting`;
     return null;
