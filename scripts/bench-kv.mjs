@@ -173,6 +173,7 @@ function timer() {
     return { calls: 0, tokens: 0, decodeMs: 0, sampleMs: 0, wallMs: 0, perCallMs: [] };
 }
 
+/** Decodes rows [token, position, sequence, output?] as one batch, timed into `t`; the native result (tokens, logprobs). */
 async function decode(ctx, t, rows) {
     const n = rows.length;
     const batch = {
@@ -193,7 +194,7 @@ async function decode(ctx, t, rows) {
     t.calls++;
     t.tokens += n;
     t.perCallMs.push(+(r.decodeMs + r.sampleMs).toFixed(3));
-    return r.tokens;
+    return r;
 }
 
 /**
@@ -204,7 +205,7 @@ async function decodeChunked(ctx, t, rows, batch) {
     const sampled = new Map();
     for (let i = 0; i < rows.length; i += batch) {
         const chunk = rows.slice(i, i + batch);
-        const toks = await decode(ctx, t, chunk);
+        const toks = (await decode(ctx, t, chunk)).tokens;
         let k = 0;
         for (const [, , seq, out] of chunk) if (out) sampled.set(seq, toks[k++]);
     }
@@ -291,7 +292,7 @@ async function runMode(model, mode, npp, contextSize) {
         last.forEach(mix);
         const tokens = last.map((tok) => [tok]); // per sequence: the first token, then one per step
         for (let t = 0; t < ntg; t++) {
-            const toks = await decode(ctx, gen, last.map((tok, s) => [tok >= 0 ? tok : 0, npp + t, s, true]));
+            const toks = (await decode(ctx, gen, last.map((tok, s) => [tok >= 0 ? tok : 0, npp + t, s, true]))).tokens;
             last = Array.from(toks);
             last.forEach(mix);
             last.forEach((tok, s) => tokens[s].push(tok));
@@ -315,15 +316,9 @@ async function runMode(model, mode, npp, contextSize) {
             let cur = prompts.map((p) => p[npp - 1]);
             const gaps = cur.map(() => []);
             const again = cur.map(() => []);
+            const untimed = timer();
             for (let t = 0; t <= ntg; t++) {
-                const n = cur.length;
-                const batch = { tokens: new Int32Array(n), positions: new Int32Array(n), seqIds: new Int32Array(n), outputs: new Uint8Array(n).fill(1) };
-                cur.forEach((tok, s) => {
-                    batch.tokens[s] = tok >= 0 ? tok : 0;
-                    batch.positions[s] = npp - 1 + t;
-                    batch.seqIds[s] = s;
-                });
-                const out = await ctx.decode(batch);
+                const out = await decode(ctx, untimed, cur.map((tok, s) => [tok >= 0 ? tok : 0, npp - 1 + t, s, true]));
                 cur = Array.from(out.tokens);
                 cur.forEach((tok, s) => {
                     again[s].push(tok);
