@@ -436,6 +436,16 @@ describe("ChatTemplates over real templates (vocab-only model)", () => {
         assert.equal(content(reader.update("a", false)), "a");
         assert.equal(content(reader.update("b", false)), "", "waits (a parse took 1 ms: up to 250 ms)");
         assert.equal(content(reader.update("c", true)), "bc");
+        // a parse that fails (here: past the parser's size limit) leaves what it was given unread, held-back pieces
+        // included, for the caller to deliver as plain text
+        t = 0;
+        const failing = new MessageReader({ spec, parseToolCalls: true, isContinuation: false, deltas: true }, () => (t += 1));
+        failing.update("a", false);
+        failing.update("b", false); // held back
+        t += 1000;
+        const big = "x".repeat(LIMITS.maxChatJsonBytes);
+        assert.throws(() => failing.update(big, false), (e: BatchwiseError) => e.code === ErrorCode.InvalidArgument);
+        assert.equal(failing.unread(), "b" + big);
         ct.dispose();
     });
 });

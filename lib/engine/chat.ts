@@ -396,14 +396,18 @@ export class MessageReader {
                 Math.min(MessageReader.MAX_WAIT_MS, MessageReader.PARSE_SPACING * this.lastParseMs);
             if (this.clock() - this.lastParseEnd < wait) return [];
         }
-        const all = this.pending;
-        this.pending = "";
         const t0 = this.clock();
-        const out = this.parser.update(all, !final);
+        const out = this.parser.update(this.pending, !final); // on a throw the text stays unread (unread())
+        this.pending = "";
         this.lastParseEnd = this.clock();
         // smoothed: one slow parse (a garbage collection) does not hold the next pieces back
         this.lastParseMs = this.lastParseMs === 0 ? this.lastParseEnd - t0 : 0.8 * this.lastParseMs + 0.2 * (this.lastParseEnd - t0);
         return out;
+    }
+
+    /** The text given to update() and not yet parsed (held back between costly parses, or the piece a parse failed on). */
+    unread(): string {
+        return this.pending;
     }
 
     message(): AssistantMessage {

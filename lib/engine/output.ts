@@ -89,8 +89,11 @@ export class RequestOutput {
         try {
             return c.reader.update(text, final);
         } catch {
-            c.reader = null; // the parser promises not to throw on model text; if it does, the text is still delivered
-            return text.length > 0 ? [{ content: text }] : [];
+            // the parser promises not to throw on model text; if it does, the text is still delivered: this piece and
+            // any the reader held back
+            const unread = c.reader.unread();
+            c.reader = null;
+            return unread.length > 0 ? [{ content: unread }] : [];
         }
     }
 
