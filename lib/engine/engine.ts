@@ -28,6 +28,8 @@ interface Live {
 const now = () => performance.now();
 /** The least time between two heap trims when the engine goes idle. */
 const IDLE_TRIM_MS = 1000;
+/** The last heap trim in this process: malloc_trim acts on the whole process, so engines (several models) share it. */
+let lastTrim = now();
 
 export class Engine {
     private readonly scheduler: Scheduler;
@@ -44,7 +46,6 @@ export class Engine {
     private broken: unknown = null;
     private pendingAdmissions = 0;
     private lastProgress = now();
-    private lastTrim = now();
 
     private constructor(readonly model: LlamaModel, readonly context: LlamaContext, readonly options: Readonly<EngineOptions>,
         /** The settings in force, defaults resolved: what load() made of the options. */
@@ -309,14 +310,21 @@ export class Engine {
         }
     }
 
-    /** Gives malloc's free pages back to the system when the last trim is `everyMs` old (trimHeapMs 0: never). */
+    /**
+     * Gives malloc's free pages back to the system when the process's last trim (by any engine) is `everyMs` old
+     * (trimHeapMs 0: never). Housekeeping: a trim that fails is not the engine's failure.
+     */
     private maybeTrimHeap(everyMs: number): void {
         const t = now();
-        if (this.settings.trimHeapMs === 0 || t - this.lastTrim < everyMs) return;
-        trimHeap();
-        this.lastTrim = now();
+        if (this.settings.trimHeapMs === 0 || t - lastTrim < everyMs) return;
+        lastTrim = t;
+        try {
+            trimHeap();
+        } catch {
+            return;
+        }
         this.counters.heap.trims++;
-        this.counters.heap.trimMs += this.lastTrim - t;
+        this.counters.heap.trimMs += now() - t;
     }
 
     /** An internal failure: every request ends with ERR_ENGINE_FAILED (the cause attached), the engine takes no more. */
