@@ -463,6 +463,10 @@ describe("server limits and lifecycle", () => {
             assert.equal(r.status, 503);
             assert.equal(r.body.status, "unhealthy");
             assert.match(r.body.failed[0].reason, /no step finished/);
+            // the metrics say so too: the replica is not ready, its engine not healthy
+            const m = (await send(server.url, "/metrics")).text;
+            assert.equal(metricValue(m, "batchwise_ready"), 0);
+            assert.equal(metricValue(m, "batchwise_engine_healthy", { model_name: "q" }), 0);
             // and a request sent to it anyway gets a 503 at once (a balancer retries it elsewhere), not a wait
             const refused = await send(server.url, "/v1/completions", { prompt: "y", max_tokens: 2 });
             assertOpenAIError(refused, 503, null, "engine_unhealthy");
@@ -474,6 +478,9 @@ describe("server limits and lifecycle", () => {
             assert.equal((await send(server.url, "/health")).status, 200);
             assert.equal((await send(server.url, "/ready")).status, 200);
             assert.equal((await send(server.url, "/v1/completions", { prompt: "y", max_tokens: 2 })).status, 200);
+            const after = (await send(server.url, "/metrics")).text;
+            assert.equal(metricValue(after, "batchwise_ready"), 1);
+            assert.equal(metricValue(after, "batchwise_engine_healthy", { model_name: "q" }), 1);
         });
     });
 

@@ -34,11 +34,27 @@ export class Lifecycle {
         private readonly metrics: ServerMetrics,
         private readonly options: Pick<ServerOptions, "warmup" | "onLoadProgress">,
         private readonly retryAfter: number,
+        private readonly livenessTimeoutMs: number,
         private readonly log: () => Logger | undefined,
     ) {}
 
     get state(): ServerState {
         return this.stateValue;
+    }
+
+    /** The models whose engine cannot serve (engineTrouble), and why: /health, /ready and batchwise_ready read it. */
+    failedModels(): { model: string; reason: string }[] {
+        const failed: { model: string; reason: string }[] = [];
+        for (const e of this.models.list()) {
+            const reason = e.engine ? engineTrouble(e.engine.health(), this.livenessTimeoutMs) : null;
+            if (reason !== null) failed.push({ model: e.name, reason });
+        }
+        return failed;
+    }
+
+    /** Ready for traffic (/ready 200, batchwise_ready 1): loaded, warmed up, not draining, and every engine able to serve. */
+    readyForTraffic(): boolean {
+        return this.stateValue === "ready" && this.failedModels().length === 0;
     }
 
     /** Starts loading and warming the models; ready() resolves when they are. */

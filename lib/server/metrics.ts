@@ -4,6 +4,7 @@
 // a model carries model_name. Engine counters are read at scrape time, less what warm-up did.
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 import { heapStats, type Engine, type EngineStats, type GenerateResult } from "../index.js";
+import { engineTrouble } from "./lifecycle.js";
 
 export interface MetricsModel {
     name: string;
@@ -31,7 +32,7 @@ export class ServerMetrics {
     private readonly disconnects: Counter<"model_name">;
     readonly warmupSeconds: Gauge<"model_name">;
 
-    constructor(private readonly models: () => MetricsModel[], private readonly isReady: () => boolean) {
+    constructor(private readonly models: () => MetricsModel[], private readonly isReady: () => boolean, livenessTimeoutMs = 120_000) {
         const r = this.registry;
         collectDefaultMetrics({ register: r });
         const self = this;
@@ -81,7 +82,8 @@ export class ServerMetrics {
         gauge("batchwise_kv_blocks_cached", "Free KV-cache blocks that still hold a reusable prefix.", (s) => s.kv.cachedFree);
         gauge("batchwise_generation_tokens_per_second", "Tokens generated per second over the last 10 s.", (s) => s.tokensPerSecond);
         gauge("batchwise_prompt_tokens_per_second", "Prompt tokens computed per second over the last 10 s.", (s) => s.promptTokensPerSecond);
-        gauge("batchwise_engine_healthy", "1 while the model's engine loop is alive.", (s) => (s.healthy ? 1 : 0));
+        gauge("batchwise_engine_healthy", "1 while the model's engine can serve: its loop alive, and a step finished within the liveness timeout while it had work.",
+            (s) => (engineTrouble(s, livenessTimeoutMs) === null ? 1 : 0));
         new Gauge({
             name: "batchwise_heap_bytes",
             help: "The process heap under glibc's malloc: in_use (allocated, not freed) and held (taken from the system; held - in_use is free memory malloc keeps).",

@@ -30,9 +30,9 @@ export class BatchwiseServer {
     private constructor(options: ServerOptions) {
         this.settings = resolveSettings(options);
         this.models = new ModelRegistry(options.models, this.settings.retryAfter);
-        this.metrics = new ServerMetrics(() => this.models.list(), () => this.lifecycle.state === "ready");
+        this.metrics = new ServerMetrics(() => this.models.list(), () => this.lifecycle.readyForTraffic(), this.settings.livenessTimeoutMs);
         const log = () => (options.logger === false ? undefined : (this.app.log as unknown as Logger));
-        this.lifecycle = new Lifecycle(this.models, this.metrics, options, this.settings.retryAfter, log);
+        this.lifecycle = new Lifecycle(this.models, this.metrics, options, this.settings.retryAfter, this.settings.livenessTimeoutMs, log);
         const ctx: ServerContext = {
             settings: this.settings, models: this.models, lifecycle: this.lifecycle, metrics: this.metrics, requests: new RequestLog(this.metrics),
         };

@@ -1,22 +1,11 @@
 // The infrastructure endpoints, registered as probes (no API key, logged at debug level): /health
 // (liveness), /ready (readiness: loaded, warmed, not draining) and /metrics (Prometheus).
 import type { ServerPlugin } from "../context.js";
-import { engineTrouble } from "../lifecycle.js";
 
 export const probeRoutes: ServerPlugin = async (app, { ctx }) => {
     const probe = { config: { probe: true } };
-    /** Models whose engine stopped, or has had work and finished no step for livenessTimeoutMs (a stuck decode). */
-    const failedModels = () => {
-        const failed: { model: string; reason: string }[] = [];
-        for (const e of ctx.models.list()) {
-            const s = e.engine?.stats();
-            const reason = s ? engineTrouble(s, ctx.settings.livenessTimeoutMs) : null;
-            if (reason !== null) failed.push({ model: e.name, reason });
-        }
-        return failed;
-    };
     app.get("/health", probe, async (_req, reply) => {
-        const failed = failedModels();
+        const failed = ctx.lifecycle.failedModels();
         if (failed.length > 0 || ctx.lifecycle.state === "failed") {
             const failure = ctx.lifecycle.failure;
             return reply.code(503).send({ status: "error", failed, error: failure ? String(failure) : undefined });
@@ -25,7 +14,7 @@ export const probeRoutes: ServerPlugin = async (app, { ctx }) => {
     });
     app.get("/ready", probe, async (_req, reply) => {
         // a replica whose engine stopped or is stuck takes no traffic until liveness restarts it
-        const failed = ctx.lifecycle.state === "ready" ? failedModels() : [];
+        const failed = ctx.lifecycle.state === "ready" ? ctx.lifecycle.failedModels() : [];
         if (ctx.lifecycle.state === "ready" && failed.length === 0) return { status: "ready", models: ctx.models.names };
         void reply.header("retry-after", String(ctx.settings.retryAfter));
         return reply.code(503).send(failed.length > 0 ? { status: "unhealthy", failed } : { status: ctx.lifecycle.state });
