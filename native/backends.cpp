@@ -72,13 +72,6 @@ static int collect_loaded(dl_phdr_info * info, size_t, void * data) {
     return 0;
 }
 
-static std::string lower(std::string s) {
-    for (char & c : s) {
-        c = (char) tolower((unsigned char) c);
-    }
-    return s;
-}
-
 void backends_load() {
     g_state.dynamic = true;
     g_state.dir = addon_dir();
@@ -99,12 +92,7 @@ void backends_load() {
             has_cpu_file = true;
             continue; // variants that lose on score are closed again by design
         }
-        ggml_backend_reg_t reg = nullptr;
-        for (size_t i = 0; i < ggml_backend_reg_count(); i++) {
-            if (lower(ggml_backend_reg_name(ggml_backend_reg_get(i))) == name) {
-                reg = ggml_backend_reg_get(i);
-            }
-        }
+        ggml_backend_reg_t reg = ggml_backend_reg_by_name(name.c_str()); // ignores case: "cuda" finds "CUDA"
         if (reg != nullptr) {
             if (ggml_backend_reg_dev_count(reg) == 0) {
                 g_state.errors.push_back(file + ": loaded, but it found no device (no GPU visible to this process)");
@@ -139,13 +127,10 @@ const backends_state & backends_info() {
     return g_state;
 }
 
+// a CUDA backend with a device: registered by a static CUDA build (GGML_USE_CUDA) or loaded by a prebuild
 bool backends_cuda() {
-#if defined(BATCHWISE_CUDA) && !defined(BATCHWISE_BACKEND_DL)
-    return true;
-#else
     ggml_backend_reg_t reg = ggml_backend_reg_by_name("CUDA");
     return reg != nullptr && ggml_backend_reg_dev_count(reg) > 0;
-#endif
 }
 
 } // namespace bw

@@ -57,12 +57,16 @@ import(${JSON.stringify(pathToFileURL(join(root, "dist", "lib", "binding", "nati
     const sys = m.loadNative().systemInfo();
     process.stdout.write(JSON.stringify({ location: m.addonLocation(), sys }));
 }).catch((e) => { process.stdout.write(JSON.stringify({ error: String(e && e.message || e) })); });`;
-const r = spawnSync(process.execPath, ["--input-type=module", "-e", probe], { encoding: "utf8", cwd: root, env: { ...process.env, NODE_NO_WARNINGS: "1" } });
+// BATCHWISE_GPU is a run-time choice: an install on a machine with no GPU (a container build) must not read "cuda" as
+// "nothing fits" and build a CPU addon from source that would then be loaded before the CUDA package
+const { BATCHWISE_GPU: _gpu, ...env } = process.env;
+const r = spawnSync(process.execPath, ["--input-type=module", "-e", probe], { encoding: "utf8", cwd: root, env: { ...env, NODE_NO_WARNINGS: "1" }, timeout: 120_000 });
 let result;
 try {
     result = JSON.parse(r.stdout);
 } catch {
-    result = { error: `loading the addon ended the process (${r.signal ?? `exit code ${r.status}`}): ${(r.stderr ?? "").trim().split("\n").slice(-2).join(" ")}` };
+    const how = r.error?.code === "ETIMEDOUT" ? "did not finish in 120 s" : `ended the process (${r.signal ?? `exit code ${r.status}`})`;
+    result = { error: `loading the addon ${how}: ${(r.stderr ?? "").trim().split("\n").slice(-2).join(" ")}` };
 }
 if (result.location) {
     const { location, sys } = result;
@@ -70,6 +74,7 @@ if (result.location) {
     const backends = sys.backendLibraries?.length ? sys.backendLibraries.join(", ") : sys.cuda ? "CUDA" : "CPU";
     log(`using ${what} (llama.cpp ${sys.llamaTag}; ${backends})`);
     for (const e of sys.backendErrors ?? []) log(`note: ${e}`);
+    for (const e of location.skipped ?? []) log(`passed over: ${e}`);
     process.exit(0);
 }
 log(`no prebuilt binary fits this machine (${process.platform}-${process.arch}): ${result.error}`);

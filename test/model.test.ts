@@ -1,13 +1,29 @@
 // Model loading, metadata, tokenizer and chat template on generated random-weight models.
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { mkdtempSync, rmSync } from "node:fs";
+import { copyFileSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { cachedRandomModel, getDevices, LogLevel, setLogger, systemInfo, LlamaModel } from "../lib/index.js";
+import { cachedRandomModel, getDevices, LogLevel, resolveVocab, setLogger, systemInfo, LlamaModel } from "../lib/index.js";
 import { gpu, loadModel, modelPath, tinyLlama, tinyQwen } from "./helpers.js";
 
 describe("model", () => {
+    it("reads a model or vocab packed in Electron's app.asar from its app.asar.unpacked copy", async () => {
+        const dir = mkdtempSync(join(tmpdir(), "bw-asar-"));
+        try {
+            mkdirSync(join(dir, "app.asar.unpacked", "models"), { recursive: true });
+            copyFileSync(await modelPath(tinyQwen), join(dir, "app.asar.unpacked", "models", "m.gguf"));
+            const packed = join(dir, "app.asar", "models", "m.gguf");
+            assert.equal(resolveVocab(packed), join(dir, "app.asar.unpacked", "models", "m.gguf"));
+            assert.equal(resolveVocab(join(dir, "app.asar", "other.gguf")), join(dir, "app.asar", "other.gguf"), "not unpacked: left as it is");
+            const m = await LlamaModel.load(packed, { gpuLayers: 0 });
+            assert.equal(m.metadata.layers, 2);
+            m.dispose();
+        } finally {
+            rmSync(dir, { recursive: true, force: true });
+        }
+    });
+
     let qwen: LlamaModel;
     let llama: LlamaModel;
 

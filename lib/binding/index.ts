@@ -6,6 +6,7 @@ import { homedir } from "node:os";
 import { isAbsolute, join } from "node:path";
 import { BatchwiseError, ErrorCode, native, nativeAsync } from "./errors.js";
 import {
+    asarUnpacked,
     loadNative,
     packageRoot,
     vocabPackageDir,
@@ -130,7 +131,8 @@ export class LlamaModel {
         if (onProgress !== undefined && typeof onProgress !== "function") {
             throw new BatchwiseError(ErrorCode.InvalidArgument, "onProgress must be a function", { field: "onProgress", reason: "must be a function" });
         }
-        const m = await nativeAsync(() => loadNative().Model.load(path, rest, onProgress));
+        // native code cannot read inside Electron's app.asar: a model packed there is read from its unpacked copy
+        const m = await nativeAsync(() => loadNative().Model.load(typeof path === "string" ? asarUnpacked(path) : path, rest, onProgress));
         return new LlamaModel(m);
     }
 
@@ -473,9 +475,9 @@ export function vocabDirs(): string[] {
     return pkg ? [pkg, vocabDir()] : [vocabDir()];
 }
 
-/** Resolves a vocab name ("qwen2") or path to a file path. */
+/** Resolves a vocab name ("qwen2") or path to a file path (inside Electron's app.asar: its unpacked copy). */
 export function resolveVocab(vocab: string): string {
-    if (isAbsolute(vocab) || vocab.endsWith(".gguf")) return vocab;
+    if (isAbsolute(vocab) || vocab.endsWith(".gguf")) return asarUnpacked(vocab);
     const tried = vocabDirs().map((d) => join(d, `ggml-vocab-${vocab}.gguf`));
     const p = tried.find((f) => existsSync(f));
     if (!p) {

@@ -493,27 +493,28 @@ export function loadNative(): NativeAddon {
 // A prebuild loads its backends from its folder: none for the CPU is fatal; a CUDA backend that ships but does not
 // run here is a warning (the CPU takes over), or an error when BATCHWISE_GPU=cuda asked for it.
 function checkBackends(loaded: NativeAddon, c: Candidate, failed: string[]): void {
-    if (gpuChoice() === "cuda" && c.source === "package" && c.packageName !== platformPackages().cuda) {
-        throw new BatchwiseError(ErrorCode.NativeNotBuilt, `BATCHWISE_GPU=cuda, but the CUDA build did not load (${failed.join("; ")})`);
+    const gpu = gpuChoice();
+    const info = loaded.systemInfo();
+    const where = c.packageName ?? c.path;
+    const cudaErrors = info.backendErrors.filter((e) => e.startsWith("libggml-cuda"));
+    // whatever was loaded (a source build, a package, BATCHWISE_ADDON), BATCHWISE_GPU=cuda means a CUDA device
+    if (gpu === "cuda" && !info.cuda) {
+        const why = cudaErrors.length > 0 ? `CUDA is not usable here (${cudaErrors.join("; ")})` : failed.length > 0 ? `the CUDA build did not load (${failed.join("; ")})` :
+            "it has no CUDA backend, or no CUDA device is visible";
+        throw new BatchwiseError(ErrorCode.NativeNotBuilt, `BATCHWISE_GPU=cuda, but ${where}: ${why}; see docs/building.md for the CUDA runtime it needs`);
     }
     if (failed.length > 0) {
         process.emitWarning(`${failed.join("; ")}: using ${c.packageName ?? c.path} instead`, {
             code: failed.some((f) => f.startsWith(platformPackages().cuda)) ? "BATCHWISE_CUDA_UNAVAILABLE" : "BATCHWISE_ADDON_FALLBACK",
         });
     }
-    const info = loaded.systemInfo();
     if (!info.dynamicBackends) return;
-    const where = c.packageName ?? c.path;
     if (!info.backends.includes("CPU")) {
         throw new BatchwiseError(ErrorCode.NativeNotBuilt, `${where}: ${info.backendErrors.join("; ") || "no CPU backend loaded"}`);
     }
-    const cudaErrors = info.backendErrors.filter((e) => e.startsWith("libggml-cuda"));
     if (cudaErrors.length > 0 && !info.cuda) {
         const why = `${where}: CUDA is not usable here (${cudaErrors.join("; ")})`;
-        if (gpuChoice() === "cuda") {
-            throw new BatchwiseError(ErrorCode.NativeNotBuilt, `BATCHWISE_GPU=cuda, but ${why}; see docs/building.md for the CUDA runtime it needs`);
-        }
-        const quiet = gpuChoice() === "auto" && c.packageName === platformPackages().cuda ? " Set BATCHWISE_GPU=cpu to use the CPU package quietly;" : "";
+        const quiet = gpu === "auto" && c.packageName === platformPackages().cuda ? " Set BATCHWISE_GPU=cpu to use the CPU package quietly;" : "";
         process.emitWarning(`${why}: running on the CPU.${quiet} docs/building.md says what CUDA needs.`, { code: "BATCHWISE_CUDA_UNAVAILABLE" });
     }
 }
