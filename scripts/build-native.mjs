@@ -29,7 +29,7 @@ import { createRequire } from "node:module";
 import { cpus } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { buildFlavour, flag, missingToolchain, onPath, optionValue, setting } from "./settings.mjs";
+import { buildFlavour, cudaFlavour, flag, missingToolchain, npmCommand, onPath, optionValue, setting } from "./settings.mjs";
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const pkg = JSON.parse(readFileSync(join(root, "package.json"), "utf8"));
@@ -77,9 +77,7 @@ function buildTools() {
     process.stderr.write(`[batchwise] installing the build tools ${specs.join(" ")} into ${toolsDir}\n`);
     mkdirSync(toolsDir, { recursive: true });
     writeFileSync(join(toolsDir, "package.json"), '{ "private": true, "description": "batchwise source-build tools" }\n');
-    const npm = process.env.npm_execpath && /\.c?js$/.test(process.env.npm_execpath)
-        ? [process.execPath, process.env.npm_execpath]
-        : ["npm"];
+    const npm = npmCommand();
     const r = spawnSync(npm[0], [...npm.slice(1), "install", "--no-save", "--no-package-lock", "--no-audit", "--no-fund",
         "--ignore-scripts", "--loglevel=error", ...specs], { cwd: toolsDir, stdio: ["ignore", "inherit", "inherit"] });
     if (r.error || r.status !== 0) {
@@ -95,7 +93,7 @@ const { ensureLlamaSource } = await import("./fetch-llama.mjs");
 const llamaDir = ensureLlamaSource();
 const tools = buildTools();
 const flavour = prebuildDir
-    ? `prebuild-${cuda ? `cuda-${cudaArchs.replace(/[^0-9a-z]+/gi, "_")}` : "cpu"}-${cpuVariants}`
+    ? `prebuild-${cuda ? cudaFlavour(cudaArchs) : "cpu"}-${cpuVariants}`
     : buildFlavour();
 const buildDir = join(root, "build-native", flavour);
 mkdirSync(buildDir, { recursive: true });

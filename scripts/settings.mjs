@@ -2,6 +2,7 @@
 // npm config (`npm install --batchwise-<name>=...` sets npm_config_batchwise_<name>).
 import { spawnSync } from "node:child_process";
 import * as fsSync from "node:fs";
+import { dirname, join } from "node:path";
 
 export function setting(name) {
     const env = process.env[`BATCHWISE_${name}`];
@@ -15,11 +16,14 @@ export function flag(name) {
     return v !== undefined && !["0", "false", "off", "no"].includes(String(v).toLowerCase());
 }
 
+/** A CUDA build's part of a build folder's name: cuda-<architectures> ("80-real;90a-real" -> cuda-80_real_90a_real). */
+export function cudaFlavour(cudaArchs) {
+    return `cuda-${cudaArchs.replace(/[^0-9a-z]+/gi, "_")}`;
+}
+
 /** The build configuration's name and folder (build-native/<flavour>): one per CPU/CUDA setting, kept between builds. */
 export function buildFlavour() {
-    const cuda = flag("CUDA");
-    const cudaArchs = setting("CUDA_ARCHITECTURES") ?? "90a";
-    return cuda ? `cuda-${cudaArchs.replace(/[^0-9a-z]+/gi, "_")}` : flag("NATIVE") ? "cpu-native" : "cpu";
+    return flag("CUDA") ? cudaFlavour(setting("CUDA_ARCHITECTURES") ?? "90a") : flag("NATIVE") ? "cpu-native" : "cpu";
 }
 
 /** The executable `name` on PATH, or null. */
@@ -84,4 +88,16 @@ export function optionValue(args, name, fail) {
     if (i < 0) return undefined;
     if (i + 1 >= args.length || args[i + 1].startsWith("--")) fail(`${name} needs a value`);
     return args[i + 1];
+}
+
+/**
+ * How to run npm: the npm that runs this script (npm_execpath, under npm install or npm run), else the npm beside
+ * this node (a Node install's lib/node_modules/npm), else npm on the PATH. [command, ...leading arguments].
+ */
+export function npmCommand() {
+    const own = process.env.npm_execpath;
+    if (own && /\.c?js$/.test(own)) return [process.execPath, own];
+    const beside = join(dirname(process.execPath), "..", "lib", "node_modules", "npm", "bin", "npm-cli.js");
+    if (fsSync.existsSync(beside)) return [process.execPath, beside];
+    return ["npm"];
 }

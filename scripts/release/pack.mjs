@@ -27,7 +27,7 @@ import { createHash } from "node:crypto";
 import { cpSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { dirname, join, relative, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { flag, optionValue, setting } from "../settings.mjs";
+import { flag, npmCommand, optionValue, setting } from "../settings.mjs";
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const pkg = JSON.parse(readFileSync(join(root, "package.json"), "utf8"));
@@ -48,13 +48,6 @@ const cacheDir = option("--prebuild-cache") !== undefined ? resolve(option("--pr
 const cudaArchs = setting("CUDA_ARCHITECTURES") ?? "80-real;90a-real;90-virtual";
 const platform = `${process.platform}-${process.arch}`;
 if (platform !== "linux-x64" && (only.includes("cpu") || only.includes("cuda"))) fail(`prebuilt packages are made for linux-x64, not ${platform}`);
-
-function npmCommand() {
-    if (process.env.npm_execpath && /\.c?js$/.test(process.env.npm_execpath)) return [process.execPath, process.env.npm_execpath];
-    const beside = join(dirname(process.execPath), "..", "lib", "node_modules", "npm", "bin", "npm-cli.js");
-    if (existsSync(beside)) return [process.execPath, beside];
-    return ["npm"];
-}
 
 /** npm pack of dir into outDir: { filename, size, unpackedSize, entryCount, files }. */
 function npmPack(dir, scripts = true) {
