@@ -63,7 +63,7 @@ interface ModelClass {
 }
 
 /** The kubernetes-models class of an object's apiVersion and kind; throws for a kind without one. */
-export async function modelClass(obj: Obj): Promise<ModelClass> {
+async function modelClass(obj: Obj): Promise<ModelClass> {
     const { apiVersion, kind } = obj;
     if (typeof apiVersion !== "string" || typeof kind !== "string") throw new Error("an object without apiVersion and kind");
     const spec = schemaModule(apiVersion);

@@ -12,7 +12,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { parse as parseYaml } from "yaml";
 import { createServer, type BatchwiseServer } from "../lib/server/server.js";
-import { kustomizationFiles, readYamlDocs, rel, validateManifest, type Manifest, type Obj } from "./deploy-manifests.js";
+import { kustomizationDirs, kustomizationFiles, readYamlDocs, rel, validateManifest, type Manifest, type Obj } from "./deploy-manifests.js";
 import { adapterToPromql, exportedSeries, grafanaToPromql, queryNames, type Exported } from "./deploy-promql.js";
 import { gpuLayers, modelPath, tinyQwen } from "./helpers.js";
 
@@ -120,7 +120,7 @@ describe("deploy: Kubernetes manifests", () => {
     });
 
     it("every kustomization lists files that exist, and kubectl kustomize renders each into valid objects", async (t) => {
-        const dirs = yamlFilesUnder(k8s).filter((f) => f.endsWith("/kustomization.yaml")).map((f) => f.slice(0, -"/kustomization.yaml".length));
+        const dirs = kustomizationDirs(yamlFilesUnder(k8s));
         assert.ok(dirs.length >= 5);
         const listed = new Set(dirs.flatMap((d) => kustomizationFiles(d)));
         // the default install holds the workload, monitoring and one autoscaler

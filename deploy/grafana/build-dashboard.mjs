@@ -79,13 +79,13 @@ ts("Preemptions/s", "Requests preempted because the KV cache was full.", [[`sum 
 ts("Engine busy", "Share of wall time the engine loop spent in steps (1 = never idle).", [[`sum by (instance) (rate(batchwise_engine_step_seconds_total{${M}}[${RI}]))`, "{{instance}}"]], { unit: "percentunit", min: 0 });
 
 row("Errors");
-ts("5xx by route and status", "Server errors by route and status (503s of draining or loading replicas included here).", [[`sum by (route, status) (rate(batchwise_http_requests_total{${J}, status=~"5.."}[${RI}]))`, "{{route}} {{status}}"]], { unit: "reqps" });
+ts("5xx by route and status", "Server errors of the /v1 routes by route and status (503s of draining or loading replicas included here; probe 503s are not).", [[`sum by (route, status) (rate(batchwise_http_requests_total{${J}, route=~"/v1/.+", status=~"5.."}[${RI}]))`, "{{route}} {{status}}"]], { unit: "reqps" });
 ts("Rejections by reason", "Generation requests refused: queue_full (429), draining and not_ready (503), context_length_exceeded and other 400s, model_not_found.", [[`sum by (reason) (rate(batchwise_requests_rejected_total{${M}}[${RI}]))`, "{{reason}}"]], { unit: "reqps" });
 ts("Client disconnects/s", "Generations aborted because the client went away.", [[`sum by (instance) (rate(batchwise_client_disconnects_total{${M}}[${RI}]))`, "{{instance}}"]], { unit: "reqps" });
 
 row("Replicas");
 ts("Ready by replica", "batchwise_ready per replica: 0 while loading, warming up or draining.", [[`batchwise_ready{${J}}`, "{{instance}} {{batchwise_dev_track}}"]], { min: 0, max: 1 });
-ts("Engine healthy by replica", "0: the engine loop stopped (/health 503, liveness restarts the container).", [[`min by (instance) (batchwise_engine_healthy{${M}})`, "{{instance}}"]], { min: 0, max: 1 });
+ts("Engine healthy by replica", "0: the engine loop stopped or is stuck past --liveness-timeout (/health 503, liveness restarts the container).", [[`min by (instance) (batchwise_engine_healthy{${M}})`, "{{instance}}"]], { min: 0, max: 1 });
 ts("Restarts (1 h)", "Process starts per replica over the last hour.", [[`changes(process_start_time_seconds{${J}}[1h])`, "{{instance}}"]]);
 
 const dashboard = {

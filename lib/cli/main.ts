@@ -83,7 +83,7 @@ interface ServeFlags {
     chatTemplateFile?: string;
     warmup: boolean;
     drainTimeout: number;
-    livenessTimeout: number;
+    livenessTimeout?: number;
     bodyLimit?: number;
     headersTimeout?: number;
     bodyTimeout?: number;
@@ -133,7 +133,7 @@ async function serve(flags: ServeFlags): Promise<void> {
     try {
         server = await createServer({
             models, host: flags.host, port: flags.port, apiKeys, logger: log, warmup: flags.warmup,
-            drainTimeoutMs: flags.drainTimeout * 1000, livenessTimeoutMs: flags.livenessTimeout * 1000, bodyLimit: flags.bodyLimit, corsOrigins: flags.corsOrigin,
+            drainTimeoutMs: flags.drainTimeout * 1000, livenessTimeoutMs: flags.livenessTimeout === undefined ? undefined : flags.livenessTimeout * 1000, bodyLimit: flags.bodyLimit, corsOrigins: flags.corsOrigin,
             headersTimeoutMs: flags.headersTimeout === undefined ? undefined : flags.headersTimeout * 1000,
             bodyTimeoutMs: flags.bodyTimeout === undefined ? undefined : flags.bodyTimeout * 1000, bodyMinRate: flags.bodyMinRate,
             onLoadProgress: (name, p) => {
@@ -303,7 +303,7 @@ function program(): Command {
         .option("--chat-template-file <path>", "a Jinja chat template to use over the GGUF's own (for a template that is broken or has no tools)")
         .option("--no-warmup", "skip the warm-up before ready")
         .option("--drain-timeout <seconds>", "on SIGTERM, how long requests in flight may finish", int(0), 30)
-        .option("--liveness-timeout <seconds>", "with work waiting, how long without a finished step before /health and /ready turn 503 (a stuck decode)", int(1), 120)
+        .option("--liveness-timeout <seconds>", "with work waiting, how long without a finished step before /health and /ready turn 503 and requests are refused (a stuck decode; default 120)", int(1))
         .option("--body-limit <bytes>", "largest request body (default 16 MiB)", int(1))
         .option("--headers-timeout <seconds>", "a request's headers must arrive within this, else 408 (default 15; 0: no limit)", seconds)
         .option("--body-timeout <seconds>", "a request body must arrive within this plus 1 s per --body-min-rate bytes sent, else 408; responses and streams are never cut (default 30; 0: no limit)", seconds)

@@ -51,7 +51,7 @@ export interface ServerOptions {
     warmup?: boolean | WarmupOptions;
     /** Retry-After seconds on 429 and 503. Default 1. */
     retryAfterSeconds?: number;
-    /** /health turns 503 when an engine with work has not finished a step for this long (a stuck decode). Default 120 s. */
+    /** /health and /ready turn 503, and requests for the model 503 engine_unhealthy, when an engine with work has not finished a step for this long (a stuck decode). Default 120 s. */
     livenessTimeoutMs?: number;
     /** A pino logger, or false for none. Default: pino at info level on stdout. */
     logger?: Logger | boolean;
