@@ -93,12 +93,12 @@ export function markdown(r: Report, reference = "llama-server"): string {
         const ref = rows.find((c) => c.server === reference);
         const bound = r.bounds.find((b) => b.label === label);
         for (const c of rows) {
-            const ratio = ref && ref.stats.outputTokensPerS > 0 ? `${(c.stats.outputTokensPerS / ref.stats.outputTokensPerS).toFixed(2)}x` : "";
+            const vs = ratio(c.stats.outputTokensPerS, ref?.stats.outputTokensPerS);
             const ofBound = bound && bound.outputTokensPerS > 0 ? `${f((100 * c.stats.outputTokensPerS) / bound.outputTokensPerS)}%` : "";
-            lines.push(`| ${label} | ${c.server} | ${f(c.stats.outputTokensPerS)} | ${ratio} | ${ofBound} | ${f(c.stats.ttftMs.p50)} | ${f(c.stats.ttftMs.p99)} | ` +
+            lines.push(`| ${label} | ${c.server} | ${f(c.stats.outputTokensPerS)} | ${vs} | ${ofBound} | ${f(c.stats.ttftMs.p50)} | ${f(c.stats.ttftMs.p99)} | ` +
                 `${f(c.stats.itlMs.p50, 1)} | ${f(c.stats.itlMs.p99, 1)} | ${c.stats.errors} |`);
         }
-        if (bound) lines.push(`| ${label} | llama-batched-bench (raw engine bound) | ${f(bound.outputTokensPerS)} | ${ref ? `${(bound.outputTokensPerS / ref.stats.outputTokensPerS).toFixed(2)}x` : ""} | 100% | | | | | |`);
+        if (bound) lines.push(`| ${label} | llama-batched-bench (raw engine bound) | ${f(bound.outputTokensPerS)} | ${ratio(bound.outputTokensPerS, ref?.stats.outputTokensPerS)} | 100% | | | | | |`);
     }
     ideTables(r, reference, lines);
     longTable(r, reference, lines);

@@ -526,13 +526,18 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
 
     // RSS after warm-up
     const warmupSeconds = 60 * (o.warmupMinutes ?? (o.minutes >= 30 ? 10 : o.minutes / 3));
-    const pts = samples.filter((s) => s.phase === "load" && s.rssMb !== null && s.t >= warmupSeconds).map((s) => ({ t: s.t, y: s.rssMb! }));
+    /** A sampled figure's points under load after warm-up. */
+    const after = (read: (s: Sample) => number | null) =>
+        samples.flatMap((s) => (s.phase === "load" && s.t >= warmupSeconds && read(s) !== null ? [{ t: s.t, y: read(s)! }] : []));
+    const perMinute = (pts: { t: number; y: number }[]) => {
+        const perSecond = slope(pts);
+        return perSecond === null ? null : perSecond * 60;
+    };
+    const pts = after((s) => s.rssMb);
     const windowSeconds = pts.length > 1 ? pts.at(-1)!.t - pts[0].t : 0;
-    const perSecond = slope(pts);
-    const slopeMbPerMin = perSecond === null ? null : perSecond * 60;
+    const slopeMbPerMin = perMinute(pts);
     const growthMb = pts.length > 1 ? pts.at(-1)!.y - pts[0].y : null;
-    const inUse = slope(samples.filter((s) => s.phase === "load" && s.mallocInUseMb !== null && s.t >= warmupSeconds).map((s) => ({ t: s.t, y: s.mallocInUseMb! })));
-    const mallocInUseSlopeMbPerMin = inUse === null ? null : inUse * 60;
+    const mallocInUseSlopeMbPerMin = perMinute(after((s) => s.mallocInUseMb));
     let verdict: SoakReport["rss"]["verdict"] = "not judged";
     let why: string;
     if (slopeMbPerMin === null) {
