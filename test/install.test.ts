@@ -6,7 +6,8 @@
 //
 // The CPU prebuild is built once (release:pack --cpu-variants one: one CPU backend, a quarter of the all-variants
 // build) and kept in the cache folder under a hash of its sources; BATCHWISE_TEST_CPU_VARIANTS=all tests the
-// release's 13 variants. Skipped where no prebuild can be made (not linux-x64, no toolchain), or BATCHWISE_TEST_INSTALL=0.
+// release's 13 variants. Skipped off linux-x64 (no prebuilt packages there), without npm on the PATH, or with
+// BATCHWISE_TEST_INSTALL=0 (a checkout that runs the tests has built the addon, so it has the toolchain the prebuild needs).
 import assert from "node:assert/strict";
 import { spawn, spawnSync, type SpawnSyncReturns } from "node:child_process";
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, realpathSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
