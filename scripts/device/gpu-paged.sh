@@ -17,8 +17,8 @@ bindir=$(node scripts/build-llama-tools.mjs test-backend-ops 2> "$OUT/build.log"
 rc=$?
 echo "cuda build (addon + test-backend-ops): rc=$rc, $(( $(date +%s) - t0 )) s" | tee "$OUT/build-time.txt"
 [ $rc -eq 0 ] || { tail -30 "$OUT/build.log"; exit $rc; }
-# the paged kernel (tests whose parameters name a block size) against the CPU backend
-"$bindir/test-backend-ops" -o FLASH_ATTN_EXT -b CUDA0 -p "bs=" > "$OUT/test-backend-ops.log" 2>&1
+# the paged kernel (tests whose parameters name a block size; TBO_PARAMS: another filter, e.g. "type_kv=q") against the CPU backend
+"$bindir/test-backend-ops" -o FLASH_ATTN_EXT -b CUDA0 -p "${TBO_PARAMS:-bs=}" > "$OUT/test-backend-ops.log" 2>&1
 echo "test-backend-ops rc=$?: $(grep -a "tests passed" "$OUT/test-backend-ops.log" | head -1)" | tee "$OUT/tbo-summary.txt"
 grep -E "FAIL|not supported" "$OUT/test-backend-ops.log" | head -20
 rc=0
