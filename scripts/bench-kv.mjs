@@ -48,6 +48,12 @@
 // quantized data through llama.cpp's own per-sequence path) by the near-tie rule of test/engine.test.ts: every
 // sequence samples the same greedy tokens, or first diverges where the reference's top-2 logprob gap is under
 // 0.01. The gaps come from an extra, untimed generation pass of each streams@T mode with logprobs on.
+// The rule holds where both run the same kernel arithmetic; since patch 0010, paged@T decodes in the MMA kernel
+// (f16 queries against dequantized tiles) and streams@T in the vector kernel (queries quantized to q8_1), so
+// the two round differently. Every quantized mode is therefore also held against the f16 run of its layout (or
+// of paged): how many sequences keep f16's greedy tokens, and the step where the others first differ.
+//
+// --from-json PATH writes the Markdown report (--out) again from a run's JSON, measuring nothing.
 //
 // Output: a Markdown report (--out: date, devices, model, the command, one table of prefill and decode tokens/s
 // per mode with the ratios paged/streams and paged/unified, and one for paged-shared), the same tables on
@@ -84,6 +90,7 @@ const { values: args } = parseArgs({
         json: { type: "string" },
         isolate: { type: "boolean", default: false },
         "tie-check": { type: "boolean", default: false },
+        "from-json": { type: "string" },
         child: { type: "string" }, // internal: --isolate runs one "mode:npp" per child process
         help: { type: "boolean", short: "h" },
     },
@@ -92,6 +99,7 @@ if (args.help) {
     console.log("usage: node scripts/bench-kv.mjs [--shape 7b | --model PATH] [--npp 512,4096] [--ntg 128] [--npl 64]\n" +
         "       [--modes streams,unified,paged,paged-shared] [--block-size 128] [--gpu-layers N] [--split-mode layer|tensor|none] [--timing native|decode|wall]\n" +
         "       [--seed 1] [--out docs/bench/kv-layouts.md] [--json PATH] [--isolate] [--tie-check]\n" +
+        "       --from-json PATH: write the report (--out) again from a run's JSON, measuring nothing\n" +
         "       a mode may name a K/V type: paged@q8_0, streams@q4_0 (see the comment at the top of this file)");
     process.exit(0);
 }
@@ -127,6 +135,8 @@ const outJson = args.json ?? (outMd.endsWith(".md") ? outMd.slice(0, -3) + ".jso
 const command = ["node", "scripts/bench-kv.mjs", ...process.argv.slice(2)]
     .map((a) => (/^[\w./,=:@+-]+$/.test(a) ? a : `'${a.replace(/'/g, "'\\''")}'`)).join(" ");
 const log = (line) => console.error(line);
+/** The settings the report is written with: this run's, or those of the JSON given to --from-json. */
+let S;
 
 // ---- helpers ----
 
@@ -354,7 +364,7 @@ function tables(results) {
             ...main.map((m) => `${m} decode tok/s`), ...ratios.map((x) => `${x} decode`)];
         lines.push(`| ${head.join(" | ")} |`);
         lines.push("|" + "---|".repeat(1 + 2 * main.length + 2 * ratios.length));
-        for (const npp of nppList) {
+        for (const npp of S.npp) {
             const rs = main.map((m) => get(m, npp));
             const p = get("paged", npp);
             const others = main.filter((m) => m !== "paged").map((m) => get(m, npp));
@@ -367,12 +377,12 @@ function tables(results) {
     }
     if (modes.includes("paged-shared")) {
         if (lines.length) lines.push("");
-        lines.push(`paged-shared: a common prefix of floor(npp/${B}) full blocks, computed once on sequence 0 and shared by every sequence.`);
+        lines.push(`paged-shared: a common prefix of floor(npp/${S.blockSize}) full blocks, computed once on sequence 0 and shared by every sequence.`);
         lines.push("");
         lines.push("| npp | shared blocks (tokens) | blocks held | unshared (npl*ceil((npp+ntg)/B)) | held/unshared | prefill tokens computed / logical | " +
             "prefill tok/s (logical) | decode tok/s | decode vs paged |");
         lines.push("|---|---|---|---|---|---|---|---|---|");
-        for (const npp of nppList) {
+        for (const npp of S.npp) {
             const r = get("paged-shared", npp);
             if (!r) continue;
             if (r.error) {
@@ -389,7 +399,7 @@ function tables(results) {
     // kernel as per-sequence streams (only the rows' addresses differ), so those two should agree bit for bit;
     // the unified pool runs other kernel shapes, and on a GPU their rounding can flip a near-tie of a random model
     const same = [];
-    for (const npp of nppList) {
+    for (const npp of S.npp) {
         for (const [m, ref] of [["paged", "streams"], ["paged", "unified"], ["streams", "unified"]]) {
             const o = get(m, npp), r = get(ref, npp);
             if (o?.generated && r?.generated) same.push(`${m} vs ${ref} ${o.generated.hash === r.generated.hash ? "same" : "DIFFERENT"} (npp ${npp})`);
@@ -422,6 +432,16 @@ function tables(results) {
                     `, ${t.other} elsewhere${t.other ? ` (first at step ${t.firstOther.step}, gap ${t.firstOther.gap})` : ""}: **${t.verdict}**`);
             }
         }
+        const close = f16Closeness(results);
+        if (close.length) {
+            lines.push("");
+            lines.push("Greedy tokens against the same layout in f16 (quantized K/V changes the numbers, so sequences drift from f16's tokens; " +
+                "paged@TYPE and streams@TYPE are each held against the f16 run, the later a sequence first differs the closer):");
+            lines.push("");
+            lines.push("| npp | mode | against | identical | first differing step: median | mean |");
+            lines.push("|---|---|---|---|---|---|");
+            for (const c of close) lines.push(`| ${c.npp} | ${c.mode} | ${c.against} | ${c.same} of ${c.sequences} | ${c.median ?? ""} | ${c.mean === null ? "" : c.mean.toFixed(1)} |`);
+        }
     }
     const errors = results.filter((r) => r.error);
     if (errors.length) {
@@ -431,6 +451,30 @@ function tables(results) {
         for (const r of errors) lines.push(`- ${r.mode}, npp ${r.npp}: ${r.error.replace(/\s+/g, " ")}`);
     }
     return lines.join("\n");
+}
+
+/** Each quantized mode's greedy tokens against its layout's f16 run (same npp): how soon its sequences first differ. */
+function f16Closeness(results) {
+    const out = [];
+    for (const r of results) {
+        const [layout, type] = split(r.mode);
+        if (type === "f16" || !r.generated?.tokens) continue;
+        const f16 = results.find((x) => x.mode === layout && x.npp === r.npp && x.generated?.tokens)
+            ?? results.find((x) => x.mode === "paged" && x.npp === r.npp && x.generated?.tokens);
+        if (!f16) continue;
+        let same = 0;
+        const firsts = [];
+        r.generated.tokens.forEach((toks, s) => {
+            const j = toks.findIndex((t, k) => f16.generated.tokens[s][k] !== t);
+            if (j < 0) same++;
+            else firsts.push(j);
+        });
+        firsts.sort((a, b) => a - b);
+        out.push({ npp: r.npp, mode: r.mode, against: f16.mode, sequences: r.generated.tokens.length, same,
+            median: firsts.length ? firsts[Math.floor(firsts.length / 2)] : null,
+            mean: firsts.length ? firsts.reduce((a, b) => a + b, 0) / firsts.length : null });
+    }
+    return out;
 }
 
 /** --tie-check: each paged@TYPE against streams@TYPE's reference tokens and gaps, by the near-tie rule. */
@@ -472,9 +516,9 @@ function markdown(report) {
         report.command,
         "```",
         "",
-        `npl ${npl} sequences, npp prompt tokens each, ntg ${ntg} generated tokens each; batch ${BATCH}, micro-batch ${UBATCH}, ` +
-            `flash attention on, gpu layers ${gpuLayers}; paged block size ${B}. Context size per npp, the same for every mode: ` +
-            nppList.map((npp) => `${npp}: ${contextSizeFor(npp)}`).join(", ") + ". " +
+        `npl ${S.npl} sequences, npp prompt tokens each, ntg ${S.ntg} generated tokens each; batch ${S.batchSize}, micro-batch ${S.ubatchSize}, ` +
+            `flash attention on, gpu layers ${S.gpuLayers}; paged block size ${S.blockSize}. Context size per npp, the same for every mode: ` +
+            S.npp.map((npp) => `${npp}: ${S.contextSize[npp]}`).join(", ") + ". " +
             `Prefill tok/s = npl*npp / prefill time; decode tok/s = npl*ntg / decode time. Time: ${timing}. ` +
             "Raw numbers: " + `[${basename(report.json)}](${relative(dirname(outMd), report.json)}).`,
         "",
@@ -537,6 +581,17 @@ if (args.child) {
     process.exit(0);
 }
 
+if (args["from-json"]) {
+    const { readFileSync } = await import("node:fs");
+    const report = JSON.parse(readFileSync(args["from-json"], "utf8"));
+    S = report.settings;
+    report.json = args["from-json"];
+    writeFileSync(outMd, markdown(report));
+    console.log(tables(report.results));
+    log(`wrote ${outMd} from ${args["from-json"]}`);
+    process.exit(0);
+}
+
 const devices = getDevices();
 const gpus = devices.filter((d) => d.type === "gpu" || d.type === "igpu");
 const device = gpus.length ? gpus.map((d) => d.description || d.name).join(", ") : `CPU only (${devices.map((d) => d.description || d.name).join(", ") || "no devices listed"})`;
@@ -557,6 +612,7 @@ const report = {
     json: outJson,
     results: [],
 };
+S = report.settings;
 const save = () => {
     mkdirSync(dirname(outMd) || ".", { recursive: true });
     mkdirSync(dirname(outJson) || ".", { recursive: true });

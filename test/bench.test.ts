@@ -1,6 +1,7 @@
 // The benchmark's load generator and report, against the real server on a tiny model.
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import { readFileSync, writeFileSync } from "node:fs";
 import { createServer as httpServer, type Server } from "node:http";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -300,6 +301,47 @@ describe("bench", () => {
             assert.match(md, /\| batchwise \| (below 2|2|4 \(every rate run\)) \|/);
         } finally {
             await rm(out, { recursive: true, force: true });
+        }
+    });
+});
+
+describe("bench-kv --from-json", () => {
+    // a report as scripts/bench-kv.mjs writes it: paged f16 and two quantized modes, 4 sequences of 5 tokens
+    const settings = { npp: [64], ntg: 5, npl: 4, modes: ["paged", "paged@q8_0", "streams@q8_0"], blockSize: 128, gpuLayers: 0,
+        splitMode: "default", timing: "native", seed: 1, isolate: false, batchSize: 2048, ubatchSize: 512, flashAttention: "on", contextSize: { 64: 512 } };
+    const f16 = [[1, 2, 3, 4, 5], [6, 7, 8, 9, 10], [1, 1, 1, 1, 1], [2, 2, 2, 2, 2]];
+    const run = (mode: string, kvType: string, tokens: number[][], extra: object = {}) =>
+        ({ mode, npp: 64, ntg: 5, npl: 4, kvType, prefillTokPerS: 100, decodeTokPerS: 10, generated: { tokens }, ...extra });
+    const report = {
+        date: "2026-11-30", command: "node scripts/bench-kv.mjs", device: "test", llamaTag: "v0.5.0", model: { label: "fixture" }, settings, json: "r.json",
+        results: [
+            run("paged", "f16", f16),
+            // differs from f16 at steps 3 and 1 in two sequences, identical in the others
+            run("paged@q8_0", "q8_0", [[1, 2, 3, 0, 0], [6, 0, 8, 9, 10], [1, 1, 1, 1, 1], [2, 2, 2, 2, 2]]),
+            // differs at step 0 in every sequence; its reference gaps make step 0 a near tie only for sequence 0
+            run("streams@q8_0", "q8_0", f16.map((t) => [t[0] + 100, ...t.slice(1)]), {
+                tieReference: { tokens: f16.map((t) => [t[0] + 100, ...t.slice(1)]), gaps: f16.map((_, s) => [s === 0 ? 0.001 : 0.5, 1, 1, 1, 1]) },
+            }),
+        ],
+    };
+
+    it("writes the report again, with each quantized mode held against the f16 run and the near-tie rule", async () => {
+        const dir = await mkdtemp(join(tmpdir(), "bench-kv-"));
+        try {
+            const json = join(dir, "r.json"), md = join(dir, "r.md");
+            writeFileSync(json, JSON.stringify(report));
+            const r = spawnSync(process.execPath, [join(import.meta.dirname, "..", "..", "scripts", "bench-kv.mjs"), "--from-json", json, "--out", md], { encoding: "utf8" });
+            assert.equal(r.status, 0, r.stderr);
+            const text = readFileSync(md, "utf8");
+            // paged@q8_0: 2 of 4 identical, first differences at steps 1 and 3 (median: the upper middle, 3; mean 2.0)
+            assert.match(text, /\| 64 \| paged@q8_0 \| paged \| 2 of 4 \| 3 \| 2\.0 \|/);
+            // streams@q8_0 has no f16 streams run, so it is held against paged: all 4 differ at step 0
+            assert.match(text, /\| 64 \| streams@q8_0 \| paged \| 0 of 4 \| 0 \| 0\.0 \|/);
+            // the near-tie rule against streams@q8_0's reference: sequences 0 and 1 differ from it at step 0, where only
+            // sequence 0's gap is a near tie
+            assert.match(text, /paged@q8_0: 0 of 4 sequences identical, 1 diverge at a near-tie, 3 elsewhere \(first at step 0, gap 0\.5\): \*\*outside the rule\*\*/);
+        } finally {
+            await rm(dir, { recursive: true, force: true });
         }
     });
 });
