@@ -355,7 +355,7 @@ const ratio = (a, b) => (a && b ? `${(a / b).toFixed(2)}x` : "");
 function tables(results) {
     const get = (mode, npp) => results.find((r) => r.mode === mode && r.npp === npp);
     const cell = (r, key) => (!r ? "" : r.error ? "error" : fmt(r[key]));
-    const main = modes.filter((m) => m !== "paged-shared" && split(m)[1] === "f16"); // other K/V types: a table of their own
+    const main = S.modes.filter((m) => m !== "paged-shared" && split(m)[1] === "f16"); // other K/V types: a table of their own
     const lines = [];
     if (main.length) {
         const hasPaged = main.includes("paged");
@@ -375,7 +375,7 @@ function tables(results) {
             lines.push(`| ${row.join(" | ")} |`);
         }
     }
-    if (modes.includes("paged-shared")) {
+    if (S.modes.includes("paged-shared")) {
         if (lines.length) lines.push("");
         lines.push(`paged-shared: a common prefix of floor(npp/${S.blockSize}) full blocks, computed once on sequence 0 and shared by every sequence.`);
         lines.push("");

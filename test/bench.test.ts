@@ -340,6 +340,8 @@ describe("bench-kv --from-json", () => {
             // the near-tie rule against streams@q8_0's reference: sequences 0 and 1 differ from it at step 0, where only
             // sequence 0's gap is a near tie
             assert.match(text, /paged@q8_0: 0 of 4 sequences identical, 1 diverge at a near-tie, 3 elsewhere \(first at step 0, gap 0\.5\): \*\*outside the rule\*\*/);
+            // the tables follow the report's modes, not this invocation's defaults (which include paged-shared)
+            assert.doesNotMatch(text, /paged-shared/);
         } finally {
             await rm(dir, { recursive: true, force: true });
         }
