@@ -3,6 +3,8 @@
 # from the same objects, checks the paged flash-attention kernel against the CPU (test-backend-ops), runs
 # the test suite on the GPU (unless SKIP_TESTS=1), then (unless SKIP_BENCH=1) the KV layout benchmark
 # (BENCH_KV_ARGS: its arguments, e.g. "--npp 4096 --modes paged,paged@q8_0,streams@q8_0 --tie-check"). Logs go to $OUT.
+# TBO_PARAMS: which test-backend-ops cases (default "bs=", every paged case); TBO_PERF=1 adds the perf cases that time
+# the paged kernel against the same rows without a block table.
 #   npm run build && bash scripts/device/prepare.sh     then: bash scripts/device/gpu-paged.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -21,6 +23,11 @@ echo "cuda build (addon + test-backend-ops): rc=$rc, $(( $(date +%s) - t0 )) s" 
 "$bindir/test-backend-ops" -o FLASH_ATTN_EXT -b CUDA0 -p "${TBO_PARAMS:-bs=}" > "$OUT/test-backend-ops.log" 2>&1
 echo "test-backend-ops rc=$?: $(grep -a "tests passed" "$OUT/test-backend-ops.log" | head -1)" | tee "$OUT/tbo-summary.txt"
 grep -E "FAIL|not supported" "$OUT/test-backend-ops.log" | head -20
+# TBO_PERF=1: the paged kernel's speed against the same rows without a block table (patch 0011's perf cases)
+if [ "${TBO_PERF:-0}" = 1 ]; then
+    "$bindir/test-backend-ops" perf -o FLASH_ATTN_EXT -b CUDA0 -p "table=" > "$OUT/test-backend-ops-perf.log" 2>&1
+    grep -E "table=" "$OUT/test-backend-ops-perf.log" | cut -c1-220
+fi
 rc=0
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
     BATCHWISE_TEST_GPU=1 node --test --test-concurrency=1 dist/test/ 2>&1 | tee "$OUT/test-gpu.log" | grep -E "^# (tests|pass|fail|skipped|duration)|not ok|fatal|error"
