@@ -55,6 +55,13 @@
 //
 // --from-json PATH writes the Markdown report (--out) again from a run's JSON, measuring nothing.
 //
+// --mixed N (paged mode): after the generation, three runs of 16 steps, each on a prompt of its own (one more
+// sequence, from position 0, so the three attend over the same rows), as a serving engine's steps go: (1) one call a
+// step that decodes one token of every sequence beside an N-token chunk of the prompt (the same shape every step, so
+// llama.cpp may reuse its graph); (2) the same work apart: a decode call, then a call with the chunk alone; (3) as (1)
+// with N - (t mod 16) tokens (a new shape every step). The report gives each one's mean step time, and (1) and (3)
+// against (2).
+//
 // Output: a Markdown report (--out: date, devices, model, the command, one table of prefill and decode tokens/s
 // per mode with the ratios paged/streams and paged/unified, and one for paged-shared), the same tables on
 // stdout, and every raw number as JSON (--json, default: --out with .json).
@@ -91,6 +98,7 @@ const { values: args } = parseArgs({
         isolate: { type: "boolean", default: false },
         "tie-check": { type: "boolean", default: false },
         "from-json": { type: "string" },
+        mixed: { type: "string", default: "0" },
         child: { type: "string" }, // internal: --isolate runs one "mode:npp" per child process
         help: { type: "boolean", short: "h" },
     },
@@ -100,6 +108,7 @@ if (args.help) {
         "       [--modes streams,unified,paged,paged-shared] [--block-size 128] [--gpu-layers N] [--split-mode layer|tensor|none] [--timing native|decode|wall]\n" +
         "       [--seed 1] [--out docs/bench/kv-layouts.md] [--json PATH] [--isolate] [--tie-check]\n" +
         "       --from-json PATH: write the report (--out) again from a run's JSON, measuring nothing\n" +
+        "       --mixed N: paged mode also times steps of npl decodes beside an N-token prompt chunk (see the top of this file)\n" +
         "       a mode may name a K/V type: paged@q8_0, streams@q4_0 (see the comment at the top of this file)");
     process.exit(0);
 }
@@ -129,6 +138,8 @@ for (const m of modes) {
     if (!KV_TYPES.includes(type)) throw new Error(`unknown K/V type in '${m}' (types: ${KV_TYPES.join(", ")})`);
 }
 const tieCheck = args["tie-check"];
+const mixedChunk = int("mixed", args.mixed, 0);
+const MIXED_STEPS = 16; // steps of each kind in the --mixed phase
 if (!["native", "decode", "wall"].includes(args.timing)) throw new Error("--timing must be native, decode or wall");
 const outMd = args.out;
 const outJson = args.json ?? (outMd.endsWith(".md") ? outMd.slice(0, -3) + ".json" : outMd + ".json");
@@ -153,11 +164,16 @@ const roundUp = (x, m) => Math.ceil(x / m) * m;
 const isPaged = (mode) => split(mode)[0] === "paged" || split(mode)[0] === "paged-shared";
 
 /** The context size used for every mode at one npp (see the header). */
+/** Positions each sequence reaches: the prompt, the generation, and the --mixed phase's decodes. */
+const seqSpan = (npp) => npp + ntg + (mixedChunk > 0 ? 3 * MIXED_STEPS : 0);
+/** Tokens of each of the --mixed phase's three prompts. */
+const mixedPromptTokens = () => (mixedChunk > 0 ? MIXED_STEPS * mixedChunk : 0);
+
 function contextSizeFor(npp) {
-    let need = npl * (npp + ntg);
+    let need = npl * seqSpan(npp) + 3 * mixedPromptTokens();
     let multiple = 256;
     if (modes.some(isPaged)) {
-        need = Math.max(need, npl * Math.ceil((npp + ntg) / B) * B);
+        need = Math.max(need, (npl * Math.ceil(seqSpan(npp) / B) + 3 * Math.ceil(mixedPromptTokens() / B)) * B);
         multiple = Math.max(256, B);
     }
     return roundUp(need, multiple);
@@ -172,7 +188,7 @@ async function resolveModel() {
 
 function contextOptions(mode, contextSize) {
     const [layout, type] = split(mode);
-    const base = { contextSize, maxSequences: npl, batchSize: BATCH, ubatchSize: UBATCH, flashAttention: "on", kvCacheTypeK: type, kvCacheTypeV: type };
+    const base = { contextSize, maxSequences: npl + (mixedChunk > 0 ? 3 : 0), batchSize: BATCH, ubatchSize: UBATCH, flashAttention: "on", kvCacheTypeK: type, kvCacheTypeV: type };
     if (layout === "streams") return { ...base, kvUnified: false };
     if (layout === "unified") return { ...base, kvUnified: true, kvBlockSize: 0 };
     return { ...base, kvUnified: true, kvBlockSize: B };
@@ -226,10 +242,48 @@ const ms = (t) => (args.timing === "native" ? t.decodeMs + t.sampleMs : args.tim
 
 // ---- one (mode, npp) run ----
 
+/**
+ * --mixed: npl decodes (each sequence's next token, from position npp + ntg) beside chunks of a prompt of sequence
+ * npl, npl + 1, npl + 2: in one call with N tokens a step, in two calls a step (apart), in one call with N - (t mod 16).
+ */
+async function mixedPhase(ctx, npp, last, vocab) {
+    const prompt = randomTokens(mixedPromptTokens(), seed * 7 + npp, 0, vocab);
+    let cur = last.map((tok) => (tok >= 0 ? tok : 0));
+    let dpos = npp + ntg; // the decoding sequences' next position
+    const decodes = () => cur.map((tok, s) => [tok, dpos, s, true]);
+    const chunk = (seq, from, n) => Array.from({ length: n }, (_, k) => [prompt[from + k], from + k, seq, false]);
+    const took = (r) => {
+        cur = Array.from(r.tokens).map((tok) => (tok >= 0 ? tok : 0));
+        dpos++;
+    };
+    const together = timer(), apart = timer(), varying = timer();
+    for (let i = 0, from = 0; i < MIXED_STEPS; i++, from += mixedChunk) {
+        took(await decode(ctx, together, [...decodes(), ...chunk(npl, from, mixedChunk)]));
+    }
+    for (let i = 0, from = 0; i < MIXED_STEPS; i++, from += mixedChunk) {
+        took(await decode(ctx, apart, decodes()));
+        await decode(ctx, apart, chunk(npl + 1, from, mixedChunk));
+    }
+    let varyingChunk = 0;
+    for (let i = 0, from = 0; i < MIXED_STEPS; i++) {
+        const n = Math.max(1, mixedChunk - (i % 16));
+        took(await decode(ctx, varying, [...decodes(), ...chunk(npl + 2, from, n)]));
+        from += n;
+        varyingChunk += n;
+    }
+    const step = (t) => ms(t) / MIXED_STEPS;
+    return {
+        chunk: mixedChunk, steps: MIXED_STEPS,
+        togetherMs: step(together), apartMs: step(apart), varyingMs: step(varying), varyingChunkMean: varyingChunk / MIXED_STEPS,
+        perCallMs: { together: together.perCallMs, apart: apart.perCallMs, varying: varying.perCallMs },
+    };
+}
+
 async function runMode(model, mode, npp, contextSize) {
     const vocab = model.metadata.vocabSize;
-    const perSeqBlocks = Math.ceil((npp + ntg) / B);
+    const perSeqBlocks = Math.ceil(seqSpan(npp) / B);
     const [layout, kvType] = split(mode);
+    const mixedBlocks = layout === "paged" ? Math.ceil(mixedPromptTokens() / B) : 0;
     const shared = layout === "paged-shared" ? Math.floor(npp / B) : 0; // full blocks of the common prefix
     const sharedTokens = shared * B;
 
@@ -251,7 +305,7 @@ async function runMode(model, mode, npp, contextSize) {
 
         if (isPaged(mode)) {
             const pool = Math.floor(info.contextSize / B);
-            const held = shared + npl * (perSeqBlocks - shared);
+            const held = shared + npl * (perSeqBlocks - shared) + 3 * mixedBlocks;
             if (held > pool) throw new Error(`${held} blocks needed, the pool has ${pool}`);
             const perm = shuffled(pool, seededRandom(seed * 7919 + npp));
             const common = perm.slice(0, shared);
@@ -264,6 +318,7 @@ async function runMode(model, mode, npp, contextSize) {
                 ctx.setBlockTable(s, table);
                 tables.push(Array.from(table));
             }
+            for (let k = 0; k < 3 && mixedBlocks > 0; k++, next += mixedBlocks) ctx.setBlockTable(npl + k, Int32Array.from(perm.slice(next, next + mixedBlocks)));
             r.blocks = {
                 blockSize: B, pool, perSequence: perSeqBlocks, shared, held: new Set(tables.flat()).size,
                 unshared: npl * perSeqBlocks, tables,
@@ -308,6 +363,7 @@ async function runMode(model, mode, npp, contextSize) {
             last.forEach((tok, s) => tokens[s].push(tok));
         }
         r.decode = gen;
+        if (mixedChunk > 0 && layout === "paged") r.mixed = await mixedPhase(ctx, npp, last, vocab);
         r.generated = { firstTokens: Array.from({ length: npl }, (_, s) => first.get(s)), hash: hash.toString(16).padStart(8, "0"), tokens };
         r.kvType = kvType;
         // K and V of every layer for the whole context, from the shape (llama.cpp's per-layer K/V for a plain attention model)
@@ -443,6 +499,19 @@ function tables(results) {
             for (const c of close) lines.push(`| ${c.npp} | ${c.mode} | ${c.against} | ${c.same} of ${c.sequences} | ${c.median ?? ""} | ${c.mean === null ? "" : c.mean.toFixed(1)} |`);
         }
     }
+    const mixed = results.filter((r) => r.mixed);
+    if (mixed.length) {
+        lines.push("");
+        lines.push("Mixed steps (--mixed): npl decodes beside an N-token prompt chunk, mean ms a step, against the same work in two calls:");
+        lines.push("");
+        lines.push("| npp | mode | N | apart (two calls) | together, one shape | vs apart | together, a new shape each step (mean N) | vs apart |");
+        lines.push("|---|---|---|---|---|---|---|---|");
+        for (const r of mixed) {
+            const m = r.mixed;
+            lines.push(`| ${r.npp} | ${r.mode} | ${m.chunk} | ${m.apartMs.toFixed(2)} | ${m.togetherMs.toFixed(2)} | ${(m.togetherMs / m.apartMs).toFixed(2)}x | ` +
+                `${m.varyingMs.toFixed(2)} (${m.varyingChunkMean.toFixed(1)}) | ${(m.varyingMs / m.apartMs).toFixed(2)}x |`);
+        }
+    }
     const errors = results.filter((r) => r.error);
     if (errors.length) {
         lines.push("");
@@ -550,7 +619,7 @@ const RESULT = "@@bench-kv-result ";
 function measureIsolated(path, mode, npp) {
     const childArgs = [process.argv[1], "--model", path, "--npp", nppList.join(","), "--ntg", String(ntg), "--npl", String(npl),
         "--modes", modes.join(","), "--block-size", String(B), "--gpu-layers", String(gpuLayers), ...(splitMode ? ["--split-mode", splitMode] : []), "--timing", args.timing,
-        "--seed", String(seed), ...(tieCheck ? ["--tie-check"] : []), "--child", `${mode}:${npp}`];
+        "--seed", String(seed), ...(tieCheck ? ["--tie-check"] : []), "--mixed", String(mixedChunk), "--child", `${mode}:${npp}`];
     return new Promise((resolve) => {
         const child = spawn(process.execPath, childArgs, { stdio: ["ignore", "pipe", "pipe"] });
         let stdout = "", stderrTail = "";
@@ -606,7 +675,7 @@ const report = {
     model: { path, label, ...(model && { parameters: model.metadata.parameters, sizeBytes: model.metadata.sizeBytes, vocabSize: model.metadata.vocabSize }) },
     settings: {
         npp: nppList, ntg, npl, modes, blockSize: B, gpuLayers, splitMode: splitMode ?? "default", timing: args.timing, seed, isolate: !!args.isolate,
-        batchSize: BATCH, ubatchSize: UBATCH, flashAttention: "on",
+        batchSize: BATCH, ubatchSize: UBATCH, flashAttention: "on", mixed: mixedChunk,
         contextSize: Object.fromEntries(nppList.map((npp) => [npp, contextSizeFor(npp)])),
     },
     json: outJson,

@@ -347,3 +347,28 @@ describe("bench-kv --from-json", () => {
         }
     });
 });
+
+describe("bench-kv --mixed", () => {
+    it("times decodes beside a prompt chunk in one call, in two calls and with a new shape each step (tiny model, CPU)", async () => {
+        const dir = await mkdtemp(join(tmpdir(), "bench-kv-mixed-"));
+        try {
+            const md = join(dir, "r.md");
+            const r = spawnSync(process.execPath, [join(import.meta.dirname, "..", "..", "scripts", "bench-kv.mjs"), "--shape", "tiny", "--npp", "64", "--ntg", "4",
+                "--npl", "4", "--gpu-layers", "0", "--modes", "paged", "--mixed", "16", "--out", md], { encoding: "utf8", timeout: 120_000 });
+            assert.equal(r.status, 0, r.stderr);
+            const report = JSON.parse(readFileSync(join(dir, "r.json"), "utf8"));
+            const m = report.results[0].mixed;
+            assert.ok(m, JSON.stringify(report.results[0]).slice(0, 500));
+            assert.equal(m.chunk, 16);
+            for (const k of ["togetherMs", "apartMs", "varyingMs"]) assert.ok(Number.isFinite(m[k]) && m[k] > 0, `${k}: ${m[k]}`);
+            // one call a step together and varying, two apart
+            assert.equal(m.perCallMs.together.length, m.steps);
+            assert.equal(m.perCallMs.apart.length, 2 * m.steps);
+            // the varying run's chunks shrink by (t mod 16): a mean below N
+            assert.ok(m.varyingChunkMean < 16 && m.varyingChunkMean >= 1);
+            assert.match(readFileSync(md, "utf8"), /\| 64 \| paged \| 16 \| [\d.]+ \| [\d.]+ \| [\d.]+x \|/);
+        } finally {
+            await rm(dir, { recursive: true, force: true });
+        }
+    });
+});
