@@ -163,11 +163,12 @@ function shuffled(n, rand) {
 const roundUp = (x, m) => Math.ceil(x / m) * m;
 const isPaged = (mode) => split(mode)[0] === "paged" || split(mode)[0] === "paged-shared";
 
-/** The context size used for every mode at one npp (see the header). */
 /** Positions each sequence reaches: the prompt, the generation, and the --mixed phase's decodes. */
 const seqSpan = (npp) => npp + ntg + (mixedChunk > 0 ? 3 * MIXED_STEPS : 0);
 /** Tokens of each of the --mixed phase's three prompts. */
 const mixedPromptTokens = () => (mixedChunk > 0 ? MIXED_STEPS * mixedChunk : 0);
+
+/** The context size used for every mode at one npp (see the header). */
 
 function contextSizeFor(npp) {
     let need = npl * seqSpan(npp) + 3 * mixedPromptTokens();
@@ -188,7 +189,8 @@ async function resolveModel() {
 
 function contextOptions(mode, contextSize) {
     const [layout, type] = split(mode);
-    const base = { contextSize, maxSequences: npl + (mixedChunk > 0 ? 3 : 0), batchSize: BATCH, ubatchSize: UBATCH, flashAttention: "on", kvCacheTypeK: type, kvCacheTypeV: type };
+    // --mixed's three extra sequences run in paged mode only; the other layouts keep npl streams
+    const base = { contextSize, maxSequences: npl + (mixedChunk > 0 && layout === "paged" ? 3 : 0), batchSize: BATCH, ubatchSize: UBATCH, flashAttention: "on", kvCacheTypeK: type, kvCacheTypeV: type };
     if (layout === "streams") return { ...base, kvUnified: false };
     if (layout === "unified") return { ...base, kvUnified: true, kvBlockSize: 0 };
     return { ...base, kvUnified: true, kvBlockSize: B };
@@ -247,13 +249,17 @@ const ms = (t) => (args.timing === "native" ? t.decodeMs + t.sampleMs : args.tim
  * npl, npl + 1, npl + 2: in one call with N tokens a step, in two calls a step (apart), in one call with N - (t mod 16).
  */
 async function mixedPhase(ctx, npp, last, vocab) {
+    if (npl + mixedChunk > ctx.info.batchSize) throw new Error(`--mixed: ${npl} decodes + ${mixedChunk} prompt tokens exceed the batch of ${ctx.info.batchSize}`);
     const prompt = randomTokens(mixedPromptTokens(), seed * 7 + npp, 0, vocab);
     let cur = last.map((tok) => (tok >= 0 ? tok : 0));
     let dpos = npp + ntg; // the decoding sequences' next position
     const decodes = () => cur.map((tok, s) => [tok, dpos, s, true]);
-    const chunk = (seq, from, n) => Array.from({ length: n }, (_, k) => [prompt[from + k], from + k, seq, false]);
+    // the chunk's last row has an output in every call, so that each call's time includes its own GPU work (a call
+    // with no output returns before the GPU is done, and the next call would be billed for it)
+    const chunk = (seq, from, n) => Array.from({ length: n }, (_, k) => [prompt[from + k], from + k, seq, k === n - 1]);
     const took = (r) => {
-        cur = Array.from(r.tokens).map((tok) => (tok >= 0 ? tok : 0));
+        // the decodes' tokens come first (rows in batch order); the chunk's sampled token is not used
+        cur = Array.from(r.tokens).slice(0, npl).map((tok) => (tok >= 0 ? tok : 0));
         dpos++;
     };
     const together = timer(), apart = timer(), varying = timer();
@@ -446,7 +452,7 @@ function tables(results) {
                 continue;
             }
             const b = r.blocks;
-            lines.push(`| ${npp} | ${b.shared} (${b.shared * B}) | ${b.held} | ${b.unshared} | ${(b.held / b.unshared).toFixed(2)} | ` +
+            lines.push(`| ${npp} | ${b.shared} (${b.shared * S.blockSize}) | ${b.held} | ${b.unshared} | ${(b.held / b.unshared).toFixed(2)} | ` +
                 `${r.prefill.tokensComputed} / ${r.prefill.tokensLogical} | ${fmt(r.prefillTokPerS)} | ${fmt(r.decodeTokPerS)} | ` +
                 `${ratio(r.decodeTokPerS, get("paged", npp)?.decodeTokPerS)} |`);
         }
@@ -569,7 +575,7 @@ function tieResults(results) {
     return out;
 }
 
-function markdown(report) {
+function markdown(report, mdPath = outMd) {
     const timing = {
         native: "decodeMs + sampleMs summed over the decode calls (llama_decode, then the wait for the GPU and the greedy pick when the outputs are read)",
         decode: "decodeMs summed over the decode calls (time inside llama_decode; on a GPU it does not wait for the last micro-batch)",
@@ -589,7 +595,7 @@ function markdown(report) {
             `flash attention on, gpu layers ${S.gpuLayers}; paged block size ${S.blockSize}. Context size per npp, the same for every mode: ` +
             S.npp.map((npp) => `${npp}: ${S.contextSize[npp]}`).join(", ") + ". " +
             `Prefill tok/s = npl*npp / prefill time; decode tok/s = npl*ntg / decode time. Time: ${timing}. ` +
-            "Raw numbers: " + `[${basename(report.json)}](${relative(dirname(outMd), report.json)}).`,
+            "Raw numbers: " + `[${basename(report.json)}](${relative(dirname(mdPath), report.json)}).`,
         "",
         tables(report.results),
         "",
@@ -655,9 +661,13 @@ if (args["from-json"]) {
     const report = JSON.parse(readFileSync(args["from-json"], "utf8"));
     S = report.settings;
     report.json = args["from-json"];
-    writeFileSync(outMd, markdown(report));
+    // without --out, next to the JSON (not the default docs/bench/kv-layouts.md of a measuring run)
+    const given = process.argv.some((a) => a === "--out" || a.startsWith("--out="));
+    const md = given ? outMd : args["from-json"].replace(/\.json$/, "") + ".md";
+    mkdirSync(dirname(md) || ".", { recursive: true });
+    writeFileSync(md, markdown(report, md));
     console.log(tables(report.results));
-    log(`wrote ${outMd} from ${args["from-json"]}`);
+    log(`wrote ${md} from ${args["from-json"]}`);
     process.exit(0);
 }
 

@@ -354,11 +354,17 @@ describe("bench-kv --mixed", () => {
         try {
             const md = join(dir, "r.md");
             const r = spawnSync(process.execPath, [join(import.meta.dirname, "..", "..", "scripts", "bench-kv.mjs"), "--shape", "tiny", "--npp", "64", "--ntg", "4",
-                "--npl", "4", "--gpu-layers", "0", "--modes", "paged", "--mixed", "16", "--out", md], { encoding: "utf8", timeout: 120_000 });
+                "--npl", "4", "--gpu-layers", "0", "--modes", "paged,streams", "--mixed", "16", "--out", md], { encoding: "utf8", timeout: 120_000 });
             assert.equal(r.status, 0, r.stderr);
             const report = JSON.parse(readFileSync(join(dir, "r.json"), "utf8"));
-            const m = report.results[0].mixed;
-            assert.ok(m, JSON.stringify(report.results[0]).slice(0, 500));
+            const [paged, streams] = report.results;
+            // the three extra sequences are paged mode's only: the streams baseline keeps npl streams, and no mixed phase
+            assert.equal(paged.context.maxSequences, 4 + 3);
+            assert.equal(streams.error, undefined, streams.error);
+            assert.equal(streams.context.maxSequences, 4);
+            assert.equal(streams.mixed, undefined);
+            const m = paged.mixed;
+            assert.ok(m, JSON.stringify(paged).slice(0, 500));
             assert.equal(m.chunk, 16);
             for (const k of ["togetherMs", "apartMs", "varyingMs"]) assert.ok(Number.isFinite(m[k]) && m[k] > 0, `${k}: ${m[k]}`);
             // one call a step together and varying, two apart

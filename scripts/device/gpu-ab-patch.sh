@@ -4,6 +4,8 @@
 # eval, TBO_PARAMS, default every paged case) and their perf cases (patch 0011: with and without a block table), and
 # the KV benchmark (BENCH_KV_ARGS, if set); then applies PATCH to the carried tree, rebuilds (only what it touches)
 # and runs the same again. Logs go to $OUT/before and $OUT/after, a summary to $OUT/summary.txt.
+# The patch is reverted when the script ends. It may change files but not add new ones: the addon is built before
+# build-llama-tools.mjs reconfigures, so a new source file would reach the tools but not the addon.
 #   here:  npm run build && bash scripts/device/prepare.sh
 #          git show wip-paged-kv-row-prefetch:native/patches/0012-paged-kv-row-prefetch.patch > .carry/extra.patch
 #   there: PATCH=.carry/extra.patch TBO_PARAMS="type_kv=f16" \
@@ -41,5 +43,7 @@ run_side() { # $1: before | after
 run_side before || exit $?
 llama=${LLAMA_CPP_DIR:-deps/llama.cpp}
 git -C "$llama" apply --whitespace=nowarn "$patch_path" || { echo "the patch does not apply to $llama"; exit 1; }
+# taken back out at the end, so that a later run on the same (warm) machine starts from the carried tree
+trap 'git -C "$llama" apply -R --whitespace=nowarn "$patch_path" && echo "reverted $PATCH"' EXIT
 echo "applied $PATCH to $llama" | tee -a "$OUT/summary.txt"
 run_side after
