@@ -161,7 +161,7 @@ function shuffled(n, rand) {
 }
 
 const roundUp = (x, m) => Math.ceil(x / m) * m;
-const isPaged = (mode) => split(mode)[0] === "paged" || split(mode)[0] === "paged-shared";
+const isPaged = (mode) => ["paged", "paged-shared"].includes(split(mode)[0]);
 
 /** Positions each sequence reaches: the prompt, the generation, and the --mixed phase's decodes. */
 const seqSpan = (npp) => npp + ntg + (mixedChunk > 0 ? 3 * MIXED_STEPS : 0);
@@ -528,6 +528,9 @@ function tables(results) {
     return lines.join("\n");
 }
 
+/** The first step where two sequences' greedy tokens differ (over the first's length), or -1. */
+const firstDifference = (a, b) => a.findIndex((t, k) => b[k] !== t);
+
 /** Each quantized mode's greedy tokens against its layout's f16 run (same npp): how soon its sequences first differ. */
 function f16Closeness(results) {
     const out = [];
@@ -540,7 +543,7 @@ function f16Closeness(results) {
         let same = 0;
         const firsts = [];
         r.generated.tokens.forEach((toks, s) => {
-            const j = toks.findIndex((t, k) => f16.generated.tokens[s][k] !== t);
+            const j = firstDifference(toks, f16.generated.tokens[s]);
             if (j < 0) same++;
             else firsts.push(j);
         });
@@ -562,7 +565,7 @@ function tieResults(results) {
         if (!ref) continue;
         let same = 0, nearTies = 0, other = 0, firstOther = null;
         r.generated.tokens.forEach((toks, s) => {
-            const j = ref.tokens[s].findIndex((t, k) => toks[k] !== t);
+            const j = firstDifference(ref.tokens[s], toks);
             if (j < 0) return void same++;
             const gap = ref.gaps[s][j];
             if (gap !== null && gap < NEAR_TIE) return void nearTies++;

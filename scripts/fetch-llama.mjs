@@ -100,8 +100,9 @@ function applyPatches(dir, ours) {
     if (have !== patchSetHash([]) && ours) {
         // our own clone (deps/llama.cpp): back to the pinned commit, then the current patch set
         run("git", ["checkout", "--quiet", "--", "."], { cwd: dir });
-        // and the files patches added (a patch that adds one does not apply while it is there); our markers stay
-        run("git", ["clean", "-fdq", "-e", VERSION_FILE, "-e", STAMP, "--", "."], { cwd: dir });
+        // and the files patches added (a patch that adds one does not apply while it is there); the version file stays
+        // (the stamp goes next)
+        run("git", ["clean", "-fdq", "-e", VERSION_FILE, "--", "."], { cwd: dir });
         rmSync(stampPath, { force: true });
         have = patchSetHash([]);
         log("patch set changed: reset deps/llama.cpp to the pinned commit");
