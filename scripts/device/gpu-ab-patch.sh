@@ -4,6 +4,7 @@
 # eval, TBO_PARAMS, default every paged case) and their perf cases (patch 0011: with and without a block table), and
 # the KV benchmark (BENCH_KV_ARGS, if set); then applies PATCH to the carried tree, rebuilds (only what it touches)
 # and runs the same again. Logs go to $OUT/before and $OUT/after, a summary to $OUT/summary.txt.
+# TBO_BEFORE=0 skips the eval on the before side (the carried tree's kernels checked in an earlier run).
 # The patch is reverted when the script ends. It may change files but not add new ones: the addon is built before
 # build-llama-tools.mjs reconfigures, so a new source file would reach the tools but not the addon.
 #   here:  npm run build && bash scripts/device/prepare.sh
@@ -27,11 +28,15 @@ run_side() { # $1: before | after
     rc=$?
     echo "$1: build rc=$rc, $(( $(date +%s) - t0 )) s" | tee -a "$OUT/summary.txt"
     [ $rc -eq 0 ] || { tail -30 "$d/build.log"; return $rc; }
-    "$bindir/test-backend-ops" -o FLASH_ATTN_EXT -b CUDA0 -p "${TBO_PARAMS:-bs=}" > "$d/test-backend-ops.log" 2>&1
-    echo "$1: test-backend-ops rc=$?: $(grep -a "tests passed" "$d/test-backend-ops.log" | head -1)" | tee -a "$OUT/summary.txt"
-    grep -aE "FAIL" "$d/test-backend-ops.log" | head -10
+    if [ "$1" = after ] || [ "${TBO_BEFORE:-1}" != 0 ]; then
+        "$bindir/test-backend-ops" -o FLASH_ATTN_EXT -b CUDA0 -p "${TBO_PARAMS:-bs=}" > "$d/test-backend-ops.log" 2>&1
+        echo "$1: test-backend-ops rc=$?: $(grep -a "tests passed" "$d/test-backend-ops.log" | head -1)" | tee -a "$OUT/summary.txt"
+        grep -aE "FAIL" "$d/test-backend-ops.log" | head -10
+    fi
     "$bindir/test-backend-ops" perf -o FLASH_ATTN_EXT -b CUDA0 -p "table=" > "$d/perf.log" 2>&1
-    grep -aE "table=" "$d/perf.log" | sed "s/^/$1: /" | cut -c1-240 | tee -a "$OUT/summary.txt"
+    # a case's name and its time can land on two lines (CUDA's graph warm-up message comes between): pair them
+    awk -v side="$1" '/FLASH_ATTN_EXT\(/ { match($0, /FLASH_ATTN_EXT\([^)]*\)/); name = substr($0, RSTART, RLENGTH) }
+        /us\/run/ { match($0, /[0-9.]+ us\/run/); print side ": " name " " substr($0, RSTART, RLENGTH) }' "$d/perf.log" | tee -a "$OUT/summary.txt"
     if [ -n "${BENCH_KV_ARGS:-}" ]; then
         # shellcheck disable=SC2086 # the arguments are words
         node scripts/bench-kv.mjs $BENCH_KV_ARGS --out "$d/kv.md" > "$d/bench-kv.log" 2>&1
@@ -42,8 +47,11 @@ run_side() { # $1: before | after
 : > "$OUT/summary.txt"
 run_side before || exit $?
 llama=${LLAMA_CPP_DIR:-deps/llama.cpp}
-git -C "$llama" apply --whitespace=nowarn "$patch_path" || { echo "the patch does not apply to $llama"; exit 1; }
+# the carried tree is no git checkout: git apply works on plain folders too; patch(1) where git is missing
+if command -v git > /dev/null; then apply() { git -C "$llama" apply --whitespace=nowarn "$@" "$patch_path"; }
+else apply() { patch -d "$llama" -p1 -s "$@" < "$patch_path"; }; fi
+apply || { echo "the patch does not apply to $llama"; exit 1; }
 # taken back out at the end, so that a later run on the same (warm) machine starts from the carried tree
-trap 'git -C "$llama" apply -R --whitespace=nowarn "$patch_path" && echo "reverted $PATCH"' EXIT
+trap 'apply -R && echo "reverted $PATCH"' EXIT
 echo "applied $PATCH to $llama" | tee -a "$OUT/summary.txt"
 run_side after
