@@ -180,12 +180,12 @@ interface Sizes {
 function sizes(quick: boolean, o: Pick<BenchOptions, "ideRates" | "ideDurationS"> = {}): Sizes {
     const z = quick
         ? {
-            in: 128, out: 16, c1: 3, c16: 16, c64: 32, prefix: 256, unique: 32, prefixN: 16, shortIn: 64, shortOut: 8, longIn: 1024, longs: 2, idleShorts: 8, steady: 4,
+            in: 128, out: 16, c1: 3, c16: 16, c64: 32, prefix: 256, unique: 32, prefixN: 16, shortIn: 64, shortOut: 8, longIn: 1024, longs: 2, idleShorts: 16, steady: 4,
             ideUsers: 4, idePrefix: 128, ideFresh: 32, ideOut: 8, ideRates: [2, 4], ideDurationS: 4, ideMaxInFlight: 64, ideDivergeS: 10, ideDrainS: 10, idePauseS: 0.2,
             longRuns: 3, longOut: 8,
         }
         : {
-            in: 512, out: 128, c1: 8, c16: 48, c64: 192, prefix: 2000, unique: 100, prefixN: 48, shortIn: 128, shortOut: 16, longIn: 32768, longs: 4, idleShorts: 24, steady: 10,
+            in: 512, out: 128, c1: 8, c16: 48, c64: 192, prefix: 2000, unique: 100, prefixN: 48, shortIn: 128, shortOut: 16, longIn: 32768, longs: 4, idleShorts: 128, steady: 10,
             ideUsers: 16, idePrefix: 1536, ideFresh: 512, ideOut: 48, ideRates: [4, 8, 16, 24, 32], ideDurationS: 30, ideMaxInFlight: 1024, ideDivergeS: 10, ideDrainS: 30, idePauseS: 1,
             longRuns: 3, longOut: 32,
         };
