@@ -8,7 +8,8 @@
 # The patch is reverted when the script ends. It may change files but not add new ones: the addon is built before
 # build-llama-tools.mjs reconfigures, so a new source file would reach the tools but not the addon.
 #   here:  npm run build && bash scripts/device/prepare.sh
-#          git show wip-paged-kv-row-prefetch:native/patches/0012-paged-kv-row-prefetch.patch > .carry/extra.patch
+#          cp my-change.patch .carry/extra.patch   (a diff against the patched tree, paths from llama.cpp's root, made
+#          as native/patches/README.md says for a new patch; the carried tree must not already hold it)
 #   there: PATCH=.carry/extra.patch TBO_PARAMS="type_kv=f16" \
 #            BENCH_KV_ARGS="--shape 1.5b --npl 1 --npp 117964 --ntg 4 --modes unified,paged" bash scripts/device/gpu-ab-patch.sh
 set -uo pipefail
