@@ -35,9 +35,7 @@ run_side() { # $1: before | after
         grep -aE "FAIL" "$d/test-backend-ops.log" | head -10
     fi
     "$bindir/test-backend-ops" perf -o FLASH_ATTN_EXT -b CUDA0 -p "table=" > "$d/perf.log" 2>&1
-    # a case's name and its time can land on two lines (CUDA's graph warm-up message comes between): pair them
-    awk -v side="$1" '/FLASH_ATTN_EXT\(/ { match($0, /FLASH_ATTN_EXT\([^)]*\)/); name = substr($0, RSTART, RLENGTH) }
-        /us\/run/ { match($0, /[0-9.]+ us\/run/); print side ": " name " " substr($0, RSTART, RLENGTH) }' "$d/perf.log" | tee -a "$OUT/summary.txt"
+    awk -v side="$1" -f scripts/device/tbo-perf.awk "$d/perf.log" | tee -a "$OUT/summary.txt"
     if [ -n "${BENCH_KV_ARGS:-}" ]; then
         # shellcheck disable=SC2086 # the arguments are words
         node scripts/bench-kv.mjs $BENCH_KV_ARGS --out "$d/kv.md" > "$d/bench-kv.log" 2>&1

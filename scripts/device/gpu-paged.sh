@@ -26,8 +26,7 @@ grep -E "FAIL|not supported" "$OUT/test-backend-ops.log" | head -20
 # TBO_PERF=1: the paged kernel's speed against the same rows without a block table (patch 0011's perf cases)
 if [ "${TBO_PERF:-0}" = 1 ]; then
     "$bindir/test-backend-ops" perf -o FLASH_ATTN_EXT -b CUDA0 -p "table=" > "$OUT/test-backend-ops-perf.log" 2>&1
-    awk '/FLASH_ATTN_EXT\(/ { match($0, /FLASH_ATTN_EXT\([^)]*\)/); name = substr($0, RSTART, RLENGTH) }
-        /us\/run/ { match($0, /[0-9.]+ us\/run/); print name " " substr($0, RSTART, RLENGTH) }' "$OUT/test-backend-ops-perf.log"
+    awk -f scripts/device/tbo-perf.awk "$OUT/test-backend-ops-perf.log"
 fi
 rc=0
 if [ "${SKIP_TESTS:-0}" != 1 ]; then

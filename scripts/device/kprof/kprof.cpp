@@ -127,10 +127,7 @@ void report() {
             }
         }
         busy += e - s;
-        span = e - intervals[0].first;
-        for (const auto & iv : intervals) {
-            span = std::max(span, iv.second - intervals[0].first);
-        }
+        span = e - intervals[0].first; // sorted by start and merged: the last run's end is the latest end
     }
     uint64_t kernel_ns = 0;
     std::vector<std::pair<std::string, totals>> ks(kernels.begin(), kernels.end());
