@@ -59,7 +59,7 @@
 // sequence, from position 0, so the three attend over the same rows), as a serving engine's steps go: (1) one call a
 // step that decodes one token of every sequence beside an N-token chunk of the prompt (the same shape every step, so
 // llama.cpp may reuse its graph); (2) the same work apart: a decode call, then a call with the chunk alone; (3) as (1)
-// with N - (t mod 16) tokens (a new shape every step). The report gives each one's mean step time, and (1) and (3)
+// with N - t tokens at step t (a new shape every step). The report gives each one's mean step time, and (1) and (3)
 // against (2).
 //
 // Output: a Markdown report (--out: date, devices, model, the command, one table of prefill and decode tokens/s
@@ -93,7 +93,7 @@ const { values: args } = parseArgs({
         "split-mode": { type: "string" },
         timing: { type: "string", default: "native" },
         seed: { type: "string", default: "1" },
-        out: { type: "string", default: "docs/bench/kv-layouts.md" },
+        out: { type: "string" }, // default: docs/bench/kv-layouts.md; with --from-json, next to the JSON
         json: { type: "string" },
         isolate: { type: "boolean", default: false },
         "tie-check": { type: "boolean", default: false },
@@ -141,7 +141,7 @@ const tieCheck = args["tie-check"];
 const mixedChunk = int("mixed", args.mixed, 0);
 const MIXED_STEPS = 16; // steps of each kind in the --mixed phase
 if (!["native", "decode", "wall"].includes(args.timing)) throw new Error("--timing must be native, decode or wall");
-const outMd = args.out;
+const outMd = args.out ?? "docs/bench/kv-layouts.md";
 const outJson = args.json ?? (outMd.endsWith(".md") ? outMd.slice(0, -3) + ".json" : outMd + ".json");
 const command = ["node", "scripts/bench-kv.mjs", ...process.argv.slice(2)]
     .map((a) => (/^[\w./,=:@+-]+$/.test(a) ? a : `'${a.replace(/'/g, "'\\''")}'`)).join(" ");
@@ -169,7 +169,6 @@ const seqSpan = (npp) => npp + ntg + (mixedChunk > 0 ? 3 * MIXED_STEPS : 0);
 const mixedPromptTokens = () => (mixedChunk > 0 ? MIXED_STEPS * mixedChunk : 0);
 
 /** The context size used for every mode at one npp (see the header). */
-
 function contextSizeFor(npp) {
     let need = npl * seqSpan(npp) + 3 * mixedPromptTokens();
     let multiple = 256;
@@ -246,7 +245,7 @@ const ms = (t) => (args.timing === "native" ? t.decodeMs + t.sampleMs : args.tim
 
 /**
  * --mixed: npl decodes (each sequence's next token, from position npp + ntg) beside chunks of a prompt of sequence
- * npl, npl + 1, npl + 2: in one call with N tokens a step, in two calls a step (apart), in one call with N - (t mod 16).
+ * npl, npl + 1, npl + 2: in one call with N tokens a step, in two calls a step (apart), in one call with N - t at step t.
  */
 async function mixedPhase(ctx, npp, last, vocab) {
     if (npl + mixedChunk > ctx.info.batchSize) throw new Error(`--mixed: ${npl} decodes + ${mixedChunk} prompt tokens exceed the batch of ${ctx.info.batchSize}`);
@@ -272,7 +271,7 @@ async function mixedPhase(ctx, npp, last, vocab) {
     }
     let varyingChunk = 0;
     for (let i = 0, from = 0; i < MIXED_STEPS; i++) {
-        const n = Math.max(1, mixedChunk - (i % 16));
+        const n = Math.max(1, mixedChunk - i);
         took(await decode(ctx, varying, [...decodes(), ...chunk(npl + 2, from, n)]));
         from += n;
         varyingChunk += n;
@@ -665,8 +664,7 @@ if (args["from-json"]) {
     S = report.settings;
     report.json = args["from-json"];
     // without --out, next to the JSON (not the default docs/bench/kv-layouts.md of a measuring run)
-    const given = process.argv.some((a) => a === "--out" || a.startsWith("--out="));
-    const md = given ? outMd : args["from-json"].replace(/\.json$/, "") + ".md";
+    const md = args.out ?? args["from-json"].replace(/\.json$/, "") + ".md";
     mkdirSync(dirname(md) || ".", { recursive: true });
     writeFileSync(md, markdown(report, md));
     console.log(tables(report.results));

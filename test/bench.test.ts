@@ -370,7 +370,7 @@ describe("bench-kv --mixed", () => {
             // one call a step together and varying, two apart
             assert.equal(m.perCallMs.together.length, m.steps);
             assert.equal(m.perCallMs.apart.length, 2 * m.steps);
-            // the varying run's chunks shrink by (t mod 16): a mean below N
+            // the varying run's chunks shrink by one a step: a mean below N
             assert.ok(m.varyingChunkMean < 16 && m.varyingChunkMean >= 1);
             assert.match(readFileSync(md, "utf8"), /\| 64 \| paged \| 16 \| [\d.]+ \| [\d.]+ \| [\d.]+x \|/);
         } finally {
