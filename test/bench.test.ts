@@ -255,19 +255,22 @@ describe("bench", () => {
         assert.match(md2, /\| batchwise \| 8 \| > 2\.00x \|/, "against a reference that missed its lowest rate: more than knee / that rate");
     });
 
-    it("runs the ide and long workloads end to end against batchwise serve (--quick)", async () => {
+    it("runs the throughput (--waves), ide and long workloads end to end against batchwise serve (--quick)", async () => {
         const out = await mkdtemp(join(tmpdir(), "bench-quick-"));
         const log: string[] = [];
         try {
             const contextSize = 1024;
             const report = await runBench({
                 model: await modelPath(tinyQwen), gpuLayers, contextSize, parallel: 8, llamaKv: "slots", flashAttention: "auto",
-                servers: ["batchwise"], workloads: ["ide", "long"], quick: true, skipBound: true, out, log: (l) => log.push(l),
+                servers: ["batchwise"], workloads: ["throughput", "ide", "long"], concurrency: [2], waves: 3, quick: true, skipBound: true, out, log: (l) => log.push(l),
                 // one CPU thread: on a shared machine two threads' spin barrier makes each step wait on a descheduled core
                 batchwiseArgs: ["--threads", "1"],
             }, "test");
             assert.deepEqual(report.failures, undefined, log.join("\n"));
             assert.deepEqual(JSON.parse(readFileSync(join(out, "report.json"), "utf8")).ideKnees, report.ideKnees, "the JSON holds what was returned");
+            const tp = report.results.filter((c) => c.workload === "throughput");
+            assert.deepEqual(tp.map((c) => [c.label, c.stats.requests, c.stats.errors]), [["128 in / 16 out, concurrency 2", 6, 0]], "--waves 3 at concurrency 2: 6 requests");
+            assert.equal(tp[0].stats.outputTokens, 6 * 16, "each of them ran to its 16 tokens");
             const rates = report.results.filter((c) => c.workload === "ide");
             assert.deepEqual(rates.map((c) => c.ide!.targetRps), [2, 4], "--quick's rates, in order");
             for (const c of rates) {

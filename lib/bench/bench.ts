@@ -47,6 +47,11 @@ export interface BenchOptions {
     llamaKv: "slots" | "unified";
     /** Concurrencies of the throughput workload (default 1, 16, 64). */
     concurrency?: number[];
+    /**
+     * Requests of the throughput workload per concurrency c: waves x c (default 8 at 1, 3 at 16 and 64, 3 at any
+     * other). More waves make the ramp-up and the last wave a smaller share of the run: a steady state.
+     */
+    waves?: number;
     /** Arrival rates of the ide workload, requests a second (default 4, 8, 16, 24, 32; quick 2, 4). */
     ideRates?: number[];
     /** Seconds of arrivals per ide rate (default 30; quick 4); the first sixth is not measured. */
@@ -368,10 +373,10 @@ async function runWorkloads(kind: ServerKind, o: BenchOptions, z: Sizes, s: Runn
     if (workloads.includes("throughput")) {
         const counts: Record<number, number> = { 1: z.c1, 16: z.c16, 64: z.c64 };
         for (const c of o.concurrency ?? [1, 16, 64]) {
-            const n = counts[c] ?? 3 * c;
+            const n = o.waves !== undefined ? o.waves * c : counts[c] ?? 3 * c;
             await mark();
             const r = await closedLoop(s.url, undefined, Array.from({ length: n }, (_, i) => req(z.in, 100 * c + i, z.out)), c);
-            await add("throughput", `${z.in} in / ${z.out} out, concurrency ${c}`, r.stats);
+            await add("throughput", `${z.in} in / ${z.out} out, concurrency ${c}`, r.stats); // the bound's label (the command in the report says --waves)
         }
     }
     if (workloads.includes("prefix")) {

@@ -237,6 +237,7 @@ interface BenchFlags {
     flashAttn: "on" | "off" | "auto";
     llamaKv: "slots" | "unified";
     concurrency?: number[];
+    waves?: number;
     ideRates?: number[];
     ideDuration?: number;
     splitMode?: "none" | "layer" | "row" | "tensor";
@@ -256,13 +257,14 @@ async function bench(flags: BenchFlags): Promise<void> {
     for (const s of servers) if (!["batchwise", "llama-server", "llama-server -bs"].includes(s)) throw new InvalidArgumentError(`unknown server '${s}'`);
     for (const w of workloads) if (!WORKLOADS.includes(w)) throw new InvalidArgumentError(`unknown workload '${w}' (workloads: ${WORKLOADS.join(", ")})`);
     for (const c of flags.concurrency ?? []) if (!Number.isInteger(c) || c < 1) throw new InvalidArgumentError(`--concurrency: ${c} is not a whole number >= 1`);
+    if (flags.waves !== undefined && !(Number.isInteger(flags.waves) && flags.waves >= 1)) throw new InvalidArgumentError("--waves: expected a whole number >= 1");
     for (const r of flags.ideRates ?? []) if (!(r > 0)) throw new InvalidArgumentError(`--ide-rates: ${r} is not a rate > 0`);
     if (flags.ideDuration !== undefined && !(flags.ideDuration > 0)) throw new InvalidArgumentError("--ide-duration: expected seconds > 0");
     if (!SHAPES[flags.model] && !existsSync(flags.model)) throw new InvalidArgumentError(`--model: no such file or shape '${flags.model}' (shapes: ${Object.keys(SHAPES).join(", ")})`);
     const t0 = performance.now();
     const report = await runBench({
         model: flags.model, gpuLayers: flags.gpuLayers, contextSize: flags.ctxSize, parallel: flags.parallel, flashAttention: flags.flashAttn,
-        llamaKv: flags.llamaKv, concurrency: flags.concurrency, ideRates: flags.ideRates, ideDurationS: flags.ideDuration, splitMode: flags.splitMode, mainGpu: flags.mainGpu, servers, workloads, llamaBin: flags.llamaBin, quick: flags.quick === true, out: resolve(flags.out),
+        llamaKv: flags.llamaKv, concurrency: flags.concurrency, waves: flags.waves, ideRates: flags.ideRates, ideDurationS: flags.ideDuration, splitMode: flags.splitMode, mainGpu: flags.mainGpu, servers, workloads, llamaBin: flags.llamaBin, quick: flags.quick === true, out: resolve(flags.out),
         batchwiseArgs: flags.batchwiseArgs ? flags.batchwiseArgs.split(/\s+/).filter(Boolean) : [], skipBound: !flags.bound,
         log: (line) => process.stderr.write(`[bench] ${line}\n`),
     }, `npx batchwise bench ${process.argv.slice(3).map((a) => (/[\s,]/.test(a) ? JSON.stringify(a) : a)).join(" ")}`.trim());
@@ -339,6 +341,7 @@ function program(): Command {
         .addOption(new Option("--llama-kv <layout>", "llama-server's KV: per-slot as it comes, or one unified pool (-kvu); head-of-line and long always run with -kvu")
             .choices(["slots", "unified"]).default("slots"))
         .option("--concurrency <list>", "concurrencies of the throughput workload (default 1,16,64)", numList)
+        .option("--waves <n>", "throughput requests per concurrency c: n x c (default 8 at 1, 3 at 16 and 64); more for a steady state", Number)
         .option("--ide-rates <list>", "arrival rates of the ide workload, requests/s (default 4,8,16,24,32; --quick 2,4)", numList)
         .option("--ide-duration <seconds>", "seconds of arrivals per ide rate, the first sixth not measured (default 30; --quick 4)", Number)
         .addOption(new Option("--split-mode <mode>", "multi-GPU split, both servers and the bound (default: each one's, layer)").choices(["none", "layer", "row", "tensor"]))
