@@ -19,6 +19,7 @@ export {
 } from "./binding/index.js";
 export type {
     ContextInfo,
+    ContextPerf,
     ContextOptions,
     DecodeBatch,
     DecodeResult,

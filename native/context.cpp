@@ -50,6 +50,7 @@ Napi::Function context_wrap::define(Napi::Env env) {
         InstanceMethod<&context_wrap::seq_keep>("seqKeep"),
         InstanceMethod<&context_wrap::seq_pos_min>("seqPosMin"),
         InstanceMethod<&context_wrap::seq_pos_max>("seqPosMax"),
+        InstanceMethod<&context_wrap::perf>("perf"),
         InstanceMethod<&context_wrap::clear>("clear"),
         InstanceMethod<&context_wrap::save_sequence>("saveSequence"),
         InstanceMethod<&context_wrap::restore_sequence>("restoreSequence"),
@@ -751,6 +752,20 @@ Napi::Value context_wrap::seq_pos_max(const Napi::CallbackInfo & info) {
         int32_t seq = arg_int(info, 0, "seqId");
         check_seq(seq, "seqId");
         return Napi::Number::New(info.Env(), llama_memory_seq_pos_max(llama_get_memory(c), seq));
+    });
+}
+
+// llama.cpp's counters since the context was made: graphs reused as they were, and allocation plans made for
+// micro-batches' graphs (each one synchronizes the backends first when a graph spans a device and the host)
+Napi::Value context_wrap::perf(const Napi::CallbackInfo & info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+        llama_context * c = get();
+        check_idle();
+        const llama_perf_context_data d = llama_perf_context(c);
+        Napi::Object r = Napi::Object::New(info.Env());
+        r.Set("graphReuses", d.n_reused);
+        r.Set("allocationPlans", d.n_alloc_plans);
+        return r;
     });
 }
 

@@ -37,6 +37,7 @@ private:
     Napi::Value seq_keep(const Napi::CallbackInfo & info);
     Napi::Value seq_pos_min(const Napi::CallbackInfo & info);
     Napi::Value seq_pos_max(const Napi::CallbackInfo & info);
+    Napi::Value perf(const Napi::CallbackInfo & info);
     Napi::Value clear(const Napi::CallbackInfo & info);
     Napi::Value save_sequence(const Napi::CallbackInfo & info);
     Napi::Value restore_sequence(const Napi::CallbackInfo & info);

@@ -353,6 +353,56 @@ describe("decode", () => {
             });
         });
 
+        it("a long prompt and the decodes after it keep one allocation plan as the rows they attend to grow (patch 0016)", async () => {
+            // 3000 prompt tokens in steps of 512 (micro-batches of 64), an output on the last one only, as the engine
+            // sends a prompt; then 100 decodes (past position 3072). n_kv grows by 256 rows 12 times on the way: each
+            // growth made ggml-alloc plan again, which on a GPU first drains it (the unified pool's reserve fits all)
+            const prompt = randomPrompt(3000, 7);
+            const run = (kvBlockSize: number) => withContext({ contextSize: 4096, batchSize: 512, ubatchSize: 64, seqIds: 2, kvBlockSize }, async (ctx) => {
+                if (kvBlockSize > 0) ctx.setBlockTable(0, Int32Array.from({ length: 4096 / kvBlockSize }, (_, i) => (i * 37) % (4096 / kvBlockSize)));
+                let next = -1;
+                for (let s = 0; s < prompt.length; s += 512) {
+                    const n = Math.min(512, prompt.length - s);
+                    const r = await ctx.decode({
+                        tokens: Int32Array.from(prompt.slice(s, s + n)), positions: Int32Array.from({ length: n }, (_, i) => s + i),
+                        seqIds: new Int32Array(n), outputs: Uint8Array.from({ length: n }, (_, i) => (s + i === prompt.length - 1 ? 1 : 0)),
+                    });
+                    if (r.tokens.length > 0) next = r.tokens[0];
+                }
+                const afterPrompt = ctx.perf();
+                const out = [next];
+                for (let pos = prompt.length; out.length <= 100; pos++) {
+                    const r = await ctx.decode({ tokens: Int32Array.of(out[out.length - 1]), positions: Int32Array.of(pos), seqIds: Int32Array.of(0), outputs: Uint8Array.of(1) });
+                    out.push(r.tokens[0]);
+                }
+                return { out, afterPrompt, end: ctx.perf() };
+            });
+            const unified = await run(0), paged = await run(bs);
+            assert.deepEqual(paged.out, unified.out, "the tokens of the unified pool");
+            assert.equal(unified.end.allocationPlans, 0, "the unified pool's reserve fits every graph");
+            assert.ok(paged.afterPrompt.graphReuses > 0 && paged.end.graphReuses > paged.afterPrompt.graphReuses, JSON.stringify(paged));
+            // its own plan, the layout's worst case, and the last micro-batch's output row
+            assert.ok(paged.afterPrompt.allocationPlans <= 3, `the prompt made ${paged.afterPrompt.allocationPlans} allocation plans`);
+            // the decodes' layout: its own plan and its worst case, once
+            assert.ok(paged.end.allocationPlans - paged.afterPrompt.allocationPlans <= 2, `the decodes made ${paged.end.allocationPlans - paged.afterPrompt.allocationPlans} more`);
+        });
+
+        it("planning a layout's worst case leaves an in-graph sampler the inputs of the graph that runs (patch 0016)", async () => {
+            // the worst case's graph is built besides the micro-batch's own, and building a graph records its inputs in
+            // the in-graph samplers (the dist sampler's uniform): built last, it left them pointing at tensors with
+            // no memory, and the next input write aborted the process (found by test/fuzz-http.test.ts: min_p)
+            const prompt = randomPrompt(200, 9);
+            const run = (kvBlockSize: number) => withContext({ contextSize: 1024, batchSize: 256, ubatchSize: 64, seqIds: 2, kvBlockSize }, async (ctx) => {
+                if (kvBlockSize > 0) ctx.setBlockTable(0, Int32Array.from({ length: 1024 / kvBlockSize }, (_, i) => (i * 5) % (1024 / kvBlockSize)));
+                assert.equal(ctx.setSampler(0, { temperature: 0.9, minP: 0.05, seed: 77 }).backend, true, "the chain runs in the graph");
+                // decodes from position 200 to 330: n_kv grows past 256 with one layout, which plans its worst case
+                return { out: await generate(ctx, 0, prompt, 130), plans: ctx.perf().allocationPlans };
+            });
+            const unified = await run(0), paged = await run(bs);
+            assert.deepEqual(paged.out, unified.out, "the seeded tokens of the unified pool");
+            assert.ok(paged.plans >= 2, `the worst case was planned (${paged.plans} plans)`);
+        });
+
         it("shares a prefix by block: a second sequence reads the first one's blocks and writes its own", async () => {
             const prefix = randomPrompt(2 * bs, 31), tail = randomPrompt(9, 32);
             const ref = await withContext({ contextSize: 64 * bs, batchSize: 8 * bs }, (ctx) => generate(ctx, 0, [...prefix, ...tail], 10));

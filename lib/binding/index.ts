@@ -18,6 +18,7 @@ import {
     type ChatParserSpec,
     type ChatTemplateCaps,
     type ContextInfo,
+    type ContextPerf,
     type GrammarTrigger,
     type NativeChatParser,
     type NativeChatTemplates,
@@ -37,7 +38,7 @@ export { BatchwiseError, ErrorCode, fieldError, type ErrorDetails } from "./erro
 export type {
     ChatApplyInputs, ChatApplyResult, ChatMessageDelta, ChatParserOptions, ChatParserSpec, ChatTemplateCaps, GrammarTrigger,
     ParsedChatMessage, ReasoningBudget, ReasoningFormat,
-    ChatMessage, ContextInfo, DeviceInfo, HeapStats, ModelMetadata, SamplerParams, SystemInfo,
+    ChatMessage, ContextInfo, ContextPerf, DeviceInfo, HeapStats, ModelMetadata, SamplerParams, SystemInfo,
     NativeDecodeBatch as DecodeBatch, NativeDecodeResult as DecodeResult,
 } from "./native.js";
 
@@ -270,6 +271,15 @@ export class LlamaContext {
     /** Largest position held for the sequence, -1 if it is empty. */
     seqPosMax(seqId: number): number {
         return native(() => this.native.seqPosMax(seqId));
+    }
+
+    /**
+     * llama.cpp's counters since the context was made: compute graphs reused as they were, and allocation plans
+     * made for micro-batches' graphs (each one first synchronizes the backends when a graph spans a GPU and the
+     * host). Not while a decode or state operation is in flight.
+     */
+    perf(): ContextPerf {
+        return native(() => this.native.perf());
     }
 
     /** Empties the KV memory of every sequence. */

@@ -52,6 +52,7 @@ export interface NativeContext {
     seqKeep(seqId: number): void;
     seqPosMin(seqId: number): number;
     seqPosMax(seqId: number): number;
+    perf(): ContextPerf;
     clear(): void;
     saveSequence(seqId: number): Promise<Buffer>;
     restoreSequence(seqId: number, state: Uint8Array): Promise<number>;
@@ -133,6 +134,17 @@ export interface ContextInfo {
     /** > 0: a paged KV cache with blocks of this many cells. */
     kvBlockSize: number;
     flashAttention: "auto" | "on" | "off";
+}
+
+/** LlamaContext.perf(): llama.cpp's counters since the context was made. */
+export interface ContextPerf {
+    /** Micro-batches that reused the previous compute graph as it was. */
+    graphReuses: number;
+    /**
+     * Allocation plans made for micro-batches' graphs. Each one first synchronizes the backends when a graph spans a
+     * GPU and the host, so a steady workload should make few: a long prompt's micro-batches make two.
+     */
+    allocationPlans: number;
 }
 
 export interface SamplerParams {
