@@ -360,6 +360,7 @@ describe("server", () => {
             ["vllm:e2e_request_latency_seconds", "HISTOGRAM"], ["vllm:request_queue_time_seconds", "HISTOGRAM"],
             ["batchwise_ready", "GAUGE"], ["batchwise_kv_blocks", "GAUGE"],
             ["batchwise_engine_steps_total", "COUNTER"], ["batchwise_engine_step_seconds_total", "COUNTER"], ["batchwise_engine_decode_seconds_total", "COUNTER"],
+            ["batchwise_engine_graph_reuses_total", "COUNTER"], ["batchwise_engine_allocation_plans_total", "COUNTER"],
         ] as const) {
             assert.equal(families.get(name)?.type, type, `${name} is a ${type}`);
         }
@@ -374,6 +375,9 @@ describe("server", () => {
         assert.ok(diff("batchwise_engine_steps_total") >= 7, `steps ${diff("batchwise_engine_steps_total")}`);
         const stepS = diff("batchwise_engine_step_seconds_total"), decodeS = diff("batchwise_engine_decode_seconds_total");
         assert.ok(decodeS > 0 && decodeS <= stepS, `decode ${decodeS} s within steps ${stepS} s`);
+        // the decode steps after the first keep one shape: llama.cpp reuses their graph, with no new allocation plan
+        const reuses = diff("batchwise_engine_graph_reuses_total"), plans = diff("batchwise_engine_allocation_plans_total");
+        assert.ok(reuses >= 4 && plans >= 0 && plans <= 3, `graph reuses ${reuses}, allocation plans ${plans}`);
         assert.equal(metricValue(m1, "batchwise_ready"), 1);
         // warm-up traffic is not counted: the coder model's prompt tokens are exactly what the tests sent
         assert.ok(metricValue(m1, "vllm:prompt_tokens_total", { model_name: "coder" }) < 200);

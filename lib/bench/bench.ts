@@ -274,6 +274,7 @@ async function headOfLine(url: string, z: Sizes, seed: number, mark: () => Promi
 const ENGINE_COUNTERS = {
     steps: "batchwise_engine_steps_total", stepS: "batchwise_engine_step_seconds_total", decodeS: "batchwise_engine_decode_seconds_total",
     generated: "vllm:generation_tokens_total", computed: "batchwise_prompt_tokens_computed_total",
+    plans: "batchwise_engine_allocation_plans_total",
 } as const;
 type EngineCounters = Record<keyof typeof ENGINE_COUNTERS, number>;
 
@@ -302,6 +303,7 @@ export function engineFigures(a: EngineCounters | null, b: EngineCounters | null
         "native decode % of steps": (100 * decodeS) / stepS,
         "ms per step": (1000 * stepS) / steps,
         "tokens per step": (b.generated - a.generated + b.computed - a.computed) / steps,
+        "allocation plans per step": (b.plans - a.plans) / steps,
     };
 }
 

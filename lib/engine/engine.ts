@@ -303,10 +303,22 @@ export class Engine {
                 }
                 this.lastProgress = now();
                 this.counters.step({ planMs: t1 - t0, stepMs: this.lastProgress - t0, decodeMs }, step.promptTokens, step.decodeTokens, this.lastProgress);
+                this.readGraphCounters();
             }
             this.dispatch(this.scheduler.takeEvents());
         } catch (e) {
             this.fatal(e);
+        }
+    }
+
+    /** llama.cpp's graph counters, between steps (the context is idle then); diagnostics: a failure to read is not the engine's. */
+    private readGraphCounters(): void {
+        try {
+            const p = this.context.perf();
+            this.counters.graphs.reuses = p.graphReuses;
+            this.counters.graphs.allocationPlans = p.allocationPlans;
+        } catch {
+            return;
         }
     }
 

@@ -13,6 +13,7 @@ export class EngineCounters {
     };
     readonly time = { stepMs: 0, planMs: 0, decodeMs: 0 };
     readonly heap = { trims: 0, trimMs: 0 };
+    readonly graphs = { reuses: 0, allocationPlans: 0 };
     private readonly window: { t: number; gen: number; prompt: number }[] = [];
 
     /** A request taken, with its prompt tokens. */
@@ -46,7 +47,7 @@ export class EngineCounters {
                 usage: s.kv.used / s.kv.numBlocks, seqIds: s.kv.seqIds, parkedSeqIds: s.kv.parkedSeqIds,
             },
             prefixCache: { queries: s.kv.queries, hits: s.kv.hits, hitRate: s.kv.queries > 0 ? s.kv.hits / s.kv.queries : 0, evictions: s.kv.evictions },
-            preemptions: s.preemptions, steps: s.steps, time: { ...this.time }, heap: { ...this.heap },
+            preemptions: s.preemptions, steps: s.steps, time: { ...this.time }, heap: { ...this.heap }, graphs: { ...this.graphs },
             tokensPerSecond: gen / span, promptTokensPerSecond: prompt / span,
             totals: { ...this.totals, finished: { ...this.totals.finished } },
             healthy: extra.healthy, closing: extra.closing, stalledMs: extra.stalledMs,

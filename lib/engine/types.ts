@@ -203,6 +203,12 @@ export interface EngineStats {
     time: { stepMs: number; planMs: number; decodeMs: number };
     /** The heap trims since load (EngineOptions.trimHeapMs) and the JS-thread time they took, in ms. */
     heap: { trims: number; trimMs: number };
+    /**
+     * llama.cpp's compute graphs since load (LlamaContext.perf()): micro-batches that reused the previous graph as it
+     * was, and allocation plans made for micro-batches' graphs. On a GPU each plan first waits for it to finish
+     * the step before, so plans per step is a cost: a step whose layout differs from the last one's makes one.
+     */
+    graphs: { reuses: number; allocationPlans: number };
     /** Generated and prompt tokens per second over the last 10 s. */
     tokensPerSecond: number;
     promptTokensPerSecond: number;

@@ -77,6 +77,10 @@ export class ServerMetrics {
             (s, b) => (s.time.stepMs - b.time.stepMs) / 1000);
         counter("batchwise_engine_decode_seconds_total", "Time in the native decode and sampling (the model on the GPU, and the wait for it).",
             (s, b) => (s.time.decodeMs - b.time.decodeMs) / 1000);
+        counter("batchwise_engine_graph_reuses_total", "Micro-batches that reused llama.cpp's previous compute graph as it was (no graph built).",
+            (s, b) => s.graphs.reuses - b.graphs.reuses);
+        counter("batchwise_engine_allocation_plans_total", "Allocation plans llama.cpp made for micro-batches' graphs; on a GPU each first waits for the step before to finish.",
+            (s, b) => s.graphs.allocationPlans - b.graphs.allocationPlans);
         gauge("batchwise_kv_blocks", "KV-cache blocks in the pool.", (s) => s.kv.blocks);
         gauge("batchwise_kv_blocks_used", "KV-cache blocks held by running requests.", (s) => s.kv.used);
         gauge("batchwise_kv_blocks_cached", "Free KV-cache blocks that still hold a reusable prefix.", (s) => s.kv.cachedFree);
