@@ -308,7 +308,7 @@ describe("fleet: 3 replicas behind nginx, then HAProxy (short)", { skip: fleetSk
             });
 
             it("every request the client sent is in the balancer's log", () => {
-                assert.equal(fig().unlogged, 0);
+                assert.equal(fig().unlogged, 0, JSON.stringify(fig().unloggedSample));
             });
         });
     }

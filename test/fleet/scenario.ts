@@ -107,6 +107,8 @@ export interface BalancerFigures {
     states: StateChange[];
     /** Requests the client sent with no match in the balancer's log (should be 0). */
     unlogged: number;
+    /** The first few of them: what the client saw, and when they were sent and ended relative to the load's stop. */
+    unloggedSample: { id: string; path: string; stream: boolean; outcome: string; status?: number; error?: string; sentMs: number; endedMs: number }[];
     /**
      * Before the load: requests with an X-Session-Id (several per session) and without, and the replicas
      * that served them by the balancer's log: one per session with the header, spread without.
@@ -372,8 +374,12 @@ async function runBalancer(
         }
         return f;
     });
-    const unlogged = records.filter((r) => !byId.has(r.id) && r.outcome !== "conn").length;
-    return { balancer: b.name as BalancerName, version: binaryVersion(b), phases, states: [...b.stateLog], unlogged, affinityCheck };
+    const missing = records.filter((r) => !byId.has(r.id) && r.outcome !== "conn");
+    const stoppedAt = marks.length > 0 ? marks[marks.length - 1].to : Date.now();
+    const unloggedSample = missing.slice(0, 5).map((r) => ({
+        id: r.id, path: r.path, stream: r.stream, outcome: r.outcome, status: r.status, error: r.error, sentMs: r.t0 - stoppedAt, endedMs: r.t1 - stoppedAt,
+    }));
+    return { balancer: b.name as BalancerName, version: binaryVersion(b), phases, states: [...b.stateLog], unlogged: missing.length, unloggedSample, affinityCheck };
 }
 
 /** Sessions s0..s3, five requests each, and twelve requests without the header, one at a time. */
